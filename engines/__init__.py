@@ -1,0 +1,63 @@
+"""Engines: what generates tokens. The gateway talks to them only through ``Engine``.
+
+An engine takes an ``EngineRequest`` (token ids already rendered and tokenized by the gateway, with
+the family's image placeholder token once per image, plus the images as URLs or data URIs) and
+yields ``EngineDelta`` Structs. It knows nothing about HTTP routes or OpenAI shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import msgspec
+
+
+class SamplingParams(msgspec.Struct, omit_defaults=True):
+    """The subset of vLLM's SamplingParams the gateway sets (field names are vLLM's)."""
+
+    max_tokens: int = 16
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int = 1
+    stop: list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logprobs: int | None = None
+    structured_outputs: dict[str, Any] | None = None
+
+
+class EngineRequest(msgspec.Struct):
+    request_id: str
+    token_ids: list[int]
+    images: list[str]  # URLs or data URIs, in placeholder order
+    sampling: SamplingParams
+
+
+class EngineDelta(msgspec.Struct):
+    """One step of output for one choice. The first delta of a request carries the prompt ids."""
+
+    index: int = 0
+    text: str = ""
+    token_ids: list[int] = []
+    finish_reason: str | None = None
+    prompt_token_ids: list[int] | None = None  # after image expansion, as the engine saw them
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class Engine(Protocol):
+    """One served model's engine (embedded or remote)."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def generate(self, request: EngineRequest) -> AsyncIterator[EngineDelta]:
+        """Stream deltas; closing the iterator early aborts the request in the engine."""
+        ...

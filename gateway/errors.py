@@ -1,0 +1,164 @@
+"""One exception tree for every failure, rendered once as OpenAI's error JSON.
+
+Code anywhere raises a ``GatewayError`` subclass; ``error_response`` (registered as the app's exception
+handler) turns it into ``{"error": {"message", "type", "param", "code"}}`` with the right status.
+Nothing returns errors as values.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, ClassVar
+
+import msgspec
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException
+
+log = logging.getLogger("vlm_gateway")
+
+
+class ErrorBody(msgspec.Struct):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorEnvelope(msgspec.Struct):
+    error: ErrorBody
+
+
+class GatewayError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    default_code: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code or self.default_code
+        self.headers = headers or {}
+
+    def body(self) -> ErrorEnvelope:
+        return ErrorEnvelope(ErrorBody(self.message, self.type, self.param, self.code))
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class PromptRefused(InvalidRequest):
+    """The model's own chat template refuses this conversation (e.g. Gemma 3's role alternation)."""
+
+    default_code = "invalid_conversation"
+
+
+class ImageError(InvalidRequest):
+    default_code = "invalid_image"
+
+
+class AuthenticationFailed(GatewayError):
+    status = 401
+    type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class PermissionDenied(GatewayError):
+    status = 403
+    type = "permission_error"
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    default_code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    default_code = "model_not_found"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+
+class EngineUnavailable(GatewayError):
+    status = 503
+    type = "service_unavailable"
+    default_code = "engine_unavailable"
+
+
+class EngineFailed(GatewayError):
+    status = 502
+    type = "server_error"
+    default_code = "engine_error"
+
+
+class Timeout(GatewayError):
+    status = 504
+    type = "timeout"
+    default_code = "timeout"
+
+
+_ENCODER = msgspec.json.Encoder()
+_STATUS_TYPES = {400: InvalidRequest, 401: AuthenticationFailed, 403: PermissionDenied, 404: NotFound,
+                 413: PayloadTooLarge, 429: RateLimited, 503: EngineUnavailable}
+
+
+def from_validation(exc: msgspec.ValidationError | msgspec.DecodeError) -> InvalidRequest:
+    """A msgspec decode error → 400 naming the parameter (``messages[0].content``)."""
+    text = str(exc)
+    match = re.search(r"at `\$(.*?)`", text)
+    param = match.group(1).lstrip(".") if match else None
+    return InvalidRequest(text, param=param or None, code="invalid_value")
+
+
+def _as_gateway_error(exc: Exception) -> GatewayError:
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, (msgspec.ValidationError, msgspec.DecodeError)):
+        return from_validation(exc)
+    if isinstance(exc, HTTPException):
+        kind = _STATUS_TYPES.get(exc.status_code)
+        if kind is not None:
+            err = kind(str(exc.detail))
+            err.headers = dict(exc.headers or {})
+            return err
+        err = GatewayError(str(exc.detail))
+        err.status = exc.status_code  # type: ignore[misc]
+        return err
+    log.exception("unhandled error", exc_info=exc)
+    return GatewayError("internal server error")
+
+
+def error_response(request: Request[Any, Any, Any] | None, exc: Exception) -> Response[bytes]:
+    """The one place an exception becomes an HTTP response."""
+    err = _as_gateway_error(exc)
+    if err.status >= 500 and not isinstance(exc, GatewayError):
+        pass  # already logged with traceback
+    elif err.status >= 500:
+        log.warning("%s: %s", type(err).__name__, err.message)
+    return Response(
+        content=_ENCODER.encode(err.body()),
+        status_code=err.status,
+        media_type=MediaType.JSON,
+        headers=err.headers,
+    )

@@ -1,0 +1,1 @@
+"""Wire formats as msgspec Structs: data only, no logic, no engine imports."""
