@@ -16,7 +16,7 @@ import msgspec
 class SamplingParams(msgspec.Struct, omit_defaults=True):
     """The subset of vLLM's SamplingParams the gateway sets (field names are vLLM's)."""
 
-    max_tokens: int = 16
+    max_tokens: int | None = None  # None: vLLM fills the rest of the context
     temperature: float | None = None
     top_p: float | None = None
     n: int = 1

@@ -96,6 +96,7 @@ class ChatCompletionRequest(Struct):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     user: str | None = None
+    return_token_ids: bool = False  # extension (as vLLM's): the prompt ids the engine saw
 
 
 class ImageRef(Struct):
@@ -128,6 +129,7 @@ class CompletionRequest(Struct):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     user: str | None = None
+    return_token_ids: bool = False
 
 
 # --- responses ----------------------------------------------------------------------------------
@@ -159,14 +161,14 @@ class ChatChoice(Struct):
     logprobs: None = None
 
 
-class ChatCompletion(Struct):
+class ChatCompletion(Struct, omit_defaults=True):
     id: str
     created: int
     model: str
     choices: list[ChatChoice]
     usage: Usage
     object: str = "chat.completion"
-    system_fingerprint: str | None = None
+    prompt_token_ids: list[int] | None = None  # with return_token_ids: after image expansion
 
 
 class Delta(Struct, omit_defaults=True):
@@ -188,6 +190,7 @@ class ChatCompletionChunk(Struct, omit_defaults=True):
     choices: list[ChunkChoice]
     object: str = "chat.completion.chunk"
     usage: Usage | None = None
+    prompt_token_ids: list[int] | None = None
 
 
 class CompletionChoice(Struct):
@@ -204,6 +207,7 @@ class Completion(Struct, omit_defaults=True):
     choices: list[CompletionChoice]
     object: str = "text_completion"
     usage: Usage | None = None
+    prompt_token_ids: list[int] | None = None
 
 
 class ModelCard(Struct):

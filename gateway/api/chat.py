@@ -1,0 +1,29 @@
+"""POST /v1/chat/completions (and /chat/completions, as the seeds call it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response, post
+from litestar.response import Stream
+
+from gateway.api import services
+from gateway.pipeline import generate, prepare_chat
+from gateway.responses import chat_completion
+from gateway.schemas.openai import DECODE_CHAT
+from gateway.streaming import chat_events, prepend
+
+
+@post(["/v1/chat/completions", "/chat/completions"], status_code=200)
+async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any] | Stream:
+    svc = services(request)
+    req = DECODE_CHAT.decode(await request.body())
+    prepared = await prepare_chat(svc, req)
+    deltas = generate(svc, prepared)
+    if not req.stream:
+        return Response(await chat_completion(prepared, deltas, req.return_token_ids))
+    first = await anext(deltas)  # an engine error before the first byte keeps its HTTP status
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    events = chat_events(prepared, prepend(first, deltas), include_usage=include_usage,
+                         return_token_ids=req.return_token_ids)
+    return Stream(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,29 @@
+"""POST /v1/completions: a raw prompt, with hand-written image markers and an ordered ``images`` list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response, post
+from litestar.response import Stream
+
+from gateway.api import services
+from gateway.pipeline import generate, prepare_completion
+from gateway.responses import completion
+from gateway.schemas.openai import DECODE_COMPLETION
+from gateway.streaming import completion_events, prepend
+
+
+@post(["/v1/completions", "/completions"], status_code=200)
+async def completions(request: Request[Any, Any, Any]) -> Response[Any] | Stream:
+    svc = services(request)
+    req = DECODE_COMPLETION.decode(await request.body())
+    prepared = await prepare_completion(svc, req)
+    deltas = generate(svc, prepared)
+    if not req.stream:
+        return Response(await completion(prepared, deltas, req.return_token_ids))
+    first = await anext(deltas)
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    events = completion_events(prepared, prepend(first, deltas), include_usage=include_usage,
+                               return_token_ids=req.return_token_ids)
+    return Stream(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,86 @@
+"""create_app(settings): routes, error handling and the lifespan that owns every external resource.
+
+Wiring only. The aiohttp session, the Redis client, the tokenizers and the engines are created once
+here and handed down through ``Services``; nothing else opens its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+from litestar import Litestar
+
+from engines import Engine
+from gateway.api.chat import chat_completions
+from gateway.api.completions import completions
+from gateway.api.health import health
+from gateway.api.models import list_models
+from gateway.errors import error_response
+from gateway.images.load import ImageLoader
+from gateway.models import Model, ModelRegistry
+from gateway.pipeline import Services
+from gateway.settings import Settings
+from gateway.tokenize import Tokenizer
+
+log = logging.getLogger("vlm_gateway")
+
+EngineFactory = Callable[[Model, aiohttp.ClientSession], Engine]
+
+
+def default_engine(model: Model, session: aiohttp.ClientSession) -> Engine:
+    """Embedded: a supervised vLLM server on this machine. Remote: stock vLLM servers at ``urls``."""
+    if model.engine.kind == "remote":
+        from engines.vllm_remote import RemoteVLLM
+
+        return RemoteVLLM(model.engine.urls, session, request_timeout_s=model.engine.request_timeout_s)
+    from engines.vllm_embedded import EmbeddedVLLM
+
+    args = ["--max-model-len", str(model.context_length), *model.engine.args]
+    return EmbeddedVLLM(model.checkpoint, session, served_name=model.id, args=args, env=model.engine.env,
+                        startup_timeout_s=model.engine.startup_timeout_s,
+                        request_timeout_s=model.engine.request_timeout_s)
+
+
+def create_app(settings: Settings, engine_factory: EngineFactory = default_engine) -> Litestar:
+    registry = ModelRegistry(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            redis = None
+            if settings.redis_url:
+                from redis.asyncio import Redis
+
+                redis = Redis.from_url(settings.redis_url)
+            tokenizers = {m.id: Tokenizer(m.tokenizer) for m in registry.models}
+            await asyncio.gather(*(asyncio.to_thread(t.load) for t in tokenizers.values()))
+            engines = {m.id: engine_factory(m, session) for m in registry.models}
+            for engine in engines.values():
+                await engine.start()
+            app.state.services = Services(
+                settings=settings,
+                models=registry,
+                engines=engines,
+                tokenizers=tokenizers,
+                images=ImageLoader(settings.images, session, redis=redis),
+            )
+            try:
+                yield
+            finally:
+                await asyncio.gather(*(engine.close() for engine in engines.values()),
+                                     return_exceptions=True)
+                if redis is not None:
+                    await redis.aclose()
+
+    return Litestar(
+        route_handlers=[chat_completions, completions, list_models, health],
+        lifespan=[lifespan],
+        exception_handlers={Exception: error_response},
+        request_max_body_size=settings.max_request_bytes,
+        debug=False,
+    )

@@ -1,0 +1,160 @@
+"""One request's whole way, top to bottom, one call per step.
+
+    1. resolve model     ModelRegistry → Model (family, limits)
+    2. admit             (API keys and rate limits: gateway/limits/, issue 5)
+    3. load images       gateway/images/ → data URIs, checked and sized by `detail`
+    4. render prompt     gateway/prompts/ + templates/ → prompt text with the family's image markers
+    5. tokenize          the model's tokenizer → token ids
+    6. generate          engines/ → async stream of EngineDelta
+    7. shape response    gateway/responses.py (JSON) or gateway/streaming.py (SSE)
+
+Steps 1–5 are ``prepare_chat`` / ``prepare_completion``; the routes call ``generate`` and then shape
+the response. Every failure is raised as a GatewayError and rendered once by gateway/errors.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import msgspec
+
+from engines import Engine, EngineDelta, EngineRequest
+from gateway.errors import EngineUnavailable, InvalidRequest
+from gateway.images.load import ImageLoader, ImageSource
+from gateway.models import Model, ModelRegistry
+from gateway.prompts.raw_completions import map_image_markers
+from gateway.prompts.render import render_chat, reorder_images_first
+from gateway.sampling import chat_sampling, completion_sampling
+from gateway.schemas.openai import (
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    ImagePart,
+    ImageUrlPart,
+)
+from gateway.settings import Settings
+from gateway.tokenize import Tokenizer
+
+
+class Services(msgspec.Struct):
+    """What the pipeline needs, created once in the app's lifespan and handed down."""
+
+    settings: Settings
+    models: ModelRegistry
+    engines: dict[str, Engine]
+    tokenizers: dict[str, Tokenizer]
+    images: ImageLoader
+
+
+class Prepared(msgspec.Struct):
+    """A request ready for the engine, plus what the response needs to know."""
+
+    model: Model
+    engine_request: EngineRequest
+    response_id: str
+    created: int
+    image_count: int
+
+
+# --- step 3 helpers: where a request's images are --------------------------------------------------
+
+def chat_image_sources(messages: list[ChatMessage]) -> list[ImageSource]:
+    sources = []
+    for i, message in enumerate(messages):
+        if not isinstance(message.content, list):
+            continue
+        for j, part in enumerate(message.content):
+            if isinstance(part, ImageUrlPart):
+                sources.append(ImageSource(part.image_url.url, part.image_url.detail,
+                                           f"messages[{i}].content[{j}].image_url"))
+            elif isinstance(part, ImagePart):
+                url = part.url or part.image
+                if not url:
+                    raise InvalidRequest("an image part needs a url", param=f"messages[{i}].content[{j}]")
+                sources.append(ImageSource(url, part.detail, f"messages[{i}].content[{j}]"))
+    return sources
+
+
+def completion_image_sources(req: CompletionRequest) -> list[ImageSource]:
+    images = req.images if req.images is not None else (req.extra_body.images if req.extra_body else None)
+    sources = []
+    for i, image in enumerate(images or []):
+        if isinstance(image, str):
+            sources.append(ImageSource(image, "auto", f"images[{i}]"))
+        else:
+            sources.append(ImageSource(image.url, image.detail, f"images[{i}]"))
+    return sources
+
+
+def _check_image_count(svc: Services, model: Model, count: int, param: str) -> None:
+    limit = min(model.max_images, svc.settings.images.max_images_per_request)
+    if count > limit:
+        raise InvalidRequest(f"{count} images sent; model {model.id} takes at most {limit} per request",
+                             param=param, code="too_many_images")
+
+
+async def _load_images(svc: Services, model: Model, sources: list[ImageSource]) -> list[str]:
+    if not sources:
+        return []
+    loaded = await svc.images.load(sources, model.family.detail_rule())
+    return [image.url for image in loaded]
+
+
+# --- steps 1–5 ----------------------------------------------------------------------------------
+
+async def prepare_chat(svc: Services, req: ChatCompletionRequest) -> Prepared:
+    model = svc.models.resolve(req.model)                                   # 1. resolve model
+    # 2. admit: issue 5
+    messages = reorder_images_first(req.messages) if model.images_before_text else req.messages
+    sources = chat_image_sources(messages)
+    _check_image_count(svc, model, len(sources), "messages")
+    tokenizer = svc.tokenizers[model.id]
+    sampling = chat_sampling(req, tokenizer.token_ids(model.family.stop_tokens))
+
+    async def prompt_ids() -> list[int]:
+        prompt = render_chat(model.family, messages)                        # 4. render prompt
+        return await tokenizer.encode(prompt.text)                          # 5. tokenize
+
+    images, token_ids = await asyncio.gather(                                # 3. load images (concurrently)
+        _load_images(svc, model, sources), prompt_ids())
+    return _prepared(model, token_ids, images, sampling, "chatcmpl")
+
+
+async def prepare_completion(svc: Services, req: CompletionRequest) -> Prepared:
+    model = svc.models.resolve(req.model)                                   # 1. resolve model
+    # 2. admit: issue 5
+    sources = completion_image_sources(req)
+    _check_image_count(svc, model, len(sources), "images")
+    raw = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
+    text = map_image_markers(model.family, raw, len(sources))               # 4. prompt: markers → native
+    tokenizer = svc.tokenizers[model.id]
+    sampling = completion_sampling(req, tokenizer.token_ids(model.family.stop_tokens))
+    images, token_ids = await asyncio.gather(                                # 3. load images, 5. tokenize
+        _load_images(svc, model, sources), tokenizer.encode(text))
+    return _prepared(model, token_ids, images, sampling, "cmpl")
+
+
+def _prepared(model: Model, token_ids: list[int], images: list[str], sampling, prefix: str) -> Prepared:
+    if not token_ids:
+        raise InvalidRequest("the prompt is empty", param="prompt")
+    request_id = f"{prefix}-{uuid.uuid4().hex}"
+    return Prepared(
+        model=model,
+        engine_request=EngineRequest(request_id, token_ids, images, sampling),
+        response_id=request_id,
+        created=int(time.time()),
+        image_count=len(images),
+    )
+
+
+# --- step 6 -------------------------------------------------------------------------------------
+
+def generate(svc: Services, prepared: Prepared) -> AsyncIterator[EngineDelta]:
+    engine = svc.engines[prepared.model.id]
+    if not engine.ready:
+        raise EngineUnavailable(f"the engine for {prepared.model.id} is not up yet; retry shortly",
+                                headers={"Retry-After": "5"})
+    return engine.generate(prepared.engine_request)

@@ -1,0 +1,68 @@
+"""OpenAI sampling fields → the engine's SamplingParams."""
+
+from __future__ import annotations
+
+from engines import SamplingParams
+from gateway.errors import InvalidRequest
+from gateway.schemas.openai import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    JsonObjectFormat,
+    JsonSchemaFormat,
+    ResponseFormat,
+)
+
+
+def _stops(stop: str | list[str] | None) -> list[str] | None:
+    if stop is None:
+        return None
+    stops = [stop] if isinstance(stop, str) else stop
+    if len(stops) > 4:
+        raise InvalidRequest("at most 4 stop sequences are allowed", param="stop")
+    return stops or None
+
+
+def _structured(fmt: ResponseFormat | None) -> dict | None:
+    if isinstance(fmt, JsonObjectFormat):
+        return {"json_object": True}
+    if isinstance(fmt, JsonSchemaFormat):
+        if fmt.json_schema.schema is None:
+            raise InvalidRequest("response_format.json_schema.schema is required",
+                                 param="response_format.json_schema.schema")
+        return {"json": fmt.json_schema.schema}
+    return None
+
+
+def chat_sampling(req: ChatCompletionRequest, stop_token_ids: list[int]) -> SamplingParams:
+    if req.logprobs or req.top_logprobs:
+        raise InvalidRequest("logprobs are not supported by this gateway", param="logprobs")
+    return SamplingParams(
+        max_tokens=req.max_completion_tokens or req.max_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        n=req.n,
+        stop=_stops(req.stop),
+        stop_token_ids=stop_token_ids or None,
+        seed=req.seed,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+        structured_outputs=_structured(req.response_format),
+    )
+
+
+def completion_sampling(req: CompletionRequest, stop_token_ids: list[int]) -> SamplingParams:
+    if req.logprobs:
+        raise InvalidRequest("logprobs are not supported by this gateway", param="logprobs")
+    if req.echo:
+        raise InvalidRequest("echo is not supported by this gateway", param="echo")
+    return SamplingParams(
+        max_tokens=req.max_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        n=req.n,
+        stop=_stops(req.stop),
+        stop_token_ids=stop_token_ids or None,
+        seed=req.seed,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+    )

@@ -1,0 +1,45 @@
+"""Prompt text → token ids with the model's own tokenizer, off the event loop.
+
+The rendered prompt already holds the family's special tokens (BOS, role headers, one image
+placeholder per image), so tokenization adds none of its own. vLLM expands each image placeholder
+token into the image's patch tokens; the ids sent here are the unexpanded ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+
+class Tokenizer:
+    """One model's tokenizer, loaded once (on first use or by ``load``)."""
+
+    def __init__(self, name_or_path: str) -> None:
+        self.name_or_path = name_or_path
+        self._tok: Any = None
+        self._lock = threading.Lock()
+
+    def load(self) -> Any:
+        with self._lock:
+            if self._tok is None:
+                from transformers import AutoTokenizer  # heavy import, only where a model is served
+
+                self._tok = AutoTokenizer.from_pretrained(self.name_or_path)
+            return self._tok
+
+    def encode_sync(self, text: str) -> list[int]:
+        return list(self.load().encode(text, add_special_tokens=False))
+
+    async def encode(self, text: str) -> list[int]:
+        return await asyncio.to_thread(self.encode_sync, text)
+
+    def token_ids(self, tokens: list[str]) -> list[int]:
+        """Ids of single special tokens (e.g. the family's stop tokens); unknown ones are skipped."""
+        tok = self.load()
+        ids = []
+        for token in tokens:
+            token_id = tok.convert_tokens_to_ids(token)
+            if token_id is not None and token_id != tok.unk_token_id:
+                ids.append(int(token_id))
+        return ids
