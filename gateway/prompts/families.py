@@ -1,0 +1,126 @@
+"""Model families: the per-family data in ``templates/families.toml``, and detection from config.json.
+
+``load_families()`` reads the TOML file once into frozen ``Family`` Structs. ``detect_family(config)``
+maps a checkpoint's ``config.json`` (its ``architectures``, then its ``model_type``) to a family name;
+``family_for_checkpoint(path)`` does the same for a local checkpoint directory. ``customize`` applies a
+model's own settings (``max_images``, ``images_before_text``) on top of its family.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+TEMPLATES_ENV = "VLM_GATEWAY_TEMPLATES_DIR"
+
+
+class UnknownFamily(ValueError):
+    """A checkpoint or name that matches no family in ``templates/families.toml``."""
+
+
+class Detail(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How OpenAI's ``detail`` (low / high / auto) maps to pixels and prompt tokens for one family."""
+
+    scaling: Literal["dynamic", "fixed", "tiles"]
+    low_max_side: int
+    auto: Literal["high", "low"] = "high"
+    patch_px: int = 0  # dynamic: one token per patch_px x patch_px pixels
+    min_pixels: int = 0
+    max_pixels: int = 0
+    image_px: int = 0  # fixed: images are resized to image_px x image_px ...
+    tokens: int = 0  # ... and cost this many tokens
+    tile_px: int = 0  # tiles: tile side in pixels ...
+    tokens_per_tile: int = 0
+    max_tiles: int = 1
+    note: str = ""
+
+
+class Family(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Everything the gateway needs to know about one model family's prompt format."""
+
+    name: str
+    template: str
+    image_placeholder: str
+    image_token: str
+    marker_rule: Literal["parts", "text"]
+    default_system_prompt: str
+    images_before_text: bool
+    max_images: int
+    stop: tuple[str, ...]
+    bos_token: str
+    eos_token: str
+    add_special_tokens: bool
+    architectures: tuple[str, ...]
+    model_types: tuple[str, ...]
+    detail: Detail
+
+
+def templates_dir() -> Path:
+    """The ``templates/`` folder: ``$VLM_GATEWAY_TEMPLATES_DIR`` or the one at the repository root."""
+    override = os.environ.get(TEMPLATES_ENV)
+    return Path(override) if override else Path(__file__).resolve().parents[2] / "templates"
+
+
+@lru_cache(maxsize=4)
+def _load(path: Path) -> dict[str, Family]:
+    with open(path, "rb") as f:
+        raw = tomllib.load(f)
+    return {name: msgspec.convert({"name": name, **data}, Family) for name, data in raw.items()}
+
+
+def load_families(path: str | Path | None = None) -> dict[str, Family]:
+    """All families by name, read from ``families.toml`` once per path (cached; do not mutate)."""
+    return _load(Path(path) if path else templates_dir() / "families.toml")
+
+
+def get_family(name: str) -> Family:
+    """The family called ``name``; ``UnknownFamily`` naming the known ones otherwise."""
+    families = load_families()
+    if name not in families:
+        raise UnknownFamily(f"unknown model family {name!r}; known: {', '.join(sorted(families))}")
+    return families[name]
+
+
+def detect_family(config: dict) -> str:
+    """Family name for a checkpoint's config.json: its ``architectures`` first, then ``model_type``."""
+    families = load_families().values()
+    architectures = config.get("architectures") or []
+    for arch in architectures:
+        for family in families:
+            if arch in family.architectures:
+                return family.name
+    model_type = config.get("model_type")
+    for family in families:
+        if model_type in family.model_types:
+            return family.name
+    raise UnknownFamily(
+        f"no model family matches architectures={architectures!r}, model_type={model_type!r}; "
+        "set the model's `family` explicitly or add the checkpoint to templates/families.toml"
+    )
+
+
+def family_for_checkpoint(path_or_dir: str | Path) -> str:
+    """Family name for a local checkpoint (a directory holding config.json, or the file itself)."""
+    path = Path(path_or_dir)
+    config_path = path / "config.json" if path.is_dir() else path
+    if not config_path.is_file():
+        raise UnknownFamily(f"{config_path} not found: cannot detect the family of {str(path_or_dir)!r}")
+    with open(config_path, encoding="utf-8") as f:
+        return detect_family(json.load(f))
+
+
+def customize(family: Family, *, max_images: int | None = None,
+              images_before_text: bool | None = None) -> Family:
+    """The family with a model's own settings applied (``None`` keeps the family's value)."""
+    changes: dict = {}
+    if max_images is not None:
+        changes["max_images"] = max_images
+    if images_before_text is not None:
+        changes["images_before_text"] = images_before_text
+    return msgspec.structs.replace(family, **changes) if changes else family
