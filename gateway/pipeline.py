@@ -23,8 +23,9 @@ import msgspec
 
 from engines import Engine, EngineDelta, EngineRequest
 from gateway.errors import EngineUnavailable, InvalidRequest
-from gateway.images.load import ImageLoader, ImageSource
+from gateway.images.load import DetailRule, ImageLoader, ImageSource
 from gateway.models import Model, ModelRegistry
+from gateway.prompts.families import Detail
 from gateway.prompts.raw_completions import map_image_markers
 from gateway.prompts.render import render_chat, reorder_images_first
 from gateway.sampling import chat_sampling, completion_sampling
@@ -96,10 +97,16 @@ def _check_image_count(svc: Services, model: Model, count: int, param: str) -> N
                              param=param, code="too_many_images")
 
 
+def detail_rule(detail: Detail) -> DetailRule:
+    """The family's `detail` data (templates/families.toml) as the image loader's size limits."""
+    return DetailRule(low_max_side=detail.low_max_side, high_max_pixels=detail.max_pixels or None,
+                      min_pixels=detail.min_pixels or None)
+
+
 async def _load_images(svc: Services, model: Model, sources: list[ImageSource]) -> list[str]:
     if not sources:
         return []
-    loaded = await svc.images.load(sources, model.family.detail_rule())
+    loaded = await svc.images.load(sources, detail_rule(model.family.detail))
     return [image.url for image in loaded]
 
 
@@ -112,11 +119,11 @@ async def prepare_chat(svc: Services, req: ChatCompletionRequest) -> Prepared:
     sources = chat_image_sources(messages)
     _check_image_count(svc, model, len(sources), "messages")
     tokenizer = svc.tokenizers[model.id]
-    sampling = chat_sampling(req, tokenizer.token_ids(model.family.stop_tokens))
+    sampling = chat_sampling(req, tokenizer.token_ids(model.family.stop))
 
     async def prompt_ids() -> list[int]:
         prompt = render_chat(model.family, messages)                        # 4. render prompt
-        return await tokenizer.encode(prompt.text)                          # 5. tokenize
+        return await tokenizer.encode(prompt.text, model.family.add_special_tokens)                          # 5. tokenize
 
     images, token_ids = await asyncio.gather(                                # 3. load images (concurrently)
         _load_images(svc, model, sources), prompt_ids())
@@ -131,9 +138,9 @@ async def prepare_completion(svc: Services, req: CompletionRequest) -> Prepared:
     raw = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
     text = map_image_markers(model.family, raw, len(sources))               # 4. prompt: markers → native
     tokenizer = svc.tokenizers[model.id]
-    sampling = completion_sampling(req, tokenizer.token_ids(model.family.stop_tokens))
+    sampling = completion_sampling(req, tokenizer.token_ids(model.family.stop))
     images, token_ids = await asyncio.gather(                                # 3. load images, 5. tokenize
-        _load_images(svc, model, sources), tokenizer.encode(text))
+        _load_images(svc, model, sources), tokenizer.encode(text, add_special_tokens=True))
     return _prepared(model, token_ids, images, sampling, "cmpl")
 
 

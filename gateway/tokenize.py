@@ -1,7 +1,7 @@
 """Prompt text → token ids with the model's own tokenizer, off the event loop.
 
-The rendered prompt already holds the family's special tokens (BOS, role headers, one image
-placeholder per image), so tokenization adds none of its own. vLLM expands each image placeholder
+The rendered prompt already holds the family's special tokens (role headers, one image placeholder
+per image). vLLM expands each image placeholder
 token into the image's patch tokens; the ids sent here are the unexpanded ones.
 """
 
@@ -28,11 +28,13 @@ class Tokenizer:
                 self._tok = AutoTokenizer.from_pretrained(self.name_or_path)
             return self._tok
 
-    def encode_sync(self, text: str) -> list[int]:
-        return list(self.load().encode(text, add_special_tokens=False))
+    def encode_sync(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return list(self.load().encode(text, add_special_tokens=add_special_tokens))
 
-    async def encode(self, text: str) -> list[int]:
-        return await asyncio.to_thread(self.encode_sync, text)
+    async def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of ``text``. Rendered chat prompts carry their own BOS (the family data says
+        whether the tokenizer must add it); raw completion prompts get the tokenizer's, as vLLM does."""
+        return await asyncio.to_thread(self.encode_sync, text, add_special_tokens)
 
     def token_ids(self, tokens: list[str]) -> list[int]:
         """Ids of single special tokens (e.g. the family's stop tokens); unknown ones are skipped."""

@@ -14,7 +14,7 @@ from gateway.schemas.openai import ModelCard, ModelList
 async def list_models(request: Request[Any, Any, Any]) -> ModelList:
     svc = services(request)
     return ModelList([
-        ModelCard(id=name, created=m.created, owned_by=m.owned_by, family=m.family.id,
+        ModelCard(id=name, created=m.created, owned_by=m.owned_by, family=m.family.name,
                   max_images=min(m.max_images, svc.settings.images.max_images_per_request),
                   context_length=m.context_length)
         for m in svc.models.models for name in (m.id, *m.aliases)

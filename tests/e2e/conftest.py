@@ -1,0 +1,106 @@
+"""End-to-end fixtures: real vLLM engines (CPU, tiny checkpoints) and one real gateway process.
+
+Engines are expensive (about 3 GiB and 30–40 s each), so every engine and the gateway are session
+fixtures shared by all end-to-end tests:
+
+- one stock vLLM server per REMOTE_FAMILIES family, started here with ``--enable-scale-out``
+  (the gateway reaches them as remote engines);
+- the gateway (``vlm-gateway serve --config``) serving those plus EMBEDDED_FAMILY through its own
+  embedded, supervised engine — so both engine modes are exercised by the same tests.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+
+from engines.tiny import ensure_tiny
+from engines.vllm_server import server_command, server_env
+from tests.helpers import PYTHON, Child, free_port
+
+pytestmark = pytest.mark.engine
+
+EMBEDDED_FAMILY = "qwen2_5_vl"
+REMOTE_FAMILIES = ["llava_1_5", "gemma3", "llama4"]
+ENGINE_START_TIMEOUT_S = 600
+
+
+def model_id(family: str) -> str:
+    return "tiny-" + family.replace("_", "-")
+
+
+class Gateway(msgspec.Struct):
+    url: str
+    child: object
+    engines: dict[str, str]  # family -> direct vLLM base URL
+    config: str
+
+
+@pytest.fixture(scope="session")
+def tiny_dir() -> Path:
+    return Path(os.environ.get("VLM_GATEWAY_TINY_DIR", Path.home() / ".cache" / "vlm-gateway" / "tiny"))
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tiny_dir: Path) -> dict[str, Path]:
+    return {f: ensure_tiny(f, tiny_dir) for f in [EMBEDDED_FAMILY, *REMOTE_FAMILIES]}
+
+
+@pytest.fixture(scope="session")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def vllm_servers(checkpoints: dict[str, Path], logs: Path):
+    """family -> base URL of a stock vLLM server on loopback."""
+    children: dict[str, tuple[Child, str]] = {}
+    for family in REMOTE_FAMILIES:
+        port = free_port()
+        cmd = server_command(str(checkpoints[family]), port, ["--served-model-name", model_id(family)])
+        children[family] = (Child(f"vllm-{family}", cmd, logs, env=server_env()), f"http://127.0.0.1:{port}")
+    try:
+        with ThreadPoolExecutor(len(children)) as pool:
+            list(pool.map(lambda item: item[0].wait_http(item[1] + "/health", ENGINE_START_TIMEOUT_S),
+                          children.values()))
+        yield {family: url for family, (_, url) in children.items()}
+    finally:
+        for child, _ in children.values():
+            child.stop()
+
+
+def _config(checkpoints: dict[str, Path], servers: dict[str, str], port: int) -> str:
+    lines = [f"port = {port}", "", "[images]", "allow_loopback = true", ""]
+    for family, path in checkpoints.items():
+        lines += ["[[models]]", f'id = "{model_id(family)}"', f'checkpoint = "{path}"',
+                  "context_length = 4096"]
+        if family in servers:
+            lines += [f'engine = {{ kind = "remote", urls = ["{servers[family]}"] }}']
+        lines.append("")
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="session")
+def gateway(checkpoints: dict[str, Path], vllm_servers: dict[str, str], logs: Path):
+    port = free_port()
+    config = logs / "gateway.toml"
+    config.write_text(_config(checkpoints, vllm_servers, port))
+    child = Child("gateway", [PYTHON, "-m", "gateway.cli", "serve", "--config", str(config)], logs)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        child.wait_http(url + "/health", ENGINE_START_TIMEOUT_S,
+                        ok=lambda r: r.status_code == 200 and r.json()["model_loaded"])
+        yield Gateway(url=url, child=child, engines=vllm_servers, config=str(config))
+    finally:
+        child.stop()
+
+
+@pytest.fixture(scope="session")
+def http(gateway: Gateway):
+    with httpx.Client(base_url=gateway.url, timeout=120) as client:
+        yield client
