@@ -31,7 +31,7 @@ class Detail(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     low_max_side: int
     auto: Literal["high", "low"] = "high"
     patch_px: int = 0  # dynamic: one token per patch_px x patch_px pixels
-    min_pixels: int = 0
+    min_pixels: int = 0  # smallest / largest area worth sending; 0 = no limit
     max_pixels: int = 0
     image_px: int = 0  # fixed: images are resized to image_px x image_px ...
     tokens: int = 0  # ... and cost this many tokens

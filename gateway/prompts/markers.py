@@ -27,8 +27,8 @@ def is_numbered(family: Family) -> bool:
 
 @lru_cache(maxsize=64)
 def placeholder_pattern(family: Family) -> re.Pattern[str]:
-    """Matches one native placeholder; for numbered families, group 1 is the number."""
-    return re.compile(re.escape(family.image_placeholder).replace(re.escape("{n}"), r"(\d+)"))
+    """Matches one native placeholder; for numbered families, group ``n`` is the number."""
+    return re.compile(re.escape(family.image_placeholder).replace(re.escape("{n}"), r"(?P<n>\d+)"))
 
 
 @lru_cache(maxsize=64)

@@ -17,7 +17,11 @@ from gateway.prompts.convert import check_text, count_images, to_template_messag
 from gateway.prompts.environment import get_template, strftime_at
 from gateway.prompts.families import Family
 from gateway.prompts.markers import count_placeholders
+from gateway.prompts.order import reorder_images_first
 from gateway.schemas.openai import ChatMessage
+
+
+__all__ = ["RenderedPrompt", "render_chat", "reorder_images_first"]
 
 
 class RenderedPrompt(msgspec.Struct, frozen=True):
