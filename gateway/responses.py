@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import msgspec
+from msgspec import UNSET
 
 from engines import EngineDelta
 from gateway.pipeline import Prepared
@@ -74,7 +75,7 @@ async def chat_completion(prepared: Prepared, deltas: AsyncIterator[EngineDelta]
         choices=[ChatChoice(i, AssistantMessage("".join(parts)), out.finish[i])
                  for i, parts in sorted(out.texts.items())],
         usage=out.usage,
-        prompt_token_ids=out.prompt_token_ids if return_token_ids else None,
+        prompt_token_ids=out.prompt_token_ids if return_token_ids and out.prompt_token_ids else UNSET,
     )
 
 
@@ -87,5 +88,5 @@ async def completion(prepared: Prepared, deltas: AsyncIterator[EngineDelta],
         model=prepared.model.id,
         choices=[CompletionChoice(i, "".join(parts), out.finish[i]) for i, parts in sorted(out.texts.items())],
         usage=out.usage,
-        prompt_token_ids=out.prompt_token_ids if return_token_ids else None,
+        prompt_token_ids=out.prompt_token_ids if return_token_ids and out.prompt_token_ids else UNSET,
     )

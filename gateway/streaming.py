@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import msgspec
+from msgspec import UNSET
 
 from engines import EngineDelta
 from gateway.errors import GatewayError
@@ -84,7 +85,7 @@ def chat_events(prepared: Prepared, deltas: AsyncIterator[EngineDelta], *, inclu
             delta.index, Delta(content=delta.text) if delta.text else Delta(),
             finish_reason(delta.finish_reason))]
         return ChatCompletionChunk(prepared.response_id, prepared.created, prepared.model.id, choices,
-                                   usage=usage, prompt_token_ids=ids)
+                                   usage=usage or UNSET, prompt_token_ids=ids or UNSET)
 
     opening = [sse(ChatCompletionChunk(prepared.response_id, prepared.created, prepared.model.id,
                                        [ChunkChoice(i, Delta(role="assistant", content=""))]))
@@ -98,6 +99,6 @@ def completion_events(prepared: Prepared, deltas: AsyncIterator[EngineDelta], *,
         choices = [] if delta is None else [CompletionChoice(
             delta.index, delta.text, finish_reason(delta.finish_reason))]
         return Completion(prepared.response_id, prepared.created, prepared.model.id, choices,
-                          usage=usage, prompt_token_ids=ids)
+                          usage=usage or UNSET, prompt_token_ids=ids or UNSET)
 
     return _events(deltas, make, prepared, include_usage, return_token_ids, [])

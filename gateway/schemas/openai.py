@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Literal, Union
 
 import msgspec
-from msgspec import Meta, Struct, field
+from msgspec import UNSET, Meta, Struct, UnsetType, field
 
 NonNegInt = Annotated[int, Meta(ge=0)]
 PosInt = Annotated[int, Meta(ge=1)]
@@ -161,14 +161,14 @@ class ChatChoice(Struct):
     logprobs: None = None
 
 
-class ChatCompletion(Struct, omit_defaults=True):
+class ChatCompletion(Struct):
     id: str
     created: int
     model: str
     choices: list[ChatChoice]
     usage: Usage
     object: str = "chat.completion"
-    prompt_token_ids: list[int] | None = None  # with return_token_ids: after image expansion
+    prompt_token_ids: list[int] | UnsetType = UNSET  # with return_token_ids: after image expansion
 
 
 class Delta(Struct, omit_defaults=True):
@@ -183,14 +183,14 @@ class ChunkChoice(Struct):
     logprobs: None = None
 
 
-class ChatCompletionChunk(Struct, omit_defaults=True):
+class ChatCompletionChunk(Struct):
     id: str
     created: int
     model: str
     choices: list[ChunkChoice]
     object: str = "chat.completion.chunk"
-    usage: Usage | None = None
-    prompt_token_ids: list[int] | None = None
+    usage: Usage | UnsetType = UNSET
+    prompt_token_ids: list[int] | UnsetType = UNSET
 
 
 class CompletionChoice(Struct):
@@ -200,14 +200,14 @@ class CompletionChoice(Struct):
     logprobs: None = None
 
 
-class Completion(Struct, omit_defaults=True):
+class Completion(Struct):
     id: str
     created: int
     model: str
     choices: list[CompletionChoice]
     object: str = "text_completion"
-    usage: Usage | None = None
-    prompt_token_ids: list[int] | None = None
+    usage: Usage | UnsetType = UNSET
+    prompt_token_ids: list[int] | UnsetType = UNSET
 
 
 class ModelCard(Struct):

@@ -1,0 +1,93 @@
+"""SSE shaping from engine deltas (a scripted engine stream; no engine involved)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from engines import EngineDelta, EngineRequest, SamplingParams
+from gateway.errors import EngineFailed
+from gateway.pipeline import Prepared
+from gateway.streaming import DONE, chat_events, completion_events
+
+
+class _Model(msgspec.Struct):
+    id: str = "m"
+
+
+def prepared(n: int = 1, images: int = 1) -> Prepared:
+    req = EngineRequest("chatcmpl-1", [1, 2, 3, 9], ["data:,"] * images, SamplingParams(n=n))
+    return Prepared(model=_Model(), engine_request=req, response_id="chatcmpl-1", created=7, image_count=images)
+
+
+async def scripted(deltas, fail: Exception | None = None, closed: list | None = None):
+    try:
+        for d in deltas:
+            yield d
+        if fail:
+            raise fail
+    finally:
+        if closed is not None:
+            closed.append(True)
+
+
+def events(raw: list[bytes]) -> list:
+    assert raw[-1] == DONE
+    assert all(e.startswith(b"data: ") and e.endswith(b"\n\n") for e in raw)
+    return [msgspec.json.decode(e[6:]) for e in raw[:-1]]
+
+
+SCRIPT = [
+    EngineDelta(0, "Hel", prompt_token_ids=list(range(600))),
+    EngineDelta(0, "lo", finish_reason="length"),
+    EngineDelta(prompt_tokens=600, completion_tokens=2),
+]
+
+
+async def test_chat_stream_role_text_finish_usage() -> None:
+    out = events([e async for e in chat_events(prepared(), scripted(SCRIPT), include_usage=True,
+                                               return_token_ids=False)])
+    assert out[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert [c["choices"][0]["delta"].get("content") for c in out[1:3]] == ["Hel", "lo"]
+    assert out[2]["choices"][0]["finish_reason"] == "length"
+    assert all(c["object"] == "chat.completion.chunk" and c["id"] == "chatcmpl-1" for c in out)
+    assert out[-1]["choices"] == []
+    # 4 ids sent with one image placeholder; the engine saw 600 → 597 image tokens
+    assert out[-1]["usage"] == {"prompt_tokens": 600, "completion_tokens": 2, "total_tokens": 602,
+                                "prompt_tokens_details": {"cached_tokens": 0, "image_tokens": 597}}
+    assert "prompt_token_ids" not in out[1]
+
+
+async def test_usage_chunk_only_when_asked_and_ids_when_asked() -> None:
+    out = events([e async for e in chat_events(prepared(), scripted(SCRIPT), include_usage=False,
+                                               return_token_ids=True)])
+    assert all("usage" not in c for c in out)
+    assert out[1]["prompt_token_ids"] == list(range(600))
+
+
+async def test_error_mid_stream_becomes_error_event_and_engine_stream_is_closed() -> None:
+    closed: list = []
+    raw = [e async for e in chat_events(prepared(), scripted(SCRIPT[:1], EngineFailed("boom"), closed),
+                                        include_usage=True, return_token_ids=False)]
+    out = events(raw)
+    assert out[-1] == {"error": {"message": "boom", "type": "server_error", "param": None,
+                                 "code": "engine_error"}}
+    assert closed == [True]
+
+
+async def test_consumer_leaving_early_closes_the_engine_stream() -> None:
+    closed: list = []
+    stream = chat_events(prepared(), scripted(SCRIPT, closed=closed), include_usage=True, return_token_ids=False)
+    await anext(stream)
+    await anext(stream)
+    await stream.aclose()
+    assert closed == [True]
+
+
+async def test_completion_stream_and_n_choices() -> None:
+    script = [EngineDelta(0, "a"), EngineDelta(1, "b"), EngineDelta(0, "", finish_reason="stop"),
+              EngineDelta(1, "c", finish_reason="abort"), EngineDelta(prompt_tokens=4, completion_tokens=3)]
+    out = events([e async for e in completion_events(prepared(n=2, images=0), scripted(script),
+                                                     include_usage=True, return_token_ids=False)])
+    assert [(c["choices"][0]["index"], c["choices"][0]["text"], c["choices"][0]["finish_reason"])
+            for c in out[:-1]] == [(0, "a", None), (1, "b", None), (0, "", "stop"), (1, "c", "stop")]
+    assert out[-1]["usage"]["prompt_tokens_details"]["image_tokens"] == 0
