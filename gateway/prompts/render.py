@@ -20,7 +20,6 @@ from gateway.prompts.markers import count_placeholders
 from gateway.prompts.order import reorder_images_first
 from gateway.schemas.openai import ChatMessage
 
-
 __all__ = ["RenderedPrompt", "render_chat", "reorder_images_first"]
 
 
