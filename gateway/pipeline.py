@@ -27,7 +27,8 @@ from gateway.images.load import DetailRule, ImageLoader, ImageSource
 from gateway.models import Model, ModelRegistry
 from gateway.prompts.families import Detail
 from gateway.prompts.raw_completions import map_image_markers
-from gateway.prompts.render import render_chat, reorder_images_first
+from gateway.prompts.order import reorder_images_first
+from gateway.prompts.render import render_chat
 from gateway.sampling import chat_sampling, completion_sampling
 from gateway.schemas.openai import (
     ChatCompletionRequest,
