@@ -48,12 +48,13 @@ class EmbeddedVLLM:
         served_name: str,
         args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        port: int = 0,
         startup_timeout_s: float = 600.0,
         request_timeout_s: float = 600.0,
     ) -> None:
         self.checkpoint = checkpoint
         self.served_name = served_name
-        self.port = free_port()
+        self.port = port or free_port()
         self._args = list(args or [])
         self._env = dict(env or {})
         self._startup_timeout_s = startup_timeout_s

@@ -41,7 +41,7 @@ def default_engine(model: Model, session: aiohttp.ClientSession) -> Engine:
 
     args = ["--max-model-len", str(model.context_length), *model.engine.args]
     return EmbeddedVLLM(model.checkpoint, session, served_name=model.id, args=args, env=model.engine.env,
-                        startup_timeout_s=model.engine.startup_timeout_s,
+                        port=model.engine.port, startup_timeout_s=model.engine.startup_timeout_s,
                         request_timeout_s=model.engine.request_timeout_s)
 
 

@@ -27,7 +27,7 @@ from gateway.images.load import DetailRule, ImageLoader, ImageSource
 from gateway.models import Model, ModelRegistry
 from gateway.prompts.families import Detail
 from gateway.prompts.raw_completions import map_image_markers
-from gateway.prompts.order import reorder_images_first
+from gateway.prompts.order import reorder_images_first, strings_to_parts
 from gateway.prompts.render import render_chat
 from gateway.sampling import chat_sampling, completion_sampling
 from gateway.schemas.openai import (
@@ -116,7 +116,11 @@ async def _load_images(svc: Services, model: Model, sources: list[ImageSource]) 
 async def prepare_chat(svc: Services, req: ChatCompletionRequest) -> Prepared:
     model = svc.models.resolve(req.model)                                   # 1. resolve model
     # 2. admit: issue 5
-    messages = reorder_images_first(req.messages) if model.images_before_text else req.messages
+    messages = req.messages                                                 # family-data reshaping
+    if model.family.string_content_as_parts:
+        messages = strings_to_parts(messages)
+    if model.images_before_text:
+        messages = reorder_images_first(messages)
     sources = chat_image_sources(messages)
     _check_image_count(svc, model, len(sources), "messages")
     tokenizer = svc.tokenizers[model.id]

@@ -32,6 +32,7 @@ class EngineSettings(msgspec.Struct, forbid_unknown_fields=True):
     urls: list[str] = []
     args: list[str] = []
     env: dict[str, str] = {}
+    port: int = 0  # embedded: the vLLM server's loopback port (0 = any free port)
     startup_timeout_s: float = 600.0
     request_timeout_s: float = 600.0
 

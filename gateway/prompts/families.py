@@ -59,6 +59,7 @@ class Family(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     architectures: tuple[str, ...]
     model_types: tuple[str, ...]
     detail: Detail
+    string_content_as_parts: bool = False  # request step: the template reads list content only
 
 
 def templates_dir() -> Path:

@@ -1,4 +1,9 @@
-"""Moving images ahead of text, for families whose models read images first.
+"""Request-level reshaping of messages before rendering, driven by family data.
+
+``strings_to_parts``: for families whose template reads list content only (LLaVA-1.5), a string
+content becomes one text part, so clients that send strings are not silently dropped.
+
+Moving images ahead of text, for families whose models read images first.
 
 Llama 3.2 Vision degrades when text precedes an image, so for families with ``images_before_text``
 (a model setting can override it) the request pipeline calls ``reorder_images_first`` before
@@ -10,7 +15,7 @@ from __future__ import annotations
 import msgspec
 
 from gateway.prompts.convert import IMAGE_PARTS
-from gateway.schemas.openai import ChatMessage
+from gateway.schemas.openai import ChatMessage, TextPart
 
 
 def reorder_images_first(messages: list[ChatMessage]) -> list[ChatMessage]:
@@ -26,3 +31,9 @@ def reorder_images_first(messages: list[ChatMessage]) -> list[ChatMessage]:
                 message = msgspec.structs.replace(message, content=images + others)
         out.append(message)
     return out
+
+
+def strings_to_parts(messages: list[ChatMessage]) -> list[ChatMessage]:
+    """A copy of ``messages`` where string content is a list holding one text part."""
+    return [msgspec.structs.replace(m, content=[TextPart(m.content)]) if isinstance(m.content, str) else m
+            for m in messages]

@@ -35,3 +35,18 @@ def test_pipeline_order_for_llama_3_2_vision() -> None:
     assert "<|image|>Here is a photo of my desk:<|eot_id|>" in text
     # render_chat itself renders what it is given
     assert "Here is a photo of my desk:<|image|>" in render_chat(family, messages).text
+
+
+def test_strings_to_parts_keeps_llava_string_text() -> None:
+    from gateway.prompts.families import get_family
+    from gateway.prompts.order import strings_to_parts
+    from gateway.prompts.render import render_chat
+
+    llava = get_family("llava_1_5")
+    assert llava.string_content_as_parts
+    messages = [ChatMessage("user", "Hello there")]
+    # rendered as given, the official template drops string content ...
+    assert render_chat(llava, messages).text == "USER: ASSISTANT:"
+    # ... so the request pipeline turns it into a text part first
+    assert render_chat(llava, strings_to_parts(messages)).text == "USER: Hello there ASSISTANT:"
+    assert strings_to_parts([ChatMessage("user", [TextPart("x")])])[0].content == [TextPart("x")]
