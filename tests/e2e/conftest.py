@@ -74,28 +74,31 @@ def vllm_servers(checkpoints: dict[str, Path], logs: Path):
             child.stop()
 
 
-def _config(checkpoints: dict[str, Path], servers: dict[str, str], port: int) -> str:
+def _config(checkpoints: dict[str, Path], servers: dict[str, str], port: int, embedded_port: int) -> str:
     lines = [f"port = {port}", "", "[images]", "allow_loopback = true", ""]
     for family, path in checkpoints.items():
         lines += ["[[models]]", f'id = "{model_id(family)}"', f'checkpoint = "{path}"',
-                  "context_length = 4096"]
+                  "context_length = 4096", "max_images = 4"]
         if family in servers:
             lines += [f'engine = {{ kind = "remote", urls = ["{servers[family]}"] }}']
+        else:
+            lines += [f"engine = {{ kind = \"embedded\", port = {embedded_port} }}"]
         lines.append("")
     return "\n".join(lines)
 
 
 @pytest.fixture(scope="session")
 def gateway(checkpoints: dict[str, Path], vllm_servers: dict[str, str], logs: Path):
-    port = free_port()
+    port, embedded_port = free_port(), free_port()
     config = logs / "gateway.toml"
-    config.write_text(_config(checkpoints, vllm_servers, port))
+    config.write_text(_config(checkpoints, vllm_servers, port, embedded_port))
     child = Child("gateway", [PYTHON, "-m", "gateway.cli", "serve", "--config", str(config)], logs)
     url = f"http://127.0.0.1:{port}"
     try:
         child.wait_http(url + "/health", ENGINE_START_TIMEOUT_S,
                         ok=lambda r: r.status_code == 200 and r.json()["model_loaded"])
-        yield Gateway(url=url, child=child, engines=vllm_servers, config=str(config))
+        engines = {**vllm_servers, EMBEDDED_FAMILY: f"http://127.0.0.1:{embedded_port}"}
+        yield Gateway(url=url, child=child, engines=engines, config=str(config))
     finally:
         child.stop()
 

@@ -117,3 +117,24 @@ def test_broken_image_is_bad_request(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model=EMBEDDED, messages=messages, max_tokens=2)
     assert info.value.body["param"] == "messages[0].content[0].image_url"
+
+
+DOCUMENTED_PROMPT = "SYSTEM: Hello\n\nUSER:<image>\ntell me about the image\n\nASSISTANT:"
+
+
+@pytest.mark.parametrize("family", ["llava_1_5", EMBEDDED_FAMILY])
+def test_completions_with_images_in_extra_body(client: openai.OpenAI, family: str) -> None:
+    """The documented raw prompt with one hand-written <image> marker, images sent via extra_body."""
+    reply = client.completions.create(model=model_id(family), prompt=DOCUMENTED_PROMPT, max_tokens=4,
+                                      temperature=0, extra_body={"images": [png_data_uri(64, 64)],
+                                                                 "return_token_ids": True})
+    assert isinstance(reply.choices[0].text, str)
+    assert reply.usage.prompt_tokens > 20  # the image was expanded
+    assert len(reply.model_extra["prompt_token_ids"]) == reply.usage.prompt_tokens
+
+
+def test_completions_marker_mismatch_bad_request(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=REMOTE, prompt=DOCUMENTED_PROMPT, max_tokens=2,
+                                  extra_body={"images": [png_data_uri(), png_data_uri()]})
+    assert info.value.body["param"] == "prompt"
