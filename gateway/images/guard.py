@@ -97,18 +97,19 @@ def _name_matches(host: str, pattern: str) -> bool:
     return host == pattern or host.endswith("." + pattern)
 
 
-def _matches(host: str, ips: Sequence[IPAddress], patterns: Sequence[str], *, names_only: bool) -> bool:
+def _split_list(patterns: Sequence[str]) -> tuple[list[str], list[Any]]:
+    """Allow/deny entries → (name patterns, IP networks)."""
+    names, networks = [], []
     for raw in patterns:
         pattern = raw.strip().lower().rstrip(".")
-        if not pattern:
-            continue
-        network = parse_network(pattern)
-        if network is None:
-            if _name_matches(host, pattern):
-                return True
-        elif not names_only and ips and all(ip in network for ip in ips):
-            return True
-    return False
+        if pattern:
+            network = parse_network(pattern)
+            (names if network is None else networks).append(pattern if network is None else network)
+    return names, networks
+
+
+def _name_listed(host: str, names: Sequence[str]) -> bool:
+    return any(_name_matches(host, pattern) for pattern in names)
 
 
 def _parse(url: str, param: str | None) -> tuple[URL, str]:
@@ -153,22 +154,24 @@ async def vet_url(
         raise _refuse(url, "invalid host", param, "invalid_url")
     if literal is not None:
         host = str(literal)
-    if _matches(host, [], settings.deny_hosts, names_only=True):
+    deny_names, deny_nets = _split_list(settings.deny_hosts)
+    allow_names, allow_nets = _split_list(settings.allow_hosts)
+    if _name_listed(host, deny_names):
         raise _refuse(url, "the host is on the deny list", param)
-    allow = [p for p in settings.allow_hosts if p.strip()]
-    if allow and all(parse_network(p.strip().lower()) is None for p in allow) and not _matches(
-        host, [], allow, names_only=True
-    ):
-        raise _refuse(url, "the host is not on the allow list", param)
+    allowing = bool(allow_names or allow_nets)
+    if allowing and not allow_nets and not _name_listed(host, allow_names):
+        raise _refuse(url, "the host is not on the allow list", param)  # refused before any lookup
     ips = [literal] if literal is not None else await _resolve(host, port, resolver or system_resolver, url, param)
     for ip in ips:
         reason = blocked_reason(ip, allow_loopback=settings.allow_loopback)
         if reason is not None:
             log.info("refused %s: %s address", describe_url(url), reason)
             raise _refuse(url, "it points to a non-public address", param)
-    if _matches(host, ips, settings.deny_hosts, names_only=False):
+    if any(ip in net for ip in ips for net in deny_nets):
         raise _refuse(url, "the host is on the deny list", param)
-    if allow and not _matches(host, ips, allow, names_only=False):
+    if allowing and not (
+        _name_listed(host, allow_names) or all(any(ip in net for net in allow_nets) for ip in ips)
+    ):
         raise _refuse(url, "the host is not on the allow list", param)
     return VettedTarget(
         str(parsed), parsed.scheme.lower(), host, port, tuple(str(ip) for ip in ips), literal is not None

@@ -178,6 +178,12 @@ def _app(state: ImageServer) -> web.Application:
     async def status(request: web.Request) -> web.StreamResponse:
         return web.Response(status=int(request.match_info["code"]), body=PNG, content_type="image/png")
 
+    async def see_other(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPSeeOther("/echo")
+
+    async def temporary(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPTemporaryRedirect("/echo")
+
     async def echo(request: web.Request) -> web.StreamResponse:
         return web.json_response({"method": request.method, "body": (await request.read()).decode()})
 
@@ -189,6 +195,8 @@ def _app(state: ImageServer) -> web.Application:
     app.router.add_get("/redirect", redirect)
     app.router.add_get("/status/{code}", status)
     app.router.add_route("*", "/echo", echo)
+    app.router.add_route("*", "/see-other", see_other)
+    app.router.add_route("*", "/temporary", temporary)
     return app
 
 
