@@ -19,6 +19,7 @@ from gateway.api.chat import chat_completions
 from gateway.api.completions import completions
 from gateway.api.health import health
 from gateway.api.models import list_models
+from gateway.api.seeds import fal_run, vision, vlmrun_generate
 from gateway.errors import error_response
 from gateway.images.load import ImageLoader
 from gateway.models import Model, ModelRegistry
@@ -78,7 +79,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory = default_engin
                     await redis.aclose()
 
     return Litestar(
-        route_handlers=[chat_completions, completions, list_models, health],
+        route_handlers=[chat_completions, completions, list_models, health, vision, fal_run, vlmrun_generate],
         lifespan=[lifespan],
         exception_handlers={Exception: error_response},
         request_max_body_size=settings.max_request_bytes,

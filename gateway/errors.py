@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import Any, ClassVar
 
 import msgspec
@@ -27,6 +28,14 @@ class ErrorBody(msgspec.Struct):
 
 class ErrorEnvelope(msgspec.Struct):
     error: ErrorBody
+
+
+class SeedErrorBody(msgspec.Struct):
+    """The error shape of the seeds' own routes (``opt={"error_shape": "seed"}`` on the handler)."""
+
+    error: str
+    status_code: int
+    timestamp: float
 
 
 class GatewayError(Exception):
@@ -149,15 +158,22 @@ def _as_gateway_error(exc: Exception) -> GatewayError:
     return GatewayError("internal server error")
 
 
+def _error_shape(request: Request[Any, Any, Any] | None) -> str:
+    try:
+        return request.route_handler.opt.get("error_shape", "openai")  # type: ignore[union-attr]
+    except (AttributeError, KeyError):  # no request, or no route matched
+        return "openai"
+
+
 def error_response(request: Request[Any, Any, Any] | None, exc: Exception) -> Response[bytes]:
     """The one place an exception becomes an HTTP response."""
     err = _as_gateway_error(exc)
-    if err.status >= 500 and not isinstance(exc, GatewayError):
-        pass  # already logged with traceback
-    elif err.status >= 500:
+    if err.status >= 500 and isinstance(exc, GatewayError):
         log.warning("%s: %s", type(err).__name__, err.message)
+    body = (SeedErrorBody(err.message, err.status, time.time()) if _error_shape(request) == "seed"
+            else err.body())
     return Response(
-        content=_ENCODER.encode(err.body()),
+        content=_ENCODER.encode(body),
         status_code=err.status,
         media_type=MediaType.JSON,
         headers=err.headers,

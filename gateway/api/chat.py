@@ -9,7 +9,7 @@ from litestar.response import Stream
 
 from gateway.api import services
 from gateway.pipeline import generate, prepare_chat
-from gateway.responses import chat_completion
+from gateway.complete import complete_chat
 from gateway.schemas.openai import DECODE_CHAT
 from gateway.streaming import chat_events, prepend
 
@@ -18,10 +18,10 @@ from gateway.streaming import chat_events, prepend
 async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any] | Stream:
     svc = services(request)
     req = DECODE_CHAT.decode(await request.body())
+    if not req.stream:
+        return Response(await complete_chat(svc, req))
     prepared = await prepare_chat(svc, req)
     deltas = generate(svc, prepared)
-    if not req.stream:
-        return Response(await chat_completion(prepared, deltas, req.return_token_ids))
     first = await anext(deltas)  # an engine error before the first byte keeps its HTTP status
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     events = chat_events(prepared, prepend(first, deltas), include_usage=include_usage,

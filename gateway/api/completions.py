@@ -9,7 +9,7 @@ from litestar.response import Stream
 
 from gateway.api import services
 from gateway.pipeline import generate, prepare_completion
-from gateway.responses import completion
+from gateway.complete import complete_text
 from gateway.schemas.openai import DECODE_COMPLETION
 from gateway.streaming import completion_events, prepend
 
@@ -18,10 +18,10 @@ from gateway.streaming import completion_events, prepend
 async def completions(request: Request[Any, Any, Any]) -> Response[Any] | Stream:
     svc = services(request)
     req = DECODE_COMPLETION.decode(await request.body())
+    if not req.stream:
+        return Response(await complete_text(svc, req))
     prepared = await prepare_completion(svc, req)
     deltas = generate(svc, prepared)
-    if not req.stream:
-        return Response(await completion(prepared, deltas, req.return_token_ids))
     first = await anext(deltas)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     events = completion_events(prepared, prepend(first, deltas), include_usage=include_usage,

@@ -1,0 +1,49 @@
+"""The seed services' own routes, as thin adapters onto the chat pipeline.
+
+- FastVLM   POST /vision                       (errors as {"error", "status_code", "timestamp"})
+- fal LLaVA POST /run/{model}
+- vlm.run   POST /v1/image/generate, GET /v1/image/generate/{id}   (batch: true runs as a job)
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import msgspec
+from litestar import Request, post
+
+from gateway import seeds
+from gateway.api import services
+from gateway.complete import complete_chat
+from gateway.schemas.seeds import FalRequest, FalResponse, VisionCompletion, VisionRequest, VlmRunRequest, VlmRunResponse
+
+_VISION = msgspec.json.Decoder(VisionRequest)
+_FAL = msgspec.json.Decoder(FalRequest)
+_VLMRUN = msgspec.json.Decoder(VlmRunRequest)
+
+
+@post("/vision", status_code=200, opt={"error_shape": "seed"})
+async def vision(request: Request[Any, Any, Any]) -> VisionCompletion:
+    req = _VISION.decode(await request.body())
+    return seeds.vision_response(await complete_chat(services(request), seeds.vision_to_chat(req)))
+
+
+@post("/run/{model:path}", status_code=200)
+async def fal_run(request: Request[Any, Any, Any], model: str) -> FalResponse:
+    req = _FAL.decode(await request.body())
+    out = await complete_chat(services(request), seeds.fal_to_chat(model.lstrip("/"), req))
+    return seeds.fal_response(out)
+
+
+def vlmrun_model(request: Request[Any, Any, Any], req: VlmRunRequest) -> str:
+    return req.model or services(request).models.models[0].id
+
+
+@post("/v1/image/generate", status_code=200)
+async def vlmrun_generate(request: Request[Any, Any, Any]) -> VlmRunResponse:
+    req = _VLMRUN.decode(await request.body())
+    created_at = seeds.now_iso()
+    chat = seeds.vlmrun_to_chat(req, vlmrun_model(request, req))
+    out = await complete_chat(services(request), chat)
+    return seeds.vlmrun_response(req, f"vlmrun-{uuid.uuid4().hex}", created_at, out)
