@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, post
+from litestar.params import FromPath
 
 from gateway import seeds
 from gateway.api import services
@@ -30,7 +31,7 @@ async def vision(request: Request[Any, Any, Any]) -> VisionCompletion:
 
 
 @post("/run/{model:path}", status_code=200)
-async def fal_run(request: Request[Any, Any, Any], model: str) -> FalResponse:
+async def fal_run(request: Request[Any, Any, Any], model: FromPath[str]) -> FalResponse:
     req = _FAL.decode(await request.body())
     out = await complete_chat(services(request), seeds.fal_to_chat(model.lstrip("/"), req))
     return seeds.fal_response(out)

@@ -11,7 +11,6 @@ fixtures shared by all end-to-end tests:
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,11 +38,6 @@ class Gateway(msgspec.Struct):
     child: object
     engines: dict[str, str]  # family -> direct vLLM base URL
     config: str
-
-
-@pytest.fixture(scope="session")
-def tiny_dir() -> Path:
-    return Path(os.environ.get("VLM_GATEWAY_TINY_DIR", Path.home() / ".cache" / "vlm-gateway" / "tiny"))
 
 
 @pytest.fixture(scope="session")

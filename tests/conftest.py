@@ -1,0 +1,22 @@
+"""Fixtures shared by the whole suite."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from engines.tiny import ensure_tiny
+
+
+@pytest.fixture(scope="session")
+def tiny_dir() -> Path:
+    """Where tiny checkpoints are cached (built once per machine, reused by later runs)."""
+    return Path(os.environ.get("VLM_GATEWAY_TINY_DIR", Path.home() / ".cache" / "vlm-gateway" / "tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_dir: Path) -> Path:
+    """A tiny LLaVA-1.5 checkpoint (its tokenizer and config are what route tests need)."""
+    return ensure_tiny("llava_1_5", tiny_dir)

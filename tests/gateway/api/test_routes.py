@@ -1,0 +1,157 @@
+"""Routes, error mapping and SSE over HTTP, with a scripted engine (narrow: no vLLM here).
+
+The tokenizer, templates and image loader are the real ones; only the engine is replaced, so these
+tests pin the HTTP contract. The end-to-end tests in tests/e2e drive real engines.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from litestar.testing import TestClient
+
+from engines import EngineDelta, EngineRequest
+from gateway.app import create_app
+from gateway.settings import ModelSettings, Settings
+from tests.helpers import png_data_uri
+
+
+class ScriptedEngine:
+    """Answers every request with "Hi there" and a usage delta; records what it was sent."""
+
+    def __init__(self, ready: bool = True) -> None:
+        self.ready = ready
+        self.requests: list[EngineRequest] = []
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def generate(self, request: EngineRequest):
+        self.requests.append(request)
+        expanded = len(request.token_ids) + 99 * len(request.images)
+        yield EngineDelta(0, "Hi", prompt_token_ids=list(range(expanded)))
+        yield EngineDelta(0, " there", finish_reason="stop")
+        yield EngineDelta(prompt_tokens=expanded, completion_tokens=2)
+
+
+@pytest.fixture(scope="module")
+def engines() -> dict[str, ScriptedEngine]:
+    return {}
+
+
+@pytest.fixture(scope="module")
+def client(tiny_checkpoint, engines):
+    settings = Settings(models=[ModelSettings(id="m", checkpoint=str(tiny_checkpoint), aliases=["alias"]),
+                                ModelSettings(id="cold", checkpoint=str(tiny_checkpoint))],
+                        max_request_bytes=200_000)
+
+    def factory(model, session):
+        engines[model.id] = ScriptedEngine(ready=model.id != "cold")
+        return engines[model.id]
+
+    with TestClient(create_app(settings, engine_factory=factory)) as c:
+        yield c
+
+
+def chat(**extra) -> dict:
+    return {"model": "m", "max_tokens": 4, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": png_data_uri()}}, {"type": "text", "text": "What?"}]}], **extra}
+
+
+def test_chat_completion_shape_and_engine_request(client, engines) -> None:
+    r = client.post("/v1/chat/completions", json=chat())
+    assert r.status_code == 200
+    body = r.json()
+    assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-") and body["model"] == "m"
+    assert body["choices"] == [{"index": 0, "message": {"content": "Hi there", "role": "assistant"},
+                                "finish_reason": "stop", "logprobs": None}]
+    sent = engines["m"].requests[-1]
+    assert body["usage"]["prompt_tokens"] == len(sent.token_ids) + 99
+    assert body["usage"]["prompt_tokens_details"]["image_tokens"] == 100  # placeholder + 99
+    assert "prompt_token_ids" not in body
+    assert len(sent.images) == 1 and sent.images[0].startswith("data:image/png;base64,")
+    assert sent.sampling.max_tokens == 4
+
+
+def test_alias_and_seed_prefix_routes(client) -> None:
+    assert client.post("/chat/completions", json=chat(model="alias")).status_code == 200
+    models = client.get("/models").json()
+    assert {m["id"] for m in models["data"]} == {"m", "alias", "cold"} and models["object"] == "list"
+
+
+def test_stream_sse_format(client) -> None:
+    r = client.post("/v1/chat/completions", json=chat(stream=True, stream_options={"include_usage": True}))
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = r.text.split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""]
+    chunks = [msgspec.json.decode(e[6:]) for e in events[:-2]]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == "Hi there"
+    assert chunks[-1]["usage"]["completion_tokens"] == 2
+
+
+@pytest.mark.parametrize("body,status,param,code", [
+    (chat(model="nope"), 404, "model", "model_not_found"),
+    ({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400,
+     "messages[0].content[0]", None),
+    ({"model": "m", "messages": "hi"}, 400, "messages", None),
+    (chat(temperature=9), 400, "temperature", None),
+    (chat(logprobs=True), 400, "logprobs", None),
+    ({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}, 400,
+     "messages[0].content[0].image_url", None),
+    (chat(model="cold"), 503, None, "engine_unavailable"),
+])
+def test_errors_are_openai_shaped(client, body, status, param, code) -> None:
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    assert err["param"] == param
+    if code:
+        assert err["code"] == code
+
+
+def test_malformed_json_and_oversized_body(client) -> None:
+    r = client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    big = chat()
+    big["messages"][0]["content"][1]["text"] = "x" * 300_000
+    r = client.post("/v1/chat/completions", json=big)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+
+def test_unknown_route_is_openai_404(client) -> None:
+    r = client.get("/v1/nothing")
+    assert r.status_code == 404 and "error" in r.json()
+
+
+def test_health_shape(client) -> None:
+    body = client.get("/health").json()
+    assert set(body) == {"status", "timestamp", "model_loaded", "gpu_available"}
+    assert body["model_loaded"] is False  # "cold" is not up
+
+
+def test_seed_vision_route_and_its_error_shape(client) -> None:
+    ok = client.post("/vision", json={"image_url": png_data_uri(), "prompt": "What?", "model": "m"})
+    assert ok.status_code == 200
+    body = ok.json()
+    assert body["object"] == "vision.completion" and body["choices"][0]["message"]["content"] == "Hi there"
+    bad = client.post("/vision", json={"prompt": "What?", "model": "m"})
+    assert bad.status_code == 400
+    assert set(bad.json()) == {"error", "status_code", "timestamp"} and bad.json()["status_code"] == 400
+
+
+def test_fal_run_route(client) -> None:
+    r = client.post("/run/m", json={"image_url": png_data_uri(), "prompt": "Describe"})
+    assert r.status_code == 200 and r.json() == {"output": "Hi there", "partial": False}
+
+
+def test_completions_with_markers(client, engines) -> None:
+    r = client.post("/v1/completions", json={"model": "m", "prompt": "USER: <image>\nWhat? ASSISTANT:",
+                                              "images": [png_data_uri()], "max_tokens": 3})
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == "Hi there"
+    assert len(engines["m"].requests[-1].images) == 1
+    r = client.post("/v1/completions", json={"model": "m", "prompt": "no marker", "images": [png_data_uri()]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
