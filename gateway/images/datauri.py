@@ -17,6 +17,7 @@ _WHITESPACE = b" \t\r\n\f\v"
 _URLSAFE = bytes.maketrans(b"-_", b"+/")
 _SAFE_MEDIA = re.compile(r"[^A-Za-z0-9.+/;=_-]")
 _URL_MAX = 96
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]{0,15}):")
 
 
 def is_data_uri(url: str) -> bool:
@@ -70,12 +71,22 @@ def _too_large(size: int, max_bytes: int) -> ImageError:
 
 
 def describe_url(url: str) -> str:
-    """A log- and error-safe rendering of an image URL: never the payload, never more than ~100 chars."""
+    """A log- and error-safe rendering of a URL: never a payload, a query string or more than ~100 chars.
+
+    ``data:image/png;base64,…(N bytes)``; ``https://host/path?…`` (query hidden: it may hold a signed
+    token); anything else only as its scheme and length (it may be a bare base64 payload).
+    """
     if is_data_uri(url):
         comma = url.find(",", 5)
         header = url[5:comma] if comma >= 0 else url[5:40]
         header = _SAFE_MEDIA.sub("", header)[:48]
         size = len(url) - comma - 1 if comma >= 0 else len(url)
         return f"data:{header},…({size} bytes)"
-    url = "".join(ch if ch.isprintable() else "?" for ch in url[: _URL_MAX + 1])
-    return url if len(url) <= _URL_MAX else url[:_URL_MAX] + "…"
+    scheme = _SCHEME.match(url)
+    if scheme is None or scheme.group(1).lower() not in ("http", "https"):
+        prefix = scheme.group(0) if scheme else ""
+        return f"{prefix}…({len(url)} chars)"
+    base, sep, _query = url.partition("?")
+    base = "".join(ch if ch.isprintable() else "?" for ch in base[: _URL_MAX + 1])
+    base = base if len(base) <= _URL_MAX else base[:_URL_MAX] + "…"
+    return base + ("?…" if sep else "")

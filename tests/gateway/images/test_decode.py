@@ -1,0 +1,196 @@
+"""Decoding: formats from the bytes, bombs, truncation, frames, modes, the detail rule."""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from PIL import Image
+
+from gateway.errors import ImageError
+from gateway.images.decode import prepare
+from gateway.images.load import DetailRule, ImageLoader, ImageSource
+from gateway.images.resize import effective_detail, target_size
+from gateway.settings import ImageSettings
+from tests.gateway.images import imagedata as img
+
+RULE = DetailRule()
+MAX = ImageSettings().max_pixels
+FORMATS = [("PNG", "png"), ("JPEG", "jpeg"), ("GIF", "gif"), ("BMP", "bmp"), ("TIFF", "tiff"), ("PPM", "ppm"),
+           ("WEBP", "webp")]
+
+
+def payload(url: str) -> bytes:
+    return base64.b64decode(url.split(",", 1)[1])
+
+
+@pytest.mark.parametrize("pil_format, name", FORMATS)
+def test_allowed_formats_pass_through_unchanged(pil_format, name):
+    data = img.encode(pil_format, (120, 80))
+    out = prepare(data, "auto", RULE, MAX)
+    assert (out.width, out.height, out.format, out.resized) == (120, 80, name, False)
+    assert payload(out.url) == data
+
+
+@pytest.mark.parametrize("pil_format, name", FORMATS)
+def test_allowed_formats_resize_to_png(pil_format, name):
+    out = prepare(img.encode(pil_format, (1200, 800)), "low", RULE, MAX)
+    assert (out.width, out.height, out.format, out.resized) == (512, 341, "png", True)
+    assert out.url.startswith("data:image/png;base64,")
+    assert Image.open(io.BytesIO(payload(out.url))).size == (512, 341)
+
+
+@pytest.mark.parametrize("pil_format", ["ICO", "TGA", "PCX", "SGI", "DDS", "QOI", "EPS", "PDF"])
+def test_other_pillow_formats_are_refused(pil_format):
+    try:
+        data = img.encode(pil_format, (32, 32))
+    except (KeyError, OSError, ValueError):
+        pytest.skip(f"this Pillow cannot write {pil_format}")
+    with pytest.raises(ImageError) as info:
+        prepare(data, "auto", RULE, MAX)
+    assert info.value.code == "invalid_image_format"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"hello", b"<svg xmlns='http://www.w3.org/2000/svg'/>", b"%PDF-1.4\n", b"\x89PNG\r\n\x1a\n",
+     b"GIF89a", b"BM", b"\xff\xd8\xff", b"P6\n", b"II*\x00", b"RIFF\x00\x00\x00\x00WEBP"],
+)
+def test_non_images_and_stubs_are_refused(data):
+    with pytest.raises(ImageError):
+        prepare(data, "auto", RULE, MAX)
+
+
+@pytest.mark.parametrize("pil_format", ["PNG", "JPEG", "GIF", "BMP", "TIFF", "PPM", "WEBP"])
+def test_truncated_files_are_refused(pil_format):
+    with pytest.raises(ImageError) as info:
+        prepare(img.truncated(pil_format), "auto", RULE, MAX)
+    assert info.value.code in ("invalid_image", "invalid_image_format")
+
+
+def test_pixel_limit_is_checked_from_the_header():
+    with pytest.raises(ImageError) as info:
+        prepare(img.png_header_only(10_000, 6_000), "auto", RULE, MAX)  # 60 MP, no pixel data at all
+    assert info.value.code == "image_too_large" and "60000000" in info.value.message
+    with pytest.raises(ImageError) as info:
+        prepare(img.encode("PNG", (100, 100)), "auto", RULE, 9_999)
+    assert info.value.code == "image_too_large"
+
+
+def test_a_real_bomb_is_refused_before_decoding():
+    with pytest.raises(ImageError) as info:
+        prepare(img.png_bomb(8000, 8000), "auto", RULE, MAX)
+    assert info.value.code == "image_too_large"
+
+
+def test_pillow_bomb_error_becomes_a_400():
+    # 4.3 GP: over twice Pillow's MAX_IMAGE_PIXELS, Pillow raises inside Image.open
+    with pytest.raises(ImageError) as info:
+        prepare(img.gif_header_only(65535, 65535), "auto", RULE, 10**12)
+    assert info.value.code == "image_too_large"
+
+
+def test_pillow_bomb_warning_becomes_a_400():
+    # 100 MP: over Pillow's MAX_IMAGE_PIXELS (~89 MP) but under twice it: Pillow only warns
+    assert Image.MAX_IMAGE_PIXELS < 100_000_000 < 2 * Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ImageError) as info:
+        prepare(img.png_header_only(10_000, 10_000), "auto", RULE, 10**12)
+    assert info.value.code == "image_too_large"
+
+
+def test_multi_frame_images_use_the_first_frame():
+    tiff = img.multipage_tiff([(30, 20), (4000, 4000)])
+    out = prepare(tiff, "auto", RULE, 1_000)  # the big second page is never decoded or counted
+    assert (out.width, out.height) == (30, 20)
+    gif = img.animated_gif()
+    out = prepare(gif, "auto", RULE, MAX)
+    assert (out.width, out.height, out.format) == (40, 30, "gif") and payload(out.url) == gif
+    out = prepare(gif, "low", DetailRule(low_max_side=20), MAX)
+    assert Image.open(io.BytesIO(payload(out.url))).n_frames == 1
+
+
+@pytest.mark.parametrize(
+    "mode, fmt", [("RGBA", "PNG"), ("LA", "PNG"), ("P", "PNG"), ("L", "PNG"), ("1", "PNG"), ("I;16", "PNG"),
+                  ("CMYK", "JPEG"), ("CMYK", "TIFF"), ("YCbCr", "JPEG"), ("I", "TIFF"), ("F", "TIFF")],
+)
+def test_every_mode_can_be_resized(mode, fmt):
+    data = img.encode(fmt, (900, 600), mode=mode, color=None if mode in ("I;16", "I", "F") else "white")
+    out = prepare(data, "low", RULE, MAX)
+    im = Image.open(io.BytesIO(payload(out.url)))
+    assert im.size == (512, 341) and im.mode in ("RGB", "RGBA", "L", "LA")
+
+
+def test_alpha_survives_a_resize():
+    out = prepare(img.encode("PNG", (900, 600), mode="RGBA", color=(255, 0, 0, 10)), "low", RULE, MAX)
+    assert Image.open(io.BytesIO(payload(out.url))).getpixel((5, 5))[3] == 10
+
+
+def test_camera_jpeg_with_mpf_reports_jpeg():
+    im1, im2 = Image.new("RGB", (64, 48), "red"), Image.new("RGB", (64, 48), "blue")
+    buf = io.BytesIO()
+    im1.save(buf, "MPO", save_all=True, append_images=[im2])
+    out = prepare(buf.getvalue(), "auto", RULE, MAX)
+    assert out.format == "jpeg" and out.url.startswith("data:image/jpeg;")
+
+
+@pytest.mark.parametrize(
+    "size, detail, rule, expected",
+    [
+        ((1200, 800), "low", RULE, (512, 341)),
+        ((800, 1200), "low", RULE, (341, 512)),
+        ((400, 300), "low", RULE, (400, 300)),  # never scaled up for detail
+        ((400, 300), "auto", RULE, (400, 300)),
+        ((4000, 3000), "auto", RULE, (4000, 3000)),  # auto → high; no high limits in the rule
+        ((4000, 3000), "high", DetailRule(high_max_side=2048), (2048, 1536)),
+        ((4000, 3000), "auto", DetailRule(high_max_side=2048), (2048, 1536)),
+        ((4000, 3000), "high", DetailRule(high_max_pixels=1_000_000), (1154, 866)),
+        ((4000, 3000), "high", DetailRule(high_max_side=1000, high_max_pixels=10**9), (1000, 750)),
+        ((20, 10), "auto", DetailRule(min_pixels=3136), (80, 40)),  # scaled up to the minimum
+        ((20, 10), "low", DetailRule(low_max_side=50, min_pixels=10_000), (50, 25)),  # the side wins
+        ((1, 10_000), "low", RULE, (1, 512)),
+        ((600, 600), "auto", RULE, (600, 600)),
+    ],
+)
+def test_target_size(size, detail, rule, expected):
+    assert target_size(*size, detail, rule) == expected
+
+
+def test_auto_is_low_when_it_already_fits():
+    assert effective_detail(512, 300, "auto", RULE) == "low"
+    assert effective_detail(513, 300, "auto", RULE) == "high"
+
+
+@given(
+    st.integers(1, 20_000), st.integers(1, 20_000), st.sampled_from(["auto", "low", "high"]),
+    st.builds(DetailRule, low_max_side=st.integers(16, 2048), high_max_side=st.none() | st.integers(16, 8192),
+              high_max_pixels=st.none() | st.integers(256, 50_000_000), min_pixels=st.none() | st.integers(1, 100_000)),
+)
+def test_target_size_respects_the_rule(w, h, detail, rule):
+    tw, th = target_size(w, h, detail, rule)
+    assert tw >= 1 and th >= 1
+    mode = effective_detail(w, h, detail, rule)
+    side = rule.low_max_side if mode == "low" else rule.high_max_side
+    if side:
+        assert max(tw, th) <= max(side, 1)
+    if mode == "high" and rule.high_max_pixels and min(tw, th) > 1:
+        assert tw * th <= rule.high_max_pixels
+    if (tw, th) != (w, h) and min(w, h) >= 64 and min(tw, th) >= 64:  # aspect kept (to rounding)
+        assert math.isclose(tw / th, w / h, rel_tol=0.05)
+
+
+async def test_loader_resizes_per_source_detail_and_caches_results(session):
+    loader = ImageLoader(ImageSettings(), session)
+    uri = img.data_uri(img.encode("JPEG", (2000, 1000)), "image/jpeg")
+    rule = DetailRule(high_max_side=1024)
+    out = await loader.load([ImageSource(uri, "low"), ImageSource(uri, "high"), ImageSource(uri, "auto")], rule)
+    assert [(o.width, o.height) for o in out] == [(512, 256), (1024, 512), (1024, 512)]
+    again = await loader.load([ImageSource(uri, "low")], rule)
+    assert again[0] == out[0]
+    stats = loader.stats()
+    assert stats["result_hits"] >= 1 and stats["data_uris"] == 4
+    other = await loader.load([ImageSource(uri, "low")], DetailRule(low_max_side=256))  # rule is in the key
+    assert other[0].width == 256
