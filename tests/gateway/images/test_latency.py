@@ -1,0 +1,87 @@
+"""The event loop stays responsive while big images are decoded, resized and encoded."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.images.load import DetailRule, ImageLoader, ImageSource
+from gateway.settings import ImageSettings
+from tests.gateway.images import imagedata as img
+
+MAX_GAP_S = 0.050
+
+
+@pytest.fixture(scope="module")
+def big_jpeg() -> bytes:
+    return img.big_jpeg()  # 5472 x 3648 ≈ 20 MP
+
+
+async def _max_gap_while(work) -> tuple[float, object]:
+    """Run ``work`` while a ticker sleeps 1 ms at a time; return the longest gap between its ticks."""
+    loop = asyncio.get_running_loop()
+    gaps: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        last = loop.time()
+        while not done.is_set():
+            await asyncio.sleep(0.001)
+            now = loop.time()
+            gaps.append(now - last)
+            last = now
+
+    tick = asyncio.ensure_future(ticker())
+    await asyncio.sleep(0.01)
+    try:
+        result = await work
+    finally:
+        done.set()
+        await tick
+    return max(gaps), result
+
+
+@pytest.mark.parametrize("detail, rule", [("auto", DetailRule()), ("low", DetailRule()),
+                                          ("high", DetailRule(high_max_side=2048))])
+async def test_20_megapixel_jpeg_does_not_block_the_loop(big_jpeg, session, detail, rule):
+    loader = ImageLoader(ImageSettings(), session)
+    uri = img.data_uri(big_jpeg, "image/jpeg")
+    gap, out = await _max_gap_while(loader.load([ImageSource(uri, detail)], rule))
+    assert out[0].width in (5472, 512, 2048)
+    print(f"max gap {gap * 1000:.1f} ms")
+    assert gap < MAX_GAP_S, f"the event loop stalled for {gap * 1000:.0f} ms"
+
+
+async def test_many_images_at_once_do_not_block_the_loop(big_jpeg, session):
+    loader = ImageLoader(ImageSettings(), session)
+    noisy = img.noise("JPEG", (1600, 1200))
+    sources = [ImageSource(img.data_uri(noisy, "image/jpeg"), d) for d in ("low", "high", "auto")]
+    sources += [ImageSource(img.data_uri(img.encode("PNG", (1500 + i, 1000), color=(i, 0, 0))), "low")
+                for i in range(9)]
+    sources.append(ImageSource(img.data_uri(big_jpeg, "image/jpeg"), "low"))
+    gap, out = await _max_gap_while(loader.load(sources, DetailRule()))
+    assert len(out) == 13
+    print(f"max gap {gap * 1000:.1f} ms")
+    assert gap < MAX_GAP_S, f"the event loop stalled for {gap * 1000:.0f} ms"
+
+
+async def test_big_fetched_image_does_not_block_the_loop(big_jpeg, session, image_server):
+    from tests.gateway.images.conftest import FILES
+
+    FILES["big.jpg"] = (big_jpeg, "image/jpeg")
+    loader = ImageLoader(ImageSettings(allow_loopback=True), session)
+    gap, out = await _max_gap_while(loader.load([ImageSource(image_server.url("/files/big.jpg"), "auto")], DetailRule()))
+    assert out[0].width == 5472 and len(big_jpeg) < ImageSettings().max_image_bytes
+    print(f"max gap {gap * 1000:.1f} ms")
+    assert gap < MAX_GAP_S, f"the event loop stalled for {gap * 1000:.0f} ms"
+
+
+async def test_the_ticker_notices_a_blocked_loop():
+    import time
+
+    async def blocking() -> None:
+        time.sleep(0.12)
+
+    gap, _ = await _max_gap_while(blocking())
+    assert gap >= 0.1
