@@ -12,6 +12,19 @@ import threading
 from typing import Any
 
 
+_IMPORT_LOCK = threading.Lock()  # transformers' lazy module import is not thread-safe
+
+
+def _auto_tokenizer() -> Any:
+    with _IMPORT_LOCK:
+        from engines.cpu_compat import install_import_hook
+
+        install_import_hook()  # transformers imports torchvision when installed (CUDA build on CPU torch)
+        from transformers import AutoTokenizer  # heavy import, only where a model is served
+
+        return AutoTokenizer
+
+
 class Tokenizer:
     """One model's tokenizer, loaded once (on first use or by ``load``)."""
 
@@ -23,9 +36,7 @@ class Tokenizer:
     def load(self) -> Any:
         with self._lock:
             if self._tok is None:
-                from transformers import AutoTokenizer  # heavy import, only where a model is served
-
-                self._tok = AutoTokenizer.from_pretrained(self.name_or_path)
+                self._tok = _auto_tokenizer().from_pretrained(self.name_or_path)
             return self._tok
 
     def encode_sync(self, text: str, add_special_tokens: bool = False) -> list[int]:

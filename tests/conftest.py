@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from engines.cpu_compat import install_import_hook
 from engines.tiny import ensure_tiny
+
+install_import_hook()  # tests import transformers (and so torchvision) directly
 
 
 @pytest.fixture(scope="session")
