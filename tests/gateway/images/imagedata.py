@@ -47,7 +47,8 @@ def gif_header_only(width: int, height: int) -> bytes:
 
 
 def multipage_tiff(sizes) -> bytes:
-    frames = [Image.new("RGB", s, c) for s, c in zip(sizes, ["red", "blue", "green", "white"])]
+    colors = ["red", "blue", "green", "white"][: len(sizes)]
+    frames = [Image.new("RGB", s, c) for s, c in zip(sizes, colors, strict=True)]
     buf = io.BytesIO()
     frames[0].save(buf, "TIFF", save_all=True, append_images=frames[1:])
     return buf.getvalue()

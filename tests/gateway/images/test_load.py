@@ -15,7 +15,7 @@ from gateway.images.guard import VettedTarget, _open
 from gateway.images.load import DetailRule, ImageLoader, ImageSource, LoadedImage
 from gateway.settings import ImageSettings
 from tests.gateway.images import imagedata as img
-from tests.gateway.images.conftest import FakeResolver, _app, ImageServer
+from tests.gateway.images.conftest import FakeResolver, ImageServer, _app
 
 
 async def test_data_uris_load_in_order(session):
