@@ -1,0 +1,1 @@
+from tests.gateway.state.fixtures import backend, prefix, redis_client, second_redis_client  # noqa: F401
