@@ -31,6 +31,16 @@ from engines.vllm_server import server_command, server_env
 log = logging.getLogger("vlm_gateway.engine")
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the gateway dies, even by kill -9 (Linux only)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -89,12 +99,13 @@ class EmbeddedVLLM:
             await asyncio.sleep(0.5)
 
     async def _spawn(self) -> asyncio.subprocess.Process:
-        cmd = server_command(self.checkpoint, self.port, [*self._args, "--served-model-name", self.served_name])
+        cmd = server_command(self.checkpoint, self.port, ["--disable-uvicorn-access-log", *self._args,
+                                                          "--served-model-name", self.served_name])
         env = {**os.environ, **server_env(), **self._env}
         log.info("starting vLLM for %s on port %d", self.served_name, self.port)
         return await asyncio.create_subprocess_exec(
             *cmd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_die_with_parent,
         )
 
     async def _supervise(self) -> None:
