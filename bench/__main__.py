@@ -36,6 +36,7 @@ def chat_body(image: str, max_tokens: int) -> bytes:
             {"type": "image_url", "image_url": {"url": image}},
             {"type": "text", "text": "What is in this image?"}]}],
         "max_tokens": max_tokens,
+        "ignore_eos": True,  # exactly max_tokens on both paths
         "temperature": 0,
     })
 

@@ -27,6 +27,8 @@ class SamplingParams(msgspec.Struct, omit_defaults=True):
     frequency_penalty: float | None = None
     logprobs: int | None = None
     structured_outputs: dict[str, Any] | None = None
+    min_tokens: int = 0
+    ignore_eos: bool = False
 
 
 class EngineRequest(msgspec.Struct):

@@ -47,6 +47,8 @@ def chat_sampling(req: ChatCompletionRequest, stop_token_ids: list[int]) -> Samp
         presence_penalty=req.presence_penalty,
         frequency_penalty=req.frequency_penalty,
         structured_outputs=_structured(req.response_format),
+        min_tokens=req.min_tokens,
+        ignore_eos=req.ignore_eos,
     )
 
 
@@ -65,4 +67,6 @@ def completion_sampling(req: CompletionRequest, stop_token_ids: list[int]) -> Sa
         seed=req.seed,
         presence_penalty=req.presence_penalty,
         frequency_penalty=req.frequency_penalty,
+        min_tokens=req.min_tokens,
+        ignore_eos=req.ignore_eos,
     )

@@ -124,7 +124,8 @@ class Worker:
             try:
                 if self._busy < self.concurrency:
                     for lease in await self.queue.reclaim(self.consumer, self.concurrency - self._busy):
-                        self._spawn(lease)
+                        if lease.entry not in self._held:  # our own, late heartbeat: already being handled
+                            self._spawn(lease)
                 if cycles % GC_EVERY == 0:
                     await self.queue.gc(self.consumer)
             except Exception as exc:

@@ -96,7 +96,10 @@ class ChatCompletionRequest(Struct):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     user: str | None = None
-    return_token_ids: bool = False  # extension (as vLLM's): the prompt ids the engine saw
+    # extensions, as vLLM names them
+    return_token_ids: bool = False  # the prompt ids the engine saw, images expanded
+    min_tokens: NonNegInt = 0
+    ignore_eos: bool = False
 
 
 class ImageRef(Struct):
