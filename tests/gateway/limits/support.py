@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.limits import Caller, ConfigKey, KeyStore, LimitSettings, Limiter
+from gateway.limits import Caller, ConfigKey, KeyStore, Limiter, LimitSettings
 from gateway.state import StateBackend
 
 FAST = {"window_s": 60.0, "lease_ttl_s": 0.3, "renew_interval_s": 0.1, "concurrency_retry_after_s": 0.5}

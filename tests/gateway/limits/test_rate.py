@@ -1,0 +1,273 @@
+"""Limiter: authentication, model restriction, rpm / concurrency / tpm, leases, two replicas on Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+import msgspec
+import pytest
+
+from gateway.errors import AuthenticationFailed, EngineUnavailable, ModelNotFound, RateLimited, error_response
+from gateway.limits import ConfigKey, KeyStore, hash_secret
+from gateway.limits.rate import duration
+from gateway.state import MemoryState, RedisState
+from tests.gateway.limits.support import make_caller, make_limiter
+
+# --- without keys: one path, no limits -----------------------------------------------------------
+
+
+async def test_no_keys_no_limits(backend) -> None:
+    limiter = make_limiter(backend)
+    assert not limiter.enabled
+    for header in (None, "", "Bearer sk-whatever", "Basic abc"):
+        assert await limiter.authenticate(header) is None
+    permit = await limiter.admit(None, ("m",))
+    assert permit.headers == {} and permit.timeout_s == 30.0
+    await permit.release(tokens=100)
+    await permit.release()
+    assert permit.released
+
+
+# --- authentication ------------------------------------------------------------------------------
+
+async def test_authenticate(backend) -> None:
+    limiter = make_limiter(backend)
+    secret, _ = await limiter.keys.create("acme", rpm=10, concurrency=2, tpm=99, models=["m"])
+    assert not limiter.enabled  # as last seen; the next request looks again
+    caller = await limiter.authenticate(f"bearer  {secret} ")
+    assert limiter.enabled
+    assert (caller.name, caller.rpm, caller.concurrency, caller.tpm, caller.models) == ("acme", 10, 2, 99, ("m",))
+    assert caller.key_id.startswith("key_")
+    for header in (None, "", "Bearer", f"Basic {secret}"):
+        with pytest.raises(AuthenticationFailed, match="didn't provide an API key") as missing:
+            await limiter.authenticate(header)
+        assert missing.value.status == 401
+    with pytest.raises(AuthenticationFailed, match="Incorrect API key provided") as wrong:
+        await limiter.authenticate(f"Bearer {secret[:-1]}Z")
+    assert secret[8:-4] not in wrong.value.message and wrong.value.code == "invalid_api_key"
+    body = msgspec.json.decode(error_response(None, wrong.value).content)
+    assert body["error"]["type"] == "authentication_error"
+
+
+async def test_config_keys_enable_limits_without_a_store() -> None:
+    limiter = make_limiter(MemoryState(), [ConfigKey(name="cfg", hash=hash_secret("vlm-cfg"), rpm=3)])
+    assert limiter.enabled
+    caller = await limiter.authenticate("Bearer vlm-cfg")
+    assert caller.name == "cfg" and caller.rpm == 3 and caller.key_id.startswith("cfg-")
+    with pytest.raises(AuthenticationFailed):
+        await limiter.authenticate(None)
+
+
+async def test_revocation_takes_effect_on_the_next_request(backend) -> None:
+    limiter = make_limiter(backend)
+    secret, caller = await make_caller(limiter)
+    await (await limiter.admit(caller, ("m",))).release()
+    await KeyStore(backend).revoke(caller.key_id)  # e.g. `vlm-gateway keys revoke` on another machine
+    with pytest.raises(AuthenticationFailed, match="revoked"):
+        await limiter.authenticate(f"Bearer {secret}")
+
+
+async def test_state_failure_is_503_not_open(prefix) -> None:
+    from redis.asyncio import Redis
+
+    from tests.helpers import free_port
+
+    dead = Redis(port=free_port(), socket_connect_timeout=0.2)
+    limiter = make_limiter(RedisState(dead, prefix), state_timeout_s=0.5)
+    try:
+        with pytest.raises(EngineUnavailable) as err:
+            await limiter.authenticate("Bearer vlm-x")
+        assert err.value.status == 503 and err.value.headers["Retry-After"] == "1"
+    finally:
+        await dead.aclose()
+
+
+# --- models --------------------------------------------------------------------------------------
+
+async def test_model_restricted_key(backend) -> None:
+    limiter = make_limiter(backend)
+    _, caller = await make_caller(limiter, models=["qwen", "alias-b"])
+    with pytest.raises(ModelNotFound) as err:
+        await limiter.admit(caller, ("llava", "llava-alias"))
+    assert err.value.status == 404 and err.value.param == "model" and "`llava`" in err.value.message
+    await (await limiter.admit(caller, ("qwen",))).release()
+    await (await limiter.admit(caller, ("b-id", "alias-b"))).release()  # an alias counts
+
+
+# --- rpm -----------------------------------------------------------------------------------------
+
+async def test_rpm_429_with_headers(backend) -> None:
+    limiter = make_limiter(backend)
+    _, caller = await make_caller(limiter, rpm=2)
+    first = await limiter.admit(caller, ("m",))
+    second = await limiter.admit(caller, ("m",))
+    assert first.headers["x-ratelimit-limit-requests"] == "2"
+    assert [first.headers["x-ratelimit-remaining-requests"], second.headers["x-ratelimit-remaining-requests"]] == [
+        "1", "0"]
+    assert second.headers["x-ratelimit-reset-requests"].endswith("s")
+    assert "x-ratelimit-limit-tokens" not in first.headers
+    with pytest.raises(RateLimited) as err:
+        await limiter.admit(caller, ("m",))
+    headers = err.value.headers
+    assert err.value.status == 429 and "requests per min" in err.value.message
+    assert 59 <= int(headers["Retry-After"]) <= 60 and 58_000 < int(headers["retry-after-ms"]) <= 60_000
+    assert headers["x-ratelimit-limit-requests"] == "2" and headers["x-ratelimit-remaining-requests"] == "0"
+    response = error_response(None, err.value)
+    assert response.status_code == 429 and response.headers["Retry-After"] == headers["Retry-After"]
+    body = msgspec.json.decode(response.content)["error"]
+    assert (body["type"], body["code"]) == ("rate_limit_error", "rate_limit_exceeded")
+    await first.release()
+    await second.release()
+
+
+async def test_retry_after_is_exact(backend) -> None:
+    limiter = make_limiter(backend, window_s=0.4)
+    _, caller = await make_caller(limiter, rpm=2)
+    for _ in range(2):
+        await (await limiter.admit(caller, ("m",))).release()
+    with pytest.raises(RateLimited) as err:
+        await limiter.admit(caller, ("m",))
+    wait_ms = int(err.value.headers["retry-after-ms"])
+    assert 300 < wait_ms <= 400
+    await asyncio.sleep(wait_ms / 1000)
+    await (await limiter.admit(caller, ("m",))).release()
+
+
+async def test_refused_requests_consume_nothing(backend) -> None:
+    limiter = make_limiter(backend)
+    _, caller = await make_caller(limiter, rpm=5, concurrency=1)
+    held = await limiter.admit(caller, ("m",))
+    for _ in range(10):
+        with pytest.raises(RateLimited, match="concurrent") as err:
+            await limiter.admit(caller, ("m",))
+    assert err.value.headers["retry-after-ms"] == "500" and err.value.headers["Retry-After"] == "1"
+    assert err.value.headers["x-ratelimit-remaining-requests"] == "4"
+    await held.release()
+    again = await limiter.admit(caller, ("m",))
+    assert again.headers["x-ratelimit-remaining-requests"] == "3"
+    await again.release()
+
+
+async def test_exactly_n_under_a_burst(backend) -> None:
+    limiter = make_limiter(backend)
+    _, caller = await make_caller(limiter, rpm=30, concurrency=1000)
+    outcomes = await asyncio.gather(*(limiter.admit(caller, ("m",)) for _ in range(100)), return_exceptions=True)
+    permits = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(permits) == 30
+    assert all(isinstance(o, RateLimited) and "Retry-After" in o.headers for o in outcomes if o not in permits)
+    await asyncio.gather(*(p.release() for p in permits))
+
+
+async def test_exactly_n_across_two_replicas(redis_client, second_redis_client, prefix) -> None:
+    one = make_limiter(RedisState(redis_client, prefix))
+    two = make_limiter(RedisState(second_redis_client, prefix))
+    secret, _ = await one.keys.create("acme", rpm=30, concurrency=1000)
+    callers = [await one.authenticate(f"Bearer {secret}"), await two.authenticate(f"Bearer {secret}")]
+    assert callers[0] == callers[1]
+    replicas = [one, two]
+    outcomes = await asyncio.gather(*(replicas[i % 2].admit(callers[i % 2], ("m",)) for i in range(120)),
+                                    return_exceptions=True)
+    permits = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(permits) == 30, [o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, RateLimited)]
+    assert sum(isinstance(o, RateLimited) for o in outcomes) == 90
+    await asyncio.gather(*(p.release() for p in permits))
+
+
+# --- concurrency ---------------------------------------------------------------------------------
+
+async def test_concurrency_across_two_replicas(redis_client, second_redis_client, prefix) -> None:
+    one = make_limiter(RedisState(redis_client, prefix))
+    two = make_limiter(RedisState(second_redis_client, prefix))
+    _, caller = await make_caller(one, rpm=1000, concurrency=5)
+    outcomes = await asyncio.gather(*((one, two)[i % 2].admit(caller, ("m",)) for i in range(20)),
+                                    return_exceptions=True)
+    permits = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(permits) == 5 and all(isinstance(o, RateLimited) for o in outcomes if o not in permits)
+    with pytest.raises(RateLimited):
+        await two.admit(caller, ("m",))
+    await permits[0].release()
+    await permits[0].release()  # idempotent: frees one slot, not two
+    extra = await two.admit(caller, ("m",))
+    with pytest.raises(RateLimited):
+        await one.admit(caller, ("m",))
+    await asyncio.gather(extra.release(), *(p.release() for p in permits))
+    assert await one.state.slots_in_use(f"conc:{caller.key_id}") == 0
+
+
+async def test_held_slot_is_renewed(backend) -> None:
+    limiter = make_limiter(backend)  # lease 0.3 s, renewed every 0.1 s
+    _, caller = await make_caller(limiter, concurrency=1)
+    permit = await limiter.admit(caller, ("m",))
+    await asyncio.sleep(0.7)  # more than two leases
+    with pytest.raises(RateLimited):
+        await limiter.admit(caller, ("m",))
+    await permit.release()
+    await (await limiter.admit(caller, ("m",))).release()
+
+
+async def test_dead_holder_slot_comes_back_after_the_lease(backend) -> None:
+    limiter = make_limiter(backend)
+    _, caller = await make_caller(limiter, concurrency=1)
+    permit = await limiter.admit(caller, ("m",))
+    permit._renewer.cancel()  # the replica "dies": renewals stop, nothing is released
+    with pytest.raises(RateLimited):
+        await limiter.admit(caller, ("m",))
+    await asyncio.sleep(0.4)
+    await (await limiter.admit(caller, ("m",))).release()
+
+
+async def test_dropped_permit_stops_renewing(backend) -> None:
+    limiter = make_limiter(backend)
+    _, caller = await make_caller(limiter, concurrency=1)
+    await limiter.admit(caller, ("m",))  # never released (a bug): the Permit is garbage
+    gc.collect()
+    await asyncio.sleep(0.45)
+    await (await limiter.admit(caller, ("m",))).release()
+
+
+async def test_client_disconnect_frees_the_slot(backend) -> None:
+    limiter = make_limiter(backend)
+    _, caller = await make_caller(limiter, concurrency=1)
+    admitted = asyncio.Event()
+
+    async def request() -> None:
+        permit = await limiter.admit(caller, ("m",))
+        try:
+            admitted.set()
+            await asyncio.sleep(60)  # generating
+        finally:
+            await permit.release()
+
+    task = asyncio.create_task(request())
+    await admitted.wait()
+    task.cancel()
+    await asyncio.sleep(0)
+    task.cancel()  # cancelled again while releasing (a cancel scope does this)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await limiter.close()
+    assert await limiter.state.slots_in_use(f"conc:{caller.key_id}") == 0
+
+
+# --- tokens --------------------------------------------------------------------------------------
+
+async def test_tpm(backend) -> None:
+    limiter = make_limiter(backend, window_s=0.4)
+    _, caller = await make_caller(limiter, tpm=100)
+    permit = await limiter.admit(caller, ("m",))
+    assert permit.headers["x-ratelimit-limit-tokens"] == "100"
+    assert permit.headers["x-ratelimit-remaining-tokens"] == "100"
+    await permit.release(tokens=150)
+    await permit.release(tokens=150)  # counted once
+    with pytest.raises(RateLimited, match="tokens per min") as err:
+        await limiter.admit(caller, ("m",))
+    assert err.value.headers["x-ratelimit-remaining-tokens"] == "0"
+    assert "x-ratelimit-remaining-requests" not in err.value.headers  # refused before any request counted
+    await asyncio.sleep(int(err.value.headers["retry-after-ms"]) / 1000)
+    await (await limiter.admit(caller, ("m",))).release()
+
+
+def test_duration_format() -> None:
+    assert [duration(s) for s in (0, 0.0201, 1, 1.5, 59.9724, 60, 61.25, 360)] == [
+        "0ms", "21ms", "1s", "1.5s", "59.972s", "1m0s", "1m1.25s", "6m0s"]
