@@ -133,6 +133,8 @@ class CompletionRequest(Struct):
     frequency_penalty: Penalty | None = None
     user: str | None = None
     return_token_ids: bool = False
+    min_tokens: NonNegInt = 0
+    ignore_eos: bool = False
 
 
 # --- responses ----------------------------------------------------------------------------------
