@@ -78,9 +78,14 @@ def new_key(name: str, rpm: int = DEFAULT_RPM, concurrency: int = DEFAULT_CONCUR
     return secret, key
 
 
+def config_id(digest: str) -> str:
+    """The id of a config-file key: derived from its hash, so every replica agrees on it."""
+    return "cfg-" + digest[:12]
+
+
 def from_config(entry: ConfigKey) -> ApiKey:
     models = None if entry.models is None else tuple(entry.models)
-    return ApiKey(id="cfg-" + entry.hash[:12], name=entry.name, hash=entry.hash, rpm=entry.rpm,
+    return ApiKey(id=config_id(entry.hash), name=entry.name, hash=entry.hash, rpm=entry.rpm,
                   concurrency=entry.concurrency, tpm=entry.tpm, models=models)
 
 
