@@ -5,7 +5,8 @@ from __future__ import annotations
 from gateway.limits import Caller, ConfigKey, KeyStore, Limiter, LimitSettings
 from gateway.state import StateBackend
 
-FAST = {"window_s": 60.0, "lease_ttl_s": 0.3, "renew_interval_s": 0.1, "concurrency_retry_after_s": 0.5}
+FAST = {"window_s": 60.0, "lease_ttl_s": 2.0, "renew_interval_s": 0.5, "concurrency_retry_after_s": 0.5}
+SHORT_LEASE = {"lease_ttl_s": 0.3, "renew_interval_s": 0.1}  # for the tests about leases
 
 
 def make_limiter(state: StateBackend, config_keys: list[ConfigKey] | None = None, **overrides) -> Limiter:

@@ -46,7 +46,7 @@ async def _client(limiter: Limiter, seen: list[int], secret: str, retries: int) 
 
 
 async def test_sdk_retry_succeeds_after_429() -> None:
-    limiter = make_limiter(MemoryState(), window_s=0.5)
+    limiter = make_limiter(MemoryState(), window_s=1.2)
     secret, _ = await limiter.keys.create("acme", rpm=2)
     seen: list[int] = []
     client = await _client(limiter, seen, secret, retries=2)
@@ -57,8 +57,10 @@ async def test_sdk_retry_succeeds_after_429() -> None:
     raw = await client.chat.completions.with_raw_response.create(model="m", messages=messages)
     waited = time.monotonic() - start
     assert raw.parse().choices[0].message.content == "hi"
-    assert seen == [200, 200, 429, 200]  # one 429, then the SDK's retry got through
-    assert 0.3 < waited < 1.5  # it waited as long as retry-after-ms said, not its own backoff
+    # One 429, then the first retry got through: the SDK waited as long as retry-after-ms said (~1.2 s),
+    # not its own backoff (<= 0.5 s before the first retry), which would have met a second 429.
+    assert seen == [200, 200, 429, 200]
+    assert 0.6 < waited < 2.5
     assert raw.headers["x-ratelimit-limit-requests"] == "2"
     await client.close()
 

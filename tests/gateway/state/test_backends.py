@@ -47,15 +47,15 @@ async def test_hit_with_cost(backend) -> None:
 
 
 async def test_window_slides(backend) -> None:
-    assert (await backend.hit("w", 0.3, 2)).allowed
-    await asyncio.sleep(0.15)
-    assert (await backend.hit("w", 0.3, 2)).allowed
-    denied = await backend.hit("w", 0.3, 2)
+    assert (await backend.hit("w", 0.6, 2)).allowed
+    await asyncio.sleep(0.3)
+    assert (await backend.hit("w", 0.6, 2)).allowed
+    denied = await backend.hit("w", 0.6, 2)
     assert not denied.allowed
-    assert 0.05 < denied.retry_after_s <= 0.16  # the first entry ages out first
+    assert 0 < denied.retry_after_s <= 0.31  # the first entry ages out first
     await asyncio.sleep(denied.retry_after_s + 0.02)
-    assert (await backend.hit("w", 0.3, 2)).allowed  # exactly when Retry-After said
-    assert not (await backend.hit("w", 0.3, 2)).allowed
+    assert (await backend.hit("w", 0.6, 2)).allowed  # exactly when Retry-After said
+    assert not (await backend.hit("w", 0.6, 2)).allowed  # the second entry still counts
 
 
 async def test_window_empties_completely(backend) -> None:
@@ -75,16 +75,16 @@ async def test_peek_records_nothing(backend) -> None:
 
 
 async def test_add_then_peek_counts_tokens(backend) -> None:
-    await backend.add("t", 0.4, 500)
-    await asyncio.sleep(0.15)
-    await backend.add("t", 0.4, 500)
-    await backend.add("t", 0.4, 0)  # nothing to record
-    usage = await backend.peek("t", 0.4, 800)
+    await backend.add("t", 0.6, 500)
+    await asyncio.sleep(0.3)
+    await backend.add("t", 0.6, 500)
+    await backend.add("t", 0.6, 0)  # nothing to record
+    usage = await backend.peek("t", 0.6, 800)
     assert not usage.allowed and usage.used == 1000 and usage.remaining == 0
-    assert 0.15 < usage.retry_after_s <= 0.26  # when the first 500 age out, 500 < 800
-    assert 0.3 < usage.reset_s <= 0.4
+    assert 0 < usage.retry_after_s <= 0.31  # when the first 500 age out, 500 < 800
+    assert usage.retry_after_s < usage.reset_s <= 0.6
     await asyncio.sleep(usage.retry_after_s + 0.02)
-    again = await backend.peek("t", 0.4, 800)
+    again = await backend.peek("t", 0.6, 800)
     assert again.allowed and again.used == 500
 
 
@@ -124,14 +124,14 @@ async def test_unrenewed_lease_comes_back_after_ttl(backend) -> None:
 
 
 async def test_renewed_lease_is_kept(backend) -> None:
-    assert await backend.acquire_slot("s", 1, 0.3, "a")
+    assert await backend.acquire_slot("s", 1, 0.5, "a")
     for _ in range(4):
-        await asyncio.sleep(0.12)
-        assert await backend.renew_slot("s", "a", 0.3)
-    assert not await backend.acquire_slot("s", 1, 0.3, "b")  # 0.48 s later, still held
-    assert not await backend.renew_slot("s", "b", 0.3)
+        await asyncio.sleep(0.15)
+        assert await backend.renew_slot("s", "a", 0.5)
+    assert not await backend.acquire_slot("s", 1, 0.5, "b")  # 0.6 s later, still held
+    assert not await backend.renew_slot("s", "b", 0.5)
     await backend.release_slot("s", "a")
-    assert not await backend.renew_slot("s", "a", 0.3)
+    assert not await backend.renew_slot("s", "a", 0.5)
 
 
 async def test_concurrent_acquires_take_exactly_limit(backend) -> None:
