@@ -55,3 +55,14 @@ def finish(out: Path) -> None:
     for p in out.rglob("*"):
         if p.is_file():
             p.chmod(0o644)
+
+
+def nest_vision_model(key: str, prefix: str = "vision_tower.") -> str:
+    """``vision_tower.X`` -> ``vision_tower.vision_model.X``.
+
+    transformers 5 saves CLIP/SigLIP towers without the ``vision_model.`` level that the hub
+    checkpoints (and vLLM's ``CLIPVisionModel``/``SiglipVisionModel``) have.
+    """
+    if key.startswith(prefix) and not key.startswith(prefix + "vision_model."):
+        return prefix + "vision_model." + key[len(prefix) :]
+    return key

@@ -111,7 +111,7 @@ def build(out: Path) -> None:
     c.save_model(LlavaForConditionalGeneration, config, out)
     # transformers 5 saves the CLIP tower as ``vision_tower.embeddings...``; vLLM's CLIPVisionModel
     # (like the llava-hf checkpoints) has it under ``vision_tower.vision_model.``.
-    c.rename_weights(out, _vllm_name)
+    c.rename_weights(out, c.nest_vision_model)
 
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": IMAGE_SIZE},
@@ -130,9 +130,3 @@ def build(out: Path) -> None:
     processor.save_pretrained(out)
     image_processor.save_pretrained(out)  # preprocessor_config.json too, as the hub checkpoints have
 
-
-def _vllm_name(key: str) -> str:
-    prefix = "vision_tower."
-    if key.startswith(prefix) and not key.startswith(prefix + "vision_model."):
-        return prefix + "vision_model." + key[len(prefix) :]
-    return key
