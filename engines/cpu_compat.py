@@ -19,7 +19,11 @@ load (``libc10_cuda.so`` missing), and:
   ``vllm.entrypoints.openai.api_server`` cannot import. Fix: make ``import torchcodec`` raise
   ImportError (vLLM then treats it as not installed; it is only used for audio/video decoding).
 
-Both fixes are no-ops where the extensions load (GPU builds, matching CPU wheels) or the packages are
+* vLLM's Llama 4 vision patch embedding fails on CPU (``onednn_mm`` needs a contiguous input:
+  ``RuntimeError: Expected a.stride(-1) == 1``); ``Llama4UnfoldConvolution.forward`` is patched on import
+  of ``vllm.model_executor.models.mllama4`` to add ``.contiguous()`` (CPU platform only).
+
+The fixes are no-ops where the extensions load (GPU builds, matching CPU wheels) or the packages are
 absent. Entry points:
 
 * :func:`apply` fixes the current process. Call it before anything imports torchvision/torchaudio.
@@ -107,11 +111,14 @@ def _patch_load_lib(utils_module) -> None:
     utils_module._load_lib = _load_lib
 
 
-class _TorchaudioFinder:
-    """Wraps the loader of ``torchaudio._extension.utils`` so ``_load_lib`` is patched on import."""
+class _PostImportPatch:
+    """``sys.meta_path`` entry that runs ``patch(module)`` right after ``name`` is executed."""
+
+    def __init__(self, name: str, patch):
+        self.name, self.patch = name, patch
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != _TA_UTILS:
+        if fullname != self.name:
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or spec.loader is None:
@@ -120,10 +127,15 @@ class _TorchaudioFinder:
 
         def exec_and_patch(module):
             exec_module(module)
-            _patch_load_lib(module)
+            self.patch(module)
 
         spec.loader.exec_module = exec_and_patch
         return spec
+
+
+def _add_post_import_patch(name: str, patch) -> None:
+    if not any(isinstance(f, _PostImportPatch) and f.name == name for f in sys.meta_path):
+        sys.meta_path.insert(0, _PostImportPatch(name, patch))
 
 
 def _fix_torchaudio(torch) -> str:
@@ -134,8 +146,38 @@ def _fix_torchaudio(torch) -> str:
         return "absent"
     if _can_load(torch, next(iter(sorted((pkg / "lib").glob("_torchaudio*.so"))), None)):
         return "not-needed"
-    if not any(isinstance(f, _TorchaudioFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _TorchaudioFinder())
+    _add_post_import_patch(_TA_UTILS, _patch_load_lib)
+    return "patched"
+
+
+_MLLAMA4 = "vllm.model_executor.models.mllama4"
+
+
+def _patch_llama4_unfold(module) -> None:
+    """vLLM's Llama 4 patch embedding feeds a permuted (non-contiguous) tensor to its linear layer;
+    on CPU that linear is oneDNN's ``onednn_mm``, which requires ``stride(-1) == 1`` and fails with
+    ``RuntimeError: Expected a.stride(-1) == 1``. Make the input contiguous (CPU platform only)."""
+    from vllm.platforms import current_platform
+
+    cls = getattr(module, "Llama4UnfoldConvolution", None)
+    if cls is None or not current_platform.is_cpu() or getattr(cls, "_vlm_cpu_compat", False):
+        return
+
+    def forward(self, hidden_states):
+        hidden_states = self.unfold(hidden_states).permute(0, 2, 1).contiguous()
+        hidden_states, _ = self.linear(hidden_states)
+        return hidden_states
+
+    cls.forward = forward
+    cls._vlm_cpu_compat = True
+
+
+def _fix_vllm_llama4() -> str:
+    if _MLLAMA4 in sys.modules:
+        return "too-late"
+    if importlib.util.find_spec("vllm") is None:
+        return "absent"
+    _add_post_import_patch(_MLLAMA4, _patch_llama4_unfold)
     return "patched"
 
 
@@ -193,6 +235,7 @@ def apply() -> dict[str, str]:
                 "torchvision": _fix_torchvision(torch),
                 "torchaudio": _fix_torchaudio(torch),
                 "torchcodec": _fix_torchcodec(torch),
+                "vllm-llama4": _fix_vllm_llama4(),
             }
         return _result
 
@@ -201,22 +244,21 @@ class _LazyApply:
     """``sys.meta_path`` entry that runs :func:`apply` right before torchvision/torchaudio load."""
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname.partition(".")[0] in ("torchvision", "torchaudio", "torchcodec"):
-            try:
-                sys.meta_path.remove(self)
-            except ValueError:
-                pass
-            apply()
+        if fullname.partition(".")[0] in ("torchvision", "torchaudio", "torchcodec") or fullname == _MLLAMA4:
+            apply()  # also takes this hook off sys.meta_path
+            for finder in sys.meta_path:  # a patch apply() just added for this very module
+                if isinstance(finder, _PostImportPatch) and finder.name == fullname:
+                    return finder.find_spec(fullname, path, target)
         return None  # let the normal finders import it
 
 
 def install_import_hook() -> None:
-    """Run :func:`apply` lazily, before the first import of torchvision, torchaudio or torchcodec."""
+    """Run :func:`apply` lazily, before the first import of torchvision/torchaudio/torchcodec/mllama4."""
     if _result is None and not any(isinstance(f, _LazyApply) for f in sys.meta_path):
         sys.meta_path.insert(0, _LazyApply())
 
 
-_SITECUSTOMIZE = '''\
+_SITECUSTOMIZE = """\
 # Generated by engines.cpu_compat: make torchvision/torchaudio (CUDA wheels) import on CPU torch in
 # every Python process with this directory on PYTHONPATH, lazily; then chain to any other
 # sitecustomize further down sys.path.
@@ -245,7 +287,7 @@ try:
 except Exception as _e:  # never break interpreter start-up
     print(f"engines.cpu_compat sitecustomize failed: {{_e!r}}", file=_sys.stderr)
 del _vlm_cpu_compat
-'''
+"""
 
 
 def hook_dir() -> Path:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 
-from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 _WORDS = """
 the of and to in a is that for it as was with be by on not he I this are or his from at which but have
@@ -31,12 +31,9 @@ car tree house sky water person people left right top bottom center small large 
 please answer question text shown show shows showing there this that these those user assistant
 system model hello hi thanks thank you sure here is a an the JSON json true false null { } [ ] : ,
 0 1 2 3 4 5 6 7 8 9 10 100 2024 2025 yes no ok error tool call function name arguments value
-""".split()
+""".split()  # noqa: SIM905
 
-CORPUS = [
-    " ".join(_WORDS[i : i + 12]) + (".\n" if i % 24 == 0 else ",\n\n")
-    for i in range(0, len(_WORDS), 6)
-] + [
+CORPUS = [" ".join(_WORDS[i : i + 12]) + (".\n" if i % 24 == 0 else ",\n\n") for i in range(0, len(_WORDS), 6)] + [
     "The image shows a small red car parked next to a green tree under a blue sky.",
     "Describe the picture in one sentence. What color is the cat? The cat is black and white.",
     "You are a helpful assistant. Answer the question about the image.",
@@ -108,8 +105,7 @@ def train_bytelevel(leading_specials: list[str] = (), vocab_size: int = 1024):
 
 
 def _byte_order():
-    from tokenizers.pre_tokenizers import ByteLevel  # noqa: F401
-
+    """Sort key putting GPT-2's byte-to-unicode symbols in byte order (as GPT-2/Qwen vocabularies do)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
     bs += list(range(ord("®"), ord("ÿ") + 1))
     cs, n = bs[:], 0
@@ -118,7 +114,7 @@ def _byte_order():
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    order = {chr(c): b for b, c in zip(bs, cs)}
+    order = {chr(c): b for b, c in zip(bs, cs, strict=True)}
     return lambda ch: order.get(ch, 1 << 20)
 
 

@@ -129,4 +129,3 @@ def build(out: Path) -> None:
     )
     processor.save_pretrained(out)
     image_processor.save_pretrained(out)  # preprocessor_config.json too, as the hub checkpoints have
-
