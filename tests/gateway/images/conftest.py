@@ -239,7 +239,8 @@ async def image_server():
 
 @pytest.fixture
 def settings() -> ImageSettings:
-    return ImageSettings(allow_loopback=True)
+    # generous time: these tests share busy CI machines; the timeout tests set their own limit
+    return ImageSettings(allow_loopback=True, fetch_timeout_s=10.0)
 
 
 @pytest_asyncio.fixture
