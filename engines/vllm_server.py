@@ -33,7 +33,11 @@ VLLM_MODULE = "vllm.entrypoints.openai.api_server"
 
 # Environment defaults for a small CPU box (only set where unset).
 DEFAULT_ENV = {
-    "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache
+    # GiB of KV cache (an int; this legacy variable overrides --kv-cache-memory-bytes when set).
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    # "auto" pins each engine's worker to core 0 (reserving the rest), so several engines on a small
+    # box would all share one core; let the OS schedule instead.
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
     "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1",
     "HF_HUB_OFFLINE": "1",

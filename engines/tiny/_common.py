@@ -27,7 +27,13 @@ def save_model(model_cls, config, out: Path) -> None:
 
     torch.manual_seed(SEED)
     model = model_cls(config).eval()
-    model.to(getattr(torch, DTYPE))
+    dtype = getattr(torch, DTYPE)
+    for p in model.parameters():
+        p.data = p.data.to(dtype)
+    for module in model.modules():  # real floating buffers only (Llama 4's RoPE buffer is complex)
+        for name, buf in module._buffers.items():
+            if buf is not None and buf.is_floating_point():
+                module._buffers[name] = buf.to(dtype)
     model.save_pretrained(out, safe_serialization=True)
     n = sum(p.numel() for p in model.parameters())
     log(f"saved {model_cls.__name__} ({n / 1e6:.2f} M params) to {out}")

@@ -1,0 +1,93 @@
+"""engines.cpu_compat and engines.vllm_server helpers (no vLLM server is started here)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from engines import cpu_compat
+from engines.vllm_server import DEFAULT_ENV, server_command, server_env
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_py(code: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env["PYTHONPATH"] = str(REPO)
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_import_torchvision_after_apply_in_fresh_process():
+    r = run_py(
+        "import engines.cpu_compat as c; print(c.apply()); print(c.apply())\n"
+        "import torchvision, torchvision.transforms.v2, torchaudio, transformers.processing_utils\n"
+        "print('ok', torchvision.__version__)"
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    first, second, last = r.stdout.strip().splitlines()[-3:]
+    assert first == second  # idempotent
+    assert last.startswith("ok ")
+
+
+def test_child_env_fixes_every_python_process_lazily():
+    env = cpu_compat.child_env({k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    r = run_py(
+        "import sys; assert 'torch' not in sys.modules  # the hook is lazy\n"
+        "import torchvision, transformers.processing_utils\n"
+        "import engines.cpu_compat as c; print(sorted(c.apply()))",
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "torchvision" in r.stdout
+
+
+def test_child_env_reaches_spawned_children():
+    # vLLM starts EngineCore and its worker with multiprocessing "spawn" on CPU.
+    env = cpu_compat.child_env({k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    r = run_py(
+        "import importlib, multiprocessing as mp\n"
+        "if __name__ == '__main__':\n"
+        "    p = mp.get_context('spawn').Process(target=importlib.import_module, args=('torchvision',))\n"
+        "    p.start(); p.join(); print('exitcode', p.exitcode)",
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "exitcode 0" in r.stdout, r.stderr[-3000:]
+
+
+def test_unusable_torchcodec_raises_import_error():
+    r = run_py(
+        "import engines.cpu_compat as c; res = c.apply()\n"
+        "try:\n    import torchcodec\nexcept ImportError:\n    print('import-error', res['torchcodec'])\n"
+        "else:\n    print('imported', res['torchcodec'])"
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout.strip().splitlines()[-1]
+    assert out in ("import-error blocked", "imported not-needed", "import-error absent"), out
+
+
+def test_hook_dir_is_stable_and_chains():
+    d1, d2 = cpu_compat.hook_dir(), cpu_compat.hook_dir()
+    assert d1 == d2 and (d1 / "sitecustomize.py").is_file()
+    assert "install_import_hook" in (d1 / "sitecustomize.py").read_text()
+
+
+def test_server_command_and_env():
+    cmd = server_command("/models/x", 8123, ["--served-model-name", "x", "--max-model-len", "2048"])
+    assert cmd[:3] == [sys.executable, "-m", "engines.vllm_server"]
+    assert cmd[cmd.index("--model") + 1] == "/models/x"
+    assert cmd[cmd.index("--port") + 1] == "8123"
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert "--enable-scale-out" in cmd
+    assert cmd[-4:] == ["--served-model-name", "x", "--max-model-len", "2048"]  # extra args go last
+
+    env = server_env({"VLLM_CPU_KVCACHE_SPACE": "3", "PATH": os.environ.get("PATH", "")})
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "3"  # kept when set
+    assert server_env({})["VLLM_CPU_KVCACHE_SPACE"] == DEFAULT_ENV["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    parts = env["PYTHONPATH"].split(os.pathsep)
+    assert str(cpu_compat.hook_dir()) in parts and str(REPO) in parts
