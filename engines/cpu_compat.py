@@ -18,7 +18,6 @@ load (``libc10_cuda.so`` missing), and:
   imports it at module level and only catches ImportError/RuntimeError, so even
   ``vllm.entrypoints.openai.api_server`` cannot import. Fix: make ``import torchcodec`` raise
   ImportError (vLLM then treats it as not installed; it is only used for audio/video decoding).
-
 * vLLM's Llama 4 vision patch embedding fails on CPU (``onednn_mm`` needs a contiguous input:
   ``RuntimeError: Expected a.stride(-1) == 1``); ``Llama4UnfoldConvolution.forward`` is patched on import
   of ``vllm.model_executor.models.mllama4`` to add ``.contiguous()`` (CPU platform only).
@@ -26,7 +25,8 @@ load (``libc10_cuda.so`` missing), and:
 The fixes are no-ops where the extensions load (GPU builds, matching CPU wheels) or the packages are
 absent. Entry points:
 
-* :func:`apply` fixes the current process. Call it before anything imports torchvision/torchaudio.
+* :func:`apply` fixes the current process. Call it before anything imports torchvision/torchaudio/
+  torchcodec (and before vLLM imports its Llama 4 model).
   Idempotent, thread-safe, cheap after the first call.
 * :func:`install_import_hook` defers :func:`apply` until the first import of one of those packages
   (costs nothing in processes that never import them).
