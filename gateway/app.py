@@ -15,6 +15,7 @@ import aiohttp
 from litestar import Litestar
 
 from engines import Engine
+from gateway.api.auth import require_api_key
 from gateway.api.chat import chat_completions
 from gateway.api.completions import completions
 from gateway.api.health import health
@@ -22,9 +23,11 @@ from gateway.api.models import list_models
 from gateway.api.seeds import fal_run, vision, vlmrun_generate
 from gateway.errors import error_response
 from gateway.images.load import ImageLoader
+from gateway.limits import KeyStore, Limiter
 from gateway.models import Model, ModelRegistry
 from gateway.pipeline import Services
 from gateway.settings import Settings
+from gateway.state import state_backend
 from gateway.tokenize import Tokenizer
 
 log = logging.getLogger("vlm_gateway")
@@ -58,6 +61,9 @@ def create_app(settings: Settings, engine_factory: EngineFactory = default_engin
                 from redis.asyncio import Redis
 
                 redis = Redis.from_url(settings.redis_url)
+            state = state_backend(redis, settings.limits.redis_prefix)
+            limiter = Limiter(settings.limits, state, KeyStore(state if redis else None, settings.limits.keys))
+            await limiter.refresh()
             tokenizers = {m.id: Tokenizer(m.tokenizer) for m in registry.models}
             await asyncio.gather(*(asyncio.to_thread(t.load) for t in tokenizers.values()))
             engines = {m.id: engine_factory(m, session) for m in registry.models}
@@ -69,10 +75,12 @@ def create_app(settings: Settings, engine_factory: EngineFactory = default_engin
                 engines=engines,
                 tokenizers=tokenizers,
                 images=ImageLoader(settings.images, session, redis=redis),
+                limiter=limiter,
             )
             try:
                 yield
             finally:
+                await limiter.close()
                 await asyncio.gather(*(engine.close() for engine in engines.values()),
                                      return_exceptions=True)
                 if redis is not None:
@@ -82,6 +90,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory = default_engin
         route_handlers=[chat_completions, completions, list_models, health, vision, fal_run, vlmrun_generate],
         lifespan=[lifespan],
         exception_handlers={Exception: error_response},
+        guards=[require_api_key],
         request_max_body_size=settings.max_request_bytes,
         debug=False,
     )

@@ -1,18 +1,28 @@
 """Run one request to completion (not streamed): the chat and completions routes, the seed adapters
-and the job worker all go through these two functions, so there is one code path."""
+and the job worker all go through these two functions, so there is one code path.
+
+Each returns the response body and the headers to send with it (the caller's rate-limit state)."""
 
 from __future__ import annotations
 
+from gateway.limits import Caller
 from gateway.pipeline import Services, generate, prepare_chat, prepare_completion
 from gateway.responses import chat_completion, completion
 from gateway.schemas.openai import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest
 
 
-async def complete_chat(svc: Services, req: ChatCompletionRequest) -> ChatCompletion:
-    prepared = await prepare_chat(svc, req)
-    return await chat_completion(prepared, generate(svc, prepared), req.return_token_ids)
+Headers = dict[str, str]
 
 
-async def complete_text(svc: Services, req: CompletionRequest) -> Completion:
-    prepared = await prepare_completion(svc, req)
-    return await completion(prepared, generate(svc, prepared), req.return_token_ids)
+async def complete_chat(svc: Services, req: ChatCompletionRequest,
+                        caller: Caller | None = None) -> tuple[ChatCompletion, Headers]:
+    prepared = await prepare_chat(svc, req, caller)
+    body = await chat_completion(prepared, generate(svc, prepared), req.return_token_ids)
+    return body, prepared.permit.headers
+
+
+async def complete_text(svc: Services, req: CompletionRequest,
+                        caller: Caller | None = None) -> tuple[Completion, Headers]:
+    prepared = await prepare_completion(svc, req, caller)
+    body = await completion(prepared, generate(svc, prepared), req.return_token_ids)
+    return body, prepared.permit.headers

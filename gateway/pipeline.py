@@ -15,6 +15,7 @@ the response. Every failure is raised as a GatewayError and rendered once by gat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -22,8 +23,9 @@ from collections.abc import AsyncIterator
 import msgspec
 
 from engines import Engine, EngineDelta, EngineRequest
-from gateway.errors import EngineUnavailable, InvalidRequest
+from gateway.errors import EngineUnavailable, InvalidRequest, Timeout
 from gateway.images.load import DetailRule, ImageLoader, ImageSource
+from gateway.limits import Caller, Limiter, Permit
 from gateway.models import Model, ModelRegistry
 from gateway.prompts.families import Detail
 from gateway.prompts.raw_completions import map_image_markers
@@ -49,6 +51,7 @@ class Services(msgspec.Struct):
     engines: dict[str, Engine]
     tokenizers: dict[str, Tokenizer]
     images: ImageLoader
+    limiter: Limiter
 
 
 class Prepared(msgspec.Struct):
@@ -59,6 +62,7 @@ class Prepared(msgspec.Struct):
     response_id: str
     created: int
     image_count: int
+    permit: Permit  # released when the engine stream ends (see ``generate``)
 
 
 # --- step 3 helpers: where a request's images are --------------------------------------------------
@@ -113,9 +117,25 @@ async def _load_images(svc: Services, model: Model, sources: list[ImageSource]) 
 
 # --- steps 1–5 ----------------------------------------------------------------------------------
 
-async def prepare_chat(svc: Services, req: ChatCompletionRequest) -> Prepared:
+@contextlib.asynccontextmanager
+async def admitted(svc: Services, caller: Caller | None, model: Model):
+    """Step 2: the caller's key may use this model and is within its limits (else 404 / 429).
+    The permit is handed on to ``generate``, or released here if preparing the request fails."""
+    permit = await svc.limiter.admit(caller, (model.id, *model.aliases))
+    try:
+        yield permit
+    except BaseException:
+        await permit.release()
+        raise
+
+
+async def prepare_chat(svc: Services, req: ChatCompletionRequest, caller: Caller | None = None) -> Prepared:
     model = svc.models.resolve(req.model)                                   # 1. resolve model
-    # 2. admit: issue 5
+    async with admitted(svc, caller, model) as permit:                      # 2. admit
+        return await _prepare_chat(svc, req, model, permit)
+
+
+async def _prepare_chat(svc: Services, req: ChatCompletionRequest, model: Model, permit: Permit) -> Prepared:
     messages = req.messages                                                 # family-data reshaping
     if model.family.string_content_as_parts:
         messages = strings_to_parts(messages)
@@ -132,12 +152,16 @@ async def prepare_chat(svc: Services, req: ChatCompletionRequest) -> Prepared:
 
     images, token_ids = await asyncio.gather(                                # 3. load images (concurrently)
         _load_images(svc, model, sources), prompt_ids())
-    return _prepared(model, token_ids, images, sampling, "chatcmpl")
+    return _prepared(model, token_ids, images, sampling, "chatcmpl", permit)
 
 
-async def prepare_completion(svc: Services, req: CompletionRequest) -> Prepared:
+async def prepare_completion(svc: Services, req: CompletionRequest, caller: Caller | None = None) -> Prepared:
     model = svc.models.resolve(req.model)                                   # 1. resolve model
-    # 2. admit: issue 5
+    async with admitted(svc, caller, model) as permit:                      # 2. admit
+        return await _prepare_completion(svc, req, model, permit)
+
+
+async def _prepare_completion(svc: Services, req: CompletionRequest, model: Model, permit: Permit) -> Prepared:
     sources = completion_image_sources(req)
     _check_image_count(svc, model, len(sources), "images")
     raw = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
@@ -146,10 +170,11 @@ async def prepare_completion(svc: Services, req: CompletionRequest) -> Prepared:
     sampling = completion_sampling(req, tokenizer.token_ids(model.family.stop))
     images, token_ids = await asyncio.gather(                                # 3. load images, 5. tokenize
         _load_images(svc, model, sources), tokenizer.encode(text, add_special_tokens=True))
-    return _prepared(model, token_ids, images, sampling, "cmpl")
+    return _prepared(model, token_ids, images, sampling, "cmpl", permit)
 
 
-def _prepared(model: Model, token_ids: list[int], images: list[str], sampling, prefix: str) -> Prepared:
+def _prepared(model: Model, token_ids: list[int], images: list[str], sampling, prefix: str,
+              permit: Permit) -> Prepared:
     if not token_ids:
         raise InvalidRequest("the prompt is empty", param="prompt")
     request_id = f"{prefix}-{uuid.uuid4().hex}"
@@ -159,14 +184,36 @@ def _prepared(model: Model, token_ids: list[int], images: list[str], sampling, p
         response_id=request_id,
         created=int(time.time()),
         image_count=len(images),
+        permit=permit,
     )
 
 
 # --- step 6 -------------------------------------------------------------------------------------
 
-def generate(svc: Services, prepared: Prepared) -> AsyncIterator[EngineDelta]:
-    engine = svc.engines[prepared.model.id]
-    if not engine.ready:
-        raise EngineUnavailable(f"the engine for {prepared.model.id} is not up yet; retry shortly",
-                                headers={"Retry-After": "5"})
-    return engine.generate(prepared.engine_request)
+async def generate(svc: Services, prepared: Prepared) -> AsyncIterator[EngineDelta]:
+    """The engine's deltas, within the permit's time limit; the permit is released (with the tokens
+    used, for per-minute token limits) however the stream ends: done, failed, timed out, or closed
+    early because the client went away (closing the engine stream aborts the engine request)."""
+    permit, tokens = prepared.permit, 0
+    try:
+        engine = svc.engines[prepared.model.id]
+        if not engine.ready:
+            raise EngineUnavailable(f"the engine for {prepared.model.id} is not up yet; retry shortly",
+                                    headers={"Retry-After": "5"})
+        stream = engine.generate(prepared.engine_request)
+        deadline = time.monotonic() + permit.timeout_s
+        try:
+            while True:
+                try:
+                    delta = await asyncio.wait_for(anext(stream), deadline - time.monotonic())
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise Timeout(f"the request took longer than {permit.timeout_s:g} s") from None
+                if delta.prompt_tokens is not None:
+                    tokens = delta.prompt_tokens + (delta.completion_tokens or 0)
+                yield delta
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await permit.release(tokens)

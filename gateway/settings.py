@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from gateway.limits.settings import LimitSettings
+
 ENV_PREFIX = "VLM_GATEWAY_"
 
 
@@ -72,6 +74,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     log_level: str = "info"
     models: list[ModelSettings] = []
     images: ImageSettings = msgspec.field(default_factory=ImageSettings)
+    limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
 
     @property
     def cache_path(self) -> Path:

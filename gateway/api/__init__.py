@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request
+from litestar.connection import ASGIConnection
 
+from gateway.limits import Caller
 from gateway.pipeline import Services
 
 
-def services(request: Request[Any, Any, Any]) -> Services:
-    return request.app.state.services
+def services(connection: ASGIConnection[Any, Any, Any, Any]) -> Services:
+    return connection.app.state.services
+
+
+def caller(connection: ASGIConnection[Any, Any, Any, Any]) -> Caller | None:
+    """The API key the request authenticated with (set by ``gateway.api.auth``); None without keys."""
+    return connection.state.get("caller")

@@ -7,7 +7,7 @@ from typing import Any
 from litestar import Request, Response, post
 from litestar.response import Stream
 
-from gateway.api import services
+from gateway.api import caller, services
 from gateway.pipeline import generate, prepare_chat
 from gateway.complete import complete_chat
 from gateway.schemas.openai import DECODE_CHAT
@@ -19,11 +19,13 @@ async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any] | S
     svc = services(request)
     req = DECODE_CHAT.decode(await request.body())
     if not req.stream:
-        return Response(await complete_chat(svc, req))
-    prepared = await prepare_chat(svc, req)
+        body, headers = await complete_chat(svc, req, caller(request))
+        return Response(body, headers=headers)
+    prepared = await prepare_chat(svc, req, caller(request))
     deltas = generate(svc, prepared)
     first = await anext(deltas)  # an engine error before the first byte keeps its HTTP status
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     events = chat_events(prepared, prepend(first, deltas), include_usage=include_usage,
                          return_token_ids=req.return_token_ids)
-    return Stream(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return Stream(events, media_type="text/event-stream",
+                  headers={"Cache-Control": "no-cache", **prepared.permit.headers})

@@ -7,7 +7,7 @@ from typing import Any
 from litestar import Request, Response, post
 from litestar.response import Stream
 
-from gateway.api import services
+from gateway.api import caller, services
 from gateway.pipeline import generate, prepare_completion
 from gateway.complete import complete_text
 from gateway.schemas.openai import DECODE_COMPLETION
@@ -19,11 +19,13 @@ async def completions(request: Request[Any, Any, Any]) -> Response[Any] | Stream
     svc = services(request)
     req = DECODE_COMPLETION.decode(await request.body())
     if not req.stream:
-        return Response(await complete_text(svc, req))
-    prepared = await prepare_completion(svc, req)
+        body, headers = await complete_text(svc, req, caller(request))
+        return Response(body, headers=headers)
+    prepared = await prepare_completion(svc, req, caller(request))
     deltas = generate(svc, prepared)
     first = await anext(deltas)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     events = completion_events(prepared, prepend(first, deltas), include_usage=include_usage,
                                return_token_ids=req.return_token_ids)
-    return Stream(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return Stream(events, media_type="text/event-stream",
+                  headers={"Cache-Control": "no-cache", **prepared.permit.headers})

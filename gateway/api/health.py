@@ -19,7 +19,7 @@ def gpu_available() -> bool:
     return bool(glob.glob("/dev/nvidia[0-9]*"))
 
 
-@get("/health")
+@get("/health", opt={"public": True})
 async def health(request: Request[Any, Any, Any]) -> Health:
     engines = services(request).engines.values()
     loaded = bool(engines) and all(engine.ready for engine in engines)

@@ -15,7 +15,7 @@ from litestar import Request, post
 from litestar.params import FromPath
 
 from gateway import seeds
-from gateway.api import services
+from gateway.api import caller, services
 from gateway.complete import complete_chat
 from gateway.schemas.seeds import FalRequest, FalResponse, VisionCompletion, VisionRequest, VlmRunRequest, VlmRunResponse
 
@@ -27,13 +27,14 @@ _VLMRUN = msgspec.json.Decoder(VlmRunRequest)
 @post("/vision", status_code=200, opt={"error_shape": "seed"})
 async def vision(request: Request[Any, Any, Any]) -> VisionCompletion:
     req = _VISION.decode(await request.body())
-    return seeds.vision_response(await complete_chat(services(request), seeds.vision_to_chat(req)))
+    out, _ = await complete_chat(services(request), seeds.vision_to_chat(req), caller(request))
+    return seeds.vision_response(out)
 
 
 @post("/run/{model:path}", status_code=200)
 async def fal_run(request: Request[Any, Any, Any], model: FromPath[str]) -> FalResponse:
     req = _FAL.decode(await request.body())
-    out = await complete_chat(services(request), seeds.fal_to_chat(model.lstrip("/"), req))
+    out, _ = await complete_chat(services(request), seeds.fal_to_chat(model.lstrip("/"), req), caller(request))
     return seeds.fal_response(out)
 
 
@@ -46,5 +47,5 @@ async def vlmrun_generate(request: Request[Any, Any, Any]) -> VlmRunResponse:
     req = _VLMRUN.decode(await request.body())
     created_at = seeds.now_iso()
     chat = seeds.vlmrun_to_chat(req, vlmrun_model(request, req))
-    out = await complete_chat(services(request), chat)
+    out, _ = await complete_chat(services(request), chat, caller(request))
     return seeds.vlmrun_response(req, f"vlmrun-{uuid.uuid4().hex}", created_at, out)

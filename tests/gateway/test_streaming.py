@@ -6,6 +6,7 @@ import msgspec
 
 from engines import EngineDelta, EngineRequest, SamplingParams
 from gateway.errors import EngineFailed
+from gateway.limits import Permit
 from gateway.pipeline import Prepared
 from gateway.streaming import DONE, chat_events, completion_events
 
@@ -16,7 +17,8 @@ class _Model(msgspec.Struct):
 
 def prepared(n: int = 1, images: int = 1) -> Prepared:
     req = EngineRequest("chatcmpl-1", [1, 2, 3, 9], ["data:,"] * images, SamplingParams(n=n))
-    return Prepared(model=_Model(), engine_request=req, response_id="chatcmpl-1", created=7, image_count=images)
+    return Prepared(model=_Model(), engine_request=req, response_id="chatcmpl-1", created=7, image_count=images,
+                    permit=Permit({}, 30))
 
 
 async def scripted(deltas, fail: Exception | None = None, closed: list | None = None):
