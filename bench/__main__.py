@@ -23,7 +23,7 @@ import msgspec
 
 from bench.load import Result, closed_loop
 from engines.tiny import ensure_tiny
-from engines.vllm_server import server_command, server_env
+from engines.vllm_launch import server_command, server_env
 from tests.helpers import PYTHON, Child, free_port, png_data_uri
 
 MODEL = "bench-model"
@@ -45,7 +45,7 @@ def start_stack(family: str, logs: Path) -> tuple[Child, Child, str, str, float]
     checkpoint = ensure_tiny(family, Path.home() / ".cache" / "vlm-gateway" / "tiny")
     engine_port, gateway_port = free_port(), free_port()
     engine = Child("engine", server_command(str(checkpoint), engine_port, ["--served-model-name", MODEL]),
-                   logs, env=server_env())
+                   logs, env=server_env(model_path=str(checkpoint)))
     started = time.monotonic()
     engine_url = f"http://127.0.0.1:{engine_port}"
     engine.wait_http(engine_url + "/health", 900)

@@ -26,7 +26,7 @@ import aiohttp
 
 from engines import EngineDelta, EngineRequest
 from engines.vllm_remote import RemoteVLLM
-from engines.vllm_server import server_command, server_env
+from engines.vllm_launch import server_command, server_env
 
 log = logging.getLogger("vlm_gateway.engine")
 
@@ -101,7 +101,7 @@ class EmbeddedVLLM:
     async def _spawn(self) -> asyncio.subprocess.Process:
         cmd = server_command(self.checkpoint, self.port, ["--disable-uvicorn-access-log", *self._args,
                                                           "--served-model-name", self.served_name])
-        env = {**os.environ, **server_env(), **self._env}
+        env = {**server_env(model_path=self.checkpoint), **self._env}
         log.info("starting vLLM for %s on port %d", self.served_name, self.port)
         return await asyncio.create_subprocess_exec(
             *cmd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,

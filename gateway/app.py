@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -43,7 +44,8 @@ def default_engine(model: Model, session: aiohttp.ClientSession) -> Engine:
         return RemoteVLLM(model.engine.urls, session, request_timeout_s=model.engine.request_timeout_s)
     from engines.vllm_embedded import EmbeddedVLLM
 
-    args = ["--max-model-len", str(model.context_length), *model.engine.args]
+    args = ["--max-model-len", str(model.context_length),
+            "--limit-mm-per-prompt", json.dumps({"image": model.max_images}), *model.engine.args]
     return EmbeddedVLLM(model.checkpoint, session, served_name=model.id, args=args, env=model.engine.env,
                         port=model.engine.port, startup_timeout_s=model.engine.startup_timeout_s,
                         request_timeout_s=model.engine.request_timeout_s)

@@ -19,7 +19,7 @@ import msgspec
 import pytest
 
 from engines.tiny import ensure_tiny
-from engines.vllm_server import server_command, server_env
+from engines.vllm_launch import server_command, server_env
 from tests.helpers import PYTHON, Child, free_port
 
 pytestmark = pytest.mark.engine
@@ -57,7 +57,8 @@ def vllm_servers(checkpoints: dict[str, Path], logs: Path):
     for family in REMOTE_FAMILIES:
         port = free_port()
         cmd = server_command(str(checkpoints[family]), port, ["--served-model-name", model_id(family)])
-        children[family] = (Child(f"vllm-{family}", cmd, logs, env=server_env()), f"http://127.0.0.1:{port}")
+        env = server_env(model_path=str(checkpoints[family]))
+        children[family] = (Child(f"vllm-{family}", cmd, logs, env=env), f"http://127.0.0.1:{port}")
     try:
         with ThreadPoolExecutor(len(children)) as pool:
             list(pool.map(lambda item: item[0].wait_http(item[1] + "/health", ENGINE_START_TIMEOUT_S),

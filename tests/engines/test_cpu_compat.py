@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from engines import cpu_compat
-from engines.vllm_server import DEFAULT_ENV, server_command, server_env
+from engines.vllm_launch import CPU_ENV, server_command, server_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -88,6 +88,11 @@ def test_server_command_and_env():
 
     env = server_env({"VLLM_CPU_KVCACHE_SPACE": "3", "PATH": os.environ.get("PATH", "")})
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "3"  # kept when set
-    assert server_env({})["VLLM_CPU_KVCACHE_SPACE"] == DEFAULT_ENV["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert server_env({})["VLLM_CPU_KVCACHE_SPACE"] == CPU_ENV["VLLM_CPU_KVCACHE_SPACE"] == "1"
     parts = env["PYTHONPATH"].split(os.pathsep)
     assert str(cpu_compat.hook_dir()) in parts and str(REPO) in parts
+
+
+def test_offline_only_for_local_checkpoints(tmp_path):
+    assert server_env({}, model_path=str(tmp_path))["HF_HUB_OFFLINE"] == "1"
+    assert "HF_HUB_OFFLINE" not in server_env({}, model_path="Qwen/Qwen2.5-VL-3B-Instruct")
