@@ -57,7 +57,8 @@ def create_app(settings: Settings, engine_factory: EngineFactory = default_engin
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-        async with aiohttp.ClientSession(connector=connector) as session:
+        # no cookies: a cookie set by one image host must not travel with later fetches
+        async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as session:
             redis = None
             if settings.redis_url:
                 from redis.asyncio import Redis
@@ -71,18 +72,20 @@ def create_app(settings: Settings, engine_factory: EngineFactory = default_engin
             engines = {m.id: engine_factory(m, session) for m in registry.models}
             for engine in engines.values():
                 await engine.start()
+            images = ImageLoader(settings.images, session, redis=redis)
             app.state.services = Services(
                 settings=settings,
                 models=registry,
                 engines=engines,
                 tokenizers=tokenizers,
-                images=ImageLoader(settings.images, session, redis=redis),
+                images=images,
                 limiter=limiter,
             )
             try:
                 yield
             finally:
                 await limiter.close()
+                await images.close()
                 await asyncio.gather(*(engine.close() for engine in engines.values()),
                                      return_exceptions=True)
                 if redis is not None:

@@ -3,7 +3,7 @@
 Limits (``ImageSettings``): ``fetch_timeout_s`` for the whole download (resolution, connection,
 redirects and body), ``max_image_bytes`` per image (``Content-Length`` checked first, then the streamed
 body cut at the cap). Fetched bytes are cached by URL in memory (LRU, ``cache_entries`` and
-:data:`MEMORY_CACHE_BYTES`, ``cache_ttl_s``) and, with a Redis client, in Redis with the same TTL.
+``cache_max_bytes``, ``cache_ttl_s``) and, with a Redis client, in Redis with the same TTL.
 Concurrent fetches of one URL share one download.
 """
 
@@ -25,7 +25,6 @@ from gateway.settings import ImageSettings
 log = logging.getLogger("vlm_gateway.images")
 
 CHUNK = 64 * 1024
-MEMORY_CACHE_BYTES = 256 * 1024 * 1024  # bound on the in-memory byte cache besides its entry count
 REDIS_TIMEOUT_S = 0.25
 REDIS_PREFIX = "vlm-gateway:image-bytes:v1:"
 _HEADERS = {"Accept": "image/*", "Accept-Encoding": "identity"}
@@ -42,7 +41,6 @@ class Fetcher:
     def __init__(
         self, settings: ImageSettings, session: aiohttp.ClientSession, redis: Any = None,
         resolver: Resolver | None = None, *, stats: Stats | None = None,
-        memory_bytes: int = MEMORY_CACHE_BYTES,
     ) -> None:
         self.settings = settings
         self.session = session
@@ -50,7 +48,7 @@ class Fetcher:
         self.resolver = resolver
         self.stats = stats if stats is not None else Stats()
         self._memory: LRUCache[str, bytes] = LRUCache(
-            settings.cache_entries, settings.cache_ttl_s, max_bytes=memory_bytes
+            settings.cache_entries, settings.cache_ttl_s, max_bytes=settings.cache_max_bytes
         )
         self._flight: SingleFlight[str, bytes] = SingleFlight()
         self._background: set[asyncio.Task[None]] = set()

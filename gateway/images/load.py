@@ -20,7 +20,7 @@ from gateway.errors import GatewayError, ImageError, InvalidRequest
 from gateway.images.cache import LRUCache, SingleFlight, Stats
 from gateway.images.datauri import decode_data_uri, describe_url, is_data_uri
 from gateway.images.decode import Prepared, prepare
-from gateway.images.fetch import MEMORY_CACHE_BYTES, Fetcher
+from gateway.images.fetch import Fetcher
 from gateway.images.guard import Resolver
 from gateway.images.resize import DetailRule
 from gateway.settings import ImageSettings
@@ -72,11 +72,15 @@ class ImageLoader:
         self._stats = Stats()
         self._fetcher = Fetcher(settings, session, redis=redis, resolver=resolver, stats=self._stats)
         self._results: LRUCache[tuple[str, str, DetailRule], Prepared] = LRUCache(
-            settings.cache_entries, settings.cache_ttl_s, max_bytes=MEMORY_CACHE_BYTES,
+            settings.cache_entries, settings.cache_ttl_s, max_bytes=settings.cache_max_bytes,
             sizeof=lambda p: len(p.url),
         )
         self._decoding: SingleFlight[tuple[str, str, DetailRule], Prepared] = SingleFlight()
         self._threads = asyncio.Semaphore(threads or max(2, os.cpu_count() or 2))
+
+    async def close(self) -> None:
+        """Let pending cache writes to Redis finish (at shutdown)."""
+        await self._fetcher.drain()
 
     def stats(self) -> dict[str, int]:
         """Counters: memory/Redis hits and misses, downloads, shared fetches, result-cache hits…"""
