@@ -1,10 +1,17 @@
 """`make bench`: gateway vs. direct vLLM under the same closed-loop load, in one run.
 
-Starts one vLLM server (tiny checkpoint, CPU) and one gateway whose model points at that server as a
-remote engine, so both paths share the very same engine. Then, for each concurrency level, the same
-request — a chat with a small data-URI PNG and 8 output tokens — is sent straight at vLLM's own
-``/v1/chat/completions`` and through the gateway. Prints requests/s, p50 and p99 latency of each and
-the ratio gateway/direct. Times are only compared within this one run.
+Starts one vLLM server (tiny checkpoint, CPU) and two gateways whose model points at that server as
+a remote engine (one with the image cache on, one with it off), so every path shares the very same
+engine. Two cases, each at every concurrency level:
+
+- data URI: a chat with a small data-URI PNG and 8 output tokens, straight at vLLM's own
+  ``/v1/chat/completions`` and through the gateway;
+- URL image: the same chat with an http URL image (640x480 PNG, the same URL every time, served on
+  loopback), straight at vLLM (which fetches it itself) and through the gateway with its image cache
+  on and off.
+
+Prints requests/s, p50 and p99 latency of each and the ratios to direct. Times are only compared
+within this one run.
 
     python -m bench [--family qwen2_5_vl] [--requests 24] [--concurrency 1 16]
 """
@@ -20,11 +27,12 @@ import time
 from pathlib import Path
 
 import msgspec
+from aiohttp import web
 
 from bench.load import Result, closed_loop
 from engines.tiny import ensure_tiny
 from engines.vllm_launch import server_command, server_env
-from tests.helpers import PYTHON, Child, free_port, png_data_uri
+from tests.helpers import PYTHON, Child, free_port, png_bytes, png_data_uri
 
 MODEL = "bench-model"
 
@@ -41,52 +49,88 @@ def chat_body(image: str, max_tokens: int) -> bytes:
     })
 
 
-def start_stack(family: str, logs: Path) -> tuple[Child, Child, str, str, float]:
+def start_gateway(name: str, checkpoint: Path, engine_url: str, logs: Path, env: dict[str, str]) -> tuple[Child, str]:
+    port = free_port()
+    config = logs / f"{name}.toml"
+    config.write_text(f'port = {port}\nlog_level = "warning"\n[images]\nallow_loopback = true\n'
+                      f'[[models]]\nid = "{MODEL}"\ncheckpoint = "{checkpoint}"\ncontext_length = 4096\n'
+                      f'engine = {{ kind = "remote", urls = ["{engine_url}"] }}\n')
+    child = Child(name, [PYTHON, "-m", "gateway.cli", "serve", "--config", str(config)], logs, env=env)
+    url = f"http://127.0.0.1:{port}"
+    child.wait_http(url + "/health", 120, ok=lambda r: r.status_code == 200 and r.json()["model_loaded"])
+    return child, url
+
+
+def start_stack(family: str, logs: Path) -> tuple[list[Child], str, dict[str, str], float]:
     checkpoint = ensure_tiny(family, Path.home() / ".cache" / "vlm-gateway" / "tiny")
-    engine_port, gateway_port = free_port(), free_port()
+    engine_port = free_port()
     engine = Child("engine", server_command(str(checkpoint), engine_port, ["--served-model-name", MODEL]),
                    logs, env=server_env(model_path=str(checkpoint)))
     started = time.monotonic()
     engine_url = f"http://127.0.0.1:{engine_port}"
     engine.wait_http(engine_url + "/health", 900)
     engine_start_s = time.monotonic() - started
-    config = logs / "gateway.toml"
-    config.write_text(f'port = {gateway_port}\nlog_level = "warning"\n[[models]]\nid = "{MODEL}"\n'
-                      f'checkpoint = "{checkpoint}"\ncontext_length = 4096\n'
-                      f'engine = {{ kind = "remote", urls = ["{engine_url}"] }}\n')
-    gateway = Child("gateway", [PYTHON, "-m", "gateway.cli", "serve", "--config", str(config)], logs)
-    gateway_url = f"http://127.0.0.1:{gateway_port}"
-    gateway.wait_http(gateway_url + "/health", 120, ok=lambda r: r.status_code == 200 and r.json()["model_loaded"])
-    return engine, gateway, engine_url, gateway_url, engine_start_s
+    cached, cached_url = start_gateway("gateway", checkpoint, engine_url, logs, {})
+    uncached, uncached_url = start_gateway("gateway-nocache", checkpoint, engine_url, logs,
+                                           {"VLM_GATEWAY_IMAGES__CACHE_ENTRIES": "0"})
+    return [uncached, cached, engine], engine_url, {"gateway": cached_url, "no-cache": uncached_url}, engine_start_s
 
 
-def report(pairs: list[tuple[Result, Result]], engine_start_s: float, family: str) -> str:
-    lines = [f"family {family}; engine (vLLM, CPU) ready after {engine_start_s:.1f} s", "",
-             f"{'target':<10}{'conc':>5}{'reqs':>6}{'err':>5}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"]
-    for direct, gateway in pairs:
-        for r in (direct, gateway):
+def report(rows: dict[str, list[Result]], engine_start_s: float, family: str) -> str:
+    lines = [f"family {family}; engine (vLLM, CPU) ready after {engine_start_s:.1f} s"]
+    for case, results in rows.items():
+        lines += ["", f"{case}:", f"{'target':<10}{'conc':>5}{'reqs':>6}{'err':>5}{'req/s':>9}{'p50 ms':>9}"
+                  f"{'p99 ms':>9}{'rps/direct':>12}{'p50/direct':>12}"]
+        direct = {r.concurrency: r for r in results if r.name == "direct"}
+        for r in sorted(results, key=lambda r: (r.concurrency, r.name != "direct")):
+            d = direct[r.concurrency]
             lines.append(f"{r.name:<10}{r.concurrency:>5}{r.requests:>6}{r.errors:>5}{r.rps:>9.2f}"
-                         f"{r.p50_ms:>9.1f}{r.p99_ms:>9.1f}")
-        lines.append(f"{'ratio':<10}{gateway.concurrency:>5}{'':>11}{gateway.rps / direct.rps:>9.3f}"
-                     f"{gateway.p50_ms / direct.p50_ms:>9.3f}{gateway.p99_ms / direct.p99_ms:>9.3f}"
-                     "   (gateway / direct)")
+                         f"{r.p50_ms:>9.1f}{r.p99_ms:>9.1f}{r.rps / d.rps:>12.3f}{r.p50_ms / d.p50_ms:>12.3f}")
     return "\n".join(lines)
 
 
-async def measure(engine_url: str, gateway_url: str, args: argparse.Namespace) -> list[tuple[Result, Result]]:
-    body = chat_body(png_data_uri(64, 64), args.max_tokens)
-    targets = {"direct": engine_url + "/v1/chat/completions", "gateway": gateway_url + "/v1/chat/completions"}
-    for name, url in targets.items():  # warm up both paths (engine caches, connections)
+async def image_server() -> tuple[web.AppRunner, str]:
+    """A loopback image host: one 640x480 PNG, the same URL every time."""
+    body = png_bytes(640, 480, (30, 90, 160))
+
+    async def image(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/photo.png", image)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}/photo.png"
+
+
+async def run_case(targets: dict[str, str], body: bytes, args: argparse.Namespace) -> list[Result]:
+    for name, url in targets.items():  # warm up every path (engine caches, connections, image caches)
         await closed_loop(name, url, lambda i: body, 2, 4)
-    pairs = []
+    results = []
     for conc in args.concurrency:
         n = max(args.requests, 4 * conc)
-        direct = await closed_loop("direct", targets["direct"], lambda i: body, conc, n)
-        gateway = await closed_loop("gateway", targets["gateway"], lambda i: body, conc, n)
-        pairs.append((direct, gateway))
-        print(f"  concurrency {conc}: direct {direct.rps:.2f} req/s, gateway {gateway.rps:.2f} req/s",
-              file=sys.stderr)
-    return pairs
+        for name, url in targets.items():
+            results.append(await closed_loop(name, url, lambda i: body, conc, n))
+            print(f"  {name} c={conc}: {results[-1].rps:.2f} req/s", file=sys.stderr)
+    return results
+
+
+async def measure(engine_url: str, gateways: dict[str, str], args: argparse.Namespace) -> dict[str, list[Result]]:
+    path = "/v1/chat/completions"
+    runner, image_url = await image_server()
+    try:
+        data_uri = await run_case({"direct": engine_url + path, "gateway": gateways["gateway"] + path},
+                                  chat_body(png_data_uri(64, 64), args.max_tokens), args)
+        url_image = await run_case({"direct": engine_url + path, "gateway": gateways["gateway"] + path,
+                                    "no-cache": gateways["no-cache"] + path},
+                                   chat_body(image_url, args.max_tokens), args)
+    finally:
+        await runner.cleanup()
+    return {"data-URI image (64x64 PNG)": data_uri,
+            "URL image (640x480 PNG, same URL; gateway image cache on / off)": url_image}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,14 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=8)
     args = parser.parse_args(argv)
     logs = Path(tempfile.mkdtemp(prefix="vlm-bench-"))
-    print(f"starting engine and gateway (logs in {logs})", file=sys.stderr)
-    engine, gateway, engine_url, gateway_url, start_s = start_stack(args.family, logs)
+    print(f"starting engine and gateways (logs in {logs})", file=sys.stderr)
+    children, engine_url, gateways, start_s = start_stack(args.family, logs)
     try:
-        pairs = asyncio.run(measure(engine_url, gateway_url, args))
+        rows = asyncio.run(measure(engine_url, gateways, args))
     finally:
-        gateway.stop()
-        engine.stop()
-    print(report(pairs, start_s, args.family))
+        for child in children:
+            child.stop()
+    print(report(rows, start_s, args.family))
     return 0
 
 

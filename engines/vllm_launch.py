@@ -43,7 +43,6 @@ CPU_ARGS = [
     "--max-num-seqs", "8",
     "--max-num-batched-tokens", "4096",
     "--enforce-eager",
-    "--disable-log-stats",
 ]
 COMMON_ARGS = ["--limit-mm-per-prompt", '{"image": 4}']
 
