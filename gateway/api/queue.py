@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 from litestar import MediaType, Request, Response, get, post, put
+from litestar.params import FromPath, FromQuery
 
 from gateway.errors import InvalidRequest
 from gateway.jobs import JobServices
@@ -45,7 +46,8 @@ def _decode(raw: bytes) -> dict[str, Any]:
 
 
 @post("/queue/{model:path}", status_code=200)
-async def queue_submit(request: Request[Any, Any, Any], model: str, webhook: str | None = None) -> QueueSubmitted:
+async def queue_submit(request: Request[Any, Any, Any], model: FromPath[str],
+                       webhook: FromQuery[str | None] = None) -> QueueSubmitted:
     jobs = job_services(request)
     raw = await request.body()
     body = _decode(raw)
@@ -61,12 +63,12 @@ async def queue_submit(request: Request[Any, Any, Any], model: str, webhook: str
 
 
 @get("/queue/requests/{request_id:str}/status")
-async def queue_status(request: Request[Any, Any, Any], request_id: str) -> QueueStatus:
+async def queue_status(request: Request[Any, Any, Any], request_id: FromPath[str]) -> QueueStatus:
     return _status(await job_services(request).queue.status(request_id))
 
 
 @get("/queue/requests/{request_id:str}", status_code=200)
-async def queue_result(request: Request[Any, Any, Any], request_id: str) -> Response[Any]:
+async def queue_result(request: Request[Any, Any, Any], request_id: FromPath[str]) -> Response[Any]:
     view = await job_services(request).queue.result(request_id)
     if view.result is None:
         return Response(_status(view), status_code=202)
@@ -76,7 +78,7 @@ async def queue_result(request: Request[Any, Any, Any], request_id: str) -> Resp
 
 
 @put("/queue/requests/{request_id:str}/cancel", status_code=200)
-async def queue_cancel(request: Request[Any, Any, Any], request_id: str) -> Response[QueueCancelled]:
+async def queue_cancel(request: Request[Any, Any, Any], request_id: FromPath[str]) -> Response[QueueCancelled]:
     if await job_services(request).queue.cancel(request_id):
         return Response(QueueCancelled("CANCELLATION_REQUESTED"))
     return Response(QueueCancelled("ALREADY_COMPLETED"), status_code=400)

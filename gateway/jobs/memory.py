@@ -87,8 +87,9 @@ class MemoryJobQueue(BaseJobQueue):
         if not self._ready:
             self._arrived.clear()
             try:
-                await asyncio.wait_for(self._arrived.wait(), block_s)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(block_s):  # not wait_for: it can swallow a cancellation (3.11)
+                    await self._arrived.wait()
+            except TimeoutError:
                 return []
         leases = []
         now = time.monotonic()

@@ -67,8 +67,10 @@ class Worker:
         self._held: dict[str, Lease] = {}  # queue entry -> lease, for heartbeats
         self._loops: list[asyncio.Task[None]] = []
         self._jobs: set[asyncio.Task[None]] = set()
+        self._stopping = False
 
     async def start(self) -> None:
+        self._stopping = False
         await self.queue.start()
         for loop in (self._fetch_loop, self._reclaim_loop, self._heartbeat_loop):
             self._loops.append(asyncio.create_task(loop(), name=f"jobs-{loop.__name__}"))
@@ -77,6 +79,7 @@ class Worker:
         """Stop taking work, give running jobs ``grace_s`` to finish, then cancel them (unacked: they are
         reclaimed later). ``release`` makes what is still held reclaimable at once; ``stop(0,
         release=False)`` is what a crash looks like to the other replicas."""
+        self._stopping = True
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
@@ -105,7 +108,7 @@ class Worker:
         return self.concurrency - self._busy
 
     async def _fetch_loop(self) -> None:
-        while True:
+        while not self._stopping:
             free = await self._free_slots()
             try:
                 leases = await self.queue.take(self.consumer, free, self.settings.poll_s)
@@ -113,12 +116,12 @@ class Worker:
                 log.warning("taking jobs failed: %s", exc)
                 await asyncio.sleep(min(1.0, self.settings.poll_s))
                 continue
-            for lease in leases:
+            for lease in leases:  # taken even while stopping: spawned, then cancelled, reclaimed later
                 self._spawn(lease)
 
     async def _reclaim_loop(self) -> None:
         cycles = 0
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.settings.reclaim_interval_s)
             cycles += 1
             try:
@@ -132,7 +135,7 @@ class Worker:
                 log.warning("reclaiming jobs failed: %s", exc)
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.settings.heartbeat_s)
             try:
                 await self.queue.heartbeat(self.consumer, list(self._held.values()))
@@ -183,15 +186,15 @@ class Worker:
             log.error("job %s abandoned after %d attempts", job.id, claim.attempt - 1)
             return to_completed(failed(f"the job was abandoned after {claim.attempt - 1} attempts"))
         limit = self.settings.job_timeout_s
+        deadline = asyncio.timeout(limit if limit > 0 else None)
         try:
-            outcome = await (asyncio.wait_for(self.runner(job), limit) if limit > 0 else self.runner(job))
+            async with deadline:
+                outcome = await self.runner(job)
         except asyncio.CancelledError:
             raise
-        except asyncio.TimeoutError as exc:
-            outcome = (failed(f"the job did not finish within {limit:g} s", 504, type="timeout", code="timeout")
-                       if limit > 0 else outcome_from_exception(exc))
         except Exception as exc:
-            outcome = outcome_from_exception(exc)
+            outcome = (failed(f"the job did not finish within {limit:g} s", 504, type="timeout", code="timeout")
+                       if deadline.expired() else outcome_from_exception(exc))
         if not isinstance(outcome, JobOutcome):
             log.error("job runner returned %s, not a JobOutcome", type(outcome).__name__)
             outcome = failed("internal server error")

@@ -12,6 +12,7 @@ import msgspec
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from multidict import CIMultiDict
 
 from gateway.jobs import MemoryJobQueue, RedisJobQueue
 from gateway.jobs.settings import JobSettings, WebhookSettings
@@ -22,8 +23,8 @@ SECRET = "test-secret"
 
 def fast_settings(**over) -> JobSettings:
     """Timings small enough for a fast suite (visibility 0.4 s, heartbeat 0.05 s, reclaim every 0.05 s)."""
-    webhook = WebhookSettings(secret=SECRET, attempts=6, base_delay_s=0.02, max_delay_s=0.5, timeout_s=2,
-                              allow_loopback=True, **over.pop("webhook", {}))
+    hook = dict(secret=SECRET, attempts=6, base_delay_s=0.02, max_delay_s=0.5, timeout_s=2, allow_loopback=True)
+    webhook = WebhookSettings(**{**hook, **over.pop("webhook", {})})
     base = dict(key_prefix=f"test:jobs:{{{uuid.uuid4().hex}}}:", visibility_timeout_s=0.4, heartbeat_s=0.05,
                 reclaim_interval_s=0.05, poll_s=0.05, result_ttl_s=30.0, concurrency=2, webhook=webhook)
     return JobSettings(**{**base, **over})
@@ -101,7 +102,7 @@ async def session():
 
 class Hook(msgspec.Struct):
     at: float
-    headers: dict[str, str]
+    headers: CIMultiDict  # case-insensitive, as HTTP header names are
     body: bytes
 
 
@@ -123,7 +124,7 @@ class Receiver:
         return [h for i, h in enumerate(self.hooks) if i >= self.fail_first and self.status == 200]
 
     async def handle(self, request: web.Request) -> web.Response:
-        self.hooks.append(Hook(time.monotonic(), dict(request.headers), await request.read()))
+        self.hooks.append(Hook(time.monotonic(), CIMultiDict(request.headers), await request.read()))
         self.arrived.set()
         if len(self.hooks) <= self.fail_first:
             return web.Response(status=500)

@@ -1,0 +1,200 @@
+"""The /queue routes with a fake runner, on both queue backends.
+
+The app runs on the test's own event loop (httpx's ASGI transport, the jobs started by the fixture as
+the app's lifespan would) rather than in ``AsyncTestClient``'s portal thread, so the runner's gates, the
+Redis client and the webhook receiver all live on one loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import aiohttp
+import httpx
+import msgspec
+import pytest
+import pytest_asyncio
+from litestar import Litestar
+
+from gateway.api.queue import QUEUE_ROUTES
+from gateway.errors import error_response
+from gateway.jobs import build_jobs, failed, succeeded
+from gateway.jobs.webhooks import verify
+from tests.gateway.jobs.conftest import SECRET, fast_settings, receiver, redis_client  # noqa: F401
+
+BASE = "http://testserver.local"
+
+
+class FakeRunner:
+    """Echoes the job; ``{"fail": status}`` bodies fail; blocks while ``gate`` is clear."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.ran: list[str] = []
+
+    async def __call__(self, job):
+        self.ran.append(job.id)
+        await self.gate.wait()
+        body = msgspec.json.decode(job.body)
+        if "fail" in body:
+            return failed("it failed", body["fail"], code="engine_error")
+        return succeeded({"kind": job.kind, "model": job.model, "body": body})
+
+
+class Gateway:
+    def __init__(self, client: httpx.AsyncClient, runner: FakeRunner) -> None:
+        self.client, self.runner = client, runner
+
+    async def submit(self, model: str, body, **kw):
+        return await self.client.post(f"/queue/{model}", content=msgspec.json.encode(body), **kw)
+
+    async def wait_done(self, request_id: str) -> dict:
+        for _ in range(500):
+            status = (await self.client.get(f"/queue/requests/{request_id}/status")).json()
+            if status["status"] == "COMPLETED":
+                return status
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{request_id} not completed: {status}")
+
+
+@pytest_asyncio.fixture(params=["memory", "redis"])
+async def gw(request):
+    redis = await redis_client() if request.param == "redis" else None
+    settings = fast_settings(concurrency=1)
+    runner = FakeRunner()
+
+    def classify(model, body):
+        return "custom" if "custom" in body else default(model, body)
+
+    from gateway.jobs import default_classify as default
+
+    app = Litestar(route_handlers=QUEUE_ROUTES, exception_handlers={Exception: error_response})
+    async with aiohttp.ClientSession() as session:  # what the app's lifespan does, on this task
+        jobs = build_jobs(settings, session, runner, redis=redis, classify=classify)
+        await jobs.start()
+        app.state.jobs = jobs
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as client:
+                yield Gateway(client, runner)
+        finally:
+            await jobs.stop(grace_s=0)
+    if redis is not None:
+        keys = [key async for key in redis.scan_iter(match=settings.key_prefix + "*")]
+        if keys:
+            await redis.delete(*keys)
+        await redis.aclose()
+
+
+def assert_openai_error(resp, status: int, code: str | None = None) -> dict:
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    if code is not None:
+        assert err["code"] == code
+    return err
+
+
+@pytest.mark.parametrize("body,kind", [
+    ({"model": "x", "messages": [{"role": "user", "content": "hi"}]}, "chat"),
+    ({"prompt": "USER: <image> what?", "images": []}, "completion"),
+    ({"image_url": "https://example.com/a.png", "prompt": "what?"}, "fal"),
+    ({"custom": 1}, "custom"),
+])
+async def test_submit_poll_fetch(gw, body, kind) -> None:
+    resp = await gw.submit("fal-ai/llava-next", body)
+    assert resp.status_code == 200, resp.text
+    out = resp.json()
+    rid = out["request_id"]
+    assert out == {"request_id": rid, "status_url": f"{BASE}/queue/requests/{rid}/status",
+                   "response_url": f"{BASE}/queue/requests/{rid}", "cancel_url": f"{BASE}/queue/requests/{rid}/cancel"}
+    assert await gw.wait_done(rid) == {"status": "COMPLETED"}
+    result = await gw.client.get(out["response_url"])
+    assert result.status_code == 200
+    assert result.json() == {"kind": kind, "model": "fal-ai/llava-next", "body": body}
+
+
+@pytest.mark.parametrize("content", [b"[1, 2]", b"not json", b'{"neither": 1}'])
+async def test_bad_bodies_are_400(gw, content) -> None:
+    resp = await gw.client.post("/queue/m", content=content)
+    assert_openai_error(resp, 400)
+
+
+async def test_queue_positions_and_202_while_waiting(gw) -> None:
+    gw.runner.gate.clear()
+    ids = [(await gw.submit("m", {"prompt": str(i)})).json()["request_id"] for i in range(3)]
+    for _ in range(200):
+        if gw.runner.ran:
+            break
+        await asyncio.sleep(0.01)
+    statuses = [(await gw.client.get(f"/queue/requests/{rid}/status")).json() for rid in ids]
+    assert statuses == [{"status": "IN_PROGRESS"}, {"status": "IN_QUEUE", "queue_position": 0},
+                        {"status": "IN_QUEUE", "queue_position": 1}]
+    waiting = await gw.client.get(f"/queue/requests/{ids[2]}")
+    assert waiting.status_code == 202 and waiting.json() == {"status": "IN_QUEUE", "queue_position": 1}
+    gw.runner.gate.set()
+    for rid in ids:
+        await gw.wait_done(rid)
+
+
+async def test_cancel(gw) -> None:
+    gw.runner.gate.clear()
+    running, queued = [(await gw.submit("m", {"prompt": str(i)})).json()["request_id"] for i in range(2)]
+    for _ in range(200):
+        if gw.runner.ran:
+            break
+        await asyncio.sleep(0.01)
+    resp = await gw.client.put(f"/queue/requests/{queued}/cancel")
+    assert resp.status_code == 200 and resp.json() == {"status": "CANCELLATION_REQUESTED"}
+    resp = await gw.client.put(f"/queue/requests/{running}/cancel")
+    assert resp.status_code == 400 and resp.json() == {"status": "ALREADY_COMPLETED"}
+    gw.runner.gate.set()
+    await gw.wait_done(running)
+    status = await gw.wait_done(queued)
+    assert status["error"]
+    assert_openai_error(await gw.client.get(f"/queue/requests/{queued}"), 400, "cancelled")
+    await asyncio.sleep(0.1)
+    assert gw.runner.ran == [running]  # the cancelled job never ran
+
+
+async def test_failed_job(gw) -> None:
+    rid = (await gw.submit("m", {"prompt": "x", "fail": 502})).json()["request_id"]
+    assert await gw.wait_done(rid) == {"status": "COMPLETED", "error": "it failed"}
+    err = assert_openai_error(await gw.client.get(f"/queue/requests/{rid}"), 502, "engine_error")
+    assert err["message"] == "it failed" and err["type"] == "server_error"
+
+
+@pytest.mark.parametrize("method,path", [("GET", "/queue/requests/nope/status"), ("GET", "/queue/requests/nope"),
+                                         ("PUT", "/queue/requests/nope/cancel")])
+async def test_unknown_request_is_404(gw, method, path) -> None:
+    assert_openai_error(await gw.client.request(method, path), 404, "not_found")
+
+
+@pytest.mark.parametrize("where", ["query", "body"])
+async def test_webhook(gw, receiver, where) -> None:  # noqa: F811
+    body = {"prompt": "p"}
+    params = {}
+    if where == "query":
+        params["webhook"] = receiver.url
+    else:
+        body["callback_url"] = receiver.url
+    rid = (await gw.submit("m", body, params=params)).json()["request_id"]
+    await receiver.wait(1)
+    hook = receiver.hooks[0]
+    assert verify(SECRET, hook.body, hook.headers) and hook.headers["X-Request-Id"] == rid
+    payload = (await gw.client.get(f"/queue/requests/{rid}")).json()
+    assert msgspec.json.decode(hook.body) == {"request_id": rid, "status": "OK", "payload": payload, "error": None}
+
+
+@pytest.mark.parametrize("hook", ["http://10.0.0.1/hook", "ftp://example.com/", "http://[::1]:99999/"])
+async def test_webhook_refused(gw, hook) -> None:
+    err = assert_openai_error(await gw.submit("m", {"prompt": "p"}, params={"webhook": hook}), 400)
+    assert err["param"] == "webhook"
+    err = assert_openai_error(await gw.submit("m", {"prompt": "p", "callback_url": 5}), 400)
+    assert err["param"] == "callback_url"
+
+
+async def test_unique_ids(gw) -> None:
+    ids = {(await gw.submit("m", {"prompt": "p"})).json()["request_id"] for _ in range(5)}
+    assert len(ids) == 5 and all(uuid.UUID(i) for i in ids)
