@@ -48,7 +48,10 @@ def test_two_images_token_ids_match_vllm_rendering(family: str, gateway, http: h
     ours = http.post("/v1/chat/completions", json=body)
     assert ours.status_code == 200, ours.text
     ours = ours.json()
-    direct = httpx.post(gateway.engines[family] + "/v1/chat/completions", json=body, timeout=120)
+    # vLLM's chat route adds no BOS by default; the family data says whether the model expects one
+    # (LLaVA-1.5: yes, its template writes none) — ask vLLM for the same.
+    direct = httpx.post(gateway.engines[family] + "/v1/chat/completions", timeout=120,
+                        json={**body, "add_special_tokens": get_family(family).add_special_tokens})
     assert direct.status_code == 200, direct.text
     theirs = direct.json()["prompt_token_ids"]
 
