@@ -1,4 +1,4 @@
-"""vlm-gateway serve | render | build-tiny
+"""vlm-gateway serve | render | keys | build-tiny
 
 ``serve`` with no model configured builds a tiny random-weight checkpoint and serves it (the offline
 default: it answers with random text).
@@ -83,10 +83,15 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.prompts.cli import main as render_main
 
         return render_main(argv[1:])
+    if argv[:1] == ["keys"]:
+        from gateway.limits.cli import main as keys_main
+
+        return keys_main(argv[1:])
     parser = argparse.ArgumentParser(prog="vlm-gateway")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     sub.add_parser("render", help="print a conversation's exact prompt (see `vlm-gateway render -h`)")
+    sub.add_parser("keys", help="create, list and revoke API keys (see `vlm-gateway keys -h`)")
     tiny = sub.add_parser("build-tiny", help="write a tiny random-weight checkpoint")
     tiny.add_argument("--family", required=True)
     tiny.add_argument("--out", required=True)
