@@ -11,7 +11,8 @@ Unknown (or expired) ids raise :class:`gateway.errors.NotFound`.
 
 Worker side: ``take`` / ``reclaim`` hand out :class:`Lease` s; ``begin`` says what to do with one
 (run it, deliver its webhook, or just ack); ``complete`` stores the first outcome only and says whether
-this call won; ``webhook_attempt`` / ``webhook_done`` persist delivery progress; ``ack`` ends the lease.
+this call won; ``webhook_attempt`` (a failed attempt, and when to retry) / ``webhook_done`` persist delivery
+progress; ``ack`` ends the lease.
 A lease whose worker stops heartbeating for ``visibility_timeout_s`` is handed out again by ``reclaim``.
 
 Queue position: every job gets a sequence number at submission and every ``begin`` raises a

@@ -88,7 +88,7 @@ class RedisJobQueue(BaseJobQueue):
             pipe.hmget(self._key(job_id), ["state", "seq", "expires", *names])
             pipe.get(self.started_key)
             values, started = await pipe.execute()
-        fields = dict(zip(["state", "seq", "expires", *names], values))
+        fields = dict(zip(["state", "seq", "expires", *names], values, strict=True))
         state = fields["state"]
         if state is None or (_s(state) == "done" and int(fields["expires"] or 0) <= time.time() * 1000):
             raise not_found(job_id)

@@ -201,20 +201,22 @@ class Worker:
         return to_completed(outcome)
 
     async def _deliver(self, delivery: Delivery) -> None:
-        """Attempts up to ``webhook.attempts`` with exponential backoff, resuming a dead worker's count."""
+        """Attempts up to ``webhook.attempts`` with exponential backoff (counted from each failure),
+        resuming a dead worker's count and schedule."""
         cfg = self.settings.webhook
         outcome = "give_up" if self.webhooks is None else "retry"
         while outcome == "retry" and delivery.attempts < cfg.attempts:
             wait = delivery.next_at - time.time()
             if wait > 0:
                 await asyncio.sleep(wait)
-            next_at = time.time() + backoff(delivery.attempts + 1, cfg.base_delay_s, cfg.max_delay_s)
-            delivery.attempts = await self.queue.webhook_attempt(delivery.job_id, next_at)
-            delivery.next_at = next_at
-            if delivery.attempts == 0:
-                return  # the job expired meanwhile
             assert self.webhooks is not None
             outcome = await self.webhooks.send(delivery)
+            if outcome != "ok":
+                next_at = time.time() + backoff(delivery.attempts + 1, cfg.base_delay_s, cfg.max_delay_s)
+                delivery.attempts = await self.queue.webhook_attempt(delivery.job_id, next_at)
+                delivery.next_at = next_at
+                if delivery.attempts == 0:
+                    return  # the job expired meanwhile
         if outcome != "ok":
             log.warning("webhook for job %s not delivered after %d attempts", delivery.job_id, delivery.attempts)
         await self.queue.webhook_done(delivery.job_id, outcome == "ok")
