@@ -57,3 +57,11 @@ class JobSettings(msgspec.Struct, forbid_unknown_fields=True):
     job_timeout_s: float = 0.0
     consumer_gc_idle_s: float = 86400.0
     webhook: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.max_attempts < 1 or self.webhook.attempts < 1:
+            raise ValueError("jobs: concurrency, max_attempts and webhook.attempts must be at least 1")
+        if not 0 < self.heartbeat_s * 2 <= self.visibility_timeout_s:
+            raise ValueError("jobs: heartbeat_s must be positive and at most half of visibility_timeout_s")
+        if min(self.reclaim_interval_s, self.poll_s, self.result_ttl_s, self.max_job_age_s) <= 0:
+            raise ValueError("jobs: intervals and TTLs must be positive")

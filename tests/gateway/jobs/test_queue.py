@@ -185,3 +185,12 @@ async def test_a_second_queue_object_sees_the_same_jobs(make_queue, settings) ->
     lease, = await b.take("b", 1, 0.2)
     assert lease.job_id == job.id and (await b.begin(lease, "b")).job == job
     assert (await a.status(job.id)).state == "running"
+
+
+@pytest.mark.parametrize("bad", [{"heartbeat_s": 40.0}, {"concurrency": 0}, {"result_ttl_s": 0}])
+def test_settings_are_checked(bad) -> None:
+    from gateway.jobs.settings import JobSettings
+
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"visibility_timeout_s": 60.0, **bad}, JobSettings)
+    assert msgspec.convert({"webhook": {"secret": "s"}}, JobSettings).webhook.attempts >= 6
