@@ -80,16 +80,17 @@ class Worker:
         reclaimed later). ``release`` makes what is still held reclaimable at once; ``stop(0,
         release=False)`` is what a crash looks like to the other replicas."""
         self._stopping = True
-        for task in self._loops:
+        heartbeat, others = self._loops[-1:], self._loops[:-1]  # heartbeats go on during the grace period
+        for task in others:
             task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
-        self._loops.clear()
+        await asyncio.gather(*others, return_exceptions=True)
         if self._jobs and grace_s > 0:
             await asyncio.wait(self._jobs, timeout=grace_s)
         held = list(self._held.values())
-        for task in self._jobs:
+        for task in [*self._jobs, *heartbeat]:
             task.cancel()
-        await asyncio.gather(*self._jobs, return_exceptions=True)
+        await asyncio.gather(*self._jobs, *heartbeat, return_exceptions=True)
+        self._loops.clear()
         if release and held:
             with contextlib.suppress(Exception):
                 await self.queue.release(self.consumer, held)
