@@ -36,6 +36,7 @@ class EngineRequest(msgspec.Struct):
     token_ids: list[int]
     images: list[str]  # URLs or data URIs, in placeholder order
     sampling: SamplingParams
+    timeout_s: float | None = None  # the whole request, first byte to last; None: the engine's default
 
 
 class EngineDelta(msgspec.Struct):

@@ -25,8 +25,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 
 from engines import EngineDelta, EngineRequest
-from engines.vllm_remote import RemoteVLLM
 from engines.vllm_launch import server_command, server_env
+from engines.vllm_remote import RemoteVLLM
 
 log = logging.getLogger("vlm_gateway.engine")
 

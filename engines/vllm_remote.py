@@ -78,7 +78,7 @@ class RemoteVLLM:
             raise ValueError("a remote engine needs at least one URL")
         self._servers = [_Server(url.rstrip("/")) for url in urls]
         self._session = session
-        self._timeout = aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=5)
+        self._request_timeout_s = request_timeout_s
         self._monitor: asyncio.Task[None] | None = None
 
     @property
@@ -139,6 +139,7 @@ class RemoteVLLM:
         }
         if request.images:
             body["content_parts"] = [{"type": "image_url", "url": url} for url in request.images]
+        timeout_s = request.timeout_s or self._request_timeout_s
         server.in_flight += 1
         finished = False
         try:
@@ -146,7 +147,7 @@ class RemoteVLLM:
                 server.url + "/inference/v1/generate",
                 data=_ENCODE.encode(body),
                 headers={"Content-Type": "application/json", "X-Request-Id": request.request_id},
-                timeout=self._timeout,
+                timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=5),
             ) as resp:
                 if resp.status != 200:
                     raise _http_error(resp.status, await resp.read())
@@ -160,7 +161,7 @@ class RemoteVLLM:
             server.healthy = False
             raise EngineUnavailable(f"engine connection failed: {exc}") from exc
         except asyncio.TimeoutError as exc:
-            raise Timeout("the engine did not answer in time") from exc
+            raise Timeout(f"the request took longer than {timeout_s:g} s") from exc
         finally:
             server.in_flight -= 1
             if not finished:

@@ -23,13 +23,13 @@ from collections.abc import AsyncIterator
 import msgspec
 
 from engines import Engine, EngineDelta, EngineRequest
-from gateway.errors import EngineUnavailable, InvalidRequest, Timeout
+from gateway.errors import EngineUnavailable, InvalidRequest
 from gateway.images.load import DetailRule, ImageLoader, ImageSource
 from gateway.limits import Caller, Limiter, Permit
 from gateway.models import Model, ModelRegistry
 from gateway.prompts.families import Detail
-from gateway.prompts.raw_completions import map_image_markers
 from gateway.prompts.order import reorder_images_first, strings_to_parts
+from gateway.prompts.raw_completions import map_image_markers
 from gateway.prompts.render import render_chat
 from gateway.sampling import chat_sampling, completion_sampling
 from gateway.schemas.openai import (
@@ -180,7 +180,7 @@ def _prepared(model: Model, token_ids: list[int], images: list[str], sampling, p
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     return Prepared(
         model=model,
-        engine_request=EngineRequest(request_id, token_ids, images, sampling),
+        engine_request=EngineRequest(request_id, token_ids, images, sampling, timeout_s=permit.timeout_s),
         response_id=request_id,
         created=int(time.time()),
         image_count=len(images),
@@ -191,9 +191,10 @@ def _prepared(model: Model, token_ids: list[int], images: list[str], sampling, p
 # --- step 6 -------------------------------------------------------------------------------------
 
 async def generate(svc: Services, prepared: Prepared) -> AsyncIterator[EngineDelta]:
-    """The engine's deltas, within the permit's time limit; the permit is released (with the tokens
-    used, for per-minute token limits) however the stream ends: done, failed, timed out, or closed
-    early because the client went away (closing the engine stream aborts the engine request)."""
+    """The engine's deltas. The engine enforces the permit's time limit (``timeout_s`` of the engine
+    request); the permit is released (with the tokens used, for per-minute token limits) however the
+    stream ends: done, failed, timed out, or closed early because the client went away (closing the
+    engine stream aborts the engine request)."""
     permit, tokens = prepared.permit, 0
     try:
         engine = svc.engines[prepared.model.id]
@@ -201,15 +202,8 @@ async def generate(svc: Services, prepared: Prepared) -> AsyncIterator[EngineDel
             raise EngineUnavailable(f"the engine for {prepared.model.id} is not up yet; retry shortly",
                                     headers={"Retry-After": "5"})
         stream = engine.generate(prepared.engine_request)
-        deadline = time.monotonic() + permit.timeout_s
         try:
-            while True:
-                try:
-                    delta = await asyncio.wait_for(anext(stream), deadline - time.monotonic())
-                except StopAsyncIteration:
-                    return
-                except TimeoutError:
-                    raise Timeout(f"the request took longer than {permit.timeout_s:g} s") from None
+            async for delta in stream:
                 if delta.prompt_tokens is not None:
                     tokens = delta.prompt_tokens + (delta.completion_tokens or 0)
                 yield delta

@@ -8,8 +8,8 @@ from litestar import Request, Response, post
 from litestar.response import Stream
 
 from gateway.api import caller, services
-from gateway.pipeline import generate, prepare_chat
 from gateway.complete import complete_chat
+from gateway.pipeline import generate, prepare_chat
 from gateway.schemas.openai import DECODE_CHAT
 from gateway.streaming import chat_events, prepend
 

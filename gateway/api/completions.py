@@ -8,8 +8,8 @@ from litestar import Request, Response, post
 from litestar.response import Stream
 
 from gateway.api import caller, services
-from gateway.pipeline import generate, prepare_completion
 from gateway.complete import complete_text
+from gateway.pipeline import generate, prepare_completion
 from gateway.schemas.openai import DECODE_COMPLETION
 from gateway.streaming import completion_events, prepend
 

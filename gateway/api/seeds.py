@@ -17,7 +17,14 @@ from litestar.params import FromPath
 from gateway import seeds
 from gateway.api import caller, services
 from gateway.complete import complete_chat
-from gateway.schemas.seeds import FalRequest, FalResponse, VisionCompletion, VisionRequest, VlmRunRequest, VlmRunResponse
+from gateway.schemas.seeds import (
+    FalRequest,
+    FalResponse,
+    VisionCompletion,
+    VisionRequest,
+    VlmRunRequest,
+    VlmRunResponse,
+)
 
 _VISION = msgspec.json.Decoder(VisionRequest)
 _FAL = msgspec.json.Decoder(FalRequest)
