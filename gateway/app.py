@@ -21,9 +21,12 @@ from gateway.api.chat import chat_completions
 from gateway.api.completions import completions
 from gateway.api.health import health
 from gateway.api.models import list_models
-from gateway.api.seeds import fal_run, vision, vlmrun_generate
+from gateway.api.queue import QUEUE_ROUTES
+from gateway.api.seeds import fal_run, vision, vlmrun_generate, vlmrun_status
 from gateway.errors import error_response
 from gateway.images.load import ImageLoader
+from gateway.jobs import build_jobs
+from gateway.jobs.runner import classify, make_runner
 from gateway.limits import KeyStore, Limiter
 from gateway.models import Model, ModelRegistry
 from gateway.pipeline import Services
@@ -81,9 +84,14 @@ def create_app(settings: Settings, engine_factory: EngineFactory = default_engin
                 images=images,
                 limiter=limiter,
             )
+            jobs = build_jobs(settings.jobs, session, make_runner(lambda: app.state.services), redis=redis,
+                              classify=classify)
+            await jobs.start()
+            app.state.jobs = jobs
             try:
                 yield
             finally:
+                await jobs.stop()
                 await limiter.close()
                 await images.close()
                 await asyncio.gather(*(engine.close() for engine in engines.values()),
@@ -92,7 +100,8 @@ def create_app(settings: Settings, engine_factory: EngineFactory = default_engin
                     await redis.aclose()
 
     return Litestar(
-        route_handlers=[chat_completions, completions, list_models, health, vision, fal_run, vlmrun_generate],
+        route_handlers=[chat_completions, completions, list_models, health, vision, fal_run, vlmrun_generate,
+                        vlmrun_status, *QUEUE_ROUTES],
         lifespan=[lifespan],
         exception_handlers={Exception: error_response},
         guards=[require_api_key],

@@ -12,12 +12,13 @@ Values are parsed as TOML scalars where they can be (numbers, booleans, arrays),
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
+import tomllib
 
+from gateway.jobs.settings import JobSettings
 from gateway.limits.settings import LimitSettings
 
 ENV_PREFIX = "VLM_GATEWAY_"
@@ -76,6 +77,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     models: list[ModelSettings] = []
     images: ImageSettings = msgspec.field(default_factory=ImageSettings)
     limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
+    jobs: JobSettings = msgspec.field(default_factory=JobSettings)
 
     @property
     def cache_path(self) -> Path:

@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 import msgspec
-from litestar import Request, post
+from litestar import MediaType, Request, Response, get, post
 from litestar.params import FromPath
 
 from gateway import seeds
@@ -51,8 +51,30 @@ def vlmrun_model(request: Request[Any, Any, Any], req: VlmRunRequest) -> str:
 
 @post("/v1/image/generate", status_code=200)
 async def vlmrun_generate(request: Request[Any, Any, Any]) -> VlmRunResponse:
-    req = _VLMRUN.decode(await request.body())
+    raw = await request.body()
+    req = _VLMRUN.decode(raw)
     created_at = seeds.now_iso()
-    chat = seeds.vlmrun_to_chat(req, vlmrun_model(request, req))
+    model = vlmrun_model(request, req)
+    chat = seeds.vlmrun_to_chat(req, model)  # checks domain and body before anything runs
+    if req.batch:  # a job: answer at once, the result is polled (GET below) or sent to callback_url
+        job = await request.app.state.jobs.queue.submit("vlmrun", model, raw, webhook=req.callback_url,
+                                                        metadata={"created_at": created_at})
+        return VlmRunResponse(id=job.id, status="pending", created_at=created_at, domain=req.domain,
+                              metadata=req.metadata)
     out, _ = await complete_chat(services(request), chat, caller(request))
     return seeds.vlmrun_response(req, f"vlmrun-{uuid.uuid4().hex}", created_at, out)
+
+
+_STATES = {"queued": "pending", "running": "running"}
+
+
+@get("/v1/image/generate/{request_id:str}")
+async def vlmrun_status(request: Request[Any, Any, Any], request_id: FromPath[str]) -> Any:
+    """A batch job's state: ``pending`` / ``running``, then the stored response (``completed``) or
+    ``failed`` with the error."""
+    view = await request.app.state.jobs.queue.result(request_id)
+    if view.state != "done":
+        return VlmRunResponse(id=request_id, status=_STATES[view.state])  # type: ignore[arg-type]
+    if view.result is not None and view.result.ok:
+        return Response(view.result.body, media_type=MediaType.JSON)
+    return VlmRunResponse(id=request_id, status="failed", error=view.error or "failed")

@@ -95,9 +95,9 @@ class VlmRunUsage(Struct):
 
 class VlmRunResponse(Struct):
     id: str
-    created_at: str
     status: VlmRunStatus
-    domain: str
+    created_at: str | None = None  # unknown while a batch job is still pending
+    domain: str | None = None
     completed_at: str | None = None
     response: Any = None
     usage: VlmRunUsage | UnsetType = UNSET

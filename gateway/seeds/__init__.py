@@ -7,12 +7,12 @@ back into its own response; there is no second code path.
 from __future__ import annotations
 
 import json
-import tomllib
 from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
 
 import msgspec
+import tomllib
 
 from gateway.errors import InvalidRequest
 from gateway.schemas.openai import (
@@ -107,6 +107,6 @@ def vlmrun_response(req: VlmRunRequest, request_id: str, created_at: str, out: C
     except ValueError:
         response = text  # the model stopped before the JSON closed (max_tokens)
     return VlmRunResponse(
-        id=request_id, created_at=created_at, completed_at=now_iso(), status="completed", domain=req.domain,
+        id=request_id, status="completed", created_at=created_at, completed_at=now_iso(), domain=req.domain,
         response=response, metadata=req.metadata,
         usage=VlmRunUsage(elements_processed=len(req.images), credits_used=len(req.images)))

@@ -155,3 +155,42 @@ def test_completions_with_markers(client, engines) -> None:
     assert len(engines["m"].requests[-1].images) == 1
     r = client.post("/v1/completions", json={"model": "m", "prompt": "no marker", "images": [png_data_uri()]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+
+
+def poll(client, url: str, done=lambda r: r.json().get("status") in ("COMPLETED", "completed", "failed")) -> dict:
+    import time
+
+    for _ in range(100):
+        r = client.get(url)
+        if done(r):
+            return r.json()
+        time.sleep(0.05)
+    raise AssertionError(f"{url} never finished: {r.text}")
+
+
+def test_queue_job_runs_through_the_same_pipeline(client) -> None:
+    r = client.post("/queue/m", json=chat())
+    assert r.status_code == 200
+    ids = r.json()
+    assert set(ids) == {"request_id", "status_url", "response_url", "cancel_url"}
+    status = poll(client, ids["status_url"].split("testserver.local")[-1])
+    assert status["status"] == "COMPLETED"
+    result = client.get(f"/queue/requests/{ids['request_id']}").json()
+    assert result["object"] == "chat.completion" and result["choices"][0]["message"]["content"] == "Hi there"
+    fal = client.post("/queue/m", json={"image_url": png_data_uri(), "prompt": "Describe"}).json()
+    poll(client, f"/queue/requests/{fal['request_id']}/status")
+    assert client.get(f"/queue/requests/{fal['request_id']}").json() == {"output": "Hi there", "partial": False}
+
+
+def test_vlmrun_sync_and_batch(client) -> None:
+    body = {"images": [png_data_uri()], "domain": "image.caption", "model": "m"}
+    sync = client.post("/v1/image/generate", json=body).json()
+    assert sync["status"] == "completed" and sync["usage"] == {"elements_processed": 1, "credits_used": 1,
+                                                              "element_type": "image"}
+    assert sync["response"] == "Hi there"  # the scripted engine does not speak JSON
+    pending = client.post("/v1/image/generate", json={**body, "batch": True}).json()
+    assert pending["status"] == "pending"
+    done = poll(client, f"/v1/image/generate/{pending['id']}")
+    assert done["status"] == "completed" and done["id"] == pending["id"]
+    bad = client.post("/v1/image/generate", json={**body, "domain": "no.such"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "domain"
