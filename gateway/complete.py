@@ -10,7 +10,6 @@ from gateway.pipeline import Services, generate, prepare_chat, prepare_completio
 from gateway.responses import chat_completion, completion
 from gateway.schemas.openai import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest
 
-
 Headers = dict[str, str]
 
 

@@ -11,7 +11,6 @@ import asyncio
 import threading
 from typing import Any
 
-
 _IMPORT_LOCK = threading.Lock()  # transformers' lazy module import is not thread-safe
 
 
