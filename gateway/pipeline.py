@@ -58,6 +58,7 @@ class Prepared(msgspec.Struct):
     """A request ready for the engine, plus what the response needs to know."""
 
     model: Model
+    model_name: str  # as the client asked for it (an id or an alias); responses echo it
     engine_request: EngineRequest
     response_id: str
     created: int
@@ -152,7 +153,7 @@ async def _prepare_chat(svc: Services, req: ChatCompletionRequest, model: Model,
 
     images, token_ids = await asyncio.gather(                                # 3. load images (concurrently)
         _load_images(svc, model, sources), prompt_ids())
-    return _prepared(model, token_ids, images, sampling, "chatcmpl", permit)
+    return _prepared(model, req.model, token_ids, images, sampling, "chatcmpl", permit)
 
 
 async def prepare_completion(svc: Services, req: CompletionRequest, caller: Caller | None = None) -> Prepared:
@@ -170,16 +171,17 @@ async def _prepare_completion(svc: Services, req: CompletionRequest, model: Mode
     sampling = completion_sampling(req, tokenizer.token_ids(model.family.stop))
     images, token_ids = await asyncio.gather(                                # 3. load images, 5. tokenize
         _load_images(svc, model, sources), tokenizer.encode(text, add_special_tokens=True))
-    return _prepared(model, token_ids, images, sampling, "cmpl", permit)
+    return _prepared(model, req.model, token_ids, images, sampling, "cmpl", permit)
 
 
-def _prepared(model: Model, token_ids: list[int], images: list[str], sampling, prefix: str,
+def _prepared(model: Model, name: str, token_ids: list[int], images: list[str], sampling, prefix: str,
               permit: Permit) -> Prepared:
     if not token_ids:
         raise InvalidRequest("the prompt is empty", param="prompt")
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     return Prepared(
         model=model,
+        model_name=name,
         engine_request=EngineRequest(request_id, token_ids, images, sampling, timeout_s=permit.timeout_s),
         response_id=request_id,
         created=int(time.time()),

@@ -71,7 +71,7 @@ async def chat_completion(prepared: Prepared, deltas: AsyncIterator[EngineDelta]
     return ChatCompletion(
         id=prepared.response_id,
         created=prepared.created,
-        model=prepared.model.id,
+        model=prepared.model_name,
         choices=[ChatChoice(i, AssistantMessage("".join(parts)), out.finish[i])
                  for i, parts in sorted(out.texts.items())],
         usage=out.usage,
@@ -85,7 +85,7 @@ async def completion(prepared: Prepared, deltas: AsyncIterator[EngineDelta],
     return Completion(
         id=prepared.response_id,
         created=prepared.created,
-        model=prepared.model.id,
+        model=prepared.model_name,
         choices=[CompletionChoice(i, "".join(parts), out.finish[i]) for i, parts in sorted(out.texts.items())],
         usage=out.usage,
         prompt_token_ids=out.prompt_token_ids if return_token_ids and out.prompt_token_ids else UNSET,

@@ -23,13 +23,15 @@ def _stops(stop: str | list[str] | None) -> list[str] | None:
 
 
 def _structured(fmt: ResponseFormat | None) -> dict | None:
+    """vLLM's structured decoding. Compact JSON (no free whitespace between tokens): fewer tokens, and a
+    weak model cannot spend its whole budget on indentation."""
     if isinstance(fmt, JsonObjectFormat):
-        return {"json_object": True}
+        return {"json_object": True, "disable_any_whitespace": True}
     if isinstance(fmt, JsonSchemaFormat):
         if fmt.json_schema.schema is None:
             raise InvalidRequest("response_format.json_schema.schema is required",
                                  param="response_format.json_schema.schema")
-        return {"json": fmt.json_schema.schema}
+        return {"json": fmt.json_schema.schema, "disable_any_whitespace": True}
     return None
 
 

@@ -84,10 +84,10 @@ def chat_events(prepared: Prepared, deltas: AsyncIterator[EngineDelta], *, inclu
         choices = [] if delta is None else [ChunkChoice(
             delta.index, Delta(content=delta.text) if delta.text else Delta(),
             finish_reason(delta.finish_reason))]
-        return ChatCompletionChunk(prepared.response_id, prepared.created, prepared.model.id, choices,
+        return ChatCompletionChunk(prepared.response_id, prepared.created, prepared.model_name, choices,
                                    usage=usage or UNSET, prompt_token_ids=ids or UNSET)
 
-    opening = [sse(ChatCompletionChunk(prepared.response_id, prepared.created, prepared.model.id,
+    opening = [sse(ChatCompletionChunk(prepared.response_id, prepared.created, prepared.model_name,
                                        [ChunkChoice(i, Delta(role="assistant", content=""))]))
                for i in range(prepared.engine_request.sampling.n)]
     return _events(deltas, make, prepared, include_usage, return_token_ids, opening)
@@ -98,7 +98,7 @@ def completion_events(prepared: Prepared, deltas: AsyncIterator[EngineDelta], *,
     def make(delta: EngineDelta | None, ids=None, usage=None) -> Completion:
         choices = [] if delta is None else [CompletionChoice(
             delta.index, delta.text, finish_reason(delta.finish_reason))]
-        return Completion(prepared.response_id, prepared.created, prepared.model.id, choices,
+        return Completion(prepared.response_id, prepared.created, prepared.model_name, choices,
                           usage=usage or UNSET, prompt_token_ids=ids or UNSET)
 
     return _events(deltas, make, prepared, include_usage, return_token_ids, [])

@@ -76,8 +76,8 @@ def _config(checkpoints: dict[str, Path], servers: dict[str, str], port: int, em
                   "context_length = 4096", "max_images = 4"]
         if family in servers:
             lines += [f'engine = {{ kind = "remote", urls = ["{servers[family]}"] }}']
-        else:
-            lines += [f"engine = {{ kind = \"embedded\", port = {embedded_port} }}"]
+        else:  # the seeds' FastVLM model name, served here by the tiny Qwen2.5-VL (vLLM has no FastVLM)
+            lines += [f"engine = {{ kind = \"embedded\", port = {embedded_port} }}", 'aliases = ["fastvlm-1.5b"]']
         lines.append("")
     return "\n".join(lines)
 

@@ -75,7 +75,8 @@ def test_chat_completion_shape_and_engine_request(client, engines) -> None:
 
 
 def test_alias_and_seed_prefix_routes(client) -> None:
-    assert client.post("/chat/completions", json=chat(model="alias")).status_code == 200
+    r = client.post("/chat/completions", json=chat(model="alias"))
+    assert r.status_code == 200 and r.json()["model"] == "alias"  # the name the client asked for
     models = client.get("/models").json()
     assert {m["id"] for m in models["data"]} == {"m", "alias", "cold"} and models["object"] == "list"
 
