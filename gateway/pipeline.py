@@ -149,7 +149,7 @@ async def _prepare_chat(svc: Services, req: ChatCompletionRequest, model: Model,
 
     async def prompt_ids() -> list[int]:
         prompt = render_chat(model.family, messages)                        # 4. render prompt
-        return await tokenizer.encode(prompt.text, model.family.add_special_tokens)                          # 5. tokenize
+        return await tokenizer.encode(prompt.text, model.family.add_special_tokens)  # 5. tokenize
 
     images, token_ids = await asyncio.gather(                                # 3. load images (concurrently)
         _load_images(svc, model, sources), prompt_ids())

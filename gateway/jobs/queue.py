@@ -23,6 +23,7 @@ after a crash does not move the mark back.
 
 from __future__ import annotations
 
+import abc
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -58,7 +59,7 @@ class JobQueue(Protocol):
     async def gc(self, consumer: str) -> None: ...
 
 
-class BaseJobQueue:
+class BaseJobQueue(abc.ABC):
     """Submission (ids, validation, webhook vetting) and the shared arithmetic; backends add storage."""
 
     def __init__(self, vet_webhook: WebhookVetter | None = None) -> None:
@@ -80,8 +81,9 @@ class BaseJobQueue:
         await self._enqueue(job)
         return job
 
+    @abc.abstractmethod
     async def _enqueue(self, job: Job) -> None:
-        raise NotImplementedError
+        """Store ``job`` and make it visible to workers (each backend's own storage)."""
 
     async def start(self) -> None:
         """Prepare storage (idempotent)."""
