@@ -44,7 +44,7 @@ def chat_sampling(req: ChatCompletionRequest, stop_token_ids: list[int]) -> Samp
         top_p=req.top_p,
         n=req.n,
         stop=_stops(req.stop),
-        stop_token_ids=stop_token_ids or None,
+        stop_token_ids=None if req.ignore_eos else stop_token_ids or None,  # ignore_eos: the family's too
         seed=req.seed,
         presence_penalty=req.presence_penalty,
         frequency_penalty=req.frequency_penalty,
@@ -65,7 +65,7 @@ def completion_sampling(req: CompletionRequest, stop_token_ids: list[int]) -> Sa
         top_p=req.top_p,
         n=req.n,
         stop=_stops(req.stop),
-        stop_token_ids=stop_token_ids or None,
+        stop_token_ids=None if req.ignore_eos else stop_token_ids or None,  # ignore_eos: the family's too
         seed=req.seed,
         presence_penalty=req.presence_penalty,
         frequency_penalty=req.frequency_penalty,
