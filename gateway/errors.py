@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
-from litestar import MediaType, Request, Response
-from litestar.exceptions import HTTPException
+
+if TYPE_CHECKING:  # litestar is imported where an error becomes a response, not by every importer
+    from litestar import Request, Response
 
 log = logging.getLogger("vlm_gateway")
 
@@ -141,6 +142,8 @@ def from_validation(exc: msgspec.ValidationError | msgspec.DecodeError) -> Inval
 
 
 def _as_gateway_error(exc: Exception) -> GatewayError:
+    from litestar.exceptions import HTTPException
+
     if isinstance(exc, GatewayError):
         return exc
     if isinstance(exc, (msgspec.ValidationError, msgspec.DecodeError)):
@@ -167,6 +170,8 @@ def _error_shape(request: Request[Any, Any, Any] | None) -> str:
 
 def error_response(request: Request[Any, Any, Any] | None, exc: Exception) -> Response[bytes]:
     """The one place an exception becomes an HTTP response."""
+    from litestar import MediaType, Response
+
     err = _as_gateway_error(exc)
     if err.status >= 500 and isinstance(exc, GatewayError):
         log.warning("%s: %s", type(err).__name__, err.message)

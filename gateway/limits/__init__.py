@@ -7,10 +7,19 @@ backend; ``LimitSettings`` is the ``[limits]`` config section; ``gateway.limits.
 
 from __future__ import annotations
 
-from gateway.limits.keys import ApiKey, KeyStore, hash_secret, new_key, toml_snippet
-from gateway.limits.permit import Permit
-from gateway.limits.rate import Caller, Limiter
-from gateway.limits.settings import ConfigKey, LimitSettings
+import importlib
+from typing import Any
 
-__all__ = ["ApiKey", "Caller", "ConfigKey", "KeyStore", "LimitSettings", "Limiter", "Permit", "hash_secret",
-           "new_key", "toml_snippet"]
+# Names are imported on first use: ``gateway.settings`` imports ``gateway.limits.settings``, and that
+# must not pull the limiter and its Redis client into every process (``vlm-gateway render``).
+_WHERE = {
+    "ApiKey": "keys", "KeyStore": "keys", "hash_secret": "keys", "new_key": "keys", "toml_snippet": "keys",
+    "Permit": "permit", "Caller": "rate", "Limiter": "rate", "ConfigKey": "settings", "LimitSettings": "settings",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
