@@ -85,13 +85,13 @@ class BaseJobQueue(abc.ABC):
     async def _enqueue(self, job: Job) -> None:
         """Store ``job`` and make it visible to workers (each backend's own storage)."""
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional hook
         """Prepare storage (idempotent)."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook
         """Release what ``start`` set up (the shared clients are not closed)."""
 
-    async def gc(self, consumer: str) -> None:
+    async def gc(self, consumer: str) -> None:  # noqa: B027 - optional hook
         """Housekeeping run now and then by each worker's reclaim loop."""
 
 
