@@ -8,9 +8,11 @@ adds only two small processes. Every Redis key of this run lives under a unique 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -80,8 +82,6 @@ def replicas(cluster_config: Path, logs: Path):
 
 
 def create_key(config: Path, *args: str) -> str:
-    import subprocess
-
     out = subprocess.run([PYTHON, "-m", "gateway.cli", "keys", "create", "--config", str(config), *args],
                          capture_output=True, text=True, check=True).stdout
     return re.search(r"(vlm-[A-Za-z0-9_-]{20,})", out).group(1)
@@ -160,17 +160,24 @@ def test_openai_sdk_retries_a_429_then_succeeds_and_revoked_key_is_rejected(repl
     statuses: list[int] = []
     http_client = httpx.Client(event_hooks={"response": [lambda r: statuses.append(r.status_code)]})
     client = openai.OpenAI(base_url=a.url + "/v1", api_key=key, max_retries=5, http_client=http_client)
-    holder = threading.Thread(target=lambda: httpx.post(
-        b.url + "/v1/chat/completions", json=chat(max_tokens=300, ignore_eos=True),
-        headers={"Authorization": f"Bearer {key}"}, timeout=120))
+    taken = threading.Event()
+
+    def hold_the_slot_for_2_s() -> None:  # a stream on the other replica holds the key's only slot
+        with httpx.Client(timeout=60) as c, c.stream("POST", b.url + "/v1/chat/completions",
+                                                     headers={"Authorization": f"Bearer {key}"},
+                                                     json=chat(max_tokens=3000, ignore_eos=True, stream=True)) as r:
+            next(r.iter_lines())
+            taken.set()
+            time.sleep(2)
+        # leaving the stream = client gone: the slot is released
+
+    holder = threading.Thread(target=hold_the_slot_for_2_s)
     holder.start()
-    time.sleep(0.5)  # the other replica holds the key's only slot for a while
+    assert taken.wait(30)
     reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
     holder.join()
     assert reply.choices[0].message.content is not None
     assert 429 in statuses and statuses[-1] == 200
-    import subprocess
-
     listed = subprocess.run([PYTHON, "-m", "gateway.cli", "keys", "list", "--config", str(cluster_config)],
                             capture_output=True, text=True, check=True).stdout
     key_id = next(line.split()[0] for line in listed.splitlines() if line.split()[1:2] == ["sdk"])
@@ -188,8 +195,6 @@ def webhook_receiver():
 
     async def hook(request: web.Request) -> web.Response:
         body = await request.read()
-        import json
-
         received.append((json.loads(body), verify(SECRET, body, request.headers)))
         if random.random() < 0.2:  # a flaky receiver: the gateway must retry
             return web.Response(status=503)
