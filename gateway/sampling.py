@@ -35,23 +35,31 @@ def _structured(fmt: ResponseFormat | None) -> dict | None:
     return None
 
 
-def chat_sampling(req: ChatCompletionRequest, stop_token_ids: list[int]) -> SamplingParams:
-    if req.logprobs or req.top_logprobs:
-        raise InvalidRequest("logprobs are not supported by this gateway", param="logprobs")
+def _sampling(req: ChatCompletionRequest | CompletionRequest, max_tokens: int | None, stop_token_ids: list[int],
+              structured: dict | None = None) -> SamplingParams:
+    """The fields chat and completions share. ``stop_token_ids`` are the family's end tokens; with
+    ``ignore_eos`` they are ignored too (they are EOS in all but name)."""
     return SamplingParams(
-        max_tokens=req.max_completion_tokens or req.max_tokens,
+        max_tokens=max_tokens,
         temperature=req.temperature,
         top_p=req.top_p,
         n=req.n,
         stop=_stops(req.stop),
-        stop_token_ids=None if req.ignore_eos else stop_token_ids or None,  # ignore_eos: the family's too
+        stop_token_ids=None if req.ignore_eos else stop_token_ids or None,
         seed=req.seed,
         presence_penalty=req.presence_penalty,
         frequency_penalty=req.frequency_penalty,
-        structured_outputs=_structured(req.response_format),
+        structured_outputs=structured,
         min_tokens=req.min_tokens,
         ignore_eos=req.ignore_eos,
     )
+
+
+def chat_sampling(req: ChatCompletionRequest, stop_token_ids: list[int]) -> SamplingParams:
+    if req.logprobs or req.top_logprobs:
+        raise InvalidRequest("logprobs are not supported by this gateway", param="logprobs")
+    return _sampling(req, req.max_completion_tokens or req.max_tokens, stop_token_ids,
+                     _structured(req.response_format))
 
 
 def completion_sampling(req: CompletionRequest, stop_token_ids: list[int]) -> SamplingParams:
@@ -59,16 +67,4 @@ def completion_sampling(req: CompletionRequest, stop_token_ids: list[int]) -> Sa
         raise InvalidRequest("logprobs are not supported by this gateway", param="logprobs")
     if req.echo:
         raise InvalidRequest("echo is not supported by this gateway", param="echo")
-    return SamplingParams(
-        max_tokens=req.max_tokens,
-        temperature=req.temperature,
-        top_p=req.top_p,
-        n=req.n,
-        stop=_stops(req.stop),
-        stop_token_ids=None if req.ignore_eos else stop_token_ids or None,  # ignore_eos: the family's too
-        seed=req.seed,
-        presence_penalty=req.presence_penalty,
-        frequency_penalty=req.frequency_penalty,
-        min_tokens=req.min_tokens,
-        ignore_eos=req.ignore_eos,
-    )
+    return _sampling(req, req.max_tokens, stop_token_ids)

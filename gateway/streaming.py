@@ -7,14 +7,15 @@ the stream early (client gone) closes the engine iterator, which aborts the engi
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import msgspec
+from litestar.response import Stream
 from msgspec import UNSET
 
 from engines import EngineDelta
 from gateway.errors import GatewayError
-from gateway.pipeline import Prepared
+from gateway.pipeline import Prepared, Services, generate
 from gateway.responses import finish_reason, usage_of
 from gateway.schemas.openai import (
     ChatCompletionChunk,
@@ -22,6 +23,7 @@ from gateway.schemas.openai import (
     Completion,
     CompletionChoice,
     Delta,
+    StreamOptions,
 )
 
 _ENCODER = msgspec.json.Encoder()
@@ -102,3 +104,18 @@ def completion_events(prepared: Prepared, deltas: AsyncIterator[EngineDelta], *,
                           usage=usage or UNSET, prompt_token_ids=ids or UNSET)
 
     return _events(deltas, make, prepared, include_usage, return_token_ids, [])
+
+
+Events = Callable[..., AsyncIterator[bytes]]
+
+
+async def stream_response(svc: Services, prepared: Prepared, events: Events, options: StreamOptions | None,
+                          return_token_ids: bool) -> Stream:
+    """The SSE response for a prepared request. The first delta is awaited before answering, so an
+    engine error that comes before any output still gets its own HTTP status."""
+    deltas = generate(svc, prepared)
+    first = await anext(deltas)
+    body = events(prepared, prepend(first, deltas), include_usage=bool(options and options.include_usage),
+                  return_token_ids=return_token_ids)
+    headers = {"Cache-Control": "no-cache", **prepared.permit.headers}
+    return Stream(body, media_type="text/event-stream", headers=headers)

@@ -9,9 +9,9 @@ from litestar.response import Stream
 
 from gateway.api import caller, services
 from gateway.complete import complete_chat
-from gateway.pipeline import generate, prepare_chat
+from gateway.pipeline import prepare_chat
 from gateway.schemas.openai import DECODE_CHAT
-from gateway.streaming import chat_events, prepend
+from gateway.streaming import chat_events, stream_response
 
 
 @post(["/v1/chat/completions", "/chat/completions"], status_code=200)
@@ -22,10 +22,4 @@ async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any] | S
         body, headers = await complete_chat(svc, req, caller(request))
         return Response(body, headers=headers)
     prepared = await prepare_chat(svc, req, caller(request))
-    deltas = generate(svc, prepared)
-    first = await anext(deltas)  # an engine error before the first byte keeps its HTTP status
-    include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    events = chat_events(prepared, prepend(first, deltas), include_usage=include_usage,
-                         return_token_ids=req.return_token_ids)
-    return Stream(events, media_type="text/event-stream",
-                  headers={"Cache-Control": "no-cache", **prepared.permit.headers})
+    return await stream_response(svc, prepared, chat_events, req.stream_options, req.return_token_ids)

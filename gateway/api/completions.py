@@ -9,9 +9,9 @@ from litestar.response import Stream
 
 from gateway.api import caller, services
 from gateway.complete import complete_text
-from gateway.pipeline import generate, prepare_completion
+from gateway.pipeline import prepare_completion
 from gateway.schemas.openai import DECODE_COMPLETION
-from gateway.streaming import completion_events, prepend
+from gateway.streaming import completion_events, stream_response
 
 
 @post(["/v1/completions", "/completions"], status_code=200)
@@ -22,10 +22,4 @@ async def completions(request: Request[Any, Any, Any]) -> Response[Any] | Stream
         body, headers = await complete_text(svc, req, caller(request))
         return Response(body, headers=headers)
     prepared = await prepare_completion(svc, req, caller(request))
-    deltas = generate(svc, prepared)
-    first = await anext(deltas)
-    include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    events = completion_events(prepared, prepend(first, deltas), include_usage=include_usage,
-                               return_token_ids=req.return_token_ids)
-    return Stream(events, media_type="text/event-stream",
-                  headers={"Cache-Control": "no-cache", **prepared.permit.headers})
+    return await stream_response(svc, prepared, completion_events, req.stream_options, req.return_token_ids)

@@ -161,12 +161,14 @@ def test_openai_sdk_retries_a_429_then_succeeds_and_revoked_key_is_rejected(repl
     http_client = httpx.Client(event_hooks={"response": [lambda r: statuses.append(r.status_code)]})
     client = openai.OpenAI(base_url=a.url + "/v1", api_key=key, max_retries=5, http_client=http_client)
     taken = threading.Event()
+    held: list = []
 
     def hold_the_slot_for_2_s() -> None:  # a stream on the other replica holds the key's only slot
         with httpx.Client(timeout=60) as c, c.stream("POST", b.url + "/v1/chat/completions",
                                                      headers={"Authorization": f"Bearer {key}"},
                                                      json=chat(max_tokens=3000, ignore_eos=True, stream=True)) as r:
-            next(r.iter_lines())
+            first_line = next(r.iter_lines())
+            held.append((r.status_code, first_line))
             taken.set()
             time.sleep(2)
         # leaving the stream = client gone: the slot is released
@@ -174,6 +176,7 @@ def test_openai_sdk_retries_a_429_then_succeeds_and_revoked_key_is_rejected(repl
     holder = threading.Thread(target=hold_the_slot_for_2_s)
     holder.start()
     assert taken.wait(30)
+    assert held[0][0] == 200, held
     reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
     holder.join()
     assert reply.choices[0].message.content is not None
