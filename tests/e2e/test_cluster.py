@@ -140,7 +140,8 @@ def test_slot_of_a_killed_replica_comes_back_after_its_lease(replicas, cluster_c
             "POST", b.url + "/v1/chat/completions", headers=headers,
             json=chat(max_tokens=3000, ignore_eos=True, stream=True)) as held:
         assert held.status_code == 200
-        next(held.iter_lines())
+        lines = held.iter_lines()  # keep the iterator: a discarded one closes the response
+        next(lines)
         b.kill9()  # dies holding the key's only slot
     killed_at = time.monotonic()
     assert httpx.post(a.url + "/v1/chat/completions", json=chat(), headers=headers, timeout=60).status_code == 429
@@ -167,8 +168,8 @@ def test_openai_sdk_retries_a_429_then_succeeds_and_revoked_key_is_rejected(repl
         with httpx.Client(timeout=60) as c, c.stream("POST", b.url + "/v1/chat/completions",
                                                      headers={"Authorization": f"Bearer {key}"},
                                                      json=chat(max_tokens=3000, ignore_eos=True, stream=True)) as r:
-            first_line = next(r.iter_lines())
-            held.append((r.status_code, first_line))
+            lines = r.iter_lines()  # keep the iterator: a discarded one closes the response
+            held.append((r.status_code, next(lines)))
             taken.set()
             time.sleep(2)
         # leaving the stream = client gone: the slot is released
