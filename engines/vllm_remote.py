@@ -106,7 +106,7 @@ class RemoteVLLM:
                     server.url + "/health", timeout=aiohttp.ClientTimeout(total=2)
                 ) as resp:
                     healthy = resp.status == 200
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 healthy = False
             if healthy != server.healthy:
                 log.info("engine %s is %s", server.url, "up" if healthy else "down")
@@ -160,7 +160,7 @@ class RemoteVLLM:
         except aiohttp.ClientConnectionError as exc:
             server.healthy = False
             raise EngineUnavailable(f"engine connection failed: {exc}") from exc
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise Timeout(f"the request took longer than {timeout_s:g} s") from exc
         finally:
             server.in_flight -= 1
@@ -178,7 +178,7 @@ class RemoteVLLM:
                 timeout=aiohttp.ClientTimeout(total=5),
             ):
                 pass
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             log.warning("could not abort request %s on %s", request_id, server.url)
 
 

@@ -12,11 +12,11 @@ Values are parsed as TOML scalars where they can be (numbers, booleans, arrays),
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
-import tomllib
 
 from gateway.jobs.settings import JobSettings
 from gateway.limits.settings import LimitSettings

@@ -78,7 +78,7 @@ class Fetcher:
         timeout = self.settings.fetch_timeout_s
         try:
             data = await asyncio.wait_for(self._stream(url), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.stats["download_failures"] += 1
             raise ImageError(
                 f"timed out downloading {describe_url(url)!r} (limit {timeout:g}s)", code="image_fetch_timeout"

@@ -15,7 +15,6 @@ configured the signature headers are left out.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import logging
@@ -97,7 +96,7 @@ class WebhookSender:
         except InvalidRequest as exc:
             log.warning("webhook for %s refused: %s", delivery.job_id, exc.message)
             return "give_up" if exc.code in ("url_not_allowed", "too_many_redirects") else "retry"
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.info("webhook for %s failed: %s", delivery.job_id, type(exc).__name__)
             return "retry"
         if 200 <= status < 300:

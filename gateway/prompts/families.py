@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import tomllib
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 import msgspec
-import tomllib
 
 TEMPLATES_ENV = "VLM_GATEWAY_TEMPLATES_DIR"
 

@@ -7,12 +7,12 @@ back into its own response; there is no second code path.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+import tomllib
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 
 import msgspec
-import tomllib
 
 from gateway.errors import InvalidRequest
 from gateway.schemas.openai import (
@@ -97,7 +97,7 @@ def vlmrun_to_chat(req: VlmRunRequest, model: str) -> ChatCompletionRequest:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 def vlmrun_response(req: VlmRunRequest, request_id: str, created_at: str, out: ChatCompletion) -> VlmRunResponse:

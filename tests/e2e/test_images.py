@@ -16,9 +16,9 @@ QWEN = model_id(EMBEDDED_FAMILY)
 
 
 def ask(http: httpx.Client, url: str, detail: str) -> dict:
-    r = http.post("/v1/chat/completions", json={"model": QWEN, "max_tokens": 1, "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": url, "detail": detail}},
-        {"type": "text", "text": "What is it?"}]}]})
+    content = [{"type": "image_url", "image_url": {"url": url, "detail": detail}}, {"type": "text", "text": "What?"}]
+    r = http.post("/v1/chat/completions",
+                  json={"model": QWEN, "max_tokens": 1, "messages": [{"role": "user", "content": content}]})
     assert r.status_code == 200, r.text
     return r.json()["usage"]
 
@@ -80,6 +80,7 @@ def test_url_image_is_fetched_once_and_cached(http: httpx.Client, image_server) 
 
 def test_url_image_not_found_is_400(http: httpx.Client, image_server) -> None:
     base, _ = image_server
-    r = http.post("/v1/chat/completions", json={"model": QWEN, "max_tokens": 1, "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": f"{base}/missing"}}, {"type": "text", "text": "?"}]}]})
+    content = [{"type": "image_url", "image_url": {"url": f"{base}/missing"}}, {"type": "text", "text": "?"}]
+    r = http.post("/v1/chat/completions",
+                  json={"model": QWEN, "max_tokens": 1, "messages": [{"role": "user", "content": content}]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0].content[0].image_url"

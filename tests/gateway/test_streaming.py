@@ -17,8 +17,8 @@ class _Model(msgspec.Struct):
 
 def prepared(n: int = 1, images: int = 1) -> Prepared:
     req = EngineRequest("chatcmpl-1", [1, 2, 3, 9], ["data:,"] * images, SamplingParams(n=n))
-    return Prepared(model=_Model(), model_name="m", engine_request=req, response_id="chatcmpl-1", created=7, image_count=images,
-                    permit=Permit({}, 30))
+    return Prepared(model=_Model(), model_name="m", engine_request=req, response_id="chatcmpl-1", created=7,
+                    image_count=images, permit=Permit({}, 30))
 
 
 async def scripted(deltas, fail: Exception | None = None, closed: list | None = None):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import tomllib
 from types import SimpleNamespace
 
 import msgspec
-import tomllib
 
 from gateway.limits import ConfigKey, KeyStore, LimitSettings, hash_secret
 from gateway.limits.cli import main

@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import tomllib
 
 import msgspec
 import pytest
-import tomllib
 
 from gateway.errors import InvalidRequest, NotFound
 from gateway.limits import ApiKey, ConfigKey, KeyStore, LimitSettings, hash_secret, new_key, toml_snippet
