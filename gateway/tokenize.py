@@ -30,6 +30,7 @@ class Tokenizer:
     def __init__(self, name_or_path: str) -> None:
         self.name_or_path = name_or_path
         self._tok: Any = None
+        self._ids: dict[tuple[str, ...], list[int]] = {}
         self._lock = threading.Lock()
 
     def load(self) -> Any:
@@ -46,12 +47,11 @@ class Tokenizer:
         whether the tokenizer must add it); raw completion prompts get the tokenizer's, as vLLM does."""
         return await asyncio.to_thread(self.encode_sync, text, add_special_tokens)
 
-    def token_ids(self, tokens: list[str]) -> list[int]:
-        """Ids of single special tokens (e.g. the family's stop tokens); unknown ones are skipped."""
-        tok = self.load()
-        ids = []
-        for token in tokens:
-            token_id = tok.convert_tokens_to_ids(token)
-            if token_id is not None and token_id != tok.unk_token_id:
-                ids.append(int(token_id))
-        return ids
+    def token_ids(self, tokens: tuple[str, ...]) -> list[int]:
+        """Ids of single special tokens (e.g. the family's stop tokens); unknown ones are skipped.
+        Looked up once per tuple: every request of a model asks for the same ones."""
+        if tokens not in self._ids:
+            tok = self.load()
+            found = (tok.convert_tokens_to_ids(token) for token in tokens)
+            self._ids[tokens] = [int(i) for i in found if i is not None and i != tok.unk_token_id]
+        return list(self._ids[tokens])
