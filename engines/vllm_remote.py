@@ -26,6 +26,10 @@ from gateway.errors import EngineFailed, EngineUnavailable, InvalidRequest, Time
 log = logging.getLogger("vlm_gateway.engine")
 
 HEALTH_INTERVAL_S = 2.0
+HEALTH_TIMEOUT_S = 5.0
+# A busy engine can be slow to answer /health: only this many failed probes in a row take it out of
+# rotation. A refused connection takes it out at once.
+HEALTH_FAILURES_DOWN = 3
 
 
 class _Usage(msgspec.Struct):
@@ -68,6 +72,7 @@ class _Server(msgspec.Struct):
     url: str
     healthy: bool = False
     in_flight: int = 0
+    failed_probes: int = 0
 
 
 class RemoteVLLM:
@@ -101,13 +106,18 @@ class RemoteVLLM:
 
     async def _check_health(self) -> None:
         async def probe(server: _Server) -> None:
+            refused = False
             try:
                 async with self._session.get(
-                    server.url + "/health", timeout=aiohttp.ClientTimeout(total=2)
+                    server.url + "/health", timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)
                 ) as resp:
-                    healthy = resp.status == 200
+                    ok = resp.status == 200
+            except aiohttp.ClientConnectorError:
+                ok, refused = False, True
             except (TimeoutError, aiohttp.ClientError):
-                healthy = False
+                ok = False
+            server.failed_probes = 0 if ok else server.failed_probes + 1
+            healthy = ok or (server.healthy and not refused and server.failed_probes < HEALTH_FAILURES_DOWN)
             if healthy != server.healthy:
                 log.info("engine %s is %s", server.url, "up" if healthy else "down")
             server.healthy = healthy

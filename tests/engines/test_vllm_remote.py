@@ -123,3 +123,14 @@ async def test_no_healthy_server_is_503() -> None:
         with pytest.raises(EngineUnavailable):
             [d async for d in client.generate(request())]
         await client.close()
+
+
+async def test_one_failed_health_probe_does_not_take_a_busy_engine_out(engine) -> None:
+    _, client = engine
+    assert client.ready
+    client._servers[0].url += "/no-such-prefix"  # /health now answers 404
+    await client._check_health()
+    assert client.ready  # one failed probe: still in rotation
+    await client._check_health()
+    await client._check_health()
+    assert not client.ready  # three in a row: out
