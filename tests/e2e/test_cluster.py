@@ -162,25 +162,32 @@ def test_slot_of_a_killed_replica_comes_back_after_its_lease(replicas, cluster_c
 def test_openai_sdk_retries_a_429_then_succeeds_and_revoked_key_is_rejected(replicas, cluster_config: Path) -> None:
     a, b = replicas
     key = create_key(cluster_config, "--name", "sdk", "--rpm", "0", "--concurrency", "1")
-    statuses: list[int] = []
-    http_client = httpx.Client(event_hooks={"response": [lambda r: statuses.append(r.status_code)]})
-    client = openai.OpenAI(base_url=a.url + "/v1", api_key=key, max_retries=8, http_client=http_client)
     headers = {"Authorization": f"Bearer {key}"}
+
     def hold() -> None:  # a long request on the other replica takes the slot (retried if a probe had it)
         while httpx.post(b.url + "/v1/chat/completions", json=chat(max_tokens=800, ignore_eos=True),
                          headers=headers, timeout=120).status_code == 429:
             time.sleep(0.05)
 
-    holder = threading.Thread(target=hold)
-    holder.start()
-    deadline = time.monotonic() + 20
-    while httpx.post(a.url + "/v1/chat/completions", json=chat(), headers=headers, timeout=60).status_code != 429:
-        assert time.monotonic() < deadline, "the holder never took the slot"
-        time.sleep(0.2)
-    reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
-    holder.join()
-    assert reply.choices[0].message.content is not None
-    assert 429 in statuses and statuses[-1] == 200
+    # The slot must still be held when the SDK's first attempt lands; on this loaded 2-core box it
+    # sometimes is not (see the closing note), so the scenario gets up to three tries.
+    for _ in range(3):
+        statuses: list[int] = []
+        http_client = httpx.Client(event_hooks={"response": [lambda r, seen=statuses: seen.append(r.status_code)]})
+        client = openai.OpenAI(base_url=a.url + "/v1", api_key=key, max_retries=8, http_client=http_client)
+        holder = threading.Thread(target=hold)
+        holder.start()
+        deadline = time.monotonic() + 20
+        while httpx.post(a.url + "/v1/chat/completions", json=chat(), headers=headers, timeout=60).status_code != 429:
+            assert time.monotonic() < deadline, "the holder never took the slot"
+            time.sleep(0.2)
+        reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
+                                               max_tokens=2)
+        holder.join()
+        assert reply.choices[0].message.content is not None and statuses[-1] == 200
+        if 429 in statuses:
+            break
+    assert 429 in statuses  # the SDK met a 429 and its own retry then succeeded
     listed = subprocess.run([PYTHON, "-m", "gateway.cli", "keys", "list", "--config", str(cluster_config)],
                             capture_output=True, text=True, check=True).stdout
     key_id = next(line.split()[0] for line in listed.splitlines() if line.split()[1:2] == ["sdk"])
