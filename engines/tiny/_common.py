@@ -17,6 +17,12 @@ INTERMEDIATE = 128
 LAYERS = 2
 
 
+def text_dims(tok) -> dict:
+    """The tiny text model's sizes every family shares (vocab rounded up to a multiple of 64)."""
+    return dict(vocab_size=-(-len(tok) // 64) * 64, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
+                num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS)
+
+
 def log(msg: str) -> None:
     print(f"[engines.tiny] {msg}", file=sys.stderr, flush=True)
 

@@ -117,12 +117,7 @@ def build(out: Path) -> None:
     tok = build_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in [*LEADING, BOI, EOI, IMAGE_TOKEN]}
     text = dict(
-        vocab_size=-(-len(tok) // 64) * 64,
-        hidden_size=c.HIDDEN,
-        intermediate_size=c.INTERMEDIATE,
-        num_hidden_layers=c.LAYERS,
-        num_attention_heads=c.HEADS,
-        num_key_value_heads=c.KV_HEADS,
+        **c.text_dims(tok),
         head_dim=c.HEAD_DIM,
         query_pre_attn_scalar=c.HEAD_DIM,
         sliding_window=512,

@@ -124,13 +124,8 @@ def build(out: Path) -> None:
     tok = build_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIALS}
     text = dict(
-        vocab_size=-(-len(tok) // 64) * 64,
-        hidden_size=c.HIDDEN,
-        intermediate_size=c.INTERMEDIATE,
+        **c.text_dims(tok),
         intermediate_size_mlp=c.INTERMEDIATE,
-        num_hidden_layers=c.LAYERS,
-        num_attention_heads=c.HEADS,
-        num_key_value_heads=c.KV_HEADS,
         head_dim=c.HEAD_DIM,
         num_local_experts=2,
         num_experts_per_tok=1,

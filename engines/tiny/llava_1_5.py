@@ -72,12 +72,7 @@ def build(out: Path) -> None:
     tok = build_tokenizer()
     image_token_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
     text = LlamaConfig(
-        vocab_size=-(-len(tok) // 64) * 64,
-        hidden_size=c.HIDDEN,
-        intermediate_size=c.INTERMEDIATE,
-        num_hidden_layers=c.LAYERS,
-        num_attention_heads=c.HEADS,
-        num_key_value_heads=c.KV_HEADS,
+        **c.text_dims(tok),
         head_dim=c.HEAD_DIM,
         max_position_embeddings=4096,
         rms_norm_eps=1e-5,

@@ -123,12 +123,7 @@ def build(out: Path) -> None:
     tok = build_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in ADDED_TOKENS}
     text = dict(
-        vocab_size=-(-len(tok) // 64) * 64,
-        hidden_size=c.HIDDEN,
-        intermediate_size=c.INTERMEDIATE,
-        num_hidden_layers=c.LAYERS,
-        num_attention_heads=c.HEADS,
-        num_key_value_heads=c.KV_HEADS,
+        **c.text_dims(tok),
         max_position_embeddings=128000,
         rms_norm_eps=1e-6,
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [8, 12, 12]},
