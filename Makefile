@@ -9,7 +9,7 @@ EXTRA  ?= cpu
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[$(EXTRA),test]"
+	$(PY) -m pip install --quiet -e ".[$(EXTRA),test,dev]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -27,7 +27,7 @@ bench: install
 	$(PY) -m bench $(ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check gateway engines tests bench
+	$(VENV)/bin/ruff check vlm_gateway tests bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache

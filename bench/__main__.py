@@ -30,9 +30,9 @@ import msgspec
 from aiohttp import web
 
 from bench.load import Result, closed_loop
-from engines.tiny import ensure_tiny
-from engines.vllm_launch import server_command, server_env
 from tests.helpers import PYTHON, Child, free_port, png_bytes, png_data_uri
+from vlm_gateway.engines.vllm_launch import server_command, server_env
+from vlm_gateway.testing.tiny import ensure_tiny
 
 MODEL = "bench-model"
 
@@ -55,7 +55,7 @@ def start_gateway(name: str, checkpoint: Path, engine_url: str, logs: Path, env:
     config.write_text(f'port = {port}\nlog_level = "warning"\n[images]\nallow_loopback = true\n'
                       f'[[models]]\nid = "{MODEL}"\ncheckpoint = "{checkpoint}"\ncontext_length = 4096\n'
                       f'engine = {{ kind = "remote", urls = ["{engine_url}"] }}\n')
-    child = Child(name, [PYTHON, "-m", "gateway.cli", "serve", "--config", str(config)], logs, env=env)
+    child = Child(name, [PYTHON, "-m", "vlm_gateway.cli", "serve", "--config", str(config)], logs, env=env)
     url = f"http://127.0.0.1:{port}"
     child.wait_http(url + "/health", 120, ok=lambda r: r.status_code == 200 and r.json()["model_loaded"])
     return child, url

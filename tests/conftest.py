@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from engines.cpu_compat import install_import_hook
-from engines.tiny import ensure_tiny
+from vlm_gateway.engines.cpu_compat import install_import_hook
+from vlm_gateway.testing.tiny import ensure_tiny
 
 install_import_hook()  # tests import transformers (and so torchvision) directly
 

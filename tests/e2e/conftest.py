@@ -18,9 +18,9 @@ import httpx
 import msgspec
 import pytest
 
-from engines.tiny import ensure_tiny
-from engines.vllm_launch import server_command, server_env
 from tests.helpers import PYTHON, Child, free_port
+from vlm_gateway.engines.vllm_launch import server_command, server_env
+from vlm_gateway.testing.tiny import ensure_tiny
 
 pytestmark = pytest.mark.engine
 
@@ -87,7 +87,7 @@ def gateway(checkpoints: dict[str, Path], vllm_servers: dict[str, str], logs: Pa
     port, embedded_port = free_port(), free_port()
     config = logs / "gateway.toml"
     config.write_text(_config(checkpoints, vllm_servers, port, embedded_port))
-    child = Child("gateway", [PYTHON, "-m", "gateway.cli", "serve", "--config", str(config)], logs)
+    child = Child("gateway", [PYTHON, "-m", "vlm_gateway.cli", "serve", "--config", str(config)], logs)
     url = f"http://127.0.0.1:{port}"
     try:
         child.wait_http(url + "/health", ENGINE_START_TIMEOUT_S,

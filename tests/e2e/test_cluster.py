@@ -24,9 +24,9 @@ import openai
 import pytest
 from aiohttp import web
 
-from gateway.jobs.webhooks import verify
 from tests.e2e.conftest import EMBEDDED_FAMILY, REMOTE_FAMILIES, model_id
 from tests.helpers import PYTHON, Child, free_port
+from vlm_gateway.jobs.webhooks import verify
 
 pytestmark = pytest.mark.engine
 
@@ -44,7 +44,8 @@ class Replica:
 
     def start(self) -> None:
         self.child = Child(f"{self.name}-{time.monotonic_ns()}", [
-            PYTHON, "-m", "gateway.cli", "serve", "--config", str(self.config), "--port", str(self.port)], self.logs)
+            PYTHON, "-m", "vlm_gateway.cli", "serve", "--config", str(self.config), "--port", str(self.port)],
+            self.logs)
         self.child.wait_http(self.url + "/health", 120, ok=lambda r: r.status_code == 200 and r.json()["model_loaded"])
 
     def kill9(self) -> None:
@@ -82,7 +83,7 @@ def replicas(cluster_config: Path, logs: Path):
 
 
 def create_key(config: Path, *args: str) -> str:
-    out = subprocess.run([PYTHON, "-m", "gateway.cli", "keys", "create", "--config", str(config), *args],
+    out = subprocess.run([PYTHON, "-m", "vlm_gateway.cli", "keys", "create", "--config", str(config), *args],
                          capture_output=True, text=True, check=True).stdout
     return re.search(r"(vlm-[A-Za-z0-9_-]{20,})", out).group(1)
 
@@ -188,10 +189,10 @@ def test_openai_sdk_retries_a_429_then_succeeds_and_revoked_key_is_rejected(repl
         if 429 in statuses:
             break
     assert 429 in statuses  # the SDK met a 429 and its own retry then succeeded
-    listed = subprocess.run([PYTHON, "-m", "gateway.cli", "keys", "list", "--config", str(cluster_config)],
+    listed = subprocess.run([PYTHON, "-m", "vlm_gateway.cli", "keys", "list", "--config", str(cluster_config)],
                             capture_output=True, text=True, check=True).stdout
     key_id = next(line.split()[0] for line in listed.splitlines() if line.split()[1:2] == ["sdk"])
-    subprocess.run([PYTHON, "-m", "gateway.cli", "keys", "revoke", key_id, "--config", str(cluster_config)],
+    subprocess.run([PYTHON, "-m", "vlm_gateway.cli", "keys", "revoke", key_id, "--config", str(cluster_config)],
                    check=True, capture_output=True)
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=b.url + "/v1", api_key=key, max_retries=0).chat.completions.create(

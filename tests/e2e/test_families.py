@@ -12,9 +12,9 @@ import httpx
 import pytest
 from transformers import AutoTokenizer
 
-from gateway.prompts.families import get_family
 from tests.e2e.conftest import EMBEDDED_FAMILY, REMOTE_FAMILIES, model_id
 from tests.helpers import png_data_uri
+from vlm_gateway.prompts.families import get_family
 
 pytestmark = pytest.mark.engine
 

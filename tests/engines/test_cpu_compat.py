@@ -1,4 +1,4 @@
-"""engines.cpu_compat and engines.vllm_server helpers (no vLLM server is started here)."""
+"""vlm_gateway.engines.cpu_compat and vlm_gateway.engines.vllm_server helpers (no vLLM server is started here)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engines import cpu_compat
-from engines.vllm_launch import CPU_ENV, server_command, server_env
+from vlm_gateway.engines import cpu_compat
+from vlm_gateway.engines.vllm_launch import CPU_ENV, server_command, server_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,7 +24,7 @@ def run_py(code: str, env: dict[str, str] | None = None, timeout: float = 120) -
 
 def test_import_torchvision_after_apply_in_fresh_process():
     r = run_py(
-        "import engines.cpu_compat as c; print(c.apply()); print(c.apply())\n"
+        "import vlm_gateway.engines.cpu_compat as c; print(c.apply()); print(c.apply())\n"
         "import torchvision, torchvision.transforms.v2, torchaudio, transformers.processing_utils\n"
         "print('ok', torchvision.__version__)"
     )
@@ -39,7 +39,7 @@ def test_child_env_fixes_every_python_process_lazily():
     r = run_py(
         "import sys; assert 'torch' not in sys.modules  # the hook is lazy\n"
         "import torchvision, transformers.processing_utils\n"
-        "import engines.cpu_compat as c; print(sorted(c.apply()))",
+        "import vlm_gateway.engines.cpu_compat as c; print(sorted(c.apply()))",
         env=env,
     )
     assert r.returncode == 0, r.stderr[-3000:]
@@ -62,7 +62,7 @@ def test_child_env_reaches_spawned_children():
 
 def test_unusable_torchcodec_raises_import_error():
     r = run_py(
-        "import engines.cpu_compat as c; res = c.apply()\n"
+        "import vlm_gateway.engines.cpu_compat as c; res = c.apply()\n"
         "try:\n    import torchcodec\nexcept ImportError:\n    print('import-error', res['torchcodec'])\n"
         "else:\n    print('imported', res['torchcodec'])"
     )
@@ -79,7 +79,7 @@ def test_hook_dir_is_stable_and_chains():
 
 def test_server_command_and_env():
     cmd = server_command("/models/x", 8123, ["--served-model-name", "x", "--max-model-len", "2048"])
-    assert cmd[:3] == [sys.executable, "-m", "engines.vllm_server"]
+    assert cmd[:3] == [sys.executable, "-m", "vlm_gateway.engines.vllm_server"]
     assert cmd[cmd.index("--model") + 1] == "/models/x"
     assert cmd[cmd.index("--port") + 1] == "8123"
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"

@@ -1,4 +1,4 @@
-"""engines.tiny: each tiny checkpoint round-trips through transformers (no vLLM server here)."""
+"""vlm_gateway.testing.tiny: each tiny checkpoint round-trips through transformers (no vLLM server here)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engines import cpu_compat
+from vlm_gateway.engines import cpu_compat
 
 cpu_compat.apply()  # before transformers imports torchvision
 
@@ -16,7 +16,7 @@ from PIL import Image  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from transformers import AutoConfig, AutoProcessor, AutoTokenizer  # noqa: E402
 
-from engines.tiny import FAMILIES, build_tiny, ensure_tiny, family_module, is_complete  # noqa: E402
+from vlm_gateway.testing.tiny import FAMILIES, build_tiny, ensure_tiny, family_module, is_complete  # noqa: E402
 
 # Special tokens each family's tokenizer must have (besides its image placeholder/token).
 SPECIALS = {

@@ -10,9 +10,9 @@ import msgspec
 import pytest
 from aiohttp import web
 
-from engines import EngineRequest, SamplingParams
-from engines.vllm_remote import RemoteVLLM
-from gateway.errors import EngineFailed, EngineUnavailable, InvalidRequest, Timeout
+from vlm_gateway.engines import EngineRequest, SamplingParams
+from vlm_gateway.engines.vllm_remote import RemoteVLLM
+from vlm_gateway.errors import EngineFailed, EngineUnavailable, InvalidRequest, Timeout
 
 
 class FakeVLLM:

@@ -2,7 +2,7 @@ import msgspec
 import pytest
 from litestar.exceptions import NotFoundException
 
-from gateway.errors import (
+from vlm_gateway.errors import (
     EngineUnavailable,
     InvalidRequest,
     ModelNotFound,
@@ -10,7 +10,7 @@ from gateway.errors import (
     RateLimited,
     error_response,
 )
-from gateway.schemas.openai import DECODE_CHAT
+from vlm_gateway.schemas.openai import DECODE_CHAT
 
 
 def body(resp) -> dict:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import msgspec
 
-from engines import EngineDelta
-from gateway.responses import chat_completion, completion
 from tests.gateway.test_streaming import SCRIPT, prepared, scripted
+from vlm_gateway.engines import EngineDelta
+from vlm_gateway.responses import chat_completion, completion
 
 
 async def test_chat_completion_joins_text_and_counts_image_tokens() -> None:

@@ -1,6 +1,6 @@
 import pytest
 
-from gateway.settings import SettingsError, load_settings
+from vlm_gateway.settings import SettingsError, load_settings
 
 
 def test_defaults_without_file_or_env() -> None:

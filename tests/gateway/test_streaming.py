@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import msgspec
 
-from engines import EngineDelta, EngineRequest, SamplingParams
-from gateway.errors import EngineFailed
-from gateway.limits import Permit
-from gateway.pipeline import Prepared
-from gateway.streaming import DONE, chat_events, completion_events
+from vlm_gateway.engines import EngineDelta, EngineRequest, SamplingParams
+from vlm_gateway.errors import EngineFailed
+from vlm_gateway.limits import Permit
+from vlm_gateway.pipeline import Prepared
+from vlm_gateway.streaming import DONE, chat_events, completion_events
 
 
 class _Model(msgspec.Struct):

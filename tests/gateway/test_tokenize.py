@@ -1,4 +1,9 @@
-from gateway.tokenize import Tokenizer
+import subprocess
+import sys
+
+import pytest
+
+from vlm_gateway.tokenize import Tokenizer
 
 
 async def test_encode_adds_bos_only_when_asked(tiny_checkpoint) -> None:
@@ -16,3 +21,29 @@ def test_token_ids_skip_unknown_and_are_cached(tiny_checkpoint) -> None:
     assert len(ids) == 1
     ids.append(99)  # callers get a copy
     assert tok.token_ids(("</s>", "<|not-a-token|>")) == ids[:1]
+
+
+@pytest.mark.parametrize("family", ["llava_1_5", "qwen2_5_vl", "gemma3", "llama4"])
+async def test_same_ids_as_the_transformers_tokenizer(family: str, tiny_dir) -> None:
+    """The gateway loads only ``tokenizers`` (no torch, no transformers); its ids must equal the
+    model's own transformers tokenizer's, with and without special tokens."""
+    from transformers import AutoTokenizer
+
+    from vlm_gateway.testing.tiny import ensure_tiny
+
+    path = ensure_tiny(family, tiny_dir)
+    ours, theirs = Tokenizer(str(path)), AutoTokenizer.from_pretrained(str(path))
+    text = "SYSTEM: Hello\n\nUSER: describe the picture, ünïcødé 🐈 ok?\n\nASSISTANT: The cat is  black."
+    for special in (False, True):
+        assert await ours.encode(text, special) == theirs.encode(text, add_special_tokens=special)
+    names = (theirs.eos_token, theirs.bos_token or theirs.eos_token)
+    assert ours.token_ids(names) == [theirs.convert_tokens_to_ids(n) for n in names]
+
+
+def test_gateway_import_path_loads_no_torch() -> None:
+    code = ("import sys, vlm_gateway.app, vlm_gateway.cli, vlm_gateway.pipeline; "
+            "import vlm_gateway.tokenize as t; "
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+            "{'torch', 'transformers', 'vllm'} or m.endswith('cpu_compat')); print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -17,11 +17,11 @@ import pytest
 import pytest_asyncio
 from litestar import Litestar
 
-from gateway.api.queue import QUEUE_ROUTES
-from gateway.errors import error_response
-from gateway.jobs import build_jobs, failed, succeeded
-from gateway.jobs.webhooks import verify
 from tests.gateway.jobs.conftest import SECRET, fast_settings, receiver, redis_client  # noqa: F401
+from vlm_gateway.api.queue import QUEUE_ROUTES
+from vlm_gateway.errors import error_response
+from vlm_gateway.jobs import build_jobs, failed, succeeded
+from vlm_gateway.jobs.webhooks import verify
 
 BASE = "http://testserver.local"
 
@@ -68,7 +68,7 @@ async def gw(request):
     def classify(model, body):
         return "custom" if "custom" in body else default(model, body)
 
-    from gateway.jobs import default_classify as default
+    from vlm_gateway.jobs import default_classify as default
 
     app = Litestar(route_handlers=QUEUE_ROUTES, exception_handlers={Exception: error_response})
     async with aiohttp.ClientSession() as session:  # what the app's lifespan does, on this task

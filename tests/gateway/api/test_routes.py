@@ -10,10 +10,10 @@ import msgspec
 import pytest
 from litestar.testing import TestClient
 
-from engines import EngineDelta, EngineRequest
-from gateway.app import create_app
-from gateway.settings import ModelSettings, Settings
 from tests.helpers import png_data_uri
+from vlm_gateway.app import create_app
+from vlm_gateway.engines import EngineDelta, EngineRequest
+from vlm_gateway.settings import ModelSettings, Settings
 
 
 class ScriptedEngine:

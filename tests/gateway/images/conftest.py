@@ -16,9 +16,9 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from gateway.images.load import ImageLoader
-from gateway.settings import ImageSettings
 from tests.gateway.images import imagedata as img
+from vlm_gateway.images.load import ImageLoader
+from vlm_gateway.settings import ImageSettings
 
 HUGE = 6 * 1024 * 1024
 

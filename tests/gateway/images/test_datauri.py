@@ -11,11 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.errors import ImageError, InvalidRequest
-from gateway.images.datauri import decode_data_uri, describe_url
-from gateway.images.load import DetailRule, ImageLoader, ImageSource, LoadedImage
-from gateway.settings import ImageSettings
 from tests.gateway.images import imagedata as img
+from vlm_gateway.errors import ImageError, InvalidRequest
+from vlm_gateway.images.datauri import decode_data_uri, describe_url
+from vlm_gateway.images.load import DetailRule, ImageLoader, ImageSource, LoadedImage
+from vlm_gateway.settings import ImageSettings
 
 PNG = img.encode("PNG", (40, 30))
 B64 = base64.b64encode(PNG).decode()

@@ -11,12 +11,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from gateway.errors import ImageError
-from gateway.images.decode import prepare
-from gateway.images.load import DetailRule, ImageLoader, ImageSource
-from gateway.images.resize import effective_detail, target_size
-from gateway.settings import ImageSettings
 from tests.gateway.images import imagedata as img
+from vlm_gateway.errors import ImageError
+from vlm_gateway.images.decode import prepare
+from vlm_gateway.images.load import DetailRule, ImageLoader, ImageSource
+from vlm_gateway.images.resize import effective_detail, target_size
+from vlm_gateway.settings import ImageSettings
 
 RULE = DetailRule()
 MAX = ImageSettings().max_pixels

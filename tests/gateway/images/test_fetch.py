@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from gateway.errors import ImageError
-from gateway.images.load import DetailRule, ImageLoader, ImageSource, LoadedImage
-from gateway.settings import ImageSettings
 from tests.gateway.images import imagedata as img
 from tests.gateway.images.conftest import FILES, HUGE, PNG, FakeRedis, FakeResolver
+from vlm_gateway.errors import ImageError
+from vlm_gateway.images.load import DetailRule, ImageLoader, ImageSource, LoadedImage
+from vlm_gateway.settings import ImageSettings
 
 PARAM = "messages[0].content[1].image_url"
 RULE = DetailRule()

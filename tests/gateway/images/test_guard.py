@@ -11,12 +11,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.errors import ImageError, InvalidRequest
-from gateway.images.addresses import blocked_reason, parse_host_ip
-from gateway.images.guard import guarded_request, system_resolver, vet_url
-from gateway.images.load import DetailRule, ImageLoader, ImageSource
-from gateway.settings import ImageSettings
 from tests.gateway.images.conftest import FakeResolver
+from vlm_gateway.errors import ImageError, InvalidRequest
+from vlm_gateway.images.addresses import blocked_reason, parse_host_ip
+from vlm_gateway.images.guard import guarded_request, system_resolver, vet_url
+from vlm_gateway.images.load import DetailRule, ImageLoader, ImageSource
+from vlm_gateway.settings import ImageSettings
 
 PARAM = "messages[0].content[1].image_url"
 DNS = {

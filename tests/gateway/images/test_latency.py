@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from gateway.images.load import DetailRule, ImageLoader, ImageSource
-from gateway.settings import ImageSettings
 from tests.gateway.images import imagedata as img
 from tests.gateway.images.conftest import FILES
+from vlm_gateway.images.load import DetailRule, ImageLoader, ImageSource
+from vlm_gateway.settings import ImageSettings
 
 MAX_GAP_S = 0.050
 ATTEMPTS = 3

@@ -10,12 +10,12 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from gateway.errors import ImageError, InvalidRequest
-from gateway.images.guard import VettedTarget, _open
-from gateway.images.load import DetailRule, ImageLoader, ImageSource, LoadedImage
-from gateway.settings import ImageSettings
 from tests.gateway.images import imagedata as img
 from tests.gateway.images.conftest import FakeResolver, ImageServer, _app
+from vlm_gateway.errors import ImageError, InvalidRequest
+from vlm_gateway.images.guard import VettedTarget, _open
+from vlm_gateway.images.load import DetailRule, ImageLoader, ImageSource, LoadedImage
+from vlm_gateway.settings import ImageSettings
 
 
 async def test_data_uris_load_in_order(session):

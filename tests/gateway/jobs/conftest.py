@@ -14,8 +14,8 @@ import pytest_asyncio
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.jobs import MemoryJobQueue, RedisJobQueue
-from gateway.jobs.settings import JobSettings, WebhookSettings
+from vlm_gateway.jobs import MemoryJobQueue, RedisJobQueue
+from vlm_gateway.jobs.settings import JobSettings, WebhookSettings
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 SECRET = "test-secret"

@@ -8,9 +8,9 @@ import asyncio
 import msgspec
 import pytest
 
-from gateway.errors import InvalidRequest, NotFound
-from gateway.jobs.types import cancelled, failed, succeeded, to_completed
 from tests.gateway.jobs.conftest import fast_settings
+from vlm_gateway.errors import InvalidRequest, NotFound
+from vlm_gateway.jobs.types import cancelled, failed, succeeded, to_completed
 
 OK = to_completed(succeeded({"answer": 42}))
 
@@ -189,7 +189,7 @@ async def test_a_second_queue_object_sees_the_same_jobs(make_queue, settings) ->
 
 @pytest.mark.parametrize("bad", [{"heartbeat_s": 40.0}, {"concurrency": 0}, {"result_ttl_s": 0}])
 def test_settings_are_checked(bad) -> None:
-    from gateway.jobs.settings import JobSettings
+    from vlm_gateway.jobs.settings import JobSettings
 
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"visibility_timeout_s": 60.0, **bad}, JobSettings)

@@ -10,12 +10,12 @@ import time
 import msgspec
 import pytest
 
-from gateway.errors import InvalidRequest
-from gateway.jobs import build_jobs, failed, succeeded
-from gateway.jobs.types import Completed, Delivery
-from gateway.jobs.webhooks import sign, verify, webhook_body
 from tests.gateway.jobs.conftest import SECRET, eventually, fast_settings
 from tests.gateway.jobs.test_worker import make_worker
+from vlm_gateway.errors import InvalidRequest
+from vlm_gateway.jobs import build_jobs, failed, succeeded
+from vlm_gateway.jobs.types import Completed, Delivery
+from vlm_gateway.jobs.webhooks import sign, verify, webhook_body
 
 
 async def ok_runner(job):

@@ -9,10 +9,10 @@ import time
 import msgspec
 import pytest
 
-from gateway.errors import ImageError
-from gateway.jobs import Worker, failed, succeeded
-from gateway.jobs.webhooks import WebhookSender
 from tests.gateway.jobs.conftest import eventually, fast_settings
+from vlm_gateway.errors import ImageError
+from vlm_gateway.jobs import Worker, failed, succeeded
+from vlm_gateway.jobs.webhooks import WebhookSender
 
 
 def make_worker(queue, runner, settings, session=None, name=None, **over) -> Worker:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gateway.limits import Caller, ConfigKey, KeyStore, Limiter, LimitSettings
-from gateway.state import StateBackend
+from vlm_gateway.limits import Caller, ConfigKey, KeyStore, Limiter, LimitSettings
+from vlm_gateway.state import StateBackend
 
 FAST = {"window_s": 60.0, "lease_ttl_s": 2.0, "renew_interval_s": 0.5, "concurrency_retry_after_s": 0.5}
 SHORT_LEASE = {"lease_ttl_s": 0.3, "renew_interval_s": 0.1}  # for the tests about leases

@@ -9,11 +9,11 @@ from types import SimpleNamespace
 
 import msgspec
 
-from gateway.limits import ConfigKey, KeyStore, LimitSettings, hash_secret
-from gateway.limits.cli import main
-from gateway.settings import Settings
-from gateway.state import RedisState
 from tests.gateway.state.fixtures import REDIS_URL
+from vlm_gateway.limits import ConfigKey, KeyStore, LimitSettings, hash_secret
+from vlm_gateway.limits.cli import main
+from vlm_gateway.settings import Settings
+from vlm_gateway.state import RedisState
 
 SECRET = re.compile(r"^    (vlm-[A-Za-z0-9_-]{40})$", re.M)
 

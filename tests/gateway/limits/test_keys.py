@@ -10,10 +10,10 @@ import tomllib
 import msgspec
 import pytest
 
-from gateway.errors import InvalidRequest, NotFound
-from gateway.limits import ApiKey, ConfigKey, KeyStore, LimitSettings, hash_secret, new_key, toml_snippet
-from gateway.limits.keys import KEYS_HASH, new_secret
-from gateway.state import RedisState
+from vlm_gateway.errors import InvalidRequest, NotFound
+from vlm_gateway.limits import ApiKey, ConfigKey, KeyStore, LimitSettings, hash_secret, new_key, toml_snippet
+from vlm_gateway.limits.keys import KEYS_HASH, new_secret
+from vlm_gateway.state import RedisState
 
 
 def test_secret_format() -> None:

@@ -8,11 +8,11 @@ import gc
 import msgspec
 import pytest
 
-from gateway.errors import AuthenticationFailed, EngineUnavailable, ModelNotFound, RateLimited, error_response
-from gateway.limits import ConfigKey, KeyStore, hash_secret
-from gateway.limits.rate import duration
-from gateway.state import MemoryState, RedisState
 from tests.gateway.limits.support import SHORT_LEASE, make_caller, make_limiter
+from vlm_gateway.errors import AuthenticationFailed, EngineUnavailable, ModelNotFound, RateLimited, error_response
+from vlm_gateway.limits import ConfigKey, KeyStore, hash_secret
+from vlm_gateway.limits.rate import duration
+from vlm_gateway.state import MemoryState, RedisState
 
 # --- without keys: one path, no limits -----------------------------------------------------------
 

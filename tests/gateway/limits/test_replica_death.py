@@ -12,19 +12,19 @@ import time
 
 import pytest
 
-from gateway.errors import RateLimited
-from gateway.state import RedisState
 from tests.gateway.limits.support import make_limiter
 from tests.gateway.state.fixtures import REDIS_URL
 from tests.helpers import PYTHON, REPO
+from vlm_gateway.errors import RateLimited
+from vlm_gateway.state import RedisState
 
 LEASE = 0.6
 
 CHILD = """
 import asyncio, sys
 from redis.asyncio import Redis
-from gateway.limits import KeyStore, LimitSettings, Limiter
-from gateway.state import RedisState
+from vlm_gateway.limits import KeyStore, LimitSettings, Limiter
+from vlm_gateway.state import RedisState
 
 async def main():
     url, prefix, secret, lease = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])

@@ -11,10 +11,10 @@ import openai
 import pytest
 from litestar import Litestar, Request, Response, post
 
-from gateway.errors import error_response
-from gateway.limits import Limiter
-from gateway.state import MemoryState
 from tests.gateway.limits.support import make_limiter
+from vlm_gateway.errors import error_response
+from vlm_gateway.limits import Limiter
+from vlm_gateway.state import MemoryState
 
 
 def _app(limiter: Limiter, seen: list[int]) -> Litestar:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import msgspec
 
-from gateway.schemas.openai import ChatMessage
+from vlm_gateway.schemas.openai import ChatMessage
 
 ENV = "VLM_GATEWAY_CONFORMANCE_DIR"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.prompts.cli import main
 from tests.gateway.prompts.conformance import cases_spec, conformance_dir, repo_root
+from vlm_gateway.prompts.cli import main
 
 
 def _messages_file(tmp_path: Path, case_id: str) -> Path:
@@ -21,7 +21,7 @@ def _messages_file(tmp_path: Path, case_id: str) -> Path:
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "gateway.prompts.cli", *args], cwd=repo_root(),
+    return subprocess.run([sys.executable, "-m", "vlm_gateway.prompts.cli", *args], cwd=repo_root(),
                           capture_output=True, timeout=30)
 
 
@@ -64,7 +64,7 @@ def test_bad_input(tmp_path: Path, capsysbinary) -> None:
 
 def test_imports_no_engine_code_and_loads_fast() -> None:
     probe = (
-        "import sys, time; t = time.perf_counter(); import gateway.prompts.cli; "
+        "import sys, time; t = time.perf_counter(); import vlm_gateway.prompts.cli; "
         "t = time.perf_counter() - t; "
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'vllm', 'transformers', 'engines'}); "
         "print(repr((t, heavy)))"

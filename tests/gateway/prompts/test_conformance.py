@@ -10,9 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import PromptRefused
-from gateway.prompts.families import get_family, load_families
-from gateway.prompts.render import render_chat
 from tests.gateway.prompts.conformance import (
     case_messages,
     cases_spec,
@@ -20,6 +17,9 @@ from tests.gateway.prompts.conformance import (
     golden_files,
     render_now,
 )
+from vlm_gateway.errors import PromptRefused
+from vlm_gateway.prompts.families import get_family, load_families
+from vlm_gateway.prompts.render import render_chat
 
 EXPECTED_GOLDENS = 119
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from gateway.prompts.convert import count_images, to_template_messages, write_markers_into_text
-from gateway.prompts.families import get_family
-from gateway.schemas.openai import ChatMessage, ImagePart, ImageUrl, ImageUrlPart, TextPart
+from vlm_gateway.prompts.convert import count_images, to_template_messages, write_markers_into_text
+from vlm_gateway.prompts.families import get_family
+from vlm_gateway.schemas.openai import ChatMessage, ImagePart, ImageUrl, ImageUrlPart, TextPart
 
 
 def test_template_variables() -> None:

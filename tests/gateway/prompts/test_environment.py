@@ -8,9 +8,9 @@ import jinja2
 import pytest
 from jinja2.sandbox import SecurityError
 
-from gateway.errors import PromptRefused
-from gateway.prompts.environment import get_environment, get_template, strftime_at
-from gateway.prompts.families import templates_dir
+from vlm_gateway.errors import PromptRefused
+from vlm_gateway.prompts.environment import get_environment, get_template, strftime_at
+from vlm_gateway.prompts.families import templates_dir
 
 
 @pytest.fixture()
@@ -68,9 +68,9 @@ def _official_cases():
 @pytest.mark.parametrize("golden", _official_cases())
 def test_official_templates_render_the_goldens_here(env: jinja2.Environment, golden) -> None:
     """The environment matches transformers': the model authors' own templates reproduce the goldens."""
-    from gateway.prompts.convert import to_template_messages, write_markers_into_text
-    from gateway.prompts.families import get_family
     from tests.gateway.prompts.conformance import case_messages, cases_spec, conformance_dir, render_now
+    from vlm_gateway.prompts.convert import to_template_messages, write_markers_into_text
+    from vlm_gateway.prompts.families import get_family
 
     family = get_family(golden.parent.name)
     source = (conformance_dir() / "chat_templates" / f"{family.name}.jinja").read_text(encoding="utf-8")

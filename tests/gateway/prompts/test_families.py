@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.prompts.families import (
+from vlm_gateway.prompts.families import (
     UnknownFamily,
     customize,
     detect_family,
@@ -102,7 +102,7 @@ def test_customize_applies_model_settings() -> None:
 
 def test_no_family_names_in_python_code() -> None:
     """A family quirk is data (families.toml) or template text, never an `if family == ...`."""
-    package = Path(__file__).resolve().parents[3] / "gateway" / "prompts"
+    package = Path(__file__).resolve().parents[3] / "vlm_gateway" / "prompts"
     names = re.compile("|".join(FAMILIES))
     for source in package.glob("*.py"):
         assert not names.search(source.read_text(encoding="utf-8")), source.name

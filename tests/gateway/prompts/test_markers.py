@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gateway.prompts.families import get_family
-from gateway.prompts.markers import count_placeholders, find_reserved, placeholder
+from vlm_gateway.prompts.families import get_family
+from vlm_gateway.prompts.markers import count_placeholders, find_reserved, placeholder
 
 
 def test_placeholders() -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from gateway.prompts.families import get_family
-from gateway.prompts.order import reorder_images_first
-from gateway.prompts.render import render_chat
-from gateway.schemas.openai import ChatMessage, ImagePart, ImageUrl, ImageUrlPart, TextPart
+from vlm_gateway.prompts.families import get_family
+from vlm_gateway.prompts.order import reorder_images_first
+from vlm_gateway.prompts.render import render_chat
+from vlm_gateway.schemas.openai import ChatMessage, ImagePart, ImageUrl, ImageUrlPart, TextPart
 
 A, B = ImageUrlPart(ImageUrl("https://example.com/a.png")), ImagePart(url="https://example.com/b.png")
 
@@ -38,9 +38,9 @@ def test_pipeline_order_for_llama_3_2_vision() -> None:
 
 
 def test_strings_to_parts_keeps_llava_string_text() -> None:
-    from gateway.prompts.families import get_family
-    from gateway.prompts.order import strings_to_parts
-    from gateway.prompts.render import render_chat
+    from vlm_gateway.prompts.families import get_family
+    from vlm_gateway.prompts.order import strings_to_parts
+    from vlm_gateway.prompts.render import render_chat
 
     llava = get_family("llava_1_5")
     assert llava.string_content_as_parts

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.errors import InvalidRequest
-from gateway.prompts.families import get_family, load_families
-from gateway.prompts.raw_completions import map_image_markers
+from vlm_gateway.errors import InvalidRequest
+from vlm_gateway.prompts.families import get_family, load_families
+from vlm_gateway.prompts.raw_completions import map_image_markers
 
 EXAMPLE = "SYSTEM: Hello\n\nUSER:<image>\ntell me about the image\n\nASSISTANT:"
 NATIVE = {

@@ -6,10 +6,10 @@ from datetime import datetime
 
 import pytest
 
-from gateway.errors import InvalidRequest, PromptRefused
-from gateway.prompts.families import get_family, load_families
-from gateway.prompts.render import RenderedPrompt, render_chat
-from gateway.schemas.openai import ChatMessage, ImagePart, ImageUrl, ImageUrlPart, TextPart
+from vlm_gateway.errors import InvalidRequest, PromptRefused
+from vlm_gateway.prompts.families import get_family, load_families
+from vlm_gateway.prompts.render import RenderedPrompt, render_chat
+from vlm_gateway.schemas.openai import ChatMessage, ImagePart, ImageUrl, ImageUrlPart, TextPart
 
 URL_IMAGE = ImageUrlPart(ImageUrl("https://example.com/cat.png", detail="low"))
 HF_IMAGE = ImagePart()

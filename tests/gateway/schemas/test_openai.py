@@ -1,7 +1,7 @@
 import msgspec
 import pytest
 
-from gateway.schemas.openai import (
+from vlm_gateway.schemas.openai import (
     DECODE_CHAT,
     DECODE_COMPLETION,
     ImagePart,

@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from gateway.state import MemoryState, RedisState
+from vlm_gateway.state import MemoryState, RedisState
 
 REDIS_URL = os.environ.get("VLM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 

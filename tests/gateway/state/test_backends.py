@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.state import MemoryState, RedisState, StateBackend, state_backend
+from vlm_gateway.state import MemoryState, RedisState, StateBackend, state_backend
 
 LONG = 60.0  # a window that never slides during a test
 

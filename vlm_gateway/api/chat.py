@@ -1,0 +1,25 @@
+"""POST /v1/chat/completions (and /chat/completions, as the seeds call it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response, post
+from litestar.response import Stream
+
+from vlm_gateway.api import caller, services
+from vlm_gateway.complete import complete_chat
+from vlm_gateway.pipeline import prepare_chat
+from vlm_gateway.schemas.openai import DECODE_CHAT
+from vlm_gateway.streaming import chat_events, stream_response
+
+
+@post(["/v1/chat/completions", "/chat/completions"], status_code=200)
+async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any] | Stream:
+    svc = services(request)
+    req = DECODE_CHAT.decode(await request.body())
+    if not req.stream:
+        body, headers = await complete_chat(svc, req, caller(request))
+        return Response(body, headers=headers)
+    prepared = await prepare_chat(svc, req, caller(request))
+    return await stream_response(svc, prepared, chat_events, req.stream_options, req.return_token_ids)

@@ -1,0 +1,25 @@
+"""POST /v1/completions: a raw prompt, with hand-written image markers and an ordered ``images`` list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response, post
+from litestar.response import Stream
+
+from vlm_gateway.api import caller, services
+from vlm_gateway.complete import complete_text
+from vlm_gateway.pipeline import prepare_completion
+from vlm_gateway.schemas.openai import DECODE_COMPLETION
+from vlm_gateway.streaming import completion_events, stream_response
+
+
+@post(["/v1/completions", "/completions"], status_code=200)
+async def completions(request: Request[Any, Any, Any]) -> Response[Any] | Stream:
+    svc = services(request)
+    req = DECODE_COMPLETION.decode(await request.body())
+    if not req.stream:
+        body, headers = await complete_text(svc, req, caller(request))
+        return Response(body, headers=headers)
+    prepared = await prepare_completion(svc, req, caller(request))
+    return await stream_response(svc, prepared, completion_events, req.stream_options, req.return_token_ids)

@@ -1,0 +1,87 @@
+"""fal-style async jobs: submit, poll, fetch, cancel. The job kinds are not known here: the body is
+classified by ``JobServices.classify`` and run by the worker's runner.
+
+- ``POST /queue/{model}``               any chat / completions / seed-shaped body; webhook by
+                                        ``?webhook=URL`` or a ``callback_url`` field → request id + URLs
+- ``GET  /queue/requests/{id}/status``  ``IN_QUEUE`` (with ``queue_position``) / ``IN_PROGRESS`` / ``COMPLETED``
+- ``GET  /queue/requests/{id}``         the stored result (200), the stored error, or 202 with the status
+- ``PUT  /queue/requests/{id}/cancel``  ``CANCELLATION_REQUESTED``, or 400 ``ALREADY_COMPLETED``
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import MediaType, Request, Response, get, post, put
+from litestar.params import FromPath, FromQuery
+
+from vlm_gateway.errors import InvalidRequest
+from vlm_gateway.jobs import JobServices
+from vlm_gateway.jobs.types import JobView, stored_error
+from vlm_gateway.schemas.jobs import QueueCancelled, QueueStatus, QueueSubmitted
+
+_OBJECT = msgspec.json.Decoder(dict[str, Any])
+_STATUS = {"queued": "IN_QUEUE", "running": "IN_PROGRESS", "done": "COMPLETED"}
+
+
+def job_services(request: Request[Any, Any, Any]) -> JobServices:
+    return request.app.state.jobs
+
+
+def _status(view: JobView) -> QueueStatus:
+    out = QueueStatus(_STATUS[view.state])  # type: ignore[arg-type]
+    if view.position is not None:
+        out.queue_position = view.position
+    if view.error is not None:
+        out.error = view.error
+    return out
+
+
+def _decode(raw: bytes) -> dict[str, Any]:
+    try:
+        return _OBJECT.decode(raw)
+    except msgspec.ValidationError:
+        raise InvalidRequest("the request body must be a JSON object", code="invalid_value") from None
+
+
+@post("/queue/{model:path}", status_code=200)
+async def queue_submit(request: Request[Any, Any, Any], model: FromPath[str],
+                       webhook: FromQuery[str | None] = None) -> QueueSubmitted:
+    jobs = job_services(request)
+    raw = await request.body()
+    body = _decode(raw)
+    model = model.strip("/")
+    if not model:
+        raise InvalidRequest("the URL must name a model: /queue/{model}", param="model")
+    hook = webhook if webhook is not None else body.get("callback_url")
+    if hook is not None and not isinstance(hook, str):
+        raise InvalidRequest("callback_url must be a URL", param="callback_url", code="invalid_url")
+    job = await jobs.queue.submit(jobs.classify(model, body), model, raw, webhook=hook)
+    base = f"{str(request.base_url).rstrip('/')}/queue/requests/{job.id}"
+    return QueueSubmitted(job.id, f"{base}/status", base, f"{base}/cancel")
+
+
+@get("/queue/requests/{request_id:str}/status")
+async def queue_status(request: Request[Any, Any, Any], request_id: FromPath[str]) -> QueueStatus:
+    return _status(await job_services(request).queue.status(request_id))
+
+
+@get("/queue/requests/{request_id:str}", status_code=200)
+async def queue_result(request: Request[Any, Any, Any], request_id: FromPath[str]) -> Response[Any]:
+    view = await job_services(request).queue.result(request_id)
+    if view.result is None:
+        return Response(_status(view), status_code=202)
+    if not view.result.ok:
+        raise stored_error(view.result)
+    return Response(view.result.body, media_type=MediaType.JSON)
+
+
+@put("/queue/requests/{request_id:str}/cancel", status_code=200)
+async def queue_cancel(request: Request[Any, Any, Any], request_id: FromPath[str]) -> Response[QueueCancelled]:
+    if await job_services(request).queue.cancel(request_id):
+        return Response(QueueCancelled("CANCELLATION_REQUESTED"))
+    return Response(QueueCancelled("ALREADY_COMPLETED"), status_code=400)
+
+
+QUEUE_ROUTES = [queue_submit, queue_status, queue_result, queue_cancel]

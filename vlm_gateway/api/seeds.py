@@ -1,0 +1,80 @@
+"""The seed services' own routes, as thin adapters onto the chat pipeline.
+
+- FastVLM   POST /vision                       (errors as {"error", "status_code", "timestamp"})
+- fal LLaVA POST /run/{model}
+- vlm.run   POST /v1/image/generate, GET /v1/image/generate/{id}   (batch: true runs as a job)
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import msgspec
+from litestar import MediaType, Request, Response, get, post
+from litestar.params import FromPath
+
+from vlm_gateway import seeds
+from vlm_gateway.api import caller, services
+from vlm_gateway.complete import complete_chat
+from vlm_gateway.schemas.seeds import (
+    FalRequest,
+    FalResponse,
+    VisionCompletion,
+    VisionRequest,
+    VlmRunRequest,
+    VlmRunResponse,
+)
+
+_VISION = msgspec.json.Decoder(VisionRequest)
+_FAL = msgspec.json.Decoder(FalRequest)
+_VLMRUN = msgspec.json.Decoder(VlmRunRequest)
+
+
+@post("/vision", status_code=200, opt={"error_shape": "seed"})
+async def vision(request: Request[Any, Any, Any]) -> VisionCompletion:
+    req = _VISION.decode(await request.body())
+    out, _ = await complete_chat(services(request), seeds.vision_to_chat(req), caller(request))
+    return seeds.vision_response(out)
+
+
+@post("/run/{model:path}", status_code=200)
+async def fal_run(request: Request[Any, Any, Any], model: FromPath[str]) -> FalResponse:
+    req = _FAL.decode(await request.body())
+    out, _ = await complete_chat(services(request), seeds.fal_to_chat(model.lstrip("/"), req), caller(request))
+    return seeds.fal_response(out)
+
+
+def vlmrun_model(request: Request[Any, Any, Any], req: VlmRunRequest) -> str:
+    return req.model or services(request).models.models[0].id
+
+
+@post("/v1/image/generate", status_code=200)
+async def vlmrun_generate(request: Request[Any, Any, Any]) -> VlmRunResponse:
+    raw = await request.body()
+    req = _VLMRUN.decode(raw)
+    created_at = seeds.now_iso()
+    model = vlmrun_model(request, req)
+    chat = seeds.vlmrun_to_chat(req, model)  # checks domain and body before anything runs
+    if req.batch:  # a job: answer at once, the result is polled (GET below) or sent to callback_url
+        job = await request.app.state.jobs.queue.submit("vlmrun", model, raw, webhook=req.callback_url,
+                                                        metadata={"created_at": created_at})
+        return VlmRunResponse(id=job.id, status="pending", created_at=created_at, domain=req.domain,
+                              metadata=req.metadata)
+    out, _ = await complete_chat(services(request), chat, caller(request))
+    return seeds.vlmrun_response(req, f"vlmrun-{uuid.uuid4().hex}", created_at, out)
+
+
+_STATES = {"queued": "pending", "running": "running"}
+
+
+@get("/v1/image/generate/{request_id:str}")
+async def vlmrun_status(request: Request[Any, Any, Any], request_id: FromPath[str]) -> Any:
+    """A batch job's state: ``pending`` / ``running``, then the stored response (``completed``) or
+    ``failed`` with the error."""
+    view = await request.app.state.jobs.queue.result(request_id)
+    if view.state != "done":
+        return VlmRunResponse(id=request_id, status=_STATES[view.state])  # type: ignore[arg-type]
+    if view.result is not None and view.result.ok:
+        return Response(view.result.body, media_type=MediaType.JSON)
+    return VlmRunResponse(id=request_id, status="failed", error=view.error or "failed")

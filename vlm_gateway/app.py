@@ -1,0 +1,110 @@
+"""create_app(settings): routes, error handling and the lifespan that owns every external resource.
+
+Wiring only. The aiohttp session, the Redis client, the tokenizers and the engines are created once
+here and handed down through ``Services``; nothing else opens its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+from litestar import Litestar
+
+from vlm_gateway.api.auth import require_api_key
+from vlm_gateway.api.chat import chat_completions
+from vlm_gateway.api.completions import completions
+from vlm_gateway.api.health import health
+from vlm_gateway.api.models import list_models
+from vlm_gateway.api.queue import QUEUE_ROUTES
+from vlm_gateway.api.seeds import fal_run, vision, vlmrun_generate, vlmrun_status
+from vlm_gateway.engines import Engine
+from vlm_gateway.errors import error_response
+from vlm_gateway.images.load import ImageLoader
+from vlm_gateway.jobs import build_jobs
+from vlm_gateway.jobs.runner import classify, make_runner
+from vlm_gateway.limits import KeyStore, Limiter
+from vlm_gateway.models import Model, ModelRegistry
+from vlm_gateway.pipeline import Services
+from vlm_gateway.settings import Settings
+from vlm_gateway.state import state_backend
+from vlm_gateway.tokenize import Tokenizer
+
+log = logging.getLogger("vlm_gateway")
+
+EngineFactory = Callable[[Model, aiohttp.ClientSession], Engine]
+
+
+def default_engine(model: Model, session: aiohttp.ClientSession) -> Engine:
+    """Embedded: a supervised vLLM server on this machine. Remote: stock vLLM servers at ``urls``."""
+    if model.engine.kind == "remote":
+        from vlm_gateway.engines.vllm_remote import RemoteVLLM
+
+        return RemoteVLLM(model.engine.urls, session, request_timeout_s=model.engine.request_timeout_s)
+    from vlm_gateway.engines.vllm_embedded import EmbeddedVLLM
+
+    args = ["--max-model-len", str(model.context_length),
+            "--limit-mm-per-prompt", json.dumps({"image": model.max_images}), *model.engine.args]
+    return EmbeddedVLLM(model.checkpoint, session, served_name=model.id, args=args, env=model.engine.env,
+                        port=model.engine.port, startup_timeout_s=model.engine.startup_timeout_s,
+                        request_timeout_s=model.engine.request_timeout_s)
+
+
+def create_app(settings: Settings, engine_factory: EngineFactory = default_engine) -> Litestar:
+    registry = ModelRegistry(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        # no cookies: a cookie set by one image host must not travel with later fetches
+        async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as session:
+            redis = None
+            if settings.redis_url:
+                from redis.asyncio import Redis
+
+                redis = Redis.from_url(settings.redis_url)
+            state = state_backend(redis, settings.limits.redis_prefix)
+            limiter = Limiter(settings.limits, state, KeyStore(state if redis else None, settings.limits.keys))
+            await limiter.refresh()
+            tokenizers = {m.id: Tokenizer(m.tokenizer) for m in registry.models}
+            await asyncio.gather(*(asyncio.to_thread(t.load) for t in tokenizers.values()))
+            engines = {m.id: engine_factory(m, session) for m in registry.models}
+            for engine in engines.values():
+                await engine.start()
+            images = ImageLoader(settings.images, session, redis=redis)
+            app.state.services = Services(
+                settings=settings,
+                models=registry,
+                engines=engines,
+                tokenizers=tokenizers,
+                images=images,
+                limiter=limiter,
+            )
+            jobs = build_jobs(settings.jobs, session, make_runner(lambda: app.state.services), redis=redis,
+                              classify=classify)
+            await jobs.start()
+            app.state.jobs = jobs
+            try:
+                yield
+            finally:
+                await jobs.stop()
+                await limiter.close()
+                await images.close()
+                await asyncio.gather(*(engine.close() for engine in engines.values()),
+                                     return_exceptions=True)
+                if redis is not None:
+                    await redis.aclose()
+
+    return Litestar(
+        route_handlers=[chat_completions, completions, list_models, health, vision, fal_run, vlmrun_generate,
+                        vlmrun_status, *QUEUE_ROUTES],
+        lifespan=[lifespan],
+        exception_handlers={Exception: error_response},
+        guards=[require_api_key],
+        request_max_body_size=settings.max_request_bytes,
+        debug=False,
+    )

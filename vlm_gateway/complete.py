@@ -1,0 +1,27 @@
+"""Run one request to completion (not streamed): the chat and completions routes, the seed adapters
+and the job worker all go through these two functions, so there is one code path.
+
+Each returns the response body and the headers to send with it (the caller's rate-limit state)."""
+
+from __future__ import annotations
+
+from vlm_gateway.limits import Caller
+from vlm_gateway.pipeline import Services, generate, prepare_chat, prepare_completion
+from vlm_gateway.responses import chat_completion, completion
+from vlm_gateway.schemas.openai import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest
+
+Headers = dict[str, str]
+
+
+async def complete_chat(svc: Services, req: ChatCompletionRequest,
+                        caller: Caller | None = None) -> tuple[ChatCompletion, Headers]:
+    prepared = await prepare_chat(svc, req, caller)
+    body = await chat_completion(prepared, generate(svc, prepared), req.return_token_ids)
+    return body, prepared.permit.headers
+
+
+async def complete_text(svc: Services, req: CompletionRequest,
+                        caller: Caller | None = None) -> tuple[Completion, Headers]:
+    prepared = await prepare_completion(svc, req, caller)
+    body = await completion(prepared, generate(svc, prepared), req.return_token_ids)
+    return body, prepared.permit.headers

@@ -1,0 +1,233 @@
+"""Client of stock vLLM servers started with ``--enable-scale-out``.
+
+The gateway has already rendered and tokenized the prompt, so it calls vLLM's token-in endpoint
+``POST /inference/v1/generate`` with ``token_ids`` (the family's image placeholder token once per
+image) and ``content_parts`` (the images); vLLM's own processor expands each placeholder. Output is
+always streamed from the engine (``output_mode="text"``, so vLLM detokenizes); a caller that stops
+iterating aborts the request at ``/inference/v1/abort_requests``.
+
+One shared aiohttp session serves every request. Several base URLs spread load: each request goes to
+the healthy server with the fewest requests in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+import msgspec
+
+from vlm_gateway.engines import EngineDelta, EngineRequest
+from vlm_gateway.errors import EngineFailed, EngineUnavailable, InvalidRequest, Timeout
+
+log = logging.getLogger("vlm_gateway.engine")
+
+HEALTH_INTERVAL_S = 2.0
+HEALTH_TIMEOUT_S = 5.0
+# A busy engine can be slow to answer /health: only this many failed probes in a row take it out of
+# rotation. A refused connection takes it out at once.
+HEALTH_FAILURES_DOWN = 3
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int | None = None
+
+
+class _Choice(msgspec.Struct):
+    index: int = 0
+    text: str = ""
+    token_ids: list[int] | None = None
+    finish_reason: str | None = None
+
+
+class _ErrorBody(msgspec.Struct):
+    message: str = "engine error"
+    code: int | str | None = None
+
+
+class _Chunk(msgspec.Struct):
+    """One SSE chunk of ``/inference/v1/generate`` (output_mode "text")."""
+
+    choices: list[_Choice] = []
+    prompt_token_ids: list[int] | None = None
+    usage: _Usage | None = None
+    error: _ErrorBody | None = None
+
+
+class _ErrorResponse(msgspec.Struct):
+    error: _ErrorBody | None = None
+    detail: object = None
+
+
+_DECODE_CHUNK = msgspec.json.Decoder(_Chunk)
+_DECODE_ERROR = msgspec.json.Decoder(_ErrorResponse)
+_ENCODE = msgspec.json.Encoder()
+
+
+class _Server(msgspec.Struct):
+    url: str
+    healthy: bool = False
+    in_flight: int = 0
+    failed_probes: int = 0
+
+
+class RemoteVLLM:
+    """An engine made of one or more vLLM servers reached over HTTP."""
+
+    def __init__(self, urls: list[str], session: aiohttp.ClientSession, *, request_timeout_s: float = 600.0):
+        if not urls:
+            raise ValueError("a remote engine needs at least one URL")
+        self._servers = [_Server(url.rstrip("/")) for url in urls]
+        self._session = session
+        self._request_timeout_s = request_timeout_s
+        self._monitor: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return any(s.healthy for s in self._servers)
+
+    @property
+    def urls(self) -> list[str]:
+        return [s.url for s in self._servers]
+
+    async def start(self) -> None:
+        await self._check_health()
+        self._monitor = asyncio.create_task(self._watch_health(), name="vllm-health")
+
+    async def close(self) -> None:
+        if self._monitor:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+
+    async def _check_health(self) -> None:
+        async def probe(server: _Server) -> None:
+            refused = False
+            try:
+                async with self._session.get(
+                    server.url + "/health", timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)
+                ) as resp:
+                    ok = resp.status == 200
+            except aiohttp.ClientConnectorError:
+                ok, refused = False, True
+            except (TimeoutError, aiohttp.ClientError):
+                ok = False
+            server.failed_probes = 0 if ok else server.failed_probes + 1
+            healthy = ok or (server.healthy and not refused and server.failed_probes < HEALTH_FAILURES_DOWN)
+            if healthy != server.healthy:
+                log.info("engine %s is %s", server.url, "up" if healthy else "down")
+            server.healthy = healthy
+
+        await asyncio.gather(*(probe(s) for s in self._servers))
+
+    async def _watch_health(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL_S)
+            await self._check_health()
+
+    def _pick(self) -> _Server:
+        healthy = [s for s in self._servers if s.healthy]
+        if not healthy:
+            raise EngineUnavailable("no engine is up for this model yet; retry shortly",
+                                    headers={"Retry-After": "5"})
+        return min(healthy, key=lambda s: s.in_flight)
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineDelta]:
+        server = self._pick()
+        body = {
+            "request_id": request.request_id,
+            "token_ids": request.token_ids,
+            "sampling_params": request.sampling,
+            "return_token_ids": True,
+            "output_mode": "text",
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if request.images:
+            body["content_parts"] = [{"type": "image_url", "url": url} for url in request.images]
+        timeout_s = request.timeout_s or self._request_timeout_s
+        server.in_flight += 1
+        finished = False
+        try:
+            async with self._session.post(
+                server.url + "/inference/v1/generate",
+                data=_ENCODE.encode(body),
+                headers={"Content-Type": "application/json", "X-Request-Id": request.request_id},
+                timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=5),
+            ) as resp:
+                if resp.status != 200:
+                    raise _http_error(resp.status, await resp.read())
+                async for chunk in _sse_chunks(resp.content):
+                    if chunk.error is not None:
+                        raise EngineFailed(f"engine error: {chunk.error.message}")
+                    for delta in _deltas(chunk):
+                        yield delta
+                finished = True
+        except aiohttp.ClientConnectionError as exc:
+            server.healthy = False
+            raise EngineUnavailable(f"engine connection failed: {exc}") from exc
+        except TimeoutError as exc:
+            raise Timeout(f"the request took longer than {timeout_s:g} s") from exc
+        finally:
+            server.in_flight -= 1
+            if not finished:
+                await self._abort(server, request.request_id)
+
+    async def _abort(self, server: _Server, request_id: str) -> None:
+        # vLLM names the request "generate-tokens-<id>" internally; send both forms.
+        ids = [request_id, f"generate-tokens-{request_id}"]
+        try:
+            async with self._session.post(
+                server.url + "/inference/v1/abort_requests",
+                data=_ENCODE.encode({"request_ids": ids}),
+                headers={"Content-Type": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=5),
+            ):
+                pass
+        except (TimeoutError, aiohttp.ClientError):
+            log.warning("could not abort request %s on %s", request_id, server.url)
+
+
+async def _sse_chunks(stream: aiohttp.StreamReader) -> AsyncIterator[_Chunk]:
+    async for raw in stream:
+        line = raw.strip()
+        if not line.startswith(b"data:"):
+            continue
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            return
+        yield _DECODE_CHUNK.decode(data)
+
+
+def _deltas(chunk: _Chunk) -> list[EngineDelta]:
+    out = [
+        EngineDelta(
+            index=c.index,
+            text=c.text,
+            token_ids=c.token_ids or [],
+            finish_reason=c.finish_reason,
+            prompt_token_ids=chunk.prompt_token_ids,
+        )
+        for c in chunk.choices
+    ]
+    if chunk.usage is not None:
+        out.append(EngineDelta(prompt_tokens=chunk.usage.prompt_tokens,
+                               completion_tokens=chunk.usage.completion_tokens))
+    return out
+
+
+def _http_error(status: int, body: bytes) -> Exception:
+    try:
+        parsed = _DECODE_ERROR.decode(body)
+        message = parsed.error.message if parsed.error else str(parsed.detail)
+    except msgspec.DecodeError:
+        message = body[:500].decode(errors="replace")
+    if status in (400, 413, 422):
+        return InvalidRequest(message)
+    if status == 503:
+        return EngineUnavailable(message)
+    return EngineFailed(f"engine answered {status}: {message}")

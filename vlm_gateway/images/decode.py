@@ -1,0 +1,122 @@
+"""Pillow work, run off the event loop: identify, bomb-check, decode the first frame, resize, encode.
+
+The format is read from the bytes (never from a URL extension or a declared content type) and only the
+Pillow plugins for the allowed formats are ever consulted. The header is read first (``Image.open`` is
+lazy) and the pixel count checked before any pixel data is decoded; Pillow's own
+``DecompressionBombError``/``DecompressionBombWarning`` become 400s as well.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import warnings
+
+import msgspec
+from PIL import Image, UnidentifiedImageError
+
+from vlm_gateway.errors import ImageError
+from vlm_gateway.images.resize import DetailRule, target_size
+
+#: Pillow format names accepted (JPEGs with an MPF marker come back as "MPO": reported as jpeg).
+ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "PPM", "WEBP")
+_NAMES = {"MPO": "jpeg"}
+_MIME = {
+    "png": "image/png", "jpeg": "image/jpeg", "gif": "image/gif", "bmp": "image/bmp",
+    "tiff": "image/tiff", "ppm": "image/x-portable-anymap", "webp": "image/webp",
+}
+_PLAIN_MODES = ("RGB", "RGBA", "L", "LA")
+PNG_COMPRESS_LEVEL = 1  # speed over size: the PNG only travels to a local engine
+
+
+class Prepared(msgspec.Struct, frozen=True):
+    """What the loader hands on: the data URI for the engine and a description of its bytes."""
+
+    url: str
+    width: int
+    height: int
+    format: str  # of the bytes in ``url``: "png" after a resize, else the source format
+    sha256: str  # of the bytes in ``url``
+    resized: bool
+
+
+def _ensure_bomb_filter() -> None:
+    """Make ``DecompressionBombWarning`` raise (idempotent; re-applied because test runners reset filters)."""
+    for action, msg, category, module, _line in warnings.filters:
+        if issubclass(Image.DecompressionBombWarning, category):
+            if action == "error" and msg is None and module is None:
+                return
+            break
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
+
+def _too_many_pixels(width: int, height: int, max_pixels: int) -> ImageError:
+    return ImageError(
+        f"image is too large ({width}x{height} = {width * height} pixels; the limit is {max_pixels})",
+        code="image_too_large",
+    )
+
+
+def _data_uri(fmt: str, data: bytes) -> str:
+    return f"data:{_MIME[fmt]};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _normalise_mode(im: Image.Image) -> Image.Image:
+    if im.mode in _PLAIN_MODES:
+        return im
+    alpha = "A" in im.mode or "a" in im.mode or "transparency" in im.info
+    return im.convert("RGBA" if alpha else "RGB")
+
+
+def _resize(im: Image.Image, size: tuple[int, int]) -> bytes:
+    im = _normalise_mode(im)
+    upscale = size[0] > im.width
+    resample = Image.Resampling.BICUBIC if upscale else Image.Resampling.LANCZOS
+    out = im.resize(size, resample, reducing_gap=None if upscale else 3.0)
+    buf = io.BytesIO()
+    out.save(buf, "PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buf.getvalue()
+
+
+def _process(data: bytes, detail: str, rule: DetailRule, max_pixels: int) -> Prepared:
+    with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
+        fmt = _NAMES.get(im.format or "", (im.format or "").lower())
+        width, height = im.size
+        if width <= 0 or height <= 0:
+            raise ImageError("image has no pixels", code="invalid_image")
+        if width * height > max_pixels:
+            raise _too_many_pixels(width, height, max_pixels)
+        size = target_size(width, height, detail, rule)
+        if size == (width, height):
+            im.load()  # first frame only: proves the data decodes (truncation, corruption)
+            return Prepared(_data_uri(fmt, data), width, height, fmt, hashlib.sha256(data).hexdigest(), False)
+        if im.format in ("JPEG", "MPO") and size[0] < width:
+            im.draft(None, size)  # DCT scaling: decode at ≥ the target size, much faster
+        im.load()
+        out = _resize(im, size)
+    return Prepared(_data_uri("png", out), size[0], size[1], "png", hashlib.sha256(out).hexdigest(), True)
+
+
+def prepare(data: bytes, detail: str, rule: DetailRule, max_pixels: int) -> Prepared:
+    """Validate, decode and (if the detail rule asks) resize one image. Blocking: call it in a thread.
+
+    Raises :class:`ImageError` (``param`` unset) for anything that is not an allowed, intact image of at
+    most ``max_pixels`` pixels.
+    """
+    _ensure_bomb_filter()
+    try:
+        return _process(data, detail, rule, max_pixels)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"image is too large: {exc}", code="image_too_large") from None
+    except UnidentifiedImageError:
+        allowed = ", ".join(sorted(set(_MIME) | {"jpg"}))
+        raise ImageError(
+            f"unsupported image format or not an image (allowed: {allowed})", code="invalid_image_format"
+        ) from None
+    except Exception as exc:  # Pillow raises many kinds (OSError, SyntaxError, ValueError, struct.error…)
+        raise ImageError(
+            f"image could not be decoded (truncated or corrupt): {type(exc).__name__}", code="invalid_image"
+        ) from None

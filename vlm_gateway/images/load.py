@@ -1,0 +1,150 @@
+"""The image loader: every image of one request, validated, fetched, decoded and sized, concurrently.
+
+``ImageLoader.load(sources, rule)`` returns one :class:`LoadedImage` per :class:`ImageSource`, in order,
+or raises :class:`vlm_gateway.errors.ImageError` (400) naming the offending part in ``param``. Base64
+decoding, hashing, Pillow decoding, resizing and encoding all run in worker threads, never on the loop.
+Results are cached by (content hash, detail, rule); fetched bytes by URL (see :mod:`.fetch`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from typing import Any, Literal
+
+import aiohttp
+import msgspec
+
+from vlm_gateway.errors import GatewayError, ImageError, InvalidRequest
+from vlm_gateway.images.cache import LRUCache, SingleFlight, Stats
+from vlm_gateway.images.datauri import decode_data_uri, describe_url, is_data_uri
+from vlm_gateway.images.decode import Prepared, prepare
+from vlm_gateway.images.fetch import Fetcher
+from vlm_gateway.images.guard import Resolver
+from vlm_gateway.images.resize import DetailRule
+from vlm_gateway.settings import ImageSettings
+
+__all__ = ["DetailRule", "ImageLoader", "ImageSource", "LoadedImage"]
+
+MAX_URL_CHARS = 8192  # for http(s) URLs; data URIs are bounded by max_image_bytes
+
+
+class ImageSource(msgspec.Struct, frozen=True):
+    """One image of a request: its URL (http(s) or data URI), the requested detail, and where it was."""
+
+    url: str
+    detail: Literal["auto", "low", "high"] = "auto"
+    param: str = "image"  # e.g. "messages[0].content[1].image_url"
+
+
+class LoadedImage(msgspec.Struct, frozen=True):
+    """An image ready for the engine.
+
+    ``url`` is a data URI: the original bytes unchanged when no resize was needed, else a PNG.
+    ``width``/``height``/``format``/``sha256`` describe the bytes in ``url``.
+    """
+
+    url: str
+    width: int
+    height: int
+    format: str
+    sha256: str
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _decode_uri(url: str, max_bytes: int) -> tuple[bytes, str]:
+    data = decode_data_uri(url, max_bytes=max_bytes)
+    return data, _digest(data)
+
+
+class ImageLoader:
+    """Loads images under the limits of :class:`ImageSettings`; one per app, sharing its session/Redis."""
+
+    def __init__(
+        self, settings: ImageSettings, session: aiohttp.ClientSession, redis: Any = None,
+        resolver: Resolver | None = None, *, threads: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self._stats = Stats()
+        self._fetcher = Fetcher(settings, session, redis=redis, resolver=resolver, stats=self._stats)
+        self._results: LRUCache[tuple[str, str, DetailRule], Prepared] = LRUCache(
+            settings.cache_entries, settings.cache_ttl_s, max_bytes=settings.cache_max_bytes,
+            sizeof=lambda p: len(p.url),
+        )
+        self._decoding: SingleFlight[tuple[str, str, DetailRule], Prepared] = SingleFlight()
+        self._threads = asyncio.Semaphore(threads or max(2, os.cpu_count() or 2))
+
+    async def close(self) -> None:
+        """Let pending cache writes to Redis finish (at shutdown)."""
+        await self._fetcher.drain()
+
+    def stats(self) -> dict[str, int]:
+        """Counters: memory/Redis hits and misses, downloads, shared fetches, result-cache hits…"""
+        return self._stats.snapshot()
+
+    async def load(self, sources: list[ImageSource], rule: DetailRule) -> list[LoadedImage]:
+        """Load all images of one request concurrently, in order; the first failure is raised."""
+        limit = self.settings.max_images_per_request
+        if len(sources) > limit:
+            raise InvalidRequest(
+                f"too many images in one request ({len(sources)}; the limit is {limit})",
+                param="messages", code="too_many_images",
+            )
+        tasks = [asyncio.ensure_future(self._load_one(src, rule)) for src in sources]
+        if not tasks:
+            return []
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            pending = [t for t in tasks if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        for task in tasks:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        return [task.result() for task in tasks]
+
+    async def _load_one(self, src: ImageSource, rule: DetailRule) -> LoadedImage:
+        try:
+            data, digest = await self._bytes(src)
+            key = (digest, src.detail, rule)
+            done = self._results.get(key)
+            if done is not None:
+                self._stats["result_hits"] += 1
+            else:
+                self._stats["result_misses"] += 1
+                done, _shared = await self._decoding.run(key, lambda: self._prepare(key, data))
+        except GatewayError as exc:
+            # a fresh error per source: shared downloads/decodes must not share exception objects
+            raise ImageError(exc.message, param=src.param, code=exc.code) from None
+        return LoadedImage(done.url, done.width, done.height, done.format, done.sha256)
+
+    async def _prepare(self, key: tuple[str, str, DetailRule], data: bytes) -> Prepared:
+        done = await self._in_thread(prepare, data, key[1], key[2], self.settings.max_pixels)
+        self._results.put(key, done)
+        return done
+
+    async def _bytes(self, src: ImageSource) -> tuple[bytes, str]:
+        if is_data_uri(src.url):
+            self._stats["data_uris"] += 1
+            return await self._in_thread(_decode_uri, src.url, self.settings.max_image_bytes)
+        scheme = src.url.split(":", 1)[0].lower() if ":" in src.url else ""
+        if scheme not in ("http", "https"):
+            raise ImageError(
+                f"unsupported image URL {describe_url(src.url)!r}: use http(s) or a data URI",
+                code="invalid_image_url",
+            )
+        if len(src.url) > MAX_URL_CHARS:
+            raise ImageError(f"image URL is too long (over {MAX_URL_CHARS} characters)", code="invalid_image_url")
+        data = await self._fetcher.fetch(src.url)
+        return data, await self._in_thread(_digest, data)
+
+    async def _in_thread(self, fn: Any, *args: Any) -> Any:
+        async with self._threads:
+            return await asyncio.to_thread(fn, *args)

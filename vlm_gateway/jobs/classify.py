@@ -1,0 +1,22 @@
+"""Which job ``kind`` a ``POST /queue/{model}`` body is. The route only calls ``JobServices.classify``;
+replace :func:`default_classify` there to add kinds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from vlm_gateway.errors import InvalidRequest
+
+#: ``classify(model, body) -> kind``; ``body`` is the decoded JSON object. Raise ``InvalidRequest`` to refuse.
+Classifier = Callable[[str, dict[str, Any]], str]
+
+
+def default_classify(model: str, body: dict[str, Any]) -> str:
+    """``chat`` (has ``messages``), ``fal`` (``image_url`` + ``prompt``), ``completion`` (``prompt``)."""
+    if "messages" in body:
+        return "chat"
+    if "prompt" in body:
+        return "fal" if "image_url" in body else "completion"
+    raise InvalidRequest("cannot tell the kind of request: expected \"messages\" (chat) or \"prompt\"",
+                         param="messages")

@@ -1,0 +1,180 @@
+"""The in-process queue (the embedded default: one process, no Redis), with the Redis backend's semantics:
+leases, heartbeats, reclaim after the visibility timeout, first-completion-wins, persisted webhook state
+(persisted in this process only), result TTL."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import time
+from collections import deque
+
+import msgspec
+
+from vlm_gateway.jobs.queue import BaseJobQueue, WebhookVetter, not_found, position
+from vlm_gateway.jobs.settings import JobSettings
+from vlm_gateway.jobs.types import Claim, Completed, Delivery, Job, JobView, Lease, cancelled
+
+
+class _Record(msgspec.Struct):
+    job: Job
+    seq: int
+    state: str = "queued"
+    attempts: int = 0
+    result: Completed | None = None
+    expires: float = 0.0  # done only: when status/result stop being readable
+    cancelled: bool = False
+    webhook_state: str = ""  # "", "pending", "delivered", "failed"
+    webhook_attempts: int = 0
+    webhook_next: float = 0.0
+
+
+class MemoryJobQueue(BaseJobQueue):
+    """Jobs in dicts, the queue an ``asyncio`` deque; a lease is pending until acked or reclaimed."""
+
+    def __init__(self, settings: JobSettings, vet_webhook: WebhookVetter | None = None) -> None:
+        super().__init__(vet_webhook)
+        self.settings = settings
+        self._records: dict[str, _Record] = {}
+        self._ready: deque[str] = deque()
+        self._pending: dict[str, tuple[str, float]] = {}  # job id -> (consumer, last heartbeat)
+        self._expiry: list[tuple[float, str]] = []
+        self._arrived = asyncio.Event()
+        self._seq = 0
+        self._started = 0
+
+    # --- client side ------------------------------------------------------------------------------
+
+    async def _enqueue(self, job: Job) -> None:
+        self._sweep()
+        self._seq += 1
+        self._records[job.id] = _Record(job, self._seq)
+        self._ready.append(job.id)
+        self._arrived.set()
+
+    def _get(self, job_id: str) -> _Record:
+        self._sweep()
+        rec = self._records.get(job_id)
+        if rec is None or (rec.state == "done" and rec.expires <= time.time()):
+            raise not_found(job_id)
+        return rec
+
+    def _view(self, rec: _Record, with_result: bool) -> JobView:
+        view = JobView(rec.job.id, rec.state)  # type: ignore[arg-type]
+        if rec.state == "queued":
+            view.position = position(rec.seq, self._started)
+        elif rec.state == "done" and rec.result is not None:
+            view.error = rec.result.error
+            view.result = rec.result if with_result else None
+        return view
+
+    async def status(self, job_id: str) -> JobView:
+        return self._view(self._get(job_id), False)
+
+    async def result(self, job_id: str) -> JobView:
+        return self._view(self._get(job_id), True)
+
+    async def cancel(self, job_id: str) -> bool:
+        rec = self._get(job_id)
+        if rec.state == "queued":
+            rec.state, rec.cancelled, rec.result = "done", True, cancelled()
+            self._expire_at(rec, time.time() + self.settings.result_ttl_s)
+        return rec.cancelled
+
+    # --- worker side ------------------------------------------------------------------------------
+
+    async def take(self, consumer: str, count: int, block_s: float) -> list[Lease]:
+        if not self._ready:
+            self._arrived.clear()
+            try:
+                async with asyncio.timeout(block_s):  # not wait_for: it can swallow a cancellation (3.11)
+                    await self._arrived.wait()
+            except TimeoutError:
+                return []
+        leases = []
+        now = time.monotonic()
+        while self._ready and len(leases) < count:
+            job_id = self._ready.popleft()
+            self._pending[job_id] = (consumer, now)
+            leases.append(Lease(job_id, job_id))
+        return leases
+
+    async def reclaim(self, consumer: str, count: int) -> list[Lease]:
+        cutoff = time.monotonic() - self.settings.visibility_timeout_s
+        stale = [job_id for job_id, (_, seen) in self._pending.items() if seen <= cutoff][:count]
+        now = time.monotonic()
+        for job_id in stale:
+            self._pending[job_id] = (consumer, now)
+        return [Lease(job_id, job_id) for job_id in stale]
+
+    async def heartbeat(self, consumer: str, leases: list[Lease]) -> None:
+        now = time.monotonic()
+        for lease in leases:
+            if lease.entry in self._pending:
+                self._pending[lease.entry] = (consumer, now)
+
+    async def release(self, consumer: str, leases: list[Lease]) -> None:
+        for lease in leases:
+            if lease.entry in self._pending:
+                self._pending[lease.entry] = (consumer, float("-inf"))
+
+    async def begin(self, lease: Lease, consumer: str) -> Claim:
+        rec = self._records.get(lease.job_id)
+        if rec is None:
+            return Claim("ack")
+        self._started = max(self._started, rec.seq)
+        if rec.state == "done":
+            return Claim("deliver", delivery=self._delivery(rec)) if rec.webhook_state == "pending" else Claim("ack")
+        rec.state = "running"
+        rec.attempts += 1
+        return Claim("run", job=rec.job, attempt=rec.attempts)
+
+    async def complete(self, lease: Lease, result: Completed) -> tuple[bool, Delivery | None]:
+        rec = self._records.get(lease.job_id)
+        if rec is None:
+            return True, None  # expired meanwhile: nothing left to do but ack
+        if rec.state == "done":
+            return False, None
+        rec.state, rec.result = "done", result
+        expires = time.time() + self.settings.result_ttl_s
+        if rec.job.webhook:
+            rec.webhook_state, rec.expires = "pending", expires  # swept only once delivery has ended
+            return True, self._delivery(rec)
+        self._expire_at(rec, expires)
+        return True, None
+
+    async def webhook_attempt(self, job_id: str, next_at: float) -> int:
+        rec = self._records.get(job_id)
+        if rec is None:
+            return 0
+        rec.webhook_attempts += 1
+        rec.webhook_next = next_at
+        return rec.webhook_attempts
+
+    async def webhook_done(self, job_id: str, delivered: bool) -> None:
+        rec = self._records.get(job_id)
+        if rec is not None:
+            rec.webhook_state = "delivered" if delivered else "failed"
+            self._expire_at(rec, rec.expires)
+
+    async def ack(self, lease: Lease) -> None:
+        self._pending.pop(lease.entry, None)
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    def _delivery(self, rec: _Record) -> Delivery:
+        assert rec.result is not None and rec.job.webhook
+        return Delivery(rec.job.id, rec.job.webhook, rec.result, rec.webhook_attempts, rec.webhook_next)
+
+    def _expire_at(self, rec: _Record, when: float) -> None:
+        rec.expires = when
+        heapq.heappush(self._expiry, (when, rec.job.id))
+
+    def _sweep(self) -> None:
+        """Forget finished jobs past their TTL (never one whose webhook is still pending)."""
+        now = time.time()
+        while self._expiry and self._expiry[0][0] <= now:
+            when, job_id = heapq.heappop(self._expiry)
+            rec = self._records.get(job_id)
+            if rec is not None and rec.expires == when and rec.webhook_state != "pending":
+                del self._records[job_id]

@@ -1,0 +1,70 @@
+"""Render a chat conversation into one model family's prompt text.
+
+``render_chat`` is the path every chat request takes (and the ``render`` CLI, and the conformance
+tests): request messages → template variables (``convert``) → for ``marker_rule = "text"`` families,
+image markers written into the text → the family's template in ``templates/`` → prompt text. It then
+checks that the prompt holds one placeholder per image, so the engine never sees a mismatch.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+from vlm_gateway.errors import InvalidRequest
+from vlm_gateway.prompts.convert import check_text, count_images, to_template_messages, write_markers_into_text
+from vlm_gateway.prompts.environment import get_template, strftime_at
+from vlm_gateway.prompts.families import Family
+from vlm_gateway.prompts.markers import count_placeholders
+from vlm_gateway.prompts.order import reorder_images_first
+from vlm_gateway.schemas.openai import ChatMessage
+
+__all__ = ["RenderedPrompt", "render_chat", "reorder_images_first"]
+
+
+class RenderedPrompt(msgspec.Struct, frozen=True):
+    """The prompt text and the number of images it places, in order of appearance."""
+
+    text: str
+    image_count: int
+
+
+def render_chat(
+    family: Family,
+    messages: list[ChatMessage],
+    *,
+    add_generation_prompt: bool = True,
+    now: datetime | None = None,
+) -> RenderedPrompt:
+    """The family's prompt for ``messages``; ``now`` is the date templates print (default: today).
+
+    Raises ``PromptRefused`` when the template rejects the conversation and ``InvalidRequest`` when
+    the messages are empty, text holds an image placeholder, or the template leaves an image out.
+    """
+    if not messages:
+        raise InvalidRequest("messages must hold at least one message", param="messages")
+    check_text(family, messages)
+    image_count = count_images(messages)
+    variables = to_template_messages(messages)
+    if family.marker_rule == "text":
+        variables = write_markers_into_text(variables, family)
+    text = get_template(family.template, family.directory).render(
+        messages=variables,
+        add_generation_prompt=add_generation_prompt,
+        tools=None,
+        documents=None,
+        bos_token=family.bos_token,
+        eos_token=family.eos_token,
+        image_placeholder=family.image_placeholder,
+        default_system_prompt=family.default_system_prompt,
+        strftime_now=strftime_at(now),
+    )
+    placed = count_placeholders(family, text)
+    if placed != image_count:
+        raise InvalidRequest(
+            f"the {family.name} prompt format places {placed} of the request's {image_count} images; "
+            "this model takes images in user and assistant messages only",
+            param="messages",
+        )
+    return RenderedPrompt(text, image_count)

@@ -1,0 +1,241 @@
+"""OpenAI-compatible request and response bodies.
+
+Unknown request fields are ignored (as OpenAI does); a wrong type or value fails decoding and becomes
+a 400 that names the parameter (see ``vlm_gateway.errors.from_validation``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType, field
+
+NonNegInt = Annotated[int, Meta(ge=0)]
+PosInt = Annotated[int, Meta(ge=1)]
+Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
+Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
+Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
+Detail = Literal["auto", "low", "high"]
+
+
+# --- request content ----------------------------------------------------------------------------
+
+class ImageUrl(Struct):
+    url: str
+    detail: Detail = "auto"
+
+
+class TextPart(Struct, tag_field="type", tag="text"):
+    text: str
+
+
+class ImageUrlPart(Struct, tag_field="type", tag="image_url"):
+    image_url: ImageUrl
+
+
+class ImagePart(Struct, tag_field="type", tag="image"):
+    """Hugging Face form: ``{"type": "image"}`` (the conformance cases), optionally with a source."""
+
+    url: str | None = None
+    image: str | None = None
+    detail: Detail = "auto"
+
+
+ContentPart = Union[TextPart, ImageUrlPart, ImagePart]
+Role = Literal["system", "developer", "user", "assistant"]
+
+
+class ChatMessage(Struct):
+    role: Role
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+
+class StreamOptions(Struct):
+    include_usage: bool = False
+
+
+class JsonSchemaSpec(Struct):
+    name: str = "response"
+    schema: dict | None = field(default=None, name="schema")
+    strict: bool | None = None
+    description: str | None = None
+
+
+class TextFormat(Struct, tag_field="type", tag="text"):
+    pass
+
+
+class JsonObjectFormat(Struct, tag_field="type", tag="json_object"):
+    pass
+
+
+class JsonSchemaFormat(Struct, tag_field="type", tag="json_schema"):
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormat = Union[TextFormat, JsonObjectFormat, JsonSchemaFormat]
+
+
+class ChatCompletionRequest(Struct):
+    model: str
+    messages: Annotated[list[ChatMessage], Meta(min_length=1)]
+    max_tokens: PosInt | None = None
+    max_completion_tokens: PosInt | None = None
+    temperature: Temperature | None = None
+    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] | None = None
+    n: Annotated[int, Meta(ge=1, le=16)] = 1
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    user: str | None = None
+    # extensions, as vLLM names them
+    return_token_ids: bool = False  # the prompt ids the engine saw, images expanded
+    min_tokens: NonNegInt = 0
+    ignore_eos: bool = False
+
+
+class ImageRef(Struct):
+    url: str
+    detail: Detail = "auto"
+
+
+ImageInput = Union[str, ImageRef]
+
+
+class CompletionExtraBody(Struct):
+    images: list[ImageInput] | None = None
+
+
+class CompletionRequest(Struct):
+    model: str
+    prompt: str | Annotated[list[str], Meta(min_length=1, max_length=1)]
+    images: list[ImageInput] | None = None
+    extra_body: CompletionExtraBody | None = None
+    max_tokens: PosInt | None = 16
+    temperature: Temperature | None = None
+    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] | None = None
+    n: Annotated[int, Meta(ge=1, le=16)] = 1
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
+    echo: bool = False
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    user: str | None = None
+    return_token_ids: bool = False
+    min_tokens: NonNegInt = 0
+    ignore_eos: bool = False
+
+
+# --- responses ----------------------------------------------------------------------------------
+
+class PromptTokensDetails(Struct):
+    cached_tokens: int = 0
+    image_tokens: int = 0
+
+
+class Usage(Struct):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+
+class AssistantMessage(Struct):
+    content: str | None
+    role: str = "assistant"
+
+
+FinishReason = Literal["stop", "length"]
+
+
+class ChatChoice(Struct):
+    index: int
+    message: AssistantMessage
+    finish_reason: FinishReason | None
+    logprobs: None = None
+
+
+class ChatCompletion(Struct):
+    id: str
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    object: str = "chat.completion"
+    prompt_token_ids: list[int] | UnsetType = UNSET  # with return_token_ids: after image expansion
+
+
+class Delta(Struct, omit_defaults=True):
+    role: str | None = None
+    content: str | None = None
+
+
+class ChunkChoice(Struct):
+    index: int
+    delta: Delta
+    finish_reason: FinishReason | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(Struct):
+    id: str
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    object: str = "chat.completion.chunk"
+    usage: Usage | UnsetType = UNSET
+    prompt_token_ids: list[int] | UnsetType = UNSET
+
+
+class CompletionChoice(Struct):
+    index: int
+    text: str
+    finish_reason: FinishReason | None
+    logprobs: None = None
+
+
+class Completion(Struct):
+    id: str
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    object: str = "text_completion"
+    usage: Usage | UnsetType = UNSET
+    prompt_token_ids: list[int] | UnsetType = UNSET
+
+
+class ModelCard(Struct):
+    id: str
+    created: int
+    owned_by: str
+    family: str
+    max_images: int
+    context_length: int
+    object: str = "model"
+
+
+class ModelList(Struct):
+    data: list[ModelCard]
+    object: str = "list"
+
+
+class Health(Struct):
+    status: str
+    timestamp: float
+    model_loaded: bool
+    gpu_available: bool
+
+
+DECODE_CHAT = msgspec.json.Decoder(ChatCompletionRequest)
+DECODE_COMPLETION = msgspec.json.Decoder(CompletionRequest)

@@ -1,0 +1,112 @@
+"""The seed services' own request shapes, translated to and from the one chat pipeline.
+
+Each adapter turns its body into a ``ChatCompletionRequest`` and the pipeline's ``ChatCompletion``
+back into its own response; there is no second code path.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+
+import msgspec
+
+from vlm_gateway.errors import InvalidRequest
+from vlm_gateway.schemas.openai import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    ChatMessage,
+    ImageUrl,
+    ImageUrlPart,
+    JsonSchemaFormat,
+    JsonSchemaSpec,
+    TextPart,
+)
+from vlm_gateway.schemas.seeds import (
+    FalRequest,
+    FalResponse,
+    VisionChoice,
+    VisionCompletion,
+    VisionMessage,
+    VisionRequest,
+    VlmRunRequest,
+    VlmRunResponse,
+    VlmRunUsage,
+)
+
+
+def _one_image_chat(model: str, image_url: str, prompt: str, **sampling) -> ChatCompletionRequest:
+    content = [ImageUrlPart(ImageUrl(image_url)), TextPart(prompt)]
+    return ChatCompletionRequest(model=model, messages=[ChatMessage("user", content)], **sampling)
+
+
+# --- FastVLM ------------------------------------------------------------------------------------
+
+def vision_to_chat(req: VisionRequest) -> ChatCompletionRequest:
+    return _one_image_chat(req.model, req.image_url, req.prompt, max_tokens=req.max_tokens,
+                           temperature=req.temperature)
+
+
+def vision_response(out: ChatCompletion) -> VisionCompletion:
+    return VisionCompletion(
+        id=out.id, created=out.created, model=out.model, usage=out.usage,
+        choices=[VisionChoice(c.index, VisionMessage("assistant", c.message.content or ""), c.finish_reason)
+                 for c in out.choices])
+
+
+# --- fal LLaVA ----------------------------------------------------------------------------------
+
+def fal_to_chat(model: str, req: FalRequest) -> ChatCompletionRequest:
+    return _one_image_chat(model, req.image_url, req.prompt, max_tokens=req.max_tokens,
+                           temperature=req.temperature, top_p=req.top_p)
+
+
+def fal_response(out: ChatCompletion) -> FalResponse:
+    return FalResponse(output=out.choices[0].message.content or "", partial=False)
+
+
+# --- vlm.run ------------------------------------------------------------------------------------
+
+class Domain(msgspec.Struct, frozen=True):
+    prompt: str
+    schema: str
+
+
+@cache
+def domains() -> dict[str, Domain]:
+    raw = tomllib.loads((Path(__file__).parent / "domains.toml").read_text())
+    return {name: msgspec.convert(d, Domain) for name, d in raw.items()}
+
+
+def vlmrun_to_chat(req: VlmRunRequest, model: str) -> ChatCompletionRequest:
+    preset = domains().get(req.domain)
+    if preset is None and (req.config.prompt is None or req.config.json_schema is None):
+        raise InvalidRequest(f"unknown domain {req.domain!r}; known: {', '.join(sorted(domains()))} "
+                             "(or give config.prompt and config.json_schema)", param="domain")
+    prompt = req.config.prompt or preset.prompt
+    schema = req.config.json_schema or json.loads(preset.schema)
+    content = [*(ImageUrlPart(ImageUrl(url, req.config.detail)) for url in req.images), TextPart(prompt)]
+    return ChatCompletionRequest(
+        model=model, messages=[ChatMessage("user", content)],
+        max_tokens=req.config.max_tokens, temperature=req.config.temperature,
+        response_format=JsonSchemaFormat(JsonSchemaSpec(name=req.domain.replace(".", "_"), schema=schema)),
+    )
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def vlmrun_response(req: VlmRunRequest, request_id: str, created_at: str, out: ChatCompletion) -> VlmRunResponse:
+    text = out.choices[0].message.content or ""
+    try:
+        response = json.loads(text)
+    except ValueError:
+        response = text  # the model stopped before the JSON closed (max_tokens)
+    return VlmRunResponse(
+        id=request_id, status="completed", created_at=created_at, completed_at=now_iso(), domain=req.domain,
+        response=response, metadata=req.metadata,
+        usage=VlmRunUsage(elements_processed=len(req.images), credits_used=len(req.images)))

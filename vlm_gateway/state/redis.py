@@ -1,0 +1,181 @@
+"""``RedisState``: the StateBackend shared by every replica, one atomic Lua script per primitive.
+
+Times come from the Redis server's clock (``TIME``), never the replicas', so replicas with skewed
+clocks still agree. The client (``redis.asyncio.Redis``) is created once by the app and handed in; this
+module never opens or closes connections. Works with ``decode_responses`` on or off.
+
+Layout (every key under ``prefix``): a window is a sorted set ``{name}`` of ``<random>:<cost>``
+members scored by the time they were recorded (µs) plus a running sum ``{name}:sum`` (the braces keep
+both in one cluster slot); a slot set is a sorted set of holders scored by lease expiry (µs); a hash is
+a Redis hash. Every key carries a TTL, so abandoned state disappears on its own.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from typing import Any
+
+from vlm_gateway.state.protocol import WindowResult
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+"""
+
+# KEYS: log, sum. ARGV: window_us, limit, cost, mode ('hit' | 'peek' | 'add'), member prefix.
+# Returns {allowed, used, reset_us, retry_after_us}.
+_WINDOW = _NOW + """
+local window, limit, cost, mode = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local used = 0
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  used = tonumber(redis.call('GET', KEYS[2]) or '0')
+  local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - window)
+  if #old > 0 then
+    for _, m in ipairs(old) do used = used - tonumber(string.match(m, ':(%d+)$')) end
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+    redis.call('SET', KEYS[2], used, 'KEEPTTL')
+  end
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  used = 0
+  redis.call('DEL', KEYS[2])
+end
+local need = cost
+if mode == 'peek' then need = 1 end
+local allowed = mode == 'add' or used + need <= limit
+if allowed and mode ~= 'peek' and cost > 0 then
+  redis.call('ZADD', KEYS[1], now, ARGV[5] .. ':' .. ARGV[3])
+  used = used + cost
+  redis.call('SET', KEYS[2], used)
+  local ttl_ms = math.ceil(window / 1000) + 1000
+  redis.call('PEXPIRE', KEYS[1], ttl_ms)
+  redis.call('PEXPIRE', KEYS[2], ttl_ms)
+end
+local reset = 0
+local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if #newest > 0 then reset = tonumber(newest[2]) + window - now end
+local retry = 0
+if not allowed then
+  retry = window
+  local freed, start, done = 0, 0, false
+  while not done do
+    local batch = redis.call('ZRANGE', KEYS[1], start, start + 99, 'WITHSCORES')
+    if #batch == 0 then break end
+    for i = 1, #batch, 2 do
+      freed = freed + tonumber(string.match(batch[i], ':(%d+)$'))
+      if used - freed + need <= limit then
+        retry = tonumber(batch[i + 1]) + window - now
+        done = true
+        break
+      end
+    end
+    start = start + 100
+  end
+end
+return {allowed and 1 or 0, used, reset, retry}
+"""
+
+# Drop expired leases, then (re)set the expiry of the key to its latest lease.
+_PRUNE = _NOW + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local function keep_key()
+  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  if #last > 0 then redis.call('PEXPIREAT', KEYS[1], math.ceil(tonumber(last[2]) / 1000) + 1) end
+end
+"""
+
+# KEYS: slots. ARGV: limit, lease_ttl_us, holder. Returns 1 when held.
+_ACQUIRE = _PRUNE + """
+if not redis.call('ZSCORE', KEYS[1], ARGV[3]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+keep_key()
+return 1
+"""
+
+# KEYS: slots. ARGV: holder, lease_ttl_us. Returns 1 when the holder still had its lease.
+_RENEW = _PRUNE + """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+keep_key()
+return 1
+"""
+
+# KEYS: slots. Returns the number of live leases.
+_IN_USE = _PRUNE + """
+return redis.call('ZCARD', KEYS[1])
+"""
+
+
+def _us(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1_000_000))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
+class RedisState:
+    """StateBackend on a shared Redis. ``prefix`` namespaces every key (one gateway deployment)."""
+
+    def __init__(self, redis: Any, prefix: str = "vlm:") -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self._window = redis.register_script(_WINDOW)
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._renew = redis.register_script(_RENEW)
+        self._in_use = redis.register_script(_IN_USE)
+
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    def _window_keys(self, key: str) -> list[str]:
+        base = f"{self.prefix}{{{key}}}"
+        return [base, base + ":sum"]
+
+    async def _run_window(self, key: str, window_s: float, limit: int, cost: int, mode: str) -> WindowResult:
+        allowed, used, reset_us, retry_us = await self._window(
+            keys=self._window_keys(key), args=[_us(window_s), limit, int(cost), mode, uuid.uuid4().hex])
+        return WindowResult(bool(allowed), int(used), limit, max(0, int(reset_us)) / 1e6,
+                            max(0, int(retry_us)) / 1e6)
+
+    async def hit(self, key: str, window_s: float, limit: int, cost: int = 1) -> WindowResult:
+        return await self._run_window(key, window_s, limit, cost, "hit")
+
+    async def peek(self, key: str, window_s: float, limit: int) -> WindowResult:
+        return await self._run_window(key, window_s, limit, 0, "peek")
+
+    async def add(self, key: str, window_s: float, amount: int) -> None:
+        if amount > 0:
+            await self._run_window(key, window_s, 0, amount, "add")
+
+    async def acquire_slot(self, key: str, limit: int, lease_ttl_s: float, holder: str) -> bool:
+        return bool(await self._acquire(keys=[self._key(key)], args=[limit, _us(lease_ttl_s), holder]))
+
+    async def renew_slot(self, key: str, holder: str, lease_ttl_s: float) -> bool:
+        return bool(await self._renew(keys=[self._key(key)], args=[holder, _us(lease_ttl_s)]))
+
+    async def release_slot(self, key: str, holder: str) -> None:
+        await self.redis.zrem(self._key(key), holder)
+
+    async def slots_in_use(self, key: str) -> int:
+        return int(await self._in_use(keys=[self._key(key)]))
+
+    async def hash_get(self, key: str, field: str) -> bytes | None:
+        value = await self.redis.hget(self._key(key), field)
+        return None if value is None else _bytes(value)
+
+    async def hash_set(self, key: str, field: str, value: bytes) -> None:
+        await self.redis.hset(self._key(key), field, value)
+
+    async def hash_all(self, key: str) -> dict[str, bytes]:
+        return {_text(k): _bytes(v) for k, v in (await self.redis.hgetall(self._key(key))).items()}
+
+    async def hash_len(self, key: str) -> int:
+        return int(await self.redis.hlen(self._key(key)))

@@ -1,0 +1,121 @@
+"""Step 7 for streamed requests: engine deltas → OpenAI server-sent events.
+
+Each event is ``data: {json}\\n\\n``; the stream ends with ``data: [DONE]\\n\\n``. An error after the
+first byte can no longer change the status code, so it is sent as an OpenAI error event. Closing
+the stream early (client gone) closes the engine iterator, which aborts the engine request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import msgspec
+from litestar.response import Stream
+from msgspec import UNSET
+
+from vlm_gateway.engines import EngineDelta
+from vlm_gateway.errors import GatewayError
+from vlm_gateway.pipeline import Prepared, Services, generate
+from vlm_gateway.responses import finish_reason, usage_of
+from vlm_gateway.schemas.openai import (
+    ChatCompletionChunk,
+    ChunkChoice,
+    Completion,
+    CompletionChoice,
+    Delta,
+    StreamOptions,
+)
+
+_ENCODER = msgspec.json.Encoder()
+DONE = b"data: [DONE]\n\n"
+
+
+def sse(body: msgspec.Struct) -> bytes:
+    return b"data: " + _ENCODER.encode(body) + b"\n\n"
+
+
+async def prepend(first: EngineDelta, rest: AsyncIterator[EngineDelta]) -> AsyncIterator[EngineDelta]:
+    yield first
+    async for delta in rest:
+        yield delta
+
+
+class _Tally:
+    """Usage and prompt ids seen so far in a stream."""
+
+    def __init__(self) -> None:
+        self.prompt_tokens: int | None = None
+        self.completion_tokens = 0
+        self.prompt_ids: list[int] | None = None
+
+    def take(self, delta: EngineDelta) -> bool:
+        """Record bookkeeping fields; True when the delta carries nothing else."""
+        if delta.prompt_tokens is not None:
+            self.prompt_tokens = delta.prompt_tokens
+            self.completion_tokens = delta.completion_tokens or 0
+            return True
+        return False
+
+
+async def _events(deltas: AsyncIterator[EngineDelta], make, prepared: Prepared, include_usage: bool,
+                  return_token_ids: bool, opening: list[bytes]) -> AsyncIterator[bytes]:
+    tally = _Tally()
+    try:
+        for event in opening:
+            yield event
+        async for delta in deltas:
+            if tally.take(delta):
+                continue
+            ids = delta.prompt_token_ids if return_token_ids and tally.prompt_ids is None else None
+            if delta.prompt_token_ids is not None and tally.prompt_ids is None:
+                tally.prompt_ids = delta.prompt_token_ids
+            if delta.text or delta.finish_reason or ids:
+                yield sse(make(delta, ids))
+        if include_usage:
+            yield sse(make(None, None, usage_of(prepared, tally.prompt_tokens, tally.completion_tokens)))
+    except GatewayError as exc:
+        yield sse(exc.body())
+    finally:
+        await deltas.aclose()  # type: ignore[attr-defined]
+    yield DONE
+
+
+def chat_events(prepared: Prepared, deltas: AsyncIterator[EngineDelta], *, include_usage: bool,
+                return_token_ids: bool) -> AsyncIterator[bytes]:
+    def make(delta: EngineDelta | None, ids=None, usage=None) -> ChatCompletionChunk:
+        choices = [] if delta is None else [ChunkChoice(
+            delta.index, Delta(content=delta.text) if delta.text else Delta(),
+            finish_reason(delta.finish_reason))]
+        return ChatCompletionChunk(prepared.response_id, prepared.created, prepared.model_name, choices,
+                                   usage=usage or UNSET, prompt_token_ids=ids or UNSET)
+
+    opening = [sse(ChatCompletionChunk(prepared.response_id, prepared.created, prepared.model_name,
+                                       [ChunkChoice(i, Delta(role="assistant", content=""))]))
+               for i in range(prepared.engine_request.sampling.n)]
+    return _events(deltas, make, prepared, include_usage, return_token_ids, opening)
+
+
+def completion_events(prepared: Prepared, deltas: AsyncIterator[EngineDelta], *, include_usage: bool,
+                      return_token_ids: bool) -> AsyncIterator[bytes]:
+    def make(delta: EngineDelta | None, ids=None, usage=None) -> Completion:
+        choices = [] if delta is None else [CompletionChoice(
+            delta.index, delta.text, finish_reason(delta.finish_reason))]
+        return Completion(prepared.response_id, prepared.created, prepared.model_name, choices,
+                          usage=usage or UNSET, prompt_token_ids=ids or UNSET)
+
+    return _events(deltas, make, prepared, include_usage, return_token_ids, [])
+
+
+Events = Callable[..., AsyncIterator[bytes]]
+
+
+async def stream_response(svc: Services, prepared: Prepared, events: Events, options: StreamOptions | None,
+                          return_token_ids: bool) -> Stream:
+    """The SSE response for a prepared request. The first delta is awaited before answering, so an
+    engine error that comes before any output still gets its own HTTP status."""
+    deltas = generate(svc, prepared)
+    first = await anext(deltas)
+    body = events(prepared, prepend(first, deltas), include_usage=bool(options and options.include_usage),
+                  return_token_ids=return_token_ids)
+    headers = {"Cache-Control": "no-cache", **prepared.permit.headers}
+    return Stream(body, media_type="text/event-stream", headers=headers)

@@ -1,0 +1,1 @@
+"""Test and offline-default helpers: tiny random-weight checkpoints (needs the ``tiny`` extra: torch)."""

@@ -1,0 +1,52 @@
+"""Prompt text → token ids with the model's own tokenizer (its ``tokenizer.json``), off the event loop.
+
+The rendered prompt already holds the family's special tokens (role headers, one image placeholder
+per image). vLLM expands each image placeholder token into the image's patch tokens; the ids sent here
+are the unexpanded ones. Only the Rust ``tokenizers`` library is loaded: no torch, no transformers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from vlm_gateway.prompts.families import checkpoint_file
+
+
+class Tokenizer:
+    """One model's tokenizer, loaded once (on first use or by ``load``)."""
+
+    def __init__(self, name_or_path: str) -> None:
+        self.name_or_path = name_or_path
+        self._tok: Any = None
+        self._ids: dict[tuple[str, ...], list[int]] = {}
+        self._lock = threading.Lock()
+
+    def load(self) -> Any:
+        """The ``tokenizers.Tokenizer``; ``FileNotFoundError`` when the checkpoint has no tokenizer.json."""
+        with self._lock:
+            if self._tok is None:
+                from tokenizers import Tokenizer as RustTokenizer
+
+                self._tok = RustTokenizer.from_file(str(checkpoint_file(self.name_or_path, "tokenizer.json")))
+                self._tok.no_truncation()
+                self._tok.no_padding()
+            return self._tok
+
+    def encode_sync(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return self.load().encode(text, add_special_tokens=add_special_tokens).ids
+
+    async def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of ``text``. Rendered chat prompts carry their own BOS (the family data says
+        whether the tokenizer must add it); raw completion prompts get the tokenizer's, as vLLM does."""
+        return await asyncio.to_thread(self.encode_sync, text, add_special_tokens)
+
+    def token_ids(self, tokens: tuple[str, ...]) -> list[int]:
+        """Ids of single special tokens (e.g. the family's stop tokens); unknown ones are skipped.
+        Looked up once per tuple: every request of a model asks for the same ones."""
+        if tokens not in self._ids:
+            tok = self.load()
+            found = (tok.token_to_id(token) for token in tokens)
+            self._ids[tokens] = [int(i) for i in found if i is not None]
+        return list(self._ids[tokens])
