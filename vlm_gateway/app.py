@@ -28,6 +28,7 @@ from vlm_gateway.images.load import ImageLoader
 from vlm_gateway.jobs import build_jobs
 from vlm_gateway.jobs.runner import classify, make_runner
 from vlm_gateway.limits import KeyStore, Limiter
+from vlm_gateway.looplag import LoopLag
 from vlm_gateway.models import Model, ModelRegistry
 from vlm_gateway.pipeline import Services
 from vlm_gateway.settings import Settings
@@ -67,8 +68,11 @@ def create_app(settings: Settings, engine_factory: EngineFactory = default_engin
                 from redis.asyncio import Redis
 
                 redis = Redis.from_url(settings.redis_url)
-            state = state_backend(redis, settings.limits.redis_prefix)
-            limiter = Limiter(settings.limits, state, KeyStore(state if redis else None, settings.limits.keys))
+            lag = LoopLag()
+            lag.start()
+            state = state_backend(redis, settings.limits.redis_prefix, settings.redis_url or None)
+            limiter = Limiter(settings.limits, state, KeyStore(state if redis else None, settings.limits.keys),
+                              lag_ms=lag.ms)
             await limiter.refresh()
             tokenizers = {m.id: Tokenizer(m.tokenizer) for m in registry.models}
             await asyncio.gather(*(asyncio.to_thread(t.load) for t in tokenizers.values()))
@@ -93,6 +97,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory = default_engin
             finally:
                 await jobs.stop()
                 await limiter.close()
+                await lag.stop()
                 await images.close()
                 await asyncio.gather(*(engine.close() for engine in engines.values()),
                                      return_exceptions=True)

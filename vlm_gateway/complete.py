@@ -5,7 +5,7 @@ Each returns the response body and the headers to send with it (the caller's rat
 
 from __future__ import annotations
 
-from vlm_gateway.limits import Caller
+from vlm_gateway.limits.rate import ANONYMOUS, Caller
 from vlm_gateway.pipeline import Services, generate, prepare_chat, prepare_completion
 from vlm_gateway.responses import chat_completion, completion
 from vlm_gateway.schemas.openai import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest
@@ -14,14 +14,14 @@ Headers = dict[str, str]
 
 
 async def complete_chat(svc: Services, req: ChatCompletionRequest,
-                        caller: Caller | None = None) -> tuple[ChatCompletion, Headers]:
+                        caller: Caller = ANONYMOUS) -> tuple[ChatCompletion, Headers]:
     prepared = await prepare_chat(svc, req, caller)
     body = await chat_completion(prepared, generate(svc, prepared), req.return_token_ids)
     return body, prepared.permit.headers
 
 
 async def complete_text(svc: Services, req: CompletionRequest,
-                        caller: Caller | None = None) -> tuple[Completion, Headers]:
+                        caller: Caller = ANONYMOUS) -> tuple[Completion, Headers]:
     prepared = await prepare_completion(svc, req, caller)
     body = await completion(prepared, generate(svc, prepared), req.return_token_ids)
     return body, prepared.permit.headers

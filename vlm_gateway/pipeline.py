@@ -25,7 +25,8 @@ import msgspec
 from vlm_gateway.engines import Engine, EngineDelta, EngineRequest
 from vlm_gateway.errors import EngineUnavailable, InvalidRequest
 from vlm_gateway.images.load import DetailRule, ImageLoader, ImageSource
-from vlm_gateway.limits import Caller, Limiter, Permit
+from vlm_gateway.limits import Limiter, Permit
+from vlm_gateway.limits.rate import ANONYMOUS, Caller
 from vlm_gateway.models import Model, ModelRegistry
 from vlm_gateway.prompts.families import Detail
 from vlm_gateway.prompts.order import reorder_images_first, strings_to_parts
@@ -119,7 +120,7 @@ async def _load_images(svc: Services, model: Model, sources: list[ImageSource]) 
 # --- steps 1–5 ----------------------------------------------------------------------------------
 
 @contextlib.asynccontextmanager
-async def admitted(svc: Services, caller: Caller | None, model: Model):
+async def admitted(svc: Services, caller: Caller, model: Model):
     """Step 2: the caller's key may use this model and is within its limits (else 404 / 429).
     The permit is handed on to ``generate``, or released here if preparing the request fails."""
     permit = await svc.limiter.admit(caller, (model.id, *model.aliases))
@@ -130,7 +131,7 @@ async def admitted(svc: Services, caller: Caller | None, model: Model):
         raise
 
 
-async def prepare_chat(svc: Services, req: ChatCompletionRequest, caller: Caller | None = None) -> Prepared:
+async def prepare_chat(svc: Services, req: ChatCompletionRequest, caller: Caller = ANONYMOUS) -> Prepared:
     model = svc.models.resolve(req.model)                                   # 1. resolve model
     async with admitted(svc, caller, model) as permit:                      # 2. admit
         return await _prepare_chat(svc, req, model, permit)
@@ -156,7 +157,7 @@ async def _prepare_chat(svc: Services, req: ChatCompletionRequest, model: Model,
     return _prepared(model, req.model, token_ids, images, sampling, "chatcmpl", permit)
 
 
-async def prepare_completion(svc: Services, req: CompletionRequest, caller: Caller | None = None) -> Prepared:
+async def prepare_completion(svc: Services, req: CompletionRequest, caller: Caller = ANONYMOUS) -> Prepared:
     model = svc.models.resolve(req.model)                                   # 1. resolve model
     async with admitted(svc, caller, model) as permit:                      # 2. admit
         return await _prepare_completion(svc, req, model, permit)

@@ -14,6 +14,9 @@ def services(connection: ASGIConnection[Any, Any, Any, Any]) -> Services:
     return connection.app.state.services
 
 
-def caller(connection: ASGIConnection[Any, Any, Any, Any]) -> Caller | None:
-    """The API key the request authenticated with (set by ``vlm_gateway.api.auth``); None without keys."""
-    return connection.state.get("caller")
+def caller(connection: ASGIConnection[Any, Any, Any, Any]) -> Caller:
+    """The API key the request authenticated with (set by ``vlm_gateway.api.auth``); ``ANONYMOUS``
+    without keys."""
+    from vlm_gateway.limits.rate import ANONYMOUS
+
+    return connection.state.get("caller") or ANONYMOUS

@@ -13,7 +13,7 @@ from vlm_gateway.schemas.openai import ModelCard, ModelList
 @get(["/v1/models", "/models"])
 async def list_models(request: Request[Any, Any, Any]) -> ModelList:
     svc = services(request)
-    allowed = getattr(caller(request), "models", None)  # a key limited to some models sees only those
+    allowed = caller(request).models  # a key limited to some models sees only those
     return ModelList([
         ModelCard(id=name, created=m.created, owned_by=m.owned_by, family=m.family.name,
                   max_images=min(m.max_images, svc.settings.images.max_images_per_request),

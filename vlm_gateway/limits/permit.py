@@ -1,22 +1,20 @@
-"""``Permit``: one admitted request's concurrency slot, kept alive while held, freed exactly once.
+"""``Permit``: one admitted request's concurrency slot (and tokens/min account), freed exactly once.
 
-While held, a background task renews the slot's lease every ``renew_interval_s``; ``release`` stops it
-and frees the slot (and records the request's tokens for TPM). If the process dies, renewals stop and
-the lease runs out ``lease_ttl_s`` later — that is how a ``kill -9``-ed replica gives its slots back.
-A Permit dropped without ``release`` (a bug) cancels its renewals when garbage-collected, and renewals
-stop anyway once the request has outlived its timeout by a lease.
+While held, the limiter's ``SlotKeeper`` thread renews the slot's lease; ``release`` stops that and
+frees the slot (and records the request's tokens for TPM). If the process dies, renewals stop and the
+lease runs out ``lease_ttl_s`` later — that is how a ``kill -9``-ed replica gives its slots back. A
+Permit dropped without ``release`` (a bug) is released when garbage-collected, and renewals stop anyway
+once the request has outlived its timeout by a lease.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import contextlib
 import weakref
 from collections.abc import Awaitable, Callable
 
-log = logging.getLogger("vlm_gateway.limits")
-
-Cleanup = Callable[[int, "asyncio.Task[None] | None"], Awaitable[None]]
+Cleanup = Callable[[int], Awaitable[None]]
 
 
 class Permit:
@@ -27,17 +25,13 @@ class Permit:
     """
 
     def __init__(self, headers: dict[str, str], timeout_s: float, *, cleanup: Cleanup | None = None,
-                 renew: Callable[[], Awaitable[None]] | None = None,
                  spawn: Callable[[Awaitable[None]], asyncio.Task[None]] | None = None) -> None:
         self.headers = headers
         self.timeout_s = timeout_s
         self._cleanup = cleanup
         self._spawn = spawn or asyncio.ensure_future
         self._released = cleanup is None
-        self._renewer: asyncio.Task[None] | None = None
-        if renew is not None:
-            self._renewer = asyncio.ensure_future(renew())
-            weakref.finalize(self, self._renewer.cancel)
+        self._dropped = weakref.finalize(self, _release_dropped, cleanup, self._spawn) if cleanup else None
 
     @property
     def released(self) -> bool:
@@ -52,10 +46,17 @@ class Permit:
         if self._released or self._cleanup is None:
             return
         self._released = True
-        if self._renewer is not None:
-            self._renewer.cancel()
-        await asyncio.shield(self._spawn(self._cleanup(max(0, int(tokens)), self._renewer)))
+        if self._dropped is not None:
+            self._dropped.detach()
+        await asyncio.shield(self._spawn(self._cleanup(max(0, int(tokens)))))
 
     def __repr__(self) -> str:
         state = "released" if self._released else "held"
         return f"<Permit {state} timeout_s={self.timeout_s} headers={self.headers}>"
+
+
+def _release_dropped(cleanup: Cleanup, spawn: Callable[[Awaitable[None]], asyncio.Task[None]]) -> None:
+    """A permit garbage-collected while held: free it, when a loop still runs."""
+    with contextlib.suppress(RuntimeError):  # no running loop (interpreter exit): the lease lapses
+        asyncio.get_running_loop()
+        spawn(cleanup(0))

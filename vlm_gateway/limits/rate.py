@@ -1,6 +1,6 @@
 """``Limiter``: the one object the pipeline asks "who is this?" and "may this request run now?".
 
-    caller = await limiter.authenticate(request.headers.get("authorization"))   # 401 or Caller/None
+    caller = await limiter.authenticate(request.headers.get("authorization"))   # 401 or Caller
     permit = await limiter.admit(caller, (model.id, *model.aliases))             # 404 / 429 or Permit
     try:
         ...                                    # run the request within permit.timeout_s
@@ -8,8 +8,9 @@
         await permit.release(tokens=usage.total_tokens)
 
 Limits per key (``Caller``): requests per minute (a sliding window), concurrent requests (leased
-slots) and optionally tokens per minute (tokens recorded on release; a key at or over its TPM is refused
-until enough ages out). A refused request consumes nothing. Every 429 carries ``Retry-After``,
+slots, kept by ``SlotKeeper``'s thread) and optionally tokens per minute (tokens recorded on release; a
+key at or over its TPM is refused until enough ages out). A refused request consumes nothing. Without
+keys every request is ``ANONYMOUS``: no limits, every model. Every 429 carries ``Retry-After``,
 ``retry-after-ms`` (what the OpenAI SDK waits) and OpenAI's ``x-ratelimit-*`` headers.
 """
 
@@ -19,12 +20,13 @@ import asyncio
 import logging
 import math
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import msgspec
 
 from vlm_gateway.errors import AuthenticationFailed, EngineUnavailable, GatewayError, ModelNotFound, RateLimited
+from vlm_gateway.limits.keeper import SlotKeeper, trace
 from vlm_gateway.limits.keys import ApiKey, KeyStore
 from vlm_gateway.limits.permit import Permit
 from vlm_gateway.limits.settings import LimitSettings
@@ -50,6 +52,14 @@ class Caller(msgspec.Struct, frozen=True):
     @classmethod
     def of(cls, key: ApiKey) -> Caller:
         return cls(key.id, key.name, key.rpm, key.concurrency, key.tpm, key.models)
+
+    @property
+    def unlimited(self) -> bool:
+        return self.rpm <= 0 and self.concurrency <= 0 and not (self.tpm and self.tpm > 0)
+
+
+ANONYMOUS = Caller("anonymous", "anonymous", rpm=0, concurrency=0, tpm=None, models=None)
+"""The caller of every request when no API key exists: no limits, every model."""
 
 
 def duration(seconds: float) -> str:
@@ -86,12 +96,18 @@ def _bearer(authorization: str | None) -> str | None:
 class Limiter:
     """API keys and rate limits over a StateBackend; the same code for one process or many replicas."""
 
-    def __init__(self, settings: LimitSettings, state: StateBackend, keys: KeyStore) -> None:
+    def __init__(self, settings: LimitSettings, state: StateBackend, keys: KeyStore,
+                 lag_ms: Callable[[], float] = lambda: 0.0) -> None:
         self.settings = settings
         self.state = state
         self.keys = keys
+        self.replica = uuid.uuid4().hex[:10]
+        self.keeper = SlotKeeper(state, self.replica, settings.lease_ttl_s, settings.renew_interval_s, lag_ms)
+        self._lag_ms = lag_ms
         self._enabled = keys.config_keys > 0
         self._tasks: set[asyncio.Task[None]] = set()
+        if settings.trace_slots:
+            trace.setLevel(logging.DEBUG)
 
     @property
     def enabled(self) -> bool:
@@ -114,13 +130,13 @@ class Limiter:
             raise EngineUnavailable("rate limiter state is unavailable; retry shortly", code="state_unavailable",
                                     headers={"Retry-After": "1"}) from exc
 
-    async def authenticate(self, authorization: str | None) -> Caller | None:
-        """The caller for an ``Authorization: Bearer …`` header; None when no keys exist at all."""
+    async def authenticate(self, authorization: str | None) -> Caller:
+        """The caller for an ``Authorization: Bearer …`` header; ``ANONYMOUS`` when no keys exist at all."""
         token = _bearer(authorization)
         key = await self._call(self.keys.lookup(token)) if token else None
         if key is None:
             if not await self.refresh():
-                return None
+                return ANONYMOUS
             if token is None:
                 raise AuthenticationFailed(MISSING_KEY)
             raise AuthenticationFailed(f"Incorrect API key provided: {_mask(token)}.")
@@ -129,14 +145,34 @@ class Limiter:
             raise AuthenticationFailed(f"The API key {_mask(token)} has been revoked.")  # type: ignore[arg-type]
         return Caller.of(key)
 
-    async def admit(self, caller: Caller | None, model_ids: tuple[str, ...]) -> Permit:
-        """A Permit for one request, or ModelNotFound (key not allowed this model) / RateLimited."""
-        timeout_s = self.settings.request_timeout_s
-        if caller is None:
-            return Permit({}, timeout_s)
+    @staticmethod
+    def check_model(caller: Caller, model_ids: tuple[str, ...]) -> None:
+        """ModelNotFound (404) when the caller's key may not use this model."""
         if caller.models is not None and not set(model_ids) & set(caller.models):
             raise ModelNotFound(f"The model `{model_ids[0] if model_ids else ''}` does not exist or you do not "
                                 "have access to it.", param="model")
+
+    async def check_rate(self, caller: Caller) -> dict[str, str]:
+        """Count one request against the key's requests/min (429 when over); its ``x-ratelimit-*``
+        headers. What job submission pays: the job itself is admitted when it runs (``admit`` with
+        ``count_request=False``)."""
+        if caller.rpm <= 0:
+            return {}
+        requests = await self._call(self.state.hit(f"rpm:{caller.key_id}", self.settings.window_s, caller.rpm))
+        headers = window_headers("requests", requests)
+        if not requests.allowed:
+            raise self._limited(caller, "requests per min (RPM)", requests, headers)
+        return headers
+
+    async def admit(self, caller: Caller, model_ids: tuple[str, ...], *, count_request: bool = True) -> Permit:
+        """A Permit for one request, or ModelNotFound (key not allowed this model) / RateLimited.
+
+        Order: model allow-list, tokens/min, a concurrency slot, requests/min (``count_request``);
+        a refusal after the slot was taken gives the slot back before the 429 goes out."""
+        timeout_s = self.settings.request_timeout_s
+        self.check_model(caller, model_ids)
+        if caller.unlimited:
+            return Permit({}, timeout_s)
         window = self.settings.window_s
         headers: dict[str, str] = {}
         if caller.tpm is not None and caller.tpm > 0:
@@ -144,33 +180,39 @@ class Limiter:
             headers |= window_headers("tokens", tokens)
             if not tokens.allowed:
                 raise self._limited(caller, "tokens per min (TPM)", tokens, headers)
-        holder = uuid.uuid4().hex if caller.concurrency > 0 else None
+        holder = f"{self.replica}:{uuid.uuid4().hex[:16]}" if caller.concurrency > 0 else None
         try:
-            if holder is not None and not await self._call(self.state.acquire_slot(
-                    f"conc:{caller.key_id}", caller.concurrency, self.settings.lease_ttl_s, holder)):
-                holder = None
-                if caller.rpm > 0:
-                    headers |= window_headers("requests", await self._call(
-                        self.state.peek(f"rpm:{caller.key_id}", window, caller.rpm)))
-                retry = self.settings.concurrency_retry_after_s
-                raise RateLimited(f"Too many concurrent requests for key {caller.name}: limit {caller.concurrency}. "
-                                  f"Please try again in {duration(retry)}.", headers=headers | retry_headers(retry))
-            if caller.rpm > 0:
-                requests = await self._call(self.state.hit(f"rpm:{caller.key_id}", window, caller.rpm))
-                headers |= window_headers("requests", requests)
-                if not requests.allowed:
-                    raise self._limited(caller, "requests per min (RPM)", requests, headers)
+            if holder is not None:
+                await self._take_slot(caller, holder, headers)
+            if count_request:
+                headers |= await self.check_rate(caller)
         except BaseException as exc:
             if holder is not None:  # refused (or cancelled) after taking a slot: give it back
-                freed = self._spawn(self._finish(caller, holder, None, 0))
+                freed = self._spawn(self._finish(caller, holder, 0))
                 if isinstance(exc, GatewayError):
                     await asyncio.shield(freed)  # freed before the 429 goes out
             raise
         if holder is None and not caller.tpm:
             return Permit(headers, timeout_s)
         return Permit(headers, timeout_s, spawn=self._spawn,
-                      cleanup=lambda tokens, renewer: self._finish(caller, holder, renewer, tokens),
-                      renew=(lambda: self._keep(caller, holder)) if holder else None)
+                      cleanup=lambda tokens: self._finish(caller, holder, tokens))
+
+    async def _take_slot(self, caller: Caller, holder: str, headers: dict[str, str]) -> None:
+        key, s = f"conc:{caller.key_id}", self.settings
+        grant = await self._call(self.state.acquire_slot(key, caller.concurrency, s.lease_ttl_s, holder))
+        if trace.isEnabledFor(logging.DEBUG):
+            trace.debug("acquire key=%s holder=%s granted=%d held=%d/%d lease_s=%.3f lag_ms=%.0f", key, holder,
+                        grant.granted, grant.held, caller.concurrency, grant.lease_s, self._lag_ms())
+        if grant.granted:
+            self.keeper.hold(key, holder, caller.name, s.request_timeout_s + s.lease_ttl_s)
+            return
+        if caller.rpm > 0:
+            headers |= window_headers("requests", await self._call(
+                self.state.peek(f"rpm:{caller.key_id}", s.window_s, caller.rpm)))
+        retry = s.concurrency_retry_after_s
+        raise RateLimited(f"Too many concurrent requests for key {caller.name}: limit {caller.concurrency}. "
+                          f"Please try again in {duration(retry)}.", headers=headers | retry_headers(retry),
+                          code="concurrency_limit_exceeded")
 
     @staticmethod
     def _limited(caller: Caller, what: str, result: WindowResult, headers: dict[str, str]) -> RateLimited:
@@ -184,41 +226,23 @@ class Limiter:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _keep(self, caller: Caller, holder: str) -> None:
-        """Renew the lease every ``renew_interval_s`` until cancelled (or the request overstays)."""
-        s, key = self.settings, f"conc:{caller.key_id}"
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + s.request_timeout_s + s.lease_ttl_s
-        while True:
-            await asyncio.sleep(s.renew_interval_s)
-            if loop.time() > deadline:
-                log.warning("a request of key %s outlived its timeout; its slot lapses", caller.name)
-                return
-            try:
-                if not await asyncio.wait_for(self.state.renew_slot(key, holder, s.lease_ttl_s), s.state_timeout_s):
-                    log.warning("key %s: a slot's lease had lapsed; taking it again", caller.name)
-                    await asyncio.wait_for(self.state.acquire_slot(key, caller.concurrency, s.lease_ttl_s, holder),
-                                           s.state_timeout_s)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - keep trying; the lease covers a few misses
-                log.warning("key %s: renewing a slot failed: %r", caller.name, exc)
-
-    async def _finish(self, caller: Caller, holder: str | None, renewer: asyncio.Task[None] | None,
-                      tokens: int) -> None:
+    async def _finish(self, caller: Caller, holder: str | None, tokens: int) -> None:
         """Free the slot and record tokens; failures are logged (the lease frees the slot anyway)."""
-        if renewer is not None:
-            await asyncio.wait([renewer])  # no renewal may land after the release
         s = self.settings
         try:
             if holder is not None:
-                await asyncio.wait_for(self.state.release_slot(f"conc:{caller.key_id}", holder), s.state_timeout_s)
+                key = f"conc:{caller.key_id}"
+                self.keeper.drop(holder)  # no renewal after this; a renewal never re-creates a lease
+                held = await asyncio.wait_for(self.state.release_slot(key, holder), s.state_timeout_s)
+                if trace.isEnabledFor(logging.DEBUG):
+                    trace.debug("release key=%s holder=%s held=%d lag_ms=%.0f", key, holder, held, self._lag_ms())
             if tokens and caller.tpm:
                 await asyncio.wait_for(self.state.add(f"tpm:{caller.key_id}", s.window_s, tokens), s.state_timeout_s)
         except Exception as exc:  # noqa: BLE001
             log.warning("key %s: releasing a request failed (its lease runs out by itself): %r", caller.name, exc)
 
     async def close(self) -> None:
-        """Wait (briefly) for releases still in flight; call at shutdown."""
+        """Wait (briefly) for releases still in flight, then stop renewing; call at shutdown."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self.settings.state_timeout_s)
+        await asyncio.to_thread(self.keeper.close)

@@ -55,6 +55,7 @@ class LimitSettings(msgspec.Struct, forbid_unknown_fields=True):
     concurrency_retry_after_s: float = 1.0  # Retry-After on a 429 for too many concurrent requests
     redis_prefix: str = "vlm:"  # namespace of every Redis key (one per gateway deployment)
     state_timeout_s: float = 2.0  # a state operation slower than this fails the request with 503
+    trace_slots: bool = False  # log every slot acquire / renew / release (logger vlm_gateway.limits.slots)
 
     def __post_init__(self) -> None:
         for name in ("request_timeout_s", "window_s", "lease_ttl_s", "renew_interval_s", "state_timeout_s"):

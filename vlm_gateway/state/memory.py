@@ -1,16 +1,18 @@
 """``MemoryState``: the StateBackend for a single process (the embedded default, no Redis).
 
-Everything lives in dicts on the event loop; no method awaits in the middle, so each one is atomic.
-State is per process: several workers or replicas each count on their own (use ``RedisState``).
+Everything lives in dicts; no method awaits in the middle, so each one is atomic on the event loop,
+and the slot methods also hold a lock (lease renewals come from the limiter's own thread). State is
+per process: several workers or replicas each count on their own (use ``RedisState``).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
 
-from vlm_gateway.state.protocol import WindowResult
+from vlm_gateway.state.protocol import SlotGrant, WindowResult
 
 
 class _Window:
@@ -47,6 +49,7 @@ class MemoryState:
         self._clock = clock
         self._windows: dict[str, _Window] = {}
         self._slots: dict[str, dict[str, float]] = {}  # key → holder → lease expiry
+        self._slot_lock = threading.Lock()
         self._hashes: dict[str, dict[str, bytes]] = {}
 
     # --- sliding windows ---------------------------------------------------------------------
@@ -99,28 +102,39 @@ class MemoryState:
             self._slots[key] = leases
         return leases
 
-    async def acquire_slot(self, key: str, limit: int, lease_ttl_s: float, holder: str) -> bool:
-        leases = self._leases(key)
-        if holder not in leases and len(leases) >= limit:
-            return False
-        leases[holder] = self._clock() + lease_ttl_s
-        self._slots[key] = leases
-        return True
+    async def acquire_slot(self, key: str, limit: int, lease_ttl_s: float, holder: str) -> SlotGrant:
+        with self._slot_lock:
+            leases = self._leases(key)
+            if holder not in leases and len(leases) >= limit:
+                return SlotGrant(False, len(leases))
+            leases[holder] = self._clock() + lease_ttl_s
+            self._slots[key] = leases
+            return SlotGrant(True, len(leases), lease_ttl_s)
 
-    async def renew_slot(self, key: str, holder: str, lease_ttl_s: float) -> bool:
-        leases = self._leases(key)
-        if holder not in leases:
-            return False
-        leases[holder] = self._clock() + lease_ttl_s
-        return True
+    def renew_slots_blocking(self, key: str, holders: list[str], lease_ttl_s: float) -> list[bool]:
+        with self._slot_lock:
+            leases = self._leases(key)
+            out = []
+            for holder in holders:
+                out.append(holder in leases)
+                if holder in leases:
+                    leases[holder] = self._clock() + lease_ttl_s
+            return out
 
-    async def release_slot(self, key: str, holder: str) -> None:
-        leases = self._leases(key)
-        if leases.pop(holder, None) is not None and not leases:
-            del self._slots[key]
+    async def release_slot(self, key: str, holder: str) -> bool:
+        with self._slot_lock:
+            leases = self._leases(key)
+            held = leases.pop(holder, None) is not None
+            if held and not leases:
+                del self._slots[key]
+            return held
 
     async def slots_in_use(self, key: str) -> int:
-        return len(self._leases(key))
+        with self._slot_lock:
+            return len(self._leases(key))
+
+    def close_blocking(self) -> None:
+        pass
 
     # --- hash --------------------------------------------------------------------------------
 

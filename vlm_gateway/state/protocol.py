@@ -10,9 +10,11 @@ Primitives:
   ``peek`` (check only). A window is a log of ``(time, cost)`` entries; an entry counts for
   ``window_s`` seconds after it was recorded, so at most ``limit`` cost is ever admitted in any
   ``window_s`` stretch (no fixed-window boundary burst).
-* **leased slots** — ``acquire_slot`` / ``renew_slot`` / ``release_slot``: at most ``limit``
+* **leased slots** — ``acquire_slot`` / ``renew_slots_blocking`` / ``release_slot``: at most ``limit``
   holders at a time; a holder that stops renewing loses its slot ``lease_ttl_s`` after its last renewal
-  (a replica killed with ``kill -9`` gives its slots back by itself).
+  (a replica killed with ``kill -9`` gives its slots back by itself). Renewals are blocking calls made
+  from the limiter's own thread (``SlotKeeper``), so a stalled event loop cannot let a lease lapse;
+  they only extend leases that still exist, and a release removes only the caller's own holder id.
 * **hash** — ``hash_get`` / ``hash_set`` / ``hash_all`` / ``hash_len``: a small string→bytes map (key
   records).
 
@@ -45,6 +47,18 @@ class WindowResult(msgspec.Struct, frozen=True):
         return max(0, self.limit - self.used)
 
 
+class SlotGrant(msgspec.Struct, frozen=True):
+    """What ``acquire_slot`` did: ``granted``, the slots ``held`` afterwards (the holder included when
+    granted) and the lease's length in seconds as stored (0 when refused)."""
+
+    granted: bool
+    held: int
+    lease_s: float = 0.0
+
+    def __bool__(self) -> bool:
+        return self.granted
+
+
 @runtime_checkable
 class StateBackend(Protocol):
     """Shared state for keys and limits. Every method is atomic with respect to every other caller."""
@@ -61,19 +75,23 @@ class StateBackend(Protocol):
         """Record ``amount`` unconditionally (tokens, counted after a request finishes)."""
         ...
 
-    async def acquire_slot(self, key: str, limit: int, lease_ttl_s: float, holder: str) -> bool:
-        """Take one of ``limit`` slots for ``holder`` (leased for ``lease_ttl_s``); False when all are held.
-
-        Expired leases are dropped first. A holder that already holds a slot keeps it (renewed).
+    async def acquire_slot(self, key: str, limit: int, lease_ttl_s: float, holder: str) -> SlotGrant:
+        """Take one of ``limit`` slots for ``holder`` (leased for ``lease_ttl_s``); not granted when all
+        are held. Expired leases are dropped first. A holder that already holds a slot keeps it (renewed).
         """
         ...
 
-    async def renew_slot(self, key: str, holder: str, lease_ttl_s: float) -> bool:
-        """Extend ``holder``'s lease; False when it no longer holds one (expired or released)."""
+    def renew_slots_blocking(self, key: str, holders: list[str], lease_ttl_s: float) -> list[bool]:
+        """Extend each holder's lease (thread-safe, blocking); False where it no longer holds one
+        (expired or released): such a lease is not re-created."""
         ...
 
-    async def release_slot(self, key: str, holder: str) -> None:
-        """Give ``holder``'s slot back (no-op when it holds none)."""
+    async def release_slot(self, key: str, holder: str) -> bool:
+        """Give ``holder``'s own slot back (no-op when it holds none); whether it held one."""
+        ...
+
+    def close_blocking(self) -> None:
+        """Close what the renewals opened (the limiter's thread has stopped)."""
         ...
 
     async def slots_in_use(self, key: str) -> int:

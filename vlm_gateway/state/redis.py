@@ -16,7 +16,7 @@ import math
 import uuid
 from typing import Any
 
-from vlm_gateway.state.protocol import WindowResult
+from vlm_gateway.state.protocol import SlotGrant, WindowResult
 
 _NOW = """
 local t = redis.call('TIME')
@@ -85,23 +85,32 @@ local function keep_key()
 end
 """
 
-# KEYS: slots. ARGV: limit, lease_ttl_us, holder. Returns 1 when held.
+# KEYS: slots. ARGV: limit, lease_ttl_us, holder. Returns {lease expiry µs (0: refused), now µs, held}.
 _ACQUIRE = _PRUNE + """
 if not redis.call('ZSCORE', KEYS[1], ARGV[3]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
-  return 0
+  return {0, now, redis.call('ZCARD', KEYS[1])}
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
 keep_key()
-return 1
+return {now + tonumber(ARGV[2]), now, redis.call('ZCARD', KEYS[1])}
 """
 
-# KEYS: slots. ARGV: holder, lease_ttl_us. Returns 1 when the holder still had its lease.
+# KEYS: slots. ARGV: lease_ttl_us, holder... Extends the leases that still exist (never re-creates
+# one: a released or lapsed slot stays gone). Returns {now µs, expiry µs or 0 per holder}.
 _RENEW = _PRUNE + """
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+local out = {now}
+for i = 2, #ARGV do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[i])
+    out[i] = now + tonumber(ARGV[1])
+  else
+    out[i] = 0
+  end
+end
 keep_key()
-return 1
+return out
 """
+
 
 # KEYS: slots. Returns the number of live leases.
 _IN_USE = _PRUNE + """
@@ -121,16 +130,37 @@ def _bytes(value: bytes | str) -> bytes:
     return value.encode() if isinstance(value, str) else value
 
 
-class RedisState:
-    """StateBackend on a shared Redis. ``prefix`` namespaces every key (one gateway deployment)."""
+_SYNC_KWARGS = ("host", "port", "db", "username", "password", "path", "socket_timeout", "socket_connect_timeout")
 
-    def __init__(self, redis: Any, prefix: str = "vlm:") -> None:
+
+class RedisState:
+    """StateBackend on a shared Redis. ``prefix`` namespaces every key (one gateway deployment).
+
+    ``redis`` is the app's asyncio client. Lease renewals run on the limiter's own thread through a
+    small blocking client (``url``, else the async client's address), so that a stalled event loop
+    never lets a held slot lapse.
+    """
+
+    def __init__(self, redis: Any, prefix: str = "vlm:", url: str | None = None) -> None:
         self.redis = redis
         self.prefix = prefix
+        self._url = url
+        self._sync: Any = None
         self._window = redis.register_script(_WINDOW)
         self._acquire = redis.register_script(_ACQUIRE)
-        self._renew = redis.register_script(_RENEW)
         self._in_use = redis.register_script(_IN_USE)
+
+    def _blocking(self) -> Any:
+        if self._sync is None:
+            import redis as redis_sync
+
+            if self._url:
+                self._sync = redis_sync.Redis.from_url(self._url, socket_timeout=5)
+            else:
+                kwargs = self.redis.connection_pool.connection_kwargs
+                self._sync = redis_sync.Redis(**{k: kwargs[k] for k in _SYNC_KWARGS if k in kwargs})
+            self._renew = self._sync.register_script(_RENEW)
+        return self._sync
 
     def _key(self, key: str) -> str:
         return self.prefix + key
@@ -155,14 +185,22 @@ class RedisState:
         if amount > 0:
             await self._run_window(key, window_s, 0, amount, "add")
 
-    async def acquire_slot(self, key: str, limit: int, lease_ttl_s: float, holder: str) -> bool:
-        return bool(await self._acquire(keys=[self._key(key)], args=[limit, _us(lease_ttl_s), holder]))
+    async def acquire_slot(self, key: str, limit: int, lease_ttl_s: float, holder: str) -> SlotGrant:
+        expiry, now, held = await self._acquire(keys=[self._key(key)], args=[limit, _us(lease_ttl_s), holder])
+        return SlotGrant(int(expiry) > 0, int(held), (int(expiry) - int(now)) / 1e6 if int(expiry) else 0.0)
 
-    async def renew_slot(self, key: str, holder: str, lease_ttl_s: float) -> bool:
-        return bool(await self._renew(keys=[self._key(key)], args=[holder, _us(lease_ttl_s)]))
+    def renew_slots_blocking(self, key: str, holders: list[str], lease_ttl_s: float) -> list[bool]:
+        self._blocking()
+        now, *expiries = self._renew(keys=[self._key(key)], args=[_us(lease_ttl_s), *holders])
+        return [int(e) > 0 for e in expiries]
 
-    async def release_slot(self, key: str, holder: str) -> None:
-        await self.redis.zrem(self._key(key), holder)
+    async def release_slot(self, key: str, holder: str) -> bool:
+        return bool(await self.redis.zrem(self._key(key), holder))
+
+    def close_blocking(self) -> None:
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None
 
     async def slots_in_use(self, key: str) -> int:
         return int(await self._in_use(keys=[self._key(key)]))

@@ -6,7 +6,7 @@ from vlm_gateway.limits import Caller, ConfigKey, KeyStore, Limiter, LimitSettin
 from vlm_gateway.state import StateBackend
 
 FAST = {"window_s": 60.0, "lease_ttl_s": 2.0, "renew_interval_s": 0.5, "concurrency_retry_after_s": 0.5}
-SHORT_LEASE = {"lease_ttl_s": 0.3, "renew_interval_s": 0.1}  # for the tests about leases
+SHORT_LEASE = {"lease_ttl_s": 1.0, "renew_interval_s": 0.2}  # for the tests about a lease that lapses
 
 
 def make_limiter(state: StateBackend, config_keys: list[ConfigKey] | None = None, **overrides) -> Limiter:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 
 import msgspec
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from tests.gateway.limits.support import SHORT_LEASE, make_caller, make_limiter
 from vlm_gateway.errors import AuthenticationFailed, EngineUnavailable, ModelNotFound, RateLimited, error_response
 from vlm_gateway.limits import ConfigKey, KeyStore, hash_secret
-from vlm_gateway.limits.rate import duration
+from vlm_gateway.limits.rate import ANONYMOUS, duration
 from vlm_gateway.state import MemoryState, RedisState
 
 # --- without keys: one path, no limits -----------------------------------------------------------
@@ -21,8 +22,8 @@ async def test_no_keys_no_limits(backend) -> None:
     limiter = make_limiter(backend)
     assert not limiter.enabled
     for header in (None, "", "Bearer sk-whatever", "Basic abc"):
-        assert await limiter.authenticate(header) is None
-    permit = await limiter.admit(None, ("m",))
+        assert await limiter.authenticate(header) is ANONYMOUS
+    permit = await limiter.admit(ANONYMOUS, ("m",))
     assert permit.headers == {} and permit.timeout_s == 30.0
     await permit.release(tokens=100)
     await permit.release()
@@ -195,35 +196,67 @@ async def test_concurrency_across_two_replicas(redis_client, second_redis_client
     assert await one.state.slots_in_use(f"conc:{caller.key_id}") == 0
 
 
-async def test_held_slot_is_renewed(backend) -> None:
-    limiter = make_limiter(backend, **SHORT_LEASE)  # lease 0.3 s, renewed every 0.1 s
+async def wait_until(predicate, bound_s: float = 30.0) -> None:
+    """Poll an async predicate until true; the bound only catches a broken build (never a timing claim)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound_s
+    while not await predicate():
+        assert loop.time() < deadline, "condition never became true"
+        await asyncio.sleep(0.05)
+
+
+async def test_held_slot_survives_a_stalled_event_loop(backend) -> None:
+    limiter = make_limiter(backend, lease_ttl_s=2.0, renew_interval_s=0.2)
     _, caller = await make_caller(limiter, concurrency=1)
     permit = await limiter.admit(caller, ("m",))
-    await asyncio.sleep(0.7)  # more than two leases
+    time.sleep(3.0)  # the loop stalls for longer than a lease; the keeper's thread keeps renewing
     with pytest.raises(RateLimited):
         await limiter.admit(caller, ("m",))
     await permit.release()
     await (await limiter.admit(caller, ("m",))).release()
+    await limiter.close()
 
 
 async def test_dead_holder_slot_comes_back_after_the_lease(backend) -> None:
     limiter = make_limiter(backend, **SHORT_LEASE)
     _, caller = await make_caller(limiter, concurrency=1)
-    permit = await limiter.admit(caller, ("m",))
-    permit._renewer.cancel()  # the replica "dies": renewals stop, nothing is released
+    key = f"conc:{caller.key_id}"
+    await limiter.admit(caller, ("m",))
+    limiter.keeper.close()  # the replica "dies": renewals stop, nothing is released
     with pytest.raises(RateLimited):
         await limiter.admit(caller, ("m",))
-    await asyncio.sleep(0.4)
+
+    async def free() -> bool:
+        return await backend.slots_in_use(key) == 0
+
+    await wait_until(free)
     await (await limiter.admit(caller, ("m",))).release()
 
 
-async def test_dropped_permit_stops_renewing(backend) -> None:
-    limiter = make_limiter(backend, **SHORT_LEASE)
+async def test_dropped_permit_is_released(backend) -> None:
+    limiter = make_limiter(backend)
     _, caller = await make_caller(limiter, concurrency=1)
     await limiter.admit(caller, ("m",))  # never released (a bug): the Permit is garbage
     gc.collect()
-    await asyncio.sleep(0.45)
+
+    async def free() -> bool:
+        return await backend.slots_in_use(f"conc:{caller.key_id}") == 0
+
+    await wait_until(free)
+    assert limiter.keeper.holders == []
     await (await limiter.admit(caller, ("m",))).release()
+    await limiter.close()
+
+
+async def test_release_only_frees_the_callers_own_slot(backend) -> None:
+    limiter = make_limiter(backend)
+    _, caller = await make_caller(limiter, concurrency=2)
+    first, second = await limiter.admit(caller, ("m",)), await limiter.admit(caller, ("m",))
+    await first.release()
+    await first.release()
+    assert await backend.slots_in_use(f"conc:{caller.key_id}") == 1  # the second's slot is untouched
+    await second.release()
+    await limiter.close()
 
 
 async def test_client_disconnect_frees_the_slot(backend) -> None:

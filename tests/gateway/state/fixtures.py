@@ -1,4 +1,5 @@
-"""Fixtures shared by the state and limits tests: a real Redis (skipped when none answers) and the
+"""Fixtures shared by the state and limits tests: a real Redis (skipped when none answers, failed
+under ``CI``) and the
 ``backend`` fixture parametrized over both StateBackends.
 
 Each Redis-using test gets its own key prefix and deletes everything under it afterwards.
@@ -30,6 +31,8 @@ async def redis_session(prefix: str) -> AsyncIterator[Redis]:
         await client.ping()
     except Exception as exc:  # noqa: BLE001 - any failure means "no Redis here"
         await client.aclose()
+        if os.environ.get("CI"):  # CI starts a Redis (.ci/run): a missing one is a failure, not a skip
+            pytest.fail(f"no Redis at {REDIS_URL} under CI: {exc}")
         pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
     try:
         yield client

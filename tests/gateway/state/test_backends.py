@@ -106,9 +106,9 @@ async def test_slots_up_to_limit(backend) -> None:
     assert not await backend.acquire_slot("s", 2, LONG, "c")
     assert await backend.acquire_slot("s", 2, LONG, "a")  # a holder keeps its own slot
     assert await backend.slots_in_use("s") == 2
-    await backend.release_slot("s", "a")
-    await backend.release_slot("s", "a")  # idempotent
-    await backend.release_slot("s", "nobody")
+    assert await backend.release_slot("s", "a")
+    assert not await backend.release_slot("s", "a")  # idempotent
+    assert not await backend.release_slot("s", "nobody")  # only a holder's own slot is ever removed
     assert await backend.slots_in_use("s") == 1
     assert await backend.acquire_slot("s", 2, LONG, "c")
     assert await backend.slots_in_use("other") == 0
@@ -120,23 +120,29 @@ async def test_unrenewed_lease_comes_back_after_ttl(backend) -> None:
     await asyncio.sleep(0.35)
     assert await backend.slots_in_use("s") == 0
     assert await backend.acquire_slot("s", 1, 0.3, "alive")
-    assert not await backend.renew_slot("s", "dead", 0.3)  # the dead holder lost it for good
+    assert await renew(backend, "s", ["dead", "alive"], 0.3) == [False, True]  # the dead holder lost it for good
+    assert await backend.slots_in_use("s") == 1  # and the renewal did not re-create it
+
+
+async def renew(backend, key: str, holders: list[str], ttl: float) -> list[bool]:
+    return await asyncio.to_thread(backend.renew_slots_blocking, key, holders, ttl)
 
 
 async def test_renewed_lease_is_kept(backend) -> None:
-    assert await backend.acquire_slot("s", 1, 0.5, "a")
-    for _ in range(4):
-        await asyncio.sleep(0.15)
-        assert await backend.renew_slot("s", "a", 0.5)
-    assert not await backend.acquire_slot("s", 1, 0.5, "b")  # 0.6 s later, still held
-    assert not await backend.renew_slot("s", "b", 0.5)
-    await backend.release_slot("s", "a")
-    assert not await backend.renew_slot("s", "a", 0.5)
+    grant = await backend.acquire_slot("s", 1, 0.3, "a")
+    assert grant.granted and grant.held == 1 and grant.lease_s == pytest.approx(0.3)
+    assert await renew(backend, "s", ["a", "b"], LONG) == [True, False]  # b holds nothing to renew
+    await asyncio.sleep(0.5)  # past the first lease: only the renewal keeps it
+    refused = await backend.acquire_slot("s", 1, 0.3, "b")
+    assert not refused and refused.held == 1
+    assert await backend.release_slot("s", "a")
+    assert await renew(backend, "s", ["a"], LONG) == [False]  # released: renewing never brings it back
+    assert await backend.slots_in_use("s") == 0
 
 
 async def test_concurrent_acquires_take_exactly_limit(backend) -> None:
     got = await asyncio.gather(*(backend.acquire_slot("s", 5, LONG, f"h{i}") for i in range(40)))
-    assert sum(got) == 5 and await backend.slots_in_use("s") == 5
+    assert sum(g.granted for g in got) == 5 and await backend.slots_in_use("s") == 5
 
 
 # --- hash -------------------------------------------------------------------------------------
