@@ -39,6 +39,8 @@ async def redis_client():
         await client.ping()
     except Exception as exc:  # pragma: no cover - depends on the machine
         await client.aclose()
+        if os.environ.get("CI"):  # CI starts a Redis (.ci/run): a missing one is a failure, not a skip
+            pytest.fail(f"no Redis at {REDIS_URL} under CI: {exc}")
         pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
     return client
 

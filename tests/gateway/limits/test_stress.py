@@ -1,0 +1,152 @@
+"""The concurrency limit as an invariant, under stress: three real gateway replicas on one Redis, a key
+with concurrency 3, 60 clients sending slow requests at once, and one replica's event loop stalled for
+2 s mid-run (longer than the 1 s lease). An independent monitor reads the key's live leases in Redis
+every 10 ms; the scripted engine counts the requests really running. Neither may ever exceed 3.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from tests.fake_engine import FakeEngine
+from tests.gateway.state.fixtures import REDIS_URL
+from tests.helpers import PYTHON, Child, free_port
+
+CONCURRENCY = 3
+CLIENTS = 60
+LEASE_S = 1.0  # shorter than the stall: a replica renewing from its event loop would lose its leases
+
+
+class Monitor(threading.Thread):
+    """Reads the number of live leases of one slot key every ``every_s`` (Redis' own clock)."""
+
+    def __init__(self, key: str, every_s: float = 0.01) -> None:
+        super().__init__(daemon=True)
+        self.key, self.every_s = key, every_s
+        self.client = redis.Redis.from_url(REDIS_URL)
+        self.samples = 0
+        self.max_seen = 0
+        self.holders: set[str] = set()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            seconds, micros = self.client.time()
+            live = self.client.zrangebyscore(self.key, f"({seconds * 1_000_000 + micros}", "+inf")
+            self.samples += 1
+            self.max_seen = max(self.max_seen, len(live))
+            self.holders.update(h.decode() for h in live)
+            time.sleep(self.every_s)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, tiny_checkpoint: Path):
+    try:
+        redis.Redis.from_url(REDIS_URL).ping()
+    except redis.RedisError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"no Redis at {REDIS_URL} under CI: {exc}")
+        pytest.skip(f"no Redis at {REDIS_URL}")
+    prefix = f"stress-{uuid.uuid4().hex[:8]}:"
+    with FakeEngine(hold_s=0.4) as engine:
+        config = tmp_path / "gateway.toml"
+        config.write_text("\n".join([
+            f'redis_url = "{REDIS_URL}"', "",
+            "[limits]", f'redis_prefix = "{prefix}"', f"lease_ttl_s = {LEASE_S}", "renew_interval_s = 0.2",
+            "trace_slots = true", "request_timeout_s = 60", "",
+            "[jobs]", f'key_prefix = "{prefix}{{jobs}}:"', "",
+            "[[models]]", 'id = "m"', f'checkpoint = "{tiny_checkpoint}"',
+            f'engine = {{ kind = "remote", urls = ["{engine.url}"] }}', ""]))
+        replicas = []
+        for i in range(3):
+            port = free_port()
+            child = Child(f"stress-{i}", [PYTHON, "-m", "tests.gateway.limits.stallable", "serve", "--config",
+                                          str(config), "--port", str(port)], tmp_path, env={"STALL_S": "2"})
+            replicas.append((child, f"http://127.0.0.1:{port}"))
+        try:
+            for child, url in replicas:
+                child.wait_http(url + "/health", 120, ok=lambda r: r.status_code == 200 and r.json()["model_loaded"])
+            yield config, prefix, engine, replicas
+        finally:
+            for child, _ in replicas:
+                child.stop()
+            client = redis.Redis.from_url(REDIS_URL)
+            for key in client.scan_iter(match=prefix + "*"):
+                client.delete(key)
+
+
+def test_concurrency_never_exceeds_the_limit_under_stress_and_a_stalled_loop(cluster) -> None:
+    config, prefix, engine, replicas = cluster
+    out = subprocess.run([PYTHON, "-m", "vlm_gateway.cli", "keys", "create", "--config", str(config), "--name",
+                          "stress", "--rpm", "0", "--concurrency", str(CONCURRENCY)],
+                         capture_output=True, text=True, check=True).stdout
+    key_id = re.search(r"Created API key (\S+)", out).group(1)
+    secret = re.search(r"(vlm-[A-Za-z0-9_-]{20,})", out).group(1)
+    monitor = Monitor(f"{prefix}conc:{key_id}")
+    monitor.start()
+    stalled = replicas[0]
+    stall_sent = threading.Event()
+    run_until = time.monotonic() + 8.0
+
+    def client(i: int) -> list[int]:
+        codes = []
+        with httpx.Client(base_url=replicas[i % 3][1], timeout=60,
+                          headers={"Authorization": f"Bearer {secret}"}) as http:
+            while time.monotonic() < run_until:
+                r = http.post("/v1/chat/completions", json={
+                    "model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": f"hi {i}"}]})
+                codes.append(r.status_code)
+                if r.status_code == 429:
+                    time.sleep(0.05)
+        return codes
+
+    def stall_while_holding() -> None:
+        # Stall replica 0 while it holds a slot: its log names its holder ids (trace_slots).
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            mine = set(re.findall(r"acquire key=\S+ holder=(\S+) granted=1", stalled[0].log_path.read_text()))
+            if mine & held_now():
+                os.kill(stalled[0].proc.pid, signal.SIGUSR1)
+                stall_sent.set()
+                return
+            time.sleep(0.02)
+
+    def held_now() -> set[str]:
+        seconds, micros = monitor.client.time()
+        return {h.decode() for h in monitor.client.zrangebyscore(monitor.key, f"({seconds * 1_000_000 + micros}",
+                                                                  "+inf")}
+
+    with ThreadPoolExecutor(CLIENTS + 1) as pool:
+        staller = pool.submit(lambda: (time.sleep(2.0), stall_while_holding()))
+        results = list(pool.map(client, range(CLIENTS)))
+        staller.result()
+    monitor.stop.set()
+    monitor.join()
+    codes = [c for r in results for c in r]
+
+    assert stall_sent.is_set(), "replica 0 never held a slot to be stalled with"
+    assert "the event loop stalled for" in stalled[0].log_path.read_text()
+    assert set(codes) <= {200, 429}, sorted(set(codes))
+    assert codes.count(200) >= CONCURRENCY and codes.count(429) > 0
+    assert monitor.samples > 100
+    assert monitor.max_seen <= CONCURRENCY, monitor.max_seen
+    assert engine.max_running <= CONCURRENCY, engine.max_running
+    assert "slot lease lost" not in "".join(c.log_path.read_text() for c, _ in replicas)
+    deadline = time.monotonic() + 30
+    while held_now():  # releases are sent before the responses; a moment at most
+        assert time.monotonic() < deadline, held_now()
+        time.sleep(0.05)
+    print(f"stress: {len(codes)} requests ({codes.count(200)} x 200, {codes.count(429)} x 429), "
+          f"{monitor.samples} monitor samples, max leases {monitor.max_seen}, max running {engine.max_running}")
