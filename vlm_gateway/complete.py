@@ -1,7 +1,8 @@
 """Run one request to completion (not streamed): the chat and completions routes, the seed adapters
 and the job worker all go through these two functions, so there is one code path.
 
-Each returns the response body and the headers to send with it (the caller's rate-limit state)."""
+Each returns the response body and the headers to send with it (the caller's rate-limit state). A
+``queued`` request (a job) waits for a concurrency slot instead of answering 429."""
 
 from __future__ import annotations
 
@@ -14,14 +15,14 @@ Headers = dict[str, str]
 
 
 async def complete_chat(svc: Services, req: ChatCompletionRequest,
-                        caller: Caller = ANONYMOUS) -> tuple[ChatCompletion, Headers]:
-    prepared = await prepare_chat(svc, req, caller)
+                        caller: Caller = ANONYMOUS, queued: bool = False) -> tuple[ChatCompletion, Headers]:
+    prepared = await prepare_chat(svc, req, caller, queued)
     body = await chat_completion(prepared, generate(svc, prepared), req.return_token_ids)
     return body, prepared.permit.headers
 
 
 async def complete_text(svc: Services, req: CompletionRequest,
-                        caller: Caller = ANONYMOUS) -> tuple[Completion, Headers]:
-    prepared = await prepare_completion(svc, req, caller)
+                        caller: Caller = ANONYMOUS, queued: bool = False) -> tuple[Completion, Headers]:
+    prepared = await prepare_completion(svc, req, caller, queued)
     body = await completion(prepared, generate(svc, prepared), req.return_token_ids)
     return body, prepared.permit.headers

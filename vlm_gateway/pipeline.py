@@ -120,10 +120,12 @@ async def _load_images(svc: Services, model: Model, sources: list[ImageSource]) 
 # --- steps 1–5 ----------------------------------------------------------------------------------
 
 @contextlib.asynccontextmanager
-async def admitted(svc: Services, caller: Caller, model: Model):
+async def admitted(svc: Services, caller: Caller, model: Model, queued: bool = False):
     """Step 2: the caller's key may use this model and is within its limits (else 404 / 429).
+    A ``queued`` job paid its requests/min at submission and waits for a slot instead of a 429.
     The permit is handed on to ``generate``, or released here if preparing the request fails."""
-    permit = await svc.limiter.admit(caller, (model.id, *model.aliases))
+    names = (model.id, *model.aliases)
+    permit = await (svc.limiter.admit_waiting(caller, names) if queued else svc.limiter.admit(caller, names))
     try:
         yield permit
     except BaseException:
@@ -131,9 +133,19 @@ async def admitted(svc: Services, caller: Caller, model: Model):
         raise
 
 
-async def prepare_chat(svc: Services, req: ChatCompletionRequest, caller: Caller = ANONYMOUS) -> Prepared:
+async def admit_submission(svc: Services, caller: Caller, model_name: str) -> Model:
+    """Step 2 for a job at submission: the model exists and the key may use it (404), and the job
+    counts against the key's requests/min (429). Concurrency and tokens/min apply when it runs."""
+    model = svc.models.resolve(model_name)
+    svc.limiter.check_model(caller, (model.id, *model.aliases))
+    await svc.limiter.check_rate(caller)
+    return model
+
+
+async def prepare_chat(svc: Services, req: ChatCompletionRequest, caller: Caller = ANONYMOUS,
+                       queued: bool = False) -> Prepared:
     model = svc.models.resolve(req.model)                                   # 1. resolve model
-    async with admitted(svc, caller, model) as permit:                      # 2. admit
+    async with admitted(svc, caller, model, queued) as permit:              # 2. admit
         return await _prepare_chat(svc, req, model, permit)
 
 
@@ -157,9 +169,10 @@ async def _prepare_chat(svc: Services, req: ChatCompletionRequest, model: Model,
     return _prepared(model, req.model, token_ids, images, sampling, "chatcmpl", permit)
 
 
-async def prepare_completion(svc: Services, req: CompletionRequest, caller: Caller = ANONYMOUS) -> Prepared:
+async def prepare_completion(svc: Services, req: CompletionRequest, caller: Caller = ANONYMOUS,
+                             queued: bool = False) -> Prepared:
     model = svc.models.resolve(req.model)                                   # 1. resolve model
-    async with admitted(svc, caller, model) as permit:                      # 2. admit
+    async with admitted(svc, caller, model, queued) as permit:              # 2. admit
         return await _prepare_completion(svc, req, model, permit)
 
 

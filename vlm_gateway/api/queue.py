@@ -16,9 +16,11 @@ import msgspec
 from litestar import MediaType, Request, Response, get, post, put
 from litestar.params import FromPath, FromQuery
 
+from vlm_gateway.api import caller, services
 from vlm_gateway.errors import InvalidRequest
 from vlm_gateway.jobs import JobServices
 from vlm_gateway.jobs.types import JobView, stored_error
+from vlm_gateway.pipeline import admit_submission
 from vlm_gateway.schemas.jobs import QueueCancelled, QueueStatus, QueueSubmitted
 
 _OBJECT = msgspec.json.Decoder(dict[str, Any])
@@ -57,7 +59,9 @@ async def queue_submit(request: Request[Any, Any, Any], model: FromPath[str],
     hook = webhook if webhook is not None else body.get("callback_url")
     if hook is not None and not isinstance(hook, str):
         raise InvalidRequest("callback_url must be a URL", param="callback_url", code="invalid_url")
-    job = await jobs.queue.submit(jobs.classify(model, body), model, raw, webhook=hook)
+    who = caller(request)
+    await admit_submission(services(request), who, model)  # 404 / 429 now; slots when it runs
+    job = await jobs.queue.submit(jobs.classify(model, body), model, raw, webhook=hook, caller=who)
     base = f"{str(request.base_url).rstrip('/')}/queue/requests/{job.id}"
     return QueueSubmitted(job.id, f"{base}/status", base, f"{base}/cancel")
 

@@ -17,6 +17,7 @@ from litestar.params import FromPath
 from vlm_gateway import seeds
 from vlm_gateway.api import caller, services
 from vlm_gateway.complete import complete_chat
+from vlm_gateway.pipeline import admit_submission
 from vlm_gateway.schemas.seeds import (
     FalRequest,
     FalResponse,
@@ -57,8 +58,10 @@ async def vlmrun_generate(request: Request[Any, Any, Any]) -> VlmRunResponse:
     model = vlmrun_model(request, req)
     chat = seeds.vlmrun_to_chat(req, model)  # checks domain and body before anything runs
     if req.batch:  # a job: answer at once, the result is polled (GET below) or sent to callback_url
+        who = caller(request)
+        await admit_submission(services(request), who, model)  # 404 / 429 now; slots when it runs
         job = await request.app.state.jobs.queue.submit("vlmrun", model, raw, webhook=req.callback_url,
-                                                        metadata={"created_at": created_at})
+                                                        metadata={"created_at": created_at}, caller=who)
         return VlmRunResponse(id=job.id, status="pending", created_at=created_at, domain=req.domain,
                               metadata=req.metadata)
     out, _ = await complete_chat(services(request), chat, caller(request))

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from vlm_gateway.errors import InvalidRequest, NotFound
 from vlm_gateway.jobs.types import Claim, Completed, Delivery, Job, JobView, Lease
+from vlm_gateway.limits.rate import ANONYMOUS, Caller
 
 #: ``async def vet(url) -> None``: raise ``InvalidRequest`` when a webhook URL is not allowed.
 WebhookVetter = Callable[[str], Awaitable[None]]
@@ -40,7 +41,7 @@ class JobQueue(Protocol):
     """What the routes and the worker use; :class:`MemoryJobQueue` and :class:`RedisJobQueue` implement it."""
 
     async def submit(self, kind: str, model: str, body: bytes | str, webhook: str | None = None,
-                     metadata: dict[str, Any] | None = None) -> Job: ...
+                     metadata: dict[str, Any] | None = None, caller: Caller = ANONYMOUS) -> Job: ...
     async def status(self, job_id: str) -> JobView: ...
     async def result(self, job_id: str) -> JobView: ...
     async def cancel(self, job_id: str) -> bool: ...
@@ -66,8 +67,9 @@ class BaseJobQueue(abc.ABC):
         self.vet_webhook = vet_webhook
 
     async def submit(self, kind: str, model: str, body: bytes | str, webhook: str | None = None,
-                     metadata: dict[str, Any] | None = None) -> Job:
-        """Queue a job; a refused ``webhook`` raises ``InvalidRequest`` (param ``webhook``)."""
+                     metadata: dict[str, Any] | None = None, caller: Caller = ANONYMOUS) -> Job:
+        """Queue a job for ``caller`` (already admitted: ``pipeline.admit_submission``); a refused
+        ``webhook`` raises ``InvalidRequest`` (param ``webhook``)."""
         if not kind or not model:
             raise InvalidRequest("a job needs a kind and a model", param="model")
         if webhook is not None:
@@ -77,7 +79,7 @@ class BaseJobQueue(abc.ABC):
                 await self.vet_webhook(webhook)
         job = Job(id=str(uuid.uuid4()), kind=kind, model=model,
                   body=body.encode() if isinstance(body, str) else bytes(body),
-                  webhook=webhook, created=time.time(), metadata=dict(metadata or {}))
+                  webhook=webhook, created=time.time(), metadata=dict(metadata or {}), caller=caller)
         await self._enqueue(job)
         return job
 

@@ -32,29 +32,32 @@ def _decode(job: Job, kind: type, **overrides: Any) -> Any:
     return msgspec.convert({**data, **overrides}, kind)
 
 
+async def _run_chat(svc: Services, job: Job, req: ChatCompletionRequest) -> Any:
+    """Under the submitting key: its concurrency and tokens/min, waiting for a slot (never a 429)."""
+    return (await complete_chat(svc, req, job.caller, queued=True))[0]
+
+
 async def _chat(svc: Services, job: Job) -> Any:
-    req = _decode(job, ChatCompletionRequest, model=job.model, stream=False)
-    return (await complete_chat(svc, req))[0]
+    return await _run_chat(svc, job, _decode(job, ChatCompletionRequest, model=job.model, stream=False))
 
 
 async def _completion(svc: Services, job: Job) -> Any:
     req = _decode(job, CompletionRequest, model=job.model, stream=False)
-    return (await complete_text(svc, req))[0]
+    return (await complete_text(svc, req, job.caller, queued=True))[0]
 
 
 async def _fal(svc: Services, job: Job) -> Any:
-    out, _ = await complete_chat(svc, seeds.fal_to_chat(job.model, _decode(job, FalRequest)))
-    return seeds.fal_response(out)
+    return seeds.fal_response(await _run_chat(svc, job, seeds.fal_to_chat(job.model, _decode(job, FalRequest))))
 
 
 async def _vision(svc: Services, job: Job) -> Any:
     req = _decode(job, VisionRequest, model=job.model)
-    return seeds.vision_response((await complete_chat(svc, seeds.vision_to_chat(req)))[0])
+    return seeds.vision_response(await _run_chat(svc, job, seeds.vision_to_chat(req)))
 
 
 async def _vlmrun(svc: Services, job: Job) -> Any:
     req = _decode(job, VlmRunRequest)
-    out, _ = await complete_chat(svc, seeds.vlmrun_to_chat(req, job.model))
+    out = await _run_chat(svc, job, seeds.vlmrun_to_chat(req, job.model))
     created = job.metadata.get("created_at") or seeds.now_iso()
     return seeds.vlmrun_response(req, job.id, created, out)
 

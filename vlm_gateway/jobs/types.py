@@ -15,6 +15,7 @@ from typing import Any, Literal
 import msgspec
 
 from vlm_gateway.errors import ErrorBody, ErrorEnvelope, GatewayError, from_validation
+from vlm_gateway.limits.rate import ANONYMOUS, Caller
 
 log = logging.getLogger("vlm_gateway.jobs")
 
@@ -31,6 +32,7 @@ class Job(msgspec.Struct):
     webhook: str | None = None
     created: float = 0.0
     metadata: dict[str, Any] = {}
+    caller: Caller = ANONYMOUS  # the submitting key: the job runs under its concurrency and tokens/min
 
 
 class JobOutcome(msgspec.Struct):

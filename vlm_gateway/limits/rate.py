@@ -197,6 +197,18 @@ class Limiter:
         return Permit(headers, timeout_s, spawn=self._spawn,
                       cleanup=lambda tokens: self._finish(caller, holder, tokens))
 
+    async def admit_waiting(self, caller: Caller, model_ids: tuple[str, ...]) -> Permit:
+        """A queued job's admission when it runs: concurrency and tokens/min (its requests/min was
+        paid at submission). Over a limit it waits (``Retry-After``) instead of failing; the job's own
+        timeout bounds the wait."""
+        while True:
+            try:
+                return await self.admit(caller, model_ids, count_request=False)
+            except RateLimited as exc:
+                wait_ms = int(exc.headers.get("retry-after-ms", "1000"))
+                log.debug("job of key %s waits %d ms for admission: %s", caller.name, wait_ms, exc.message)
+                await asyncio.sleep(min(max(wait_ms, 50), 60_000) / 1000)
+
     async def _take_slot(self, caller: Caller, holder: str, headers: dict[str, str]) -> None:
         key, s = f"conc:{caller.key_id}", self.settings
         grant = await self._call(self.state.acquire_slot(key, caller.concurrency, s.lease_ttl_s, holder))

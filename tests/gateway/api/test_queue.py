@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from types import SimpleNamespace
 
 import aiohttp
 import httpx
@@ -18,7 +19,11 @@ import pytest_asyncio
 from litestar import Litestar
 
 from tests.gateway.jobs.conftest import SECRET, fast_settings, receiver, redis_client  # noqa: F401
+from tests.gateway.limits.support import make_limiter
+from vlm_gateway.api.auth import require_api_key
 from vlm_gateway.api.queue import QUEUE_ROUTES
+from vlm_gateway.limits.rate import ANONYMOUS
+from vlm_gateway.state import MemoryState
 from vlm_gateway.errors import error_response
 from vlm_gateway.jobs import build_jobs, failed, succeeded
 from vlm_gateway.jobs.webhooks import verify
@@ -33,9 +38,11 @@ class FakeRunner:
         self.gate = asyncio.Event()
         self.gate.set()
         self.ran: list[str] = []
+        self.callers: dict[str, object] = {}
 
     async def __call__(self, job):
         self.ran.append(job.id)
+        self.callers[job.id] = job.caller
         await self.gate.wait()
         body = msgspec.json.decode(job.body)
         if "fail" in body:
@@ -43,16 +50,23 @@ class FakeRunner:
         return succeeded({"kind": job.kind, "model": job.model, "body": body})
 
 
+class AnyModel:
+    """A model registry where every name exists (the runner here is fake)."""
+
+    def resolve(self, name: str) -> SimpleNamespace:
+        return SimpleNamespace(id=name, aliases=())
+
+
 class Gateway:
-    def __init__(self, client: httpx.AsyncClient, runner: FakeRunner) -> None:
-        self.client, self.runner = client, runner
+    def __init__(self, client: httpx.AsyncClient, runner: FakeRunner, limiter) -> None:
+        self.client, self.runner, self.limiter = client, runner, limiter
 
     async def submit(self, model: str, body, **kw):
         return await self.client.post(f"/queue/{model}", content=msgspec.json.encode(body), **kw)
 
-    async def wait_done(self, request_id: str) -> dict:
+    async def wait_done(self, request_id: str, **kw) -> dict:
         for _ in range(500):
-            status = (await self.client.get(f"/queue/requests/{request_id}/status")).json()
+            status = (await self.client.get(f"/queue/requests/{request_id}/status", **kw)).json()
             if status["status"] == "COMPLETED":
                 return status
             await asyncio.sleep(0.01)
@@ -70,14 +84,17 @@ async def gw(request):
 
     from vlm_gateway.jobs import default_classify as default
 
-    app = Litestar(route_handlers=QUEUE_ROUTES, exception_handlers={Exception: error_response})
+    app = Litestar(route_handlers=QUEUE_ROUTES, exception_handlers={Exception: error_response},
+                   guards=[require_api_key])
+    limiter = make_limiter(MemoryState())
+    app.state.services = SimpleNamespace(models=AnyModel(), limiter=limiter)
     async with aiohttp.ClientSession() as session:  # what the app's lifespan does, on this task
         jobs = build_jobs(settings, session, runner, redis=redis, classify=classify)
         await jobs.start()
         app.state.jobs = jobs
         try:
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as client:
-                yield Gateway(client, runner)
+                yield Gateway(client, runner, limiter)
         finally:
             await jobs.stop(grace_s=0)
     if redis is not None:
@@ -198,3 +215,37 @@ async def test_webhook_refused(gw, hook) -> None:
 async def test_unique_ids(gw) -> None:
     ids = {(await gw.submit("m", {"prompt": "p"})).json()["request_id"] for _ in range(5)}
     assert len(ids) == 5 and all(uuid.UUID(i) for i in ids)
+
+
+# --- jobs pay like requests ------------------------------------------------------------------------
+
+async def test_job_records_its_key_and_anonymous_without_keys(gw) -> None:
+    rid = (await gw.submit("m", {"prompt": "p"})).json()["request_id"]
+    await gw.wait_done(rid)
+    assert gw.runner.callers[rid] is ANONYMOUS or gw.runner.callers[rid] == ANONYMOUS
+    secret, _ = await gw.limiter.keys.create("alice", rpm=100, concurrency=2)
+    auth = {"Authorization": f"Bearer {secret}"}
+    rid = (await gw.submit("m", {"prompt": "p"}, headers=auth)).json()["request_id"]
+    await gw.wait_done(rid, headers=auth)
+    assert gw.runner.callers[rid].name == "alice" and gw.runner.callers[rid].concurrency == 2
+
+
+async def test_submission_pays_requests_per_minute(gw) -> None:
+    secret, _ = await gw.limiter.keys.create("rpm2", rpm=2, concurrency=0)
+    auth = {"Authorization": f"Bearer {secret}"}
+    answers = [await gw.submit("m", {"prompt": str(i)}, headers=auth) for i in range(4)]
+    assert [a.status_code for a in answers] == [200, 200, 429, 429]
+    limited = answers[-1]
+    assert_openai_error(limited, 429, "rate_limit_exceeded")
+    assert int(limited.headers["retry-after"]) >= 1 and limited.headers["x-ratelimit-limit-requests"] == "2"
+    for answer in answers[:2]:
+        await gw.wait_done(answer.json()["request_id"], headers=auth)
+    assert len(gw.runner.ran) == 2  # a refused submission stores nothing
+
+
+async def test_submission_checks_the_model_allow_list(gw) -> None:
+    secret, _ = await gw.limiter.keys.create("only-a", rpm=0, concurrency=0, models=["a"])
+    auth = {"Authorization": f"Bearer {secret}"}
+    assert (await gw.submit("a", {"prompt": "p"}, headers=auth)).status_code == 200
+    assert_openai_error(await gw.submit("b", {"prompt": "p"}, headers=auth), 404, "model_not_found")
+    assert_openai_error(await gw.submit("a", {"prompt": "p"}), 401)  # keys exist now: no key, no job

@@ -304,3 +304,20 @@ async def test_tpm(backend) -> None:
 def test_duration_format() -> None:
     assert [duration(s) for s in (0, 0.0201, 1, 1.5, 59.9724, 60, 61.25, 360)] == [
         "0ms", "21ms", "1s", "1.5s", "59.972s", "1m0s", "1m1.25s", "6m0s"]
+
+
+async def test_a_queued_job_waits_for_a_slot_instead_of_failing(backend) -> None:
+    limiter = make_limiter(backend)  # concurrency_retry_after_s 0.5
+    _, caller = await make_caller(limiter, rpm=1, concurrency=1)
+    held = await limiter.admit(caller, ("m",))  # pays the one request of the minute, holds the slot
+    waiting = asyncio.create_task(limiter.admit_waiting(caller, ("m",)))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()  # no 429: it waits
+    await held.release()
+    permit = await asyncio.wait_for(waiting, 30)  # admitted without paying requests/min again
+    with pytest.raises(RateLimited, match="requests per min"):
+        await limiter.check_rate(caller)
+    await permit.release()
+    with pytest.raises(ModelNotFound):  # what cannot wait fails at once
+        await limiter.admit_waiting(msgspec.structs.replace(caller, models=("other",)), ("m",))
+    await limiter.close()
