@@ -28,7 +28,7 @@ from vlm_gateway.images.load import DetailRule, ImageLoader, ImageSource
 from vlm_gateway.limits import Limiter, Permit
 from vlm_gateway.limits.rate import ANONYMOUS, Caller
 from vlm_gateway.models import Model, ModelRegistry
-from vlm_gateway.prompts.families import Detail
+from vlm_gateway.prompts.families import FamilyDetail
 from vlm_gateway.prompts.order import reorder_images_first, strings_to_parts
 from vlm_gateway.prompts.raw_completions import map_image_markers
 from vlm_gateway.prompts.render import render_chat
@@ -104,7 +104,7 @@ def _check_image_count(svc: Services, model: Model, count: int, param: str) -> N
                              param=param, code="too_many_images")
 
 
-def detail_rule(detail: Detail) -> DetailRule:
+def detail_rule(detail: FamilyDetail) -> DetailRule:
     """The family's `detail` data (templates/families.toml) as the image loader's size limits."""
     return DetailRule(low_max_side=detail.low_max_side, high_max_pixels=detail.max_pixels or None,
                       min_pixels=detail.min_pixels or None)

@@ -30,7 +30,7 @@ _PLAIN_MODES = ("RGB", "RGBA", "L", "LA")
 PNG_COMPRESS_LEVEL = 1  # speed over size: the PNG only travels to a local engine
 
 
-class Prepared(msgspec.Struct, frozen=True):
+class SizedImage(msgspec.Struct, frozen=True):
     """What the loader hands on: the data URI for the engine and a description of its bytes."""
 
     url: str
@@ -79,7 +79,7 @@ def _resize(im: Image.Image, size: tuple[int, int]) -> bytes:
     return buf.getvalue()
 
 
-def _process(data: bytes, detail: str, rule: DetailRule, max_pixels: int) -> Prepared:
+def _process(data: bytes, detail: str, rule: DetailRule, max_pixels: int) -> SizedImage:
     with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
         fmt = _NAMES.get(im.format or "", (im.format or "").lower())
         width, height = im.size
@@ -90,15 +90,15 @@ def _process(data: bytes, detail: str, rule: DetailRule, max_pixels: int) -> Pre
         size = target_size(width, height, detail, rule)
         if size == (width, height):
             im.load()  # first frame only: proves the data decodes (truncation, corruption)
-            return Prepared(_data_uri(fmt, data), width, height, fmt, hashlib.sha256(data).hexdigest(), False)
+            return SizedImage(_data_uri(fmt, data), width, height, fmt, hashlib.sha256(data).hexdigest(), False)
         if im.format in ("JPEG", "MPO") and size[0] < width:
             im.draft(None, size)  # DCT scaling: decode at ≥ the target size, much faster
         im.load()
         out = _resize(im, size)
-    return Prepared(_data_uri("png", out), size[0], size[1], "png", hashlib.sha256(out).hexdigest(), True)
+    return SizedImage(_data_uri("png", out), size[0], size[1], "png", hashlib.sha256(out).hexdigest(), True)
 
 
-def prepare(data: bytes, detail: str, rule: DetailRule, max_pixels: int) -> Prepared:
+def prepare(data: bytes, detail: str, rule: DetailRule, max_pixels: int) -> SizedImage:
     """Validate, decode and (if the detail rule asks) resize one image. Blocking: call it in a thread.
 
     Raises :class:`ImageError` (``param`` unset) for anything that is not an allowed, intact image of at

@@ -16,10 +16,10 @@ from typing import Any, Literal
 import aiohttp
 import msgspec
 
-from vlm_gateway.errors import GatewayError, ImageError, InvalidRequest
+from vlm_gateway.errors import GatewayError, ImageError
 from vlm_gateway.images.cache import LRUCache, SingleFlight, Stats
 from vlm_gateway.images.datauri import decode_data_uri, describe_url, is_data_uri
-from vlm_gateway.images.decode import Prepared, prepare
+from vlm_gateway.images.decode import SizedImage, prepare
 from vlm_gateway.images.fetch import Fetcher
 from vlm_gateway.images.guard import Resolver
 from vlm_gateway.images.resize import DetailRule
@@ -71,11 +71,11 @@ class ImageLoader:
         self.settings = settings
         self._stats = Stats()
         self._fetcher = Fetcher(settings, session, redis=redis, resolver=resolver, stats=self._stats)
-        self._results: LRUCache[tuple[str, str, DetailRule], Prepared] = LRUCache(
+        self._results: LRUCache[tuple[str, str, DetailRule], SizedImage] = LRUCache(
             settings.cache_entries, settings.cache_ttl_s, max_bytes=settings.cache_max_bytes,
             sizeof=lambda p: len(p.url),
         )
-        self._decoding: SingleFlight[tuple[str, str, DetailRule], Prepared] = SingleFlight()
+        self._decoding: SingleFlight[tuple[str, str, DetailRule], SizedImage] = SingleFlight()
         self._threads = asyncio.Semaphore(threads or max(2, os.cpu_count() or 2))
 
     async def close(self) -> None:
@@ -87,13 +87,8 @@ class ImageLoader:
         return self._stats.snapshot()
 
     async def load(self, sources: list[ImageSource], rule: DetailRule) -> list[LoadedImage]:
-        """Load all images of one request concurrently, in order; the first failure is raised."""
-        limit = self.settings.max_images_per_request
-        if len(sources) > limit:
-            raise InvalidRequest(
-                f"too many images in one request ({len(sources)}; the limit is {limit})",
-                param="messages", code="too_many_images",
-            )
+        """Load all images of one request concurrently, in order; the first failure is raised.
+        (How many images a request may hold is the pipeline's check, made once with its ``param``.)"""
         tasks = [asyncio.ensure_future(self._load_one(src, rule)) for src in sources]
         if not tasks:
             return []
@@ -125,7 +120,7 @@ class ImageLoader:
             raise ImageError(exc.message, param=src.param, code=exc.code) from None
         return LoadedImage(done.url, done.width, done.height, done.format, done.sha256)
 
-    async def _prepare(self, key: tuple[str, str, DetailRule], data: bytes) -> Prepared:
+    async def _prepare(self, key: tuple[str, str, DetailRule], data: bytes) -> SizedImage:
         done = await self._in_thread(prepare, data, key[1], key[2], self.settings.max_pixels)
         self._results.put(key, done)
         return done

@@ -17,7 +17,6 @@ from typing import Literal
 
 import msgspec
 
-Detail = Literal["auto", "low", "high"]
 _EPS = 1e-9
 
 

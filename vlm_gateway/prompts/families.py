@@ -22,7 +22,7 @@ class UnknownFamily(ValueError):
     """A checkpoint or name that matches no family in ``templates/families.toml``."""
 
 
-class Detail(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class FamilyDetail(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """How OpenAI's ``detail`` (low / high / auto) maps to pixels and prompt tokens for one family."""
 
     scaling: Literal["dynamic", "fixed", "tiles"]
@@ -56,7 +56,7 @@ class Family(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     add_special_tokens: bool
     architectures: tuple[str, ...]
     model_types: tuple[str, ...]
-    detail: Detail
+    detail: FamilyDetail
     string_content_as_parts: bool = False  # request step: the template reads list content only
     directory: str = ""  # the templates folder this family was loaded from (set by ``load_families``)
 

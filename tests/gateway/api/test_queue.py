@@ -22,11 +22,11 @@ from tests.gateway.jobs.conftest import SECRET, fast_settings, receiver, redis_c
 from tests.gateway.limits.support import make_limiter
 from vlm_gateway.api.auth import require_api_key
 from vlm_gateway.api.queue import QUEUE_ROUTES
-from vlm_gateway.limits.rate import ANONYMOUS
-from vlm_gateway.state import MemoryState
 from vlm_gateway.errors import error_response
 from vlm_gateway.jobs import build_jobs, failed, succeeded
 from vlm_gateway.jobs.webhooks import verify
+from vlm_gateway.limits.rate import ANONYMOUS
+from vlm_gateway.state import MemoryState
 
 BASE = "http://testserver.local"
 

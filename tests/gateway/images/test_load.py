@@ -12,7 +12,7 @@ from aiohttp import web
 
 from tests.gateway.images import imagedata as img
 from tests.gateway.images.conftest import FakeResolver, ImageServer, _app
-from vlm_gateway.errors import ImageError, InvalidRequest
+from vlm_gateway.errors import ImageError
 from vlm_gateway.images.guard import VettedTarget, _open
 from vlm_gateway.images.load import DetailRule, ImageLoader, ImageSource, LoadedImage
 from vlm_gateway.settings import ImageSettings
@@ -43,15 +43,6 @@ async def test_unsupported_urls(session, url):
     with pytest.raises(ImageError) as info:
         await ImageLoader(ImageSettings(), session).load([ImageSource(url, param="p")], DetailRule())
     assert info.value.code == "invalid_image_url" and info.value.param == "p"
-
-
-async def test_image_count_limit(session):
-    loader = ImageLoader(ImageSettings(), session)
-    uri = img.data_uri(img.encode("PNG"))
-    assert len(await loader.load([ImageSource(uri)] * 30, DetailRule())) == 30
-    with pytest.raises(InvalidRequest) as info:
-        await loader.load([ImageSource(uri)] * 31, DetailRule())
-    assert info.value.status == 400 and info.value.code == "too_many_images"
 
 
 async def test_data_uri_size_limit(session):

@@ -4,6 +4,7 @@ prefix per test, deleted afterwards), tiny timings, and a local webhook receiver
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 
