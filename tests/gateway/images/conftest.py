@@ -137,7 +137,7 @@ def _app(state: ImageServer) -> web.Application:
 
     async def slow(request: web.Request) -> web.StreamResponse:
         state.hits[request.path] += 1
-        await asyncio.sleep(4)
+        await asyncio.sleep(60)  # far past any fetch limit: only the limit can end the wait
         return web.Response(body=PNG, content_type="image/png")
 
     async def trickle(request: web.Request) -> web.StreamResponse:

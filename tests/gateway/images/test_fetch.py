@@ -75,14 +75,14 @@ def timed_loader(session) -> ImageLoader:
 async def test_slow_server_times_out(timed_loader, image_server):
     start = time.monotonic()
     err = await refused(timed_loader, image_server.url("/slow"), "image_fetch_timeout")
-    assert 1.5 <= time.monotonic() - start < 3.5  # the server would answer after 4 s
+    assert 1.5 <= time.monotonic() - start < 30  # the server would answer after 60 s
     assert "1.5s" in err.message
 
 
 async def test_trickling_body_times_out_too(timed_loader, image_server):
     start = time.monotonic()  # headers at once, then one byte every 0.1 s: the limit covers the body
     await refused(timed_loader, image_server.url("/trickle"), "image_fetch_timeout")
-    assert time.monotonic() - start < 3.5
+    assert time.monotonic() - start < 30  # the whole body would take over a minute
 
 
 async def test_declared_length_over_cap_is_refused_before_reading(loader, image_server):
@@ -206,7 +206,7 @@ async def test_first_failure_cancels_the_rest(loader, image_server):
         await loader.load(
             [ImageSource(image_server.url("/slow"), param="a"), ImageSource("data:,nope", param="b")], RULE
         )
-    assert info.value.param == "b" and time.monotonic() - start < 3.0  # /slow answers after 4 s
+    assert info.value.param == "b" and time.monotonic() - start < 30  # /slow answers after 60 s
 
 
 async def test_fetched_images_count_against_max_image_bytes(session, image_server):

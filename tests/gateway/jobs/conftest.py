@@ -23,11 +23,12 @@ SECRET = "test-secret"
 
 
 def fast_settings(**over) -> JobSettings:
-    """Timings small enough for a fast suite (visibility 0.3 s, heartbeat 0.05 s, reclaim every 0.05 s)."""
+    """Timings small enough for a fast suite, with room for a loaded machine: a worker may miss nine
+    heartbeats in a row before its job is reclaimed (visibility 1 s, heartbeat 0.1 s, reclaim every 0.1 s)."""
     hook = dict(secret=SECRET, attempts=6, base_delay_s=0.02, max_delay_s=0.5, timeout_s=2, allow_loopback=True)
     webhook = WebhookSettings(**{**hook, **over.pop("webhook", {})})
-    base = dict(key_prefix=f"test:jobs:{{{uuid.uuid4().hex}}}:", visibility_timeout_s=0.3, heartbeat_s=0.05,
-                reclaim_interval_s=0.05, poll_s=0.05, result_ttl_s=30.0, concurrency=2, webhook=webhook)
+    base = dict(key_prefix=f"test:jobs:{{{uuid.uuid4().hex}}}:", visibility_timeout_s=1.0, heartbeat_s=0.1,
+                reclaim_interval_s=0.1, poll_s=0.05, result_ttl_s=30.0, concurrency=2, webhook=webhook)
     return JobSettings(**{**base, **over})
 
 

@@ -57,10 +57,11 @@ async def test_sdk_retry_succeeds_after_429() -> None:
     raw = await client.chat.completions.with_raw_response.create(model="m", messages=messages)
     waited = time.monotonic() - start
     assert raw.parse().choices[0].message.content == "hi"
-    # One 429, then the first retry got through: the SDK waited as long as retry-after-ms said (~1.2 s),
-    # not its own backoff (<= 0.5 s before the first retry), which would have met a second 429.
+    # One 429, then the first retry got through: the SDK waited as long as retry-after-ms said (until
+    # the window had room), not its own backoff (<= 0.5 s before the first retry), which would have met
+    # a second 429. Only a lower bound on time: waiting longer is always allowed.
     assert seen == [200, 200, 429, 200]
-    assert 0.6 < waited < 2.5
+    assert waited > 0.6
     assert raw.headers["x-ratelimit-limit-requests"] == "2"
     await client.close()
 

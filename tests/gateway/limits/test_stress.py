@@ -23,32 +23,11 @@ import redis
 from tests.fake_engine import FakeEngine
 from tests.gateway.state.fixtures import REDIS_URL
 from tests.helpers import PYTHON, Child, free_port
+from tests.slot_monitor import SlotMonitor
 
 CONCURRENCY = 3
 CLIENTS = 60
 LEASE_S = 1.0  # shorter than the stall: a replica renewing from its event loop would lose its leases
-
-
-class Monitor(threading.Thread):
-    """Reads the number of live leases of one slot key every ``every_s`` (Redis' own clock)."""
-
-    def __init__(self, key: str, every_s: float = 0.01) -> None:
-        super().__init__(daemon=True)
-        self.key, self.every_s = key, every_s
-        self.client = redis.Redis.from_url(REDIS_URL)
-        self.samples = 0
-        self.max_seen = 0
-        self.holders: set[str] = set()
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            seconds, micros = self.client.time()
-            live = self.client.zrangebyscore(self.key, f"({seconds * 1_000_000 + micros}", "+inf")
-            self.samples += 1
-            self.max_seen = max(self.max_seen, len(live))
-            self.holders.update(h.decode() for h in live)
-            time.sleep(self.every_s)
 
 
 @pytest.fixture
@@ -94,7 +73,7 @@ def test_concurrency_never_exceeds_the_limit_under_stress_and_a_stalled_loop(clu
                          capture_output=True, text=True, check=True).stdout
     key_id = re.search(r"Created API key (\S+)", out).group(1)
     secret = re.search(r"(vlm-[A-Za-z0-9_-]{20,})", out).group(1)
-    monitor = Monitor(f"{prefix}conc:{key_id}")
+    monitor = SlotMonitor(f"{prefix}conc:{key_id}", REDIS_URL)
     monitor.start()
     stalled = replicas[0]
     stall_sent = threading.Event()
@@ -123,17 +102,13 @@ def test_concurrency_never_exceeds_the_limit_under_stress_and_a_stalled_loop(clu
                 return
             time.sleep(0.02)
 
-    def held_now() -> set[str]:
-        seconds, micros = monitor.client.time()
-        return {h.decode() for h in monitor.client.zrangebyscore(monitor.key, f"({seconds * 1_000_000 + micros}",
-                                                                  "+inf")}
+    held_now = monitor.live
 
     with ThreadPoolExecutor(CLIENTS + 1) as pool:
         staller = pool.submit(lambda: (time.sleep(2.0), stall_while_holding()))
         results = list(pool.map(client, range(CLIENTS)))
         staller.result()
-    monitor.stop.set()
-    monitor.join()
+    monitor.finish()
     codes = [c for r in results for c in r]
 
     assert stall_sent.is_set(), "replica 0 never held a slot to be stalled with"
