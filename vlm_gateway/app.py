@@ -48,8 +48,9 @@ def default_engine(model: Model, session: aiohttp.ClientSession) -> Engine:
         return RemoteVLLM(model.engine.urls, session, request_timeout_s=model.engine.request_timeout_s)
     from vlm_gateway.engines.vllm_embedded import EmbeddedVLLM
 
-    args = ["--max-model-len", str(model.context_length),
-            "--limit-mm-per-prompt", json.dumps({"image": model.max_images}), *model.engine.args]
+    args = ["--limit-mm-per-prompt", json.dumps({"image": model.max_images}), *model.engine.args]
+    if model.context_length is not None:  # else vLLM's default: the checkpoint's own context length
+        args = ["--max-model-len", str(model.context_length), *args]
     return EmbeddedVLLM(model.checkpoint, session, served_name=model.id, args=args, env=model.engine.env,
                         port=model.engine.port, startup_timeout_s=model.engine.startup_timeout_s,
                         request_timeout_s=model.engine.request_timeout_s)

@@ -2,7 +2,14 @@
 
 Code anywhere raises a ``GatewayError`` subclass; ``error_response`` (registered as the app's exception
 handler) turns it into ``{"error": {"message", "type", "param", "code"}}`` with the right status.
-Nothing returns errors as values.
+Nothing returns errors as values. Engines raise their own ``vlm_gateway.engines.errors``; they are
+mapped here by whose fault they are (``from_engine_error``):
+
+    EngineRejected (context_length_exceeded)  400 invalid_request_error  context_length_exceeded  param: prompt's
+    EngineRejected (invalid_value)            400 invalid_request_error  invalid_value
+    EngineDown                                503 service_unavailable    engine_unavailable (Retry-After)
+    EngineTimeout                             504 timeout                timeout
+    EngineCrashed                             502 server_error           engine_error
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
+
+from vlm_gateway.engines.errors import EngineDown, EngineError, EngineRejected, EngineTimeout
 
 if TYPE_CHECKING:  # litestar is imported where an error becomes a response, not by every importer
     from litestar import Request, Response
@@ -71,6 +80,23 @@ class PromptRefused(InvalidRequest):
     """The model's own chat template refuses this conversation (e.g. Gemma 3's role alternation)."""
 
     default_code = "invalid_conversation"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    """The prompt plus the completion asked for do not fit in the model's context."""
+
+    default_code = "context_length_exceeded"
+
+    @classmethod
+    def tokens(cls, limit: int, prompt: int, completion: int | None, param: str) -> ContextLengthExceeded:
+        """OpenAI's wording; ``param`` is ``messages`` (chat) or ``prompt`` (completions)."""
+        if completion is None:
+            return cls(f"This model's maximum context length is {limit} tokens. However, your {param} resulted "
+                       f"in {prompt} tokens, leaving no room for the completion. Please reduce the length of "
+                       f"the {param}.", param=param)
+        return cls(f"This model's maximum context length is {limit} tokens. However, your {param} resulted in "
+                   f"{prompt + completion} tokens ({prompt} in the {param}, {completion} in the completion). "
+                   f"Please reduce the length of the {param} or completion.", param=param)
 
 
 class ImageError(InvalidRequest):
@@ -141,11 +167,28 @@ def from_validation(exc: msgspec.ValidationError | msgspec.DecodeError) -> Inval
     return InvalidRequest(text, param=param or None, code="invalid_value")
 
 
+def from_engine_error(exc: EngineError, param: str | None = None) -> GatewayError:
+    """An engine's failure by whose fault it is: what it rejects is the caller's (400, naming ``param``,
+    the prompt's field, for a context overflow); the rest is the engine's (5xx)."""
+    if isinstance(exc, EngineRejected):
+        if exc.kind == "context_length_exceeded":
+            return ContextLengthExceeded(exc.message, param=param)
+        return InvalidRequest(exc.message, code="invalid_value")
+    if isinstance(exc, EngineDown):
+        retry = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
+        return EngineUnavailable(exc.message, headers=retry)
+    if isinstance(exc, EngineTimeout):
+        return Timeout(exc.message)
+    return EngineFailed(exc.message)
+
+
 def _as_gateway_error(exc: Exception) -> GatewayError:
     from litestar.exceptions import HTTPException
 
     if isinstance(exc, GatewayError):
         return exc
+    if isinstance(exc, EngineError):  # normally mapped (with its param) where the pipeline reads the engine
+        return from_engine_error(exc)
     if isinstance(exc, (msgspec.ValidationError, msgspec.DecodeError)):
         return from_validation(exc)
     if isinstance(exc, HTTPException):
@@ -173,7 +216,7 @@ def error_response(request: Request[Any, Any, Any] | None, exc: Exception) -> Re
     from litestar import MediaType, Response
 
     err = _as_gateway_error(exc)
-    if err.status >= 500 and isinstance(exc, GatewayError):
+    if err.status >= 500 and isinstance(exc, (GatewayError, EngineError)):
         log.warning("%s: %s", type(err).__name__, err.message)
     body = (SeedErrorBody(err.message, err.status, time.time()) if _error_shape(request) == "seed"
             else err.body())

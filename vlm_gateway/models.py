@@ -18,7 +18,7 @@ class Model(msgspec.Struct, frozen=True):
     checkpoint: str
     tokenizer: str
     max_images: int
-    context_length: int
+    context_length: int | None  # None: ask the engine
     images_before_text: bool
     owned_by: str
     created: int

@@ -19,11 +19,13 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Literal
 
 import msgspec
 
 from vlm_gateway.engines import Engine, EngineDelta, EngineRequest
-from vlm_gateway.errors import EngineUnavailable, InvalidRequest
+from vlm_gateway.engines.errors import EngineError
+from vlm_gateway.errors import ContextLengthExceeded, EngineUnavailable, InvalidRequest, from_engine_error
 from vlm_gateway.images.load import DetailRule, ImageLoader, ImageSource
 from vlm_gateway.limits import Limiter, Permit
 from vlm_gateway.limits.rate import ANONYMOUS, Caller
@@ -42,6 +44,7 @@ from vlm_gateway.schemas.openai import (
 )
 from vlm_gateway.settings import Settings
 from vlm_gateway.tokenize import Tokenizer
+from vlm_gateway.usage import Tally
 
 
 class Services(msgspec.Struct):
@@ -63,8 +66,13 @@ class Prepared(msgspec.Struct):
     engine_request: EngineRequest
     response_id: str
     created: int
-    image_count: int
+    prompt_param: Literal["messages", "prompt"]  # the field an error about the prompt names
+    tally: Tally  # usage, counted once as the engine reports it (see ``generate``)
     permit: Permit  # released when the engine stream ends (see ``generate``)
+
+    @property
+    def image_count(self) -> int:
+        return self.tally.image_count
 
 
 # --- step 3 helpers: where a request's images are --------------------------------------------------
@@ -166,7 +174,7 @@ async def _prepare_chat(svc: Services, req: ChatCompletionRequest, model: Model,
 
     images, token_ids = await asyncio.gather(                                # 3. load images (concurrently)
         _load_images(svc, model, sources), prompt_ids())
-    return _prepared(model, req.model, token_ids, images, sampling, "chatcmpl", permit)
+    return _prepared(model, req.model, token_ids, images, sampling, "chatcmpl", "messages", permit)
 
 
 async def prepare_completion(svc: Services, req: CompletionRequest, caller: Caller = ANONYMOUS,
@@ -185,13 +193,13 @@ async def _prepare_completion(svc: Services, req: CompletionRequest, model: Mode
     sampling = completion_sampling(req, tokenizer.token_ids(model.family.stop))
     images, token_ids = await asyncio.gather(                                # 3. load images, 5. tokenize
         _load_images(svc, model, sources), tokenizer.encode(text, add_special_tokens=True))
-    return _prepared(model, req.model, token_ids, images, sampling, "cmpl", permit)
+    return _prepared(model, req.model, token_ids, images, sampling, "cmpl", "prompt", permit)
 
 
 def _prepared(model: Model, name: str, token_ids: list[int], images: list[str], sampling, prefix: str,
-              permit: Permit) -> Prepared:
+              param: Literal["messages", "prompt"], permit: Permit) -> Prepared:
     if not token_ids:
-        raise InvalidRequest("the prompt is empty", param="prompt")
+        raise InvalidRequest("the prompt is empty", param=param)
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     return Prepared(
         model=model,
@@ -199,7 +207,8 @@ def _prepared(model: Model, name: str, token_ids: list[int], images: list[str], 
         engine_request=EngineRequest(request_id, token_ids, images, sampling, timeout_s=permit.timeout_s),
         response_id=request_id,
         created=int(time.time()),
-        image_count=len(images),
+        prompt_param=param,
+        tally=Tally(sent_tokens=len(token_ids), image_count=len(images)),
         permit=permit,
     )
 
@@ -207,23 +216,35 @@ def _prepared(model: Model, name: str, token_ids: list[int], images: list[str], 
 # --- step 6 -------------------------------------------------------------------------------------
 
 async def generate(svc: Services, prepared: Prepared) -> AsyncIterator[EngineDelta]:
-    """The engine's deltas. The engine enforces the permit's time limit (``timeout_s`` of the engine
+    """The engine's output deltas; what they say about tokens goes to ``prepared.tally`` (usage-only
+    deltas are not passed on). The engine enforces the permit's time limit (``timeout_s`` of the engine
     request); the permit is released (with the tokens used, for per-minute token limits) however the
     stream ends: done, failed, timed out, or closed early because the client went away (closing the
-    engine stream aborts the engine request)."""
-    permit, tokens = prepared.permit, 0
+    engine stream aborts the engine request).
+
+    A prompt that cannot fit the model's context (the configured length, else the engine's) is refused
+    before it is sent. Its ids hold one placeholder per image, which the engine expands: their count is
+    a lower bound, so only a sure overflow is refused here; the engine rejects the rest. Engine errors
+    are raised as the gateway's (``from_engine_error``), naming the prompt's field."""
+    permit, tally, request = prepared.permit, prepared.tally, prepared.engine_request
+    param = prepared.prompt_param
     try:
         engine = svc.engines[prepared.model.id]
         if not engine.ready:
             raise EngineUnavailable(f"the engine for {prepared.model.id} is not up yet; retry shortly",
                                     headers={"Retry-After": "5"})
-        stream = engine.generate(prepared.engine_request)
+        limit = prepared.model.context_length or engine.max_model_len
+        completion = request.sampling.max_tokens
+        if limit and len(request.token_ids) + max(completion or 0, 1) > limit:  # vLLM needs room for 1 token
+            raise ContextLengthExceeded.tokens(limit, len(request.token_ids), completion, param)
+        stream = engine.generate(request)
         try:
             async for delta in stream:
-                if delta.prompt_tokens is not None:
-                    tokens = delta.prompt_tokens + (delta.completion_tokens or 0)
-                yield delta
+                if not tally.take(delta):
+                    yield delta
+        except EngineError as exc:
+            raise from_engine_error(exc, param) from exc
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
     finally:
-        await permit.release(tokens)
+        await permit.release(tally.total if tally.prompt_tokens is not None else 0)

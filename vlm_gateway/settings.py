@@ -47,7 +47,7 @@ class ModelSettings(msgspec.Struct, forbid_unknown_fields=True):
     aliases: list[str] = []
     tokenizer: str | None = None  # defaults to the checkpoint
     max_images: int | None = None  # defaults to the family's limit
-    context_length: int = 4096
+    context_length: int | None = None  # None: what the engine reports (its max_model_len)
     images_before_text: bool | None = None  # defaults to the family's rule
     owned_by: str = "vlm-gateway"
     engine: EngineSettings = msgspec.field(default_factory=EngineSettings)
@@ -116,21 +116,126 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 class SettingsError(ValueError):
-    """The configuration file or environment is invalid."""
+    """A start-up mistake in the configuration file, the environment or the command line.
+
+    Its message is one line naming the problem and its fix; ``vlm-gateway`` prints it and exits 2.
+    """
+
+    @classmethod
+    def invalid(cls, exc: Exception, path: str | Path | None, file_data: dict[str, Any],
+                environ: dict[str, str]) -> SettingsError:
+        """The error for a ``msgspec.ValidationError`` (or a ``ValueError`` of a ``__post_init__``):
+        names the field path (``limits.foo``), where its value came from (the file, the environment
+        variable) and the fix."""
+        import re
+
+        import msgspec.inspect as mi
+
+        text = " ".join(str(exc).split())
+        match = re.fullmatch(r"(.*?)(?: - at `\$(.*)`)?", text)
+        detail, at = (match.group(1), match.group(2) or "") if match else (text, "")
+        segments: list[str | int] = []
+        for m in re.finditer(r"\.([^.\[\]]+)|\[(\d+)\]|\[([^\]]*)\]", at):
+            segments.append(m.group(1) if m.group(1) is not None
+                            else int(m.group(2)) if m.group(2) is not None else f"[{m.group(3)}]")
+
+        def dotted(segs: list[str | int]) -> str:
+            return "".join(f"[{s}]" if isinstance(s, int) else s if s.startswith("[") else f".{s}"
+                           for s in segs).lstrip(".")
+
+        def type_at(segs: list[str | int]) -> Any:
+            node: Any = mi.type_info(Settings)
+            for seg in segs:
+                while isinstance(node, mi.UnionType):
+                    node = next((t for t in node.types if not isinstance(t, mi.NoneType)), None)
+                if isinstance(node, mi.StructType) and isinstance(seg, str):
+                    node = next((f.type for f in node.fields if f.encode_name == seg), None)
+                elif isinstance(node, mi.ListType) and isinstance(seg, int):
+                    node = node.item_type
+                elif isinstance(node, mi.DictType):
+                    node = node.value_type
+                else:
+                    return None
+            return node
+
+        unknown = re.fullmatch(r"Object contains unknown field `(.*)`", detail)
+        missing = re.fullmatch(r"Object missing required field `(.*)`", detail)
+        expected = re.fullmatch(r"Expected `(.*)`, got `(.*)`", detail)
+        if unknown:
+            segments.append(unknown.group(1))
+        field = dotted(segments)
+
+        # Where the value came from: environment variables covering the field (they replace the file's
+        # value), else the file and any environment variables below it.
+        keys: list[str] = []
+        for seg in segments:
+            if not isinstance(seg, str) or seg.startswith("["):  # a list index or a dict's key
+                break
+            keys.append(seg)
+        env_paths = [(name, name[len(ENV_PREFIX):].lower().split("__")) for name in sorted(environ)
+                     if name.startswith(ENV_PREFIX) and name != ENV_PREFIX + "CONFIG"]
+        sources = [f"environment variable {name}" for name, p in env_paths if p == keys[: len(p)]]
+        if not sources:
+            node: Any = file_data
+            found = bool(path)
+            for seg in segments:
+                if isinstance(seg, str) and seg.startswith("["):  # some key of a dict: it is there
+                    break
+                in_dict = isinstance(node, dict) and isinstance(seg, str) and seg in node
+                in_list = isinstance(node, list) and isinstance(seg, int) and seg < len(node)
+                if not (in_dict or in_list):
+                    found = False
+                    break
+                node = node[seg]
+            if found:
+                sources.append(f"config file {path}")
+            sources += [f"environment variable {name}" for name, p in env_paths if p[: len(keys)] == keys]
+        where = f" (from {' and '.join(sources)})" if sources else ""
+
+        if unknown:
+            parent = type_at(segments[:-1])
+            known = [f.encode_name for f in parent.fields] if isinstance(parent, mi.StructType) else []
+            fix = "remove it or correct its name" + (f" (known fields here: {', '.join(known)})" if known else "")
+            return cls(f"invalid configuration: unknown field `{field}`{where}. Fix: {fix}")
+        if missing:
+            name = missing.group(1)
+            return cls(f"invalid configuration: `{field or 'the configuration'}` lacks its required field "
+                       f"`{name}`{where}. Fix: add `{name}` to it")
+        if detail.startswith("Invalid enum value"):
+            literal = type_at(segments)
+            values = ", ".join(map(str, literal.values)) if isinstance(literal, mi.LiteralType) else ""
+            fix = f"set `{field}` to one of: {values}" if values else f"correct `{field}`"
+            return cls(f"invalid configuration: `{field}`: {detail[0].lower()}{detail[1:]}{where}. Fix: {fix}")
+        if expected:
+            return cls(f"invalid configuration: `{field}` must be of type {expected.group(1)}, not "
+                       f"{expected.group(2)}{where}. Fix: give `{field}` a value of type {expected.group(1)}")
+        # a __post_init__ check (e.g. "limits.window_s must be positive"): its text names the rule
+        context = [f"in `{field}`"] if field and field not in detail else []
+        context += [f"from {' and '.join(sources)}"] if sources else []
+        paren = f" ({', '.join(context)})" if context else ""
+        fix = f"change the setting{'s' if ' and ' in detail else ''} it names" + (f" under `{field}`" if field else "")
+        return cls(f"invalid configuration: {detail}{paren}. Fix: {fix}")
 
 
 def load_settings(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Settings:
-    """Read the TOML file (``path``, else ``$VLM_GATEWAY_CONFIG``, else none) and apply the environment."""
+    """Read the TOML file (``path``, else ``$VLM_GATEWAY_CONFIG``, else none) and apply the environment.
+
+    ``SettingsError`` (one line: the problem, where it came from, the fix) when either is invalid."""
     environ = dict(os.environ if environ is None else environ)
     path = path or environ.get(ENV_PREFIX + "CONFIG")
     data: dict[str, Any] = {}
     if path:
         try:
             data = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise SettingsError(f"cannot read config {path}: {exc}") from exc
-    data = _merge(data, _env_overrides(environ))
+        except OSError as exc:
+            raise SettingsError(f"cannot read config {path}: {exc.strerror or exc}. Fix: pass --config (or set "
+                                f"{ENV_PREFIX}CONFIG) naming a readable TOML file") from exc
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            reason = " ".join(str(exc).split())
+            raise SettingsError(f"cannot read config {path}: not valid TOML ({reason}). Fix: correct the file's "
+                                "TOML syntax") from exc
+    merged = _merge(data, _env_overrides(environ))
     try:
-        return msgspec.convert(data, Settings, strict=False)
-    except msgspec.ValidationError as exc:
-        raise SettingsError(f"invalid configuration: {exc}") from exc
+        return msgspec.convert(merged, Settings, strict=False)
+    except (msgspec.ValidationError, ValueError, TypeError) as exc:
+        raise SettingsError.invalid(exc, path, data, environ) from exc

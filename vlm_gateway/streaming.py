@@ -16,7 +16,7 @@ from msgspec import UNSET
 from vlm_gateway.engines import EngineDelta
 from vlm_gateway.errors import GatewayError
 from vlm_gateway.pipeline import Prepared, Services, generate
-from vlm_gateway.responses import finish_reason, usage_of
+from vlm_gateway.responses import finish_reason
 from vlm_gateway.schemas.openai import (
     ChatCompletionChunk,
     ChunkChoice,
@@ -40,39 +40,19 @@ async def prepend(first: EngineDelta, rest: AsyncIterator[EngineDelta]) -> Async
         yield delta
 
 
-class _Tally:
-    """Usage and prompt ids seen so far in a stream."""
-
-    def __init__(self) -> None:
-        self.prompt_tokens: int | None = None
-        self.completion_tokens = 0
-        self.prompt_ids: list[int] | None = None
-
-    def take(self, delta: EngineDelta) -> bool:
-        """Record bookkeeping fields; True when the delta carries nothing else."""
-        if delta.prompt_tokens is not None:
-            self.prompt_tokens = delta.prompt_tokens
-            self.completion_tokens = delta.completion_tokens or 0
-            return True
-        return False
-
-
 async def _events(deltas: AsyncIterator[EngineDelta], make, prepared: Prepared, include_usage: bool,
                   return_token_ids: bool, opening: list[bytes]) -> AsyncIterator[bytes]:
-    tally = _Tally()
+    ids_sent = not return_token_ids
     try:
         for event in opening:
             yield event
         async for delta in deltas:
-            if tally.take(delta):
-                continue
-            ids = delta.prompt_token_ids if return_token_ids and tally.prompt_ids is None else None
-            if delta.prompt_token_ids is not None and tally.prompt_ids is None:
-                tally.prompt_ids = delta.prompt_token_ids
+            ids = delta.prompt_token_ids if not ids_sent else None
+            ids_sent = ids_sent or ids is not None
             if delta.text or delta.finish_reason or ids:
                 yield sse(make(delta, ids))
         if include_usage:
-            yield sse(make(None, None, usage_of(prepared, tally.prompt_tokens, tally.completion_tokens)))
+            yield sse(make(None, None, prepared.tally.usage()))
     except GatewayError as exc:
         yield sse(exc.body())
     finally:

@@ -11,8 +11,15 @@ import pytest
 from aiohttp import web
 
 from vlm_gateway.engines import EngineRequest, SamplingParams
+from vlm_gateway.engines.errors import EngineCrashed, EngineDown, EngineRejected, EngineTimeout
 from vlm_gateway.engines.vllm_remote import RemoteVLLM
-from vlm_gateway.errors import EngineFailed, EngineUnavailable, InvalidRequest, Timeout
+
+# vLLM 0.32's own messages (vllm/v1/engine/input_processor.py, vllm/renderers/params.py)
+DECODER_TOO_LONG = ("The decoder prompt (length 700) is longer than the maximum model length of 512. Make sure "
+                    "that `max_model_len` is no smaller than the number of text tokens plus multimodal tokens.")
+CONTEXT_TOO_LONG = ("This model's maximum context length is 512 tokens. However, your prompt contains 700 input "
+                    "tokens, which exceeds this limit even without any output tokens. Please reduce the length "
+                    "of the input prompt.")
 
 
 class FakeVLLM:
@@ -20,12 +27,14 @@ class FakeVLLM:
         self.bodies: list[dict] = []
         self.aborted: list[list[str]] = []
         self.mode = "ok"
+        self.status, self.message = 400, "prompt too long"  # mode "bad": the HTTP error answered
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.bodies.append(body)
         if self.mode == "bad":
-            return web.json_response({"error": {"message": "prompt too long", "code": 400}}, status=400)
+            error = {"message": self.message, "type": "BadRequestError", "param": None, "code": self.status}
+            return web.json_response({"error": error}, status=self.status)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         first = {"choices": [{"index": 0, "text": "Hel", "token_ids": [5]}], "prompt_token_ids": [1, 2, 3]}
@@ -34,6 +43,9 @@ class FakeVLLM:
             await asyncio.sleep(5)
         if self.mode == "error":
             await resp.write(b'data: {"error": {"message": "boom"}}\n\n')
+        if self.mode == "error_chunk":  # vLLM validates the prompt inside the stream (stream=true)
+            error = {"message": self.message, "type": "BadRequestError", "param": None, "code": self.status}
+            await resp.write(b"data: " + msgspec.json.encode({"error": error}) + b"\n\n")
         await resp.write(b'data: {"choices": [{"index": 0, "text": "lo", "finish_reason": "length"}]}\n\n')
         await resp.write(b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}\n\n')
         await resp.write(b"data: [DONE]\n\n")
@@ -46,6 +58,9 @@ class FakeVLLM:
     async def health(self, request: web.Request) -> web.Response:
         return web.Response()
 
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "m", "object": "model", "max_model_len": 512}]})
+
 
 @pytest.fixture
 async def engine():
@@ -54,6 +69,7 @@ async def engine():
     app.router.add_post("/inference/v1/generate", fake.generate)
     app.router.add_post("/inference/v1/abort_requests", fake.abort)
     app.router.add_get("/health", fake.health)
+    app.router.add_get("/v1/models", fake.models)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -84,24 +100,55 @@ async def test_streams_deltas_and_sends_token_ids_and_images(engine) -> None:
     assert fake.aborted == []  # finished normally: nothing to abort
 
 
-async def test_engine_400_is_invalid_request(engine) -> None:
+async def test_max_model_len_is_read_at_start(engine) -> None:
+    _, client = engine
+    assert client.max_model_len == 512
+
+
+async def test_engine_400_is_rejected_as_invalid_value(engine) -> None:
     fake, client = engine
     fake.mode = "bad"
-    with pytest.raises(InvalidRequest, match="prompt too long"):
+    with pytest.raises(EngineRejected, match="prompt too long") as info:
+        [d async for d in client.generate(request())]
+    assert info.value.kind == "invalid_value"
+
+
+@pytest.mark.parametrize("message", [DECODER_TOO_LONG, CONTEXT_TOO_LONG,
+                                     "Input length (700) exceeds model's maximum context length (512)."])
+@pytest.mark.parametrize("mode", ["bad", "error_chunk"])
+async def test_context_overflow_is_rejected_as_context_length_exceeded(engine, mode, message) -> None:
+    fake, client = engine
+    fake.mode, fake.message = mode, message
+    with pytest.raises(EngineRejected) as info:
+        [d async for d in client.generate(request())]
+    assert info.value.kind == "context_length_exceeded" and info.value.message == message
+
+
+async def test_engine_500_is_crashed(engine) -> None:
+    fake, client = engine
+    fake.mode, fake.status, fake.message = "bad", 500, "EngineCore died"
+    with pytest.raises(EngineCrashed, match="500: EngineCore died"):
         [d async for d in client.generate(request())]
 
 
-async def test_error_event_mid_stream_is_engine_failed(engine) -> None:
+async def test_engine_503_is_down(engine) -> None:
+    fake, client = engine
+    fake.mode, fake.status, fake.message = "error_chunk", 503, "Request failed; please retry"
+    with pytest.raises(EngineDown):
+        [d async for d in client.generate(request())]
+
+
+async def test_error_event_mid_stream_is_engine_crashed(engine) -> None:
     fake, client = engine
     fake.mode = "error"
-    with pytest.raises(EngineFailed, match="boom"):
+    with pytest.raises(EngineCrashed, match="boom"):
         [d async for d in client.generate(request())]
 
 
 async def test_timeout_is_raised_and_request_aborted(engine) -> None:
     fake, client = engine
     fake.mode = "slow"
-    with pytest.raises(Timeout):
+    with pytest.raises(EngineTimeout):
         [d async for d in client.generate(request(timeout_s=0.5))]
     assert fake.aborted and "generate-tokens-r1" in fake.aborted[-1]
 
@@ -119,10 +166,20 @@ async def test_no_healthy_server_is_503() -> None:
     async with aiohttp.ClientSession() as session:
         client = RemoteVLLM(["http://127.0.0.1:9"], session)
         await client.start()
-        assert not client.ready
-        with pytest.raises(EngineUnavailable):
+        assert not client.ready and client.max_model_len is None
+        with pytest.raises(EngineDown) as info:
             [d async for d in client.generate(request())]
+        assert info.value.retry_after_s
         await client.close()
+
+
+async def test_connection_refused_is_down() -> None:
+    async with aiohttp.ClientSession() as session:
+        client = RemoteVLLM(["http://127.0.0.1:9"], session)
+        client._servers[0].healthy = True  # was up; nothing listens now
+        with pytest.raises(EngineDown, match="connection failed"):
+            [d async for d in client.generate(request())]
+        assert not client.ready
 
 
 async def test_one_failed_health_probe_does_not_take_a_busy_engine_out(engine) -> None:

@@ -9,22 +9,31 @@ from vlm_gateway.errors import EngineFailed
 from vlm_gateway.limits import Permit
 from vlm_gateway.pipeline import Prepared
 from vlm_gateway.streaming import DONE, chat_events, completion_events
+from vlm_gateway.usage import Tally
 
 
 class _Model(msgspec.Struct):
     id: str = "m"
 
 
+PREPARED: list[Prepared] = []
+
+
 def prepared(n: int = 1, images: int = 1) -> Prepared:
     req = EngineRequest("chatcmpl-1", [1, 2, 3, 9], ["data:,"] * images, SamplingParams(n=n))
-    return Prepared(model=_Model(), model_name="m", engine_request=req, response_id="chatcmpl-1", created=7,
-                    image_count=images, permit=Permit({}, 30))
+    out = Prepared(model=_Model(), model_name="m", engine_request=req, response_id="chatcmpl-1", created=7,
+                   prompt_param="messages", tally=Tally(4, images), permit=Permit({}, 30))
+    PREPARED.append(out)
+    return out
 
 
 async def scripted(deltas, fail: Exception | None = None, closed: list | None = None):
+    """The engine's deltas as ``pipeline.generate`` passes them on: usage goes to the tally."""
+    tally = PREPARED[-1].tally
     try:
         for d in deltas:
-            yield d
+            if not tally.take(d):
+                yield d
         if fail:
             raise fail
     finally:

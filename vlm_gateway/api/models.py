@@ -17,7 +17,7 @@ async def list_models(request: Request[Any, Any, Any]) -> ModelList:
     return ModelList([
         ModelCard(id=name, created=m.created, owned_by=m.owned_by, family=m.family.name,
                   max_images=min(m.max_images, svc.settings.images.max_images_per_request),
-                  context_length=m.context_length)
+                  context_length=m.context_length or svc.engines[m.id].max_model_len)
         for m in svc.models.models for name in (m.id, *m.aliases)
         if allowed is None or any(n in allowed for n in (m.id, *m.aliases))
     ])

@@ -2,7 +2,8 @@
 
 An engine takes an ``EngineRequest`` (token ids already rendered and tokenized by the gateway, with
 the family's image placeholder token once per image, plus the images as URLs or data URIs) and
-yields ``EngineDelta`` Structs. It knows nothing about HTTP routes or OpenAI shapes.
+yields ``EngineDelta`` Structs. It knows nothing about HTTP routes or OpenAI shapes; a failure is
+raised as one of ``vlm_gateway.engines.errors`` (mapped to OpenAI errors by the gateway).
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ class Engine(Protocol):
 
     @property
     def ready(self) -> bool: ...
+
+    @property
+    def max_model_len(self) -> int | None:
+        """The context length the engine reports (``/v1/models``), once it is up; None until known."""
+        ...
 
     async def start(self) -> None: ...
 

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 
 from vlm_gateway.engines import EngineDelta, EngineRequest
+from vlm_gateway.engines.errors import EngineCrashed, EngineTimeout
 from vlm_gateway.engines.vllm_launch import server_command, server_env
 from vlm_gateway.engines.vllm_remote import RemoteVLLM
 
@@ -84,6 +85,11 @@ class EmbeddedVLLM:
     def ready(self) -> bool:
         return self._client.ready
 
+    @property
+    def max_model_len(self) -> int | None:
+        """What the child's ``/v1/models`` reports (its ``--max-model-len``, else the checkpoint's)."""
+        return self._client.max_model_len
+
     async def start(self) -> None:
         """Start the child and return at once; ``ready`` turns true when vLLM answers ``/health``."""
         await self._client.start()
@@ -93,9 +99,9 @@ class EmbeddedVLLM:
         deadline = time.monotonic() + (timeout_s or self._startup_timeout_s)
         while not self.ready:
             if self._supervisor is not None and self._supervisor.done():
-                raise RuntimeError(f"engine for {self.served_name} stopped")
+                raise EngineCrashed(f"engine for {self.served_name} stopped")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"engine for {self.served_name} not ready in time")
+                raise EngineTimeout(f"engine for {self.served_name} not ready in time")
             await asyncio.sleep(0.5)
 
     async def _spawn(self) -> asyncio.subprocess.Process:

@@ -7,7 +7,8 @@ always streamed from the engine (``output_mode="text"``, so vLLM detokenizes); a
 iterating aborts the request at ``/inference/v1/abort_requests``.
 
 One shared aiohttp session serves every request. Several base URLs spread load: each request goes to
-the healthy server with the fewest requests in flight.
+the healthy server with the fewest requests in flight. When a server comes up its context length is
+read from ``GET /v1/models`` (``max_model_len``). Failures are raised as ``vlm_gateway.engines.errors``.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 
 import aiohttp
 import msgspec
 
 from vlm_gateway.engines import EngineDelta, EngineRequest
-from vlm_gateway.errors import EngineFailed, EngineUnavailable, InvalidRequest, Timeout
+from vlm_gateway.engines.errors import EngineCrashed, EngineDown, EngineError, EngineRejected, EngineTimeout
 
 log = logging.getLogger("vlm_gateway.engine")
 
@@ -30,6 +32,10 @@ HEALTH_TIMEOUT_S = 5.0
 # A busy engine can be slow to answer /health: only this many failed probes in a row take it out of
 # rotation. A refused connection takes it out at once.
 HEALTH_FAILURES_DOWN = 3
+# vLLM's messages for a prompt that does not fit: "The decoder prompt (length N) is longer than the maximum
+# model length of M", "This model's maximum context length is M tokens...", "Input length (N) exceeds
+# model's maximum context length (M)".
+_CONTEXT_MESSAGE = re.compile(r"maximum (?:context|model) length", re.IGNORECASE)
 
 
 class _Usage(msgspec.Struct):
@@ -46,7 +52,7 @@ class _Choice(msgspec.Struct):
 
 class _ErrorBody(msgspec.Struct):
     message: str = "engine error"
-    code: int | str | None = None
+    code: int | str | None = None  # vLLM: the HTTP status it would have answered
 
 
 class _Chunk(msgspec.Struct):
@@ -63,8 +69,17 @@ class _ErrorResponse(msgspec.Struct):
     detail: object = None
 
 
+class _ModelCard(msgspec.Struct):
+    max_model_len: int | None = None
+
+
+class _ModelList(msgspec.Struct):
+    data: list[_ModelCard] = []
+
+
 _DECODE_CHUNK = msgspec.json.Decoder(_Chunk)
 _DECODE_ERROR = msgspec.json.Decoder(_ErrorResponse)
+_DECODE_MODELS = msgspec.json.Decoder(_ModelList)
 _ENCODE = msgspec.json.Encoder()
 
 
@@ -73,6 +88,7 @@ class _Server(msgspec.Struct):
     healthy: bool = False
     in_flight: int = 0
     failed_probes: int = 0
+    max_model_len: int | None = None
 
 
 class RemoteVLLM:
@@ -89,6 +105,11 @@ class RemoteVLLM:
     @property
     def ready(self) -> bool:
         return any(s.healthy for s in self._servers)
+
+    @property
+    def max_model_len(self) -> int | None:
+        """The smallest context length the servers report (None until one has answered)."""
+        return min((s.max_model_len for s in self._servers if s.max_model_len), default=None)
 
     @property
     def urls(self) -> list[str]:
@@ -117,12 +138,27 @@ class RemoteVLLM:
             except (TimeoutError, aiohttp.ClientError):
                 ok = False
             server.failed_probes = 0 if ok else server.failed_probes + 1
+            if ok and (not server.healthy or server.max_model_len is None):  # (re)started: read its limit
+                server.max_model_len = await self._read_max_model_len(server)
             healthy = ok or (server.healthy and not refused and server.failed_probes < HEALTH_FAILURES_DOWN)
             if healthy != server.healthy:
                 log.info("engine %s is %s", server.url, "up" if healthy else "down")
             server.healthy = healthy
 
         await asyncio.gather(*(probe(s) for s in self._servers))
+
+    async def _read_max_model_len(self, server: _Server) -> int | None:
+        try:
+            async with self._session.get(
+                server.url + "/v1/models", timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)
+            ) as resp:
+                models = _DECODE_MODELS.decode(await resp.read()) if resp.status == 200 else None
+        except (TimeoutError, aiohttp.ClientError, msgspec.DecodeError):
+            models = None
+        limit = models.data[0].max_model_len if models and models.data else None
+        if limit is None:
+            log.warning("engine %s did not report max_model_len at /v1/models", server.url)
+        return limit
 
     async def _watch_health(self) -> None:
         while True:
@@ -132,8 +168,7 @@ class RemoteVLLM:
     def _pick(self) -> _Server:
         healthy = [s for s in self._servers if s.healthy]
         if not healthy:
-            raise EngineUnavailable("no engine is up for this model yet; retry shortly",
-                                    headers={"Retry-After": "5"})
+            raise EngineDown("no engine is up for this model yet; retry shortly", retry_after_s=5)
         return min(healthy, key=lambda s: s.in_flight)
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineDelta]:
@@ -163,15 +198,15 @@ class RemoteVLLM:
                     raise _http_error(resp.status, await resp.read())
                 async for chunk in _sse_chunks(resp.content):
                     if chunk.error is not None:
-                        raise EngineFailed(f"engine error: {chunk.error.message}")
+                        raise _engine_error(_status(chunk.error.code), chunk.error.message)
                     for delta in _deltas(chunk):
                         yield delta
                 finished = True
         except aiohttp.ClientConnectionError as exc:
             server.healthy = False
-            raise EngineUnavailable(f"engine connection failed: {exc}") from exc
+            raise EngineDown(f"engine connection failed: {exc}") from exc
         except TimeoutError as exc:
-            raise Timeout(f"the request took longer than {timeout_s:g} s") from exc
+            raise EngineTimeout(f"the request took longer than {timeout_s:g} s") from exc
         finally:
             server.in_flight -= 1
             if not finished:
@@ -220,14 +255,25 @@ def _deltas(chunk: _Chunk) -> list[EngineDelta]:
     return out
 
 
-def _http_error(status: int, body: bytes) -> Exception:
+def _http_error(status: int, body: bytes) -> EngineError:
     try:
         parsed = _DECODE_ERROR.decode(body)
         message = parsed.error.message if parsed.error else str(parsed.detail)
     except msgspec.DecodeError:
         message = body[:500].decode(errors="replace")
+    return _engine_error(status, message)
+
+
+def _status(code: int | str | None) -> int | None:
+    return int(code) if isinstance(code, int) or (isinstance(code, str) and code.isdigit()) else None
+
+
+def _engine_error(status: int | None, message: str) -> EngineError:
+    """vLLM's error (its HTTP status, or the code of an error chunk; None: unknown) by whose fault it is."""
+    if (status is None or status < 500) and _CONTEXT_MESSAGE.search(message):
+        return EngineRejected(message, "context_length_exceeded")
     if status in (400, 413, 422):
-        return InvalidRequest(message)
+        return EngineRejected(message)
     if status == 503:
-        return EngineUnavailable(message)
-    return EngineFailed(f"engine answered {status}: {message}")
+        return EngineDown(message)
+    return EngineCrashed(f"engine error: {message}" if status is None else f"engine answered {status}: {message}")

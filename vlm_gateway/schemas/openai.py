@@ -221,7 +221,7 @@ class ModelCard(Struct):
     owned_by: str
     family: str
     max_images: int
-    context_length: int
+    context_length: int | None  # the configured length, else the engine's max_model_len (None until known)
     object: str = "model"
 
 

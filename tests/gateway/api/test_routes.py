@@ -13,14 +13,19 @@ from litestar.testing import TestClient
 from tests.helpers import png_data_uri
 from vlm_gateway.app import create_app
 from vlm_gateway.engines import EngineDelta, EngineRequest
+from vlm_gateway.engines.errors import EngineError, EngineRejected
 from vlm_gateway.settings import ModelSettings, Settings
 
 
 class ScriptedEngine:
-    """Answers every request with "Hi there" and a usage delta; records what it was sent."""
+    """Answers every request with "Hi there" and a usage delta; records what it was sent. A test may set
+    ``max_model_len`` (as reported by the engine) or ``fail`` (raised after ``fail_after`` deltas)."""
 
     def __init__(self, ready: bool = True) -> None:
         self.ready = ready
+        self.max_model_len: int | None = None
+        self.fail: EngineError | None = None
+        self.fail_after = 0
         self.requests: list[EngineRequest] = []
 
     async def start(self) -> None: ...
@@ -30,7 +35,11 @@ class ScriptedEngine:
     async def generate(self, request: EngineRequest):
         self.requests.append(request)
         expanded = len(request.token_ids) + 99 * len(request.images)
+        if self.fail is not None and self.fail_after == 0:
+            raise self.fail
         yield EngineDelta(0, "Hi", prompt_token_ids=list(range(expanded)))
+        if self.fail is not None:
+            raise self.fail
         yield EngineDelta(0, " there", finish_reason="stop")
         yield EngineDelta(prompt_tokens=expanded, completion_tokens=2)
 
@@ -112,6 +121,51 @@ def test_errors_are_openai_shaped(client, body, status, param, code) -> None:
     assert err["param"] == param
     if code:
         assert err["code"] == code
+
+
+def test_prompt_that_cannot_fit_is_refused_before_the_engine(client, engines, monkeypatch) -> None:
+    client.post("/v1/chat/completions", json=chat(max_tokens=4))
+    sent = len(engines["m"].requests)
+    prompt = len(engines["m"].requests[-1].token_ids)  # placeholders unexpanded: a lower bound
+    monkeypatch.setattr(engines["m"], "max_model_len", prompt + 3)  # reported by the engine at start
+    r = client.post("/v1/chat/completions", json=chat(max_tokens=4))
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert (err["code"], err["param"], err["type"]) == ("context_length_exceeded", "messages", "invalid_request_error")
+    assert err["message"].startswith(f"This model's maximum context length is {prompt + 3} tokens. However, your "
+                                     f"messages resulted in {prompt + 4} tokens ({prompt} in the messages, 4 in")
+    r = client.post("/v1/chat/completions", json=chat(max_tokens=4, stream=True))
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    assert len(engines["m"].requests) == sent  # never sent
+    # the lower bound fits: sent, though the image will expand past the limit (the engine's to refuse)
+    assert client.post("/v1/chat/completions", json=chat(max_tokens=3)).status_code == 200
+
+
+TOO_LONG = "The decoder prompt (length 700) is longer than the maximum model length of 512."
+
+
+@pytest.mark.parametrize("route,body,param", [
+    ("/v1/chat/completions", chat(), "messages"),
+    ("/v1/chat/completions", chat(stream=True), "messages"),
+    ("/v1/completions", {"model": "m", "prompt": "Hello"}, "prompt"),
+])
+def test_engine_rejection_is_the_callers_400(client, engines, monkeypatch, route, body, param) -> None:
+    monkeypatch.setattr(engines["m"], "fail", EngineRejected(TOO_LONG, "context_length_exceeded"))
+    r = client.post(route, json=body)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert (err["code"], err["param"], err["message"]) == ("context_length_exceeded", param, TOO_LONG)
+
+
+def test_engine_rejection_mid_stream_is_an_error_event(client, engines, monkeypatch) -> None:
+    monkeypatch.setattr(engines["m"], "fail", EngineRejected("bad value"))
+    monkeypatch.setattr(engines["m"], "fail_after", 1)
+    r = client.post("/v1/chat/completions", json=chat(stream=True))
+    assert r.status_code == 200
+    events = r.text.split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""]
+    err = msgspec.json.decode(events[-3][6:])["error"]
+    assert (err["type"], err["code"], err["message"]) == ("invalid_request_error", "invalid_value", "bad value")
 
 
 def test_malformed_json_and_oversized_body(client) -> None:

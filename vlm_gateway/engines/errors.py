@@ -1,0 +1,41 @@
+"""What an engine raises when a request fails. The engines layer knows nothing of HTTP: the gateway
+maps these by whose fault they are (``vlm_gateway.errors.from_engine_error``).
+
+    EngineError            any failure of an engine request
+    ├── EngineRejected     the engine refused the request itself (the caller's fault); ``kind`` says why
+    ├── EngineDown         no engine is up, the connection failed, or it answered 503 (retry later)
+    ├── EngineTimeout      the request ran past its time limit
+    └── EngineCrashed      the engine's own failure (a 5xx, or an error inside the stream)
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+RejectKind = Literal["context_length_exceeded", "invalid_value"]
+
+
+class EngineError(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class EngineRejected(EngineError):
+    def __init__(self, message: str, kind: RejectKind = "invalid_value") -> None:
+        super().__init__(message)
+        self.kind: RejectKind = kind
+
+
+class EngineDown(EngineError):
+    def __init__(self, message: str, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class EngineTimeout(EngineError):
+    pass
+
+
+class EngineCrashed(EngineError):
+    pass

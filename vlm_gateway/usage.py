@@ -1,0 +1,48 @@
+"""``Tally``: a request's token usage, counted once.
+
+``pipeline.generate`` hands it every engine delta; the usage-only deltas stop there. The JSON body
+(``responses``), the SSE usage chunk (``streaming``) and the permit's tokens/min account all read the
+same numbers from it.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from vlm_gateway.engines import EngineDelta
+from vlm_gateway.schemas.openai import PromptTokensDetails, Usage
+
+
+class Tally(msgspec.Struct):
+    sent_tokens: int  # the prompt ids sent, one placeholder per image
+    image_count: int
+    prompt_tokens: int | None = None  # as the engine counted them, images expanded
+    completion_tokens: int = 0
+    prompt_ids: list[int] | None = None  # the prompt as the engine saw it (first delta)
+
+    def take(self, delta: EngineDelta) -> bool:
+        """Record what ``delta`` says about tokens; True when that is all it carries."""
+        if delta.prompt_token_ids is not None and self.prompt_ids is None:
+            self.prompt_ids = delta.prompt_token_ids
+        if delta.prompt_tokens is not None:
+            self.prompt_tokens = delta.prompt_tokens
+            self.completion_tokens = delta.completion_tokens or self.completion_tokens
+            return True
+        return False
+
+    @property
+    def prompt(self) -> int:
+        if self.prompt_tokens is not None:
+            return self.prompt_tokens
+        return len(self.prompt_ids) if self.prompt_ids is not None else self.sent_tokens
+
+    @property
+    def total(self) -> int:
+        return self.prompt + self.completion_tokens
+
+    def usage(self) -> Usage:
+        """OpenAI's usage: ``image_tokens`` is how far the engine expanded the image placeholders."""
+        prompt = self.prompt
+        image_tokens = max(prompt - (self.sent_tokens - self.image_count), 0) if self.image_count else 0
+        return Usage(prompt, self.completion_tokens, prompt + self.completion_tokens,
+                     PromptTokensDetails(cached_tokens=0, image_tokens=image_tokens))
