@@ -191,6 +191,11 @@ def serve(args: argparse.Namespace) -> int:
     if not settings.models:
         settings = _with_tiny_default(settings)
     _check_models(settings, set(range(configured, len(settings.models))))
+    if any(m.engine.kind == "embedded" for m in settings.models):
+        from vlm_gateway.engines.vllm_launch import vllm_conflict
+
+        if conflict := vllm_conflict():
+            raise SettingsError(conflict)
 
     import uvicorn
 
