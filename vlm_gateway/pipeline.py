@@ -237,9 +237,11 @@ async def generate(svc: Services, prepared: Prepared) -> AsyncIterator[EngineDel
         completion = request.sampling.max_tokens
         if limit and len(request.token_ids) + max(completion or 0, 1) > limit:  # vLLM needs room for 1 token
             raise ContextLengthExceeded.tokens(limit, len(request.token_ids), completion, param)
+        await permit.check()
         stream = engine.generate(request)
         try:
             async for delta in stream:
+                await permit.check()  # a slot that lapsed while this replica stood still stops here
                 if not tally.take(delta):
                     yield delta
         except EngineError as exc:

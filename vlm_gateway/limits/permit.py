@@ -1,6 +1,8 @@
 """``Permit``: one admitted request's concurrency slot (and tokens/min account), freed exactly once.
 
-While held, the limiter's ``SlotKeeper`` thread renews the slot's lease; ``release`` stops that and
+While held, the limiter's ``SlotKeeper`` thread renews the slot's lease, and the request calls
+``check`` before each step (a lease that may have lapsed is taken again, or the request stops);
+``release`` stops the renewals and
 frees the slot (and records the request's tokens for TPM). If the process dies, renewals stop and the
 lease runs out ``lease_ttl_s`` later — that is how a ``kill -9``-ed replica gives its slots back. A
 Permit dropped without ``release`` (a bug) is released when garbage-collected, and renewals stop anyway
@@ -13,6 +15,10 @@ import asyncio
 import contextlib
 import weakref
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vlm_gateway.limits.keeper import Lease
 
 Cleanup = Callable[[int], Awaitable[None]]
 
@@ -25,9 +31,12 @@ class Permit:
     """
 
     def __init__(self, headers: dict[str, str], timeout_s: float, *, cleanup: Cleanup | None = None,
-                 spawn: Callable[[Awaitable[None]], asyncio.Task[None]] | None = None) -> None:
+                 spawn: Callable[[Awaitable[None]], asyncio.Task[None]] | None = None,
+                 lease: Lease | None = None, revalidate: Callable[[Lease], Awaitable[None]] | None = None) -> None:
         self.headers = headers
         self.timeout_s = timeout_s
+        self._lease = lease
+        self._revalidate = revalidate
         self._cleanup = cleanup
         self._spawn = spawn or asyncio.ensure_future
         self._released = cleanup is None
@@ -36,6 +45,12 @@ class Permit:
     @property
     def released(self) -> bool:
         return self._released
+
+    async def check(self) -> None:
+        """Before each step of the request: its slot's lease is surely still held, or it is taken again
+        (``RateLimited`` ``concurrency_slot_lost`` when the key's slots are all taken meanwhile)."""
+        if self._lease is not None and not self._lease.valid() and self._revalidate is not None:
+            await self._revalidate(self._lease)
 
     async def release(self, tokens: int = 0) -> None:
         """Free the slot and record ``tokens``. Idempotent; safe in a ``finally`` of a cancelled task.

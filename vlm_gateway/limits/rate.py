@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -26,7 +27,7 @@ from typing import TypeVar
 import msgspec
 
 from vlm_gateway.errors import AuthenticationFailed, EngineUnavailable, GatewayError, ModelNotFound, RateLimited
-from vlm_gateway.limits.keeper import SlotKeeper, trace
+from vlm_gateway.limits.keeper import Lease, SlotKeeper, trace
 from vlm_gateway.limits.keys import ApiKey, KeyStore
 from vlm_gateway.limits.permit import Permit
 from vlm_gateway.limits.settings import LimitSettings
@@ -181,9 +182,10 @@ class Limiter:
             if not tokens.allowed:
                 raise self._limited(caller, "tokens per min (TPM)", tokens, headers)
         holder = f"{self.replica}:{uuid.uuid4().hex[:16]}" if caller.concurrency > 0 else None
+        lease = None
         try:
             if holder is not None:
-                await self._take_slot(caller, holder, headers)
+                lease = await self._take_slot(caller, holder, headers)
             if count_request:
                 headers |= await self.check_rate(caller)
         except BaseException as exc:
@@ -195,7 +197,8 @@ class Limiter:
         if holder is None and not caller.tpm:
             return Permit(headers, timeout_s)
         return Permit(headers, timeout_s, spawn=self._spawn,
-                      cleanup=lambda tokens: self._finish(caller, holder, tokens))
+                      cleanup=lambda tokens: self._finish(caller, holder, tokens),
+                      lease=lease, revalidate=self.revalidate)
 
     async def admit_waiting(self, caller: Caller, model_ids: tuple[str, ...]) -> Permit:
         """A queued job's admission when it runs: concurrency and tokens/min (its requests/min was
@@ -209,15 +212,38 @@ class Limiter:
                 log.debug("job of key %s waits %d ms for admission: %s", caller.name, wait_ms, exc.message)
                 await asyncio.sleep(min(max(wait_ms, 50), 60_000) / 1000)
 
-    async def _take_slot(self, caller: Caller, holder: str, headers: dict[str, str]) -> None:
-        key, s = f"conc:{caller.key_id}", self.settings
-        grant = await self._call(self.state.acquire_slot(key, caller.concurrency, s.lease_ttl_s, holder))
+    async def _acquire(self, key: str, holder: str, limit: int) -> tuple[bool, int]:
+        """One atomic acquire (a holder that still holds its slot keeps it); (granted, held), traced."""
+        grant = await self._call(self.state.acquire_slot(key, limit, self.settings.lease_ttl_s, holder))
         if trace.isEnabledFor(logging.DEBUG):
             trace.debug("acquire key=%s holder=%s granted=%d held=%d/%d lease_s=%.3f lag_ms=%.0f", key, holder,
-                        grant.granted, grant.held, caller.concurrency, grant.lease_s, self._lag_ms())
-        if grant.granted:
-            self.keeper.hold(key, holder, caller.name, s.request_timeout_s + s.lease_ttl_s)
-            return
+                        grant.granted, grant.held, limit, grant.lease_s, self._lag_ms())
+        return grant.granted, grant.held
+
+    async def revalidate(self, lease: Lease) -> None:
+        """Prove a lease whose ``valid_until`` has passed (this replica stood still for a lease): take the
+        slot again, atomically and within the limit, or stop the request (429 ``concurrency_slot_lost``)."""
+        sent = time.monotonic()
+        granted, held = await self._acquire(lease.key, lease.holder, lease.limit)
+        if not granted:
+            log.error("key %s: a request's slot lapsed while this replica stood still and %d other requests now "
+                      "hold the key's %d slots: the request stops", lease.name, held, lease.limit)
+            raise RateLimited(f"The request was stopped: its concurrency slot for key {lease.name} lapsed while "
+                              f"the gateway stood still, and the key's {lease.limit} slots are now taken. Please "
+                              "retry.", code="concurrency_slot_lost",
+                              headers=retry_headers(self.settings.concurrency_retry_after_s))
+        lease.valid_until = sent + self.settings.lease_ttl_s
+        self.keeper.hold(lease)
+
+    async def _take_slot(self, caller: Caller, holder: str, headers: dict[str, str]) -> Lease:
+        key, s = f"conc:{caller.key_id}", self.settings
+        sent = time.monotonic()
+        granted, _ = await self._acquire(key, holder, caller.concurrency)
+        if granted:
+            lease = Lease(key, holder, caller.name, caller.concurrency, sent + s.lease_ttl_s,
+                          sent + s.request_timeout_s + s.lease_ttl_s)
+            self.keeper.hold(lease)
+            return lease
         if caller.rpm > 0:
             headers |= window_headers("requests", await self._call(
                 self.state.peek(f"rpm:{caller.key_id}", s.window_s, caller.rpm)))

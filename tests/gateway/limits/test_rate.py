@@ -206,10 +206,11 @@ async def wait_until(predicate, bound_s: float = 30.0) -> None:
 
 
 async def test_held_slot_survives_a_stalled_event_loop(backend) -> None:
-    limiter = make_limiter(backend, lease_ttl_s=2.0, renew_interval_s=0.2)
+    limiter = make_limiter(backend, lease_ttl_s=5.0, renew_interval_s=0.2)
     _, caller = await make_caller(limiter, concurrency=1)
     permit = await limiter.admit(caller, ("m",))
-    time.sleep(3.0)  # the loop stalls for longer than a lease; the keeper's thread keeps renewing
+    time.sleep(6.0)  # the loop stalls for longer than a lease; the keeper's thread keeps renewing
+    await permit.check()  # the lease is still proven: nothing to take again
     with pytest.raises(RateLimited):
         await limiter.admit(caller, ("m",))
     await permit.release()
@@ -321,3 +322,29 @@ async def test_a_queued_job_waits_for_a_slot_instead_of_failing(backend) -> None
     with pytest.raises(ModelNotFound):  # what cannot wait fails at once
         await limiter.admit_waiting(msgspec.structs.replace(caller, models=("other",)), ("m",))
     await limiter.close()
+
+
+async def test_a_lapsed_lease_is_taken_again_or_the_request_stops(backend) -> None:
+    """A whole process that stands still for longer than a lease (its keeper thread too) may lose its
+    slot to another replica: the request then stops at its next step instead of running over the limit."""
+    frozen = make_limiter(backend, **SHORT_LEASE)  # lease 1 s
+    other = make_limiter(backend, **SHORT_LEASE)
+    _, caller = await make_caller(frozen, concurrency=1)
+    key = f"conc:{caller.key_id}"
+    permit = await frozen.admit(caller, ("m",))
+    frozen.keeper.close()  # the process stands still: no renewals ...
+    time.sleep(1.5)  # ... and no event loop, for longer than the lease
+    taken = await other.admit(caller, ("m",))  # another replica takes the lapsed slot
+    with pytest.raises(RateLimited) as stopped:
+        await permit.check()
+    assert stopped.value.code == "concurrency_slot_lost" and stopped.value.status == 429
+    assert await backend.slots_in_use(key) == 1
+    await taken.release()
+    second = await frozen.admit(caller, ("m",))  # this time the slot is free when it lapses
+    time.sleep(1.5)
+    await second.check()  # taken again: the request goes on
+    with pytest.raises(RateLimited):
+        await other.admit(caller, ("m",))
+    await asyncio.gather(permit.release(), second.release())
+    assert await backend.slots_in_use(key) == 0
+    await other.close()

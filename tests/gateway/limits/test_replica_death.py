@@ -18,7 +18,7 @@ from tests.helpers import PYTHON, REPO
 from vlm_gateway.errors import RateLimited
 from vlm_gateway.state import RedisState
 
-LEASE = 2.0  # renewed every 0.5 s by the child's keeper thread
+LEASE = 5.0  # renewed every 1.25 s by the child's keeper thread
 
 CHILD = """
 import asyncio, sys

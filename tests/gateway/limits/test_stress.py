@@ -1,9 +1,10 @@
 """The concurrency limit as an invariant, under stress: three real gateway replicas on one Redis, a key
 with concurrency 3, 60 clients sending slow requests at once, and one replica's event loop stalled for
-2 s mid-run (longer than the 1 s lease). An independent monitor reads the key's live leases in Redis
+12 s mid-run (longer than the 10 s lease; leases are long because a loaded CI box has been seen to
+stop whole processes for over 6 s). An independent monitor reads the key's live leases in Redis
 every 10 ms; the scripted engine counts the requests really running. Neither may ever exceed 3.
 
-Each request runs 3 s at the engine, longer than the stall plus a lease: with renewals on the event loop
+Each request runs 24 s at the engine, longer than the stall plus a lease: with renewals on the event loop
 (the design before the keeper thread) the stalled replica's leases lapse while its requests still run,
 others take the slots, and the engine sees 5 at once (measured: the Redis monitor alone stays at 3,
 because a lapsed lease no longer counts there — hence both checks).
@@ -32,7 +33,8 @@ from tests.slot_monitor import SlotMonitor
 
 CONCURRENCY = 3
 CLIENTS = 60
-LEASE_S = 1.0  # shorter than the stall: a replica renewing from its event loop would lose its leases
+LEASE_S = 10.0  # shorter than the stall: a replica renewing from its event loop would lose its leases
+STALL_S = 12.0
 
 
 @pytest.fixture
@@ -44,11 +46,11 @@ def cluster(tmp_path: Path, tiny_checkpoint: Path):
             pytest.fail(f"no Redis at {REDIS_URL} under CI: {exc}")
         pytest.skip(f"no Redis at {REDIS_URL}")
     prefix = f"stress-{uuid.uuid4().hex[:8]}:"
-    with FakeEngine(hold_s=3.0) as engine:
+    with FakeEngine(hold_s=24.0) as engine:
         config = tmp_path / "gateway.toml"
         config.write_text("\n".join([
             f'redis_url = "{REDIS_URL}"', "",
-            "[limits]", f'redis_prefix = "{prefix}"', f"lease_ttl_s = {LEASE_S}", "renew_interval_s = 0.2",
+            "[limits]", f'redis_prefix = "{prefix}"', f"lease_ttl_s = {LEASE_S}", "renew_interval_s = 0.5",
             "trace_slots = true", "request_timeout_s = 60", "",
             "[jobs]", f'key_prefix = "{prefix}{{jobs}}:"', "",
             "[[models]]", 'id = "m"', f'checkpoint = "{tiny_checkpoint}"',
@@ -57,7 +59,7 @@ def cluster(tmp_path: Path, tiny_checkpoint: Path):
         for i in range(3):
             port = free_port()
             child = Child(f"stress-{i}", [PYTHON, "-m", "tests.gateway.limits.stallable", "serve", "--config",
-                                          str(config), "--port", str(port)], tmp_path, env={"STALL_S": "2"})
+                                          str(config), "--port", str(port)], tmp_path, env={"STALL_S": str(STALL_S)})
             replicas.append((child, f"http://127.0.0.1:{port}"))
         try:
             for child, url in replicas:
@@ -82,7 +84,7 @@ def test_concurrency_never_exceeds_the_limit_under_stress_and_a_stalled_loop(clu
     monitor.start()
     stalled = replicas[0]
     stall_sent = threading.Event()
-    run_until = time.monotonic() + 10.0
+    run_until = time.monotonic() + 28.0
 
     def client(i: int) -> list[int]:
         codes = []
