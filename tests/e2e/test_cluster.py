@@ -27,9 +27,8 @@ from aiohttp import web
 
 from tests.e2e.conftest import EMBEDDED_FAMILY, REMOTE_FAMILIES, model_id
 from tests.gateway.state.fixtures import REDIS_URL
-from tests.helpers import PYTHON, Child, free_port
+from tests.helpers import PYTHON, Child, free_port, png_bytes
 from tests.slot_monitor import SlotMonitor
-from vlm_gateway.jobs.webhooks import verify
 
 pytestmark = pytest.mark.engine
 
@@ -66,7 +65,7 @@ def cluster_config(gateway, logs: Path, checkpoints) -> Path:
              "[jobs]", f'key_prefix = "{prefix}:{{jobs}}:"', "visibility_timeout_s = 3", "heartbeat_s = 0.5",
              "reclaim_interval_s = 0.5", "poll_s = 0.5", "max_attempts = 10", "concurrency = 4", "",
              "[jobs.webhook]", f'secret = "{SECRET}"', "allow_loopback = true", "base_delay_s = 0.2",
-             "max_delay_s = 1", "attempts = 8", "", "[images]", "allow_loopback = true", ""]
+             "max_delay_s = 1", "attempts = 8", "", "[images]", "allow_loopback = true", "fetch_timeout_s = 120", ""]
     for family in [EMBEDDED_FAMILY, *REMOTE_FAMILIES]:
         lines += ["[[models]]", f'id = "{model_id(family)}"', f'checkpoint = "{checkpoints[family]}"',
                   "context_length = 4096", f'engine = {{ kind = "remote", urls = ["{gateway.engines[family]}"] }}', ""]
@@ -181,7 +180,8 @@ def test_slot_of_a_killed_replica_comes_back_after_its_lease(replicas, cluster_c
             b.start()
 
 
-def test_openai_sdk_retries_a_429_then_succeeds_and_revoked_key_is_rejected(replicas, cluster_config: Path) -> None:
+def test_openai_sdk_retries_a_429_then_succeeds_and_revoked_key_is_rejected(replicas, cluster_config: Path,
+                                                                            held_image: HeldImage) -> None:
     a, b = replicas
     key = create_key(cluster_config, "--name", "sdk", "--rpm", "0", "--concurrency", "1")
     headers = {"Authorization": f"Bearer {key}"}
@@ -196,19 +196,18 @@ def test_openai_sdk_retries_a_429_then_succeeds_and_revoked_key_is_rejected(repl
 
     client = openai.OpenAI(base_url=a.url + "/v1", api_key=key, max_retries=8,
                            http_client=httpx.Client(event_hooks={"response": [seen]}))
-    # B's stream holds the key's only slot until the SDK has met a 429; then it is dropped (the slot
-    # is freed on disconnect) and the SDK's own retry must get through. Driven by events, not timing.
-    with httpx.Client(timeout=120) as http, http.stream(
-            "POST", b.url + "/v1/chat/completions", headers=headers,
-            json=chat(max_tokens=3000, ignore_eos=True, stream=True)) as held:
-        assert held.status_code == 200
-        lines = held.iter_lines()  # keep the iterator: a discarded one closes the response
-        next(lines)
-        dropper = threading.Thread(target=lambda: (saw_429.wait(120), held.close()))
-        dropper.start()
-        reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
-                                               max_tokens=2)
-        dropper.join()
+    # A request on B holds the key's only slot while its image is being fetched: the image server
+    # answers only once the SDK has met a 429. Then B's request finishes, its slot is freed and the
+    # SDK's own retry must get through. Driven by events, not timing.
+    held = threading.Thread(target=lambda: httpx.post(b.url + "/v1/chat/completions", headers=headers, timeout=120,
+                                                      json=chat(messages=image_message(held_image.url))))
+    held.start()
+    assert held_image.fetching.wait(60), "B never started fetching the image"  # admitted: the slot is held
+    dropper = threading.Thread(target=lambda: (saw_429.wait(120), held_image.release.set()))
+    dropper.start()
+    reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+    dropper.join()
+    held.join()
     assert reply.choices[0].message.content is not None
     assert statuses[0] == 429 and statuses[-1] == 200, statuses  # a 429, then the SDK's retry succeeded
     subprocess.run([PYTHON, "-m", "vlm_gateway.cli", "keys", "revoke", key_id(cluster_config, "sdk"),
@@ -219,14 +218,63 @@ def test_openai_sdk_retries_a_429_then_succeeds_and_revoked_key_is_rejected(repl
             model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
 
 
+class HeldImage:
+    """An image server whose answer waits until ``release`` is set; ``fetching`` says a fetch arrived."""
+
+    def __init__(self) -> None:
+        self.fetching, self.release = threading.Event(), threading.Event()
+        self.url = ""
+
+
+def image_message(url: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                         {"type": "text", "text": "Hi"}]}]
+
+
+@pytest.fixture
+def held_image():
+    held, state = HeldImage(), {}
+
+    async def image(request: web.Request) -> web.Response:
+        held.fetching.set()
+        while not held.release.is_set():
+            await asyncio.sleep(0.05)
+        return web.Response(body=png_bytes(), content_type="image/png")
+
+    def serve() -> None:
+        loop = asyncio.new_event_loop()
+        app = web.Application()
+        app.router.add_get("/held.png", image)
+        runner = web.AppRunner(app)
+        loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        loop.run_until_complete(site.start())
+        state["loop"], state["port"] = loop, site._server.sockets[0].getsockname()[1]
+        loop.run_forever()
+
+    threading.Thread(target=serve, daemon=True).start()
+    while "port" not in state:
+        time.sleep(0.05)
+    held.url = f"http://127.0.0.1:{state['port']}/held.png"
+    yield held
+    held.release.set()
+    state["loop"].call_soon_threadsafe(state["loop"].stop)
+
+
 @pytest.fixture(scope="module")
 def webhook_receiver():
     received: list[tuple[dict, bool]] = []
     state: dict = {}
+    webhooks = openai.OpenAI(api_key="unused", webhook_secret=SECRET).webhooks
 
     async def hook(request: web.Request) -> web.Response:
         body = await request.read()
-        received.append((json.loads(body), verify(SECRET, body, request.headers)))
+        try:  # as a receiver would check it: OpenAI's SDK, Standard Webhooks signatures
+            webhooks.unwrap(body, dict(request.headers))
+            ok = True
+        except openai.InvalidWebhookSignatureError:
+            ok = False
+        received.append((json.loads(body), ok))
         if random.random() < 0.2:  # a flaky receiver: the gateway must retry
             return web.Response(status=503)
         return web.Response()

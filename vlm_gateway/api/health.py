@@ -1,9 +1,10 @@
-"""GET /health in the seeds' shape: status, timestamp, model_loaded, gpu_available."""
+"""GET /health in the seeds' shape: status, timestamp (ISO 8601, local time, as the FastVLM Vision API
+sends it: ``2025-08-30T09:19:31.245295``), model_loaded, gpu_available."""
 
 from __future__ import annotations
 
 import glob
-import time
+from datetime import datetime
 from functools import cache
 from typing import Any
 
@@ -23,5 +24,5 @@ def gpu_available() -> bool:
 async def health(request: Request[Any, Any, Any]) -> Health:
     engines = services(request).engines.values()
     loaded = bool(engines) and all(engine.ready for engine in engines)
-    return Health(status="ok" if loaded else "loading", timestamp=time.time(),
+    return Health(status="ok" if loaded else "loading", timestamp=datetime.now().isoformat(),
                   model_loaded=loaded, gpu_available=gpu_available())

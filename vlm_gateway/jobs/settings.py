@@ -9,6 +9,8 @@ e.g. ``VLM_GATEWAY_JOBS__CONCURRENCY=8`` or ``VLM_GATEWAY_JOBS__WEBHOOK__SECRET=
 
 from __future__ import annotations
 
+import base64
+
 import msgspec
 
 
@@ -17,10 +19,12 @@ class WebhookSettings(msgspec.Struct, forbid_unknown_fields=True):
 
     Attempt ``n`` (1-based) that fails is retried after ``min(base_delay_s * 2**(n-1), max_delay_s)``;
     ``attempts`` counts the first try, so the default 8 is 1 try + 7 retries. An empty ``secret`` sends
-    webhooks unsigned (a warning is logged at startup).
+    webhooks unsigned (a warning is logged at startup). Signatures are Standard Webhooks'
+    (``webhook-signature``); ``legacy_signature`` adds the earlier ``X-Signature`` headers too.
     """
 
-    secret: str = ""
+    secret: str = ""  # "whsec_<base64 key>" (Standard Webhooks), or any string used as the key itself
+    legacy_signature: bool = False
     attempts: int = 8
     base_delay_s: float = 2.0
     max_delay_s: float = 300.0
@@ -29,6 +33,15 @@ class WebhookSettings(msgspec.Struct, forbid_unknown_fields=True):
     allow_hosts: list[str] = []
     deny_hosts: list[str] = []
     max_redirects: int = 0  # a webhook POST is not re-sent to wherever a redirect points
+
+    def __post_init__(self) -> None:
+        if self.secret.startswith("whsec_"):
+            try:
+                key = base64.b64decode(self.secret[6:], validate=True)
+            except ValueError:
+                key = b""
+            if not key:
+                raise ValueError("jobs.webhook.secret: after `whsec_` must come the base64 of a key")
 
 
 class JobSettings(msgspec.Struct, forbid_unknown_fields=True):

@@ -1,20 +1,25 @@
 """Signed webhook delivery through the SSRF guard (the same ``guarded_request`` as image fetches).
 
-Each attempt POSTs :class:`vlm_gateway.schemas.jobs.WebhookBody` (the same bytes on every attempt) with::
+Each attempt POSTs :class:`vlm_gateway.schemas.jobs.WebhookBody` (the same bytes on every attempt),
+signed as Standard Webhooks (https://www.standardwebhooks.com/) sign, which is what OpenAI's SDK
+checks (``client.webhooks.unwrap`` / ``verify_signature``) and the Standard Webhooks libraries of every
+language::
 
     Content-Type: application/json
     X-Request-Id: <request id>
-    X-Signature: sha256=<hex HMAC-SHA256(secret, body)>
-    X-Timestamp: <unix seconds of this attempt>
-    X-Signature-Timestamped: sha256=<hex HMAC-SHA256(secret, "<X-Timestamp>." + body)>
+    webhook-id: <request id>                  the same on every attempt: receivers drop duplicates by it
+    webhook-timestamp: <unix seconds of this attempt>
+    webhook-signature: v1,<base64 HMAC-SHA256(key, "<webhook-id>.<webhook-timestamp>.<body>")>
 
-``X-Signature`` authenticates the body; receivers that also want replay protection verify
-``X-Signature-Timestamped`` and reject old timestamps (:func:`verify` does both). With no secret
-configured the signature headers are left out.
+The key is the secret's bytes after ``whsec_`` (base64), or the secret itself when it has no such
+prefix (as OpenAI's SDK reads it). With ``legacy_signature`` the project's earlier headers are sent too
+(``X-Signature: sha256=<hex HMAC(body)>``, ``X-Timestamp``, ``X-Signature-Timestamped``). With no
+secret configured no signature is sent.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import logging
@@ -44,26 +49,38 @@ def webhook_body(delivery: Delivery) -> bytes:
     return ENCODER.encode(body)
 
 
-def _hmac(secret: str, data: bytes) -> str:
+def _key(secret: str) -> bytes:
+    """The HMAC key of a secret: base64 after ``whsec_`` (Standard Webhooks), else the secret's bytes."""
+    return base64.b64decode(secret[6:]) if secret.startswith("whsec_") else secret.encode()
+
+
+def _standard(secret: str, msg_id: str, timestamp: int | str, body: bytes) -> str:
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(_key(secret), signed, hashlib.sha256).digest()).decode()
+
+
+def _legacy(secret: str, data: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), data, hashlib.sha256).hexdigest()
 
 
-def sign(secret: str, body: bytes, timestamp: int) -> dict[str, str]:
-    """The signature headers for ``body`` sent at ``timestamp``."""
-    return {"X-Signature": _hmac(secret, body), "X-Timestamp": str(timestamp),
-            "X-Signature-Timestamped": _hmac(secret, f"{timestamp}.".encode() + body)}
+def sign(secret: str, msg_id: str, body: bytes, timestamp: int, *, legacy: bool = False) -> dict[str, str]:
+    """The signature headers for message ``msg_id`` with ``body``, sent at ``timestamp``."""
+    headers = {"webhook-id": msg_id, "webhook-timestamp": str(timestamp),
+               "webhook-signature": _standard(secret, msg_id, timestamp, body)}
+    if legacy:
+        headers |= {"X-Signature": _legacy(secret, body), "X-Timestamp": str(timestamp),
+                    "X-Signature-Timestamped": _legacy(secret, f"{timestamp}.".encode() + body)}
+    return headers
 
 
-def verify(secret: str, body: bytes, headers: Mapping[str, str], *, max_age_s: float | None = None) -> bool:
-    """A receiver's check: ``X-Signature`` matches, and with ``max_age_s`` the timestamped one too."""
-    if not hmac.compare_digest(headers.get("X-Signature", ""), _hmac(secret, body)):
+def verify(secret: str, body: bytes, headers: Mapping[str, str], *, max_age_s: float = 300) -> bool:
+    """A receiver's check (Standard Webhooks): one of the ``webhook-signature`` values matches, and the
+    timestamp is within ``max_age_s`` of now (replay protection)."""
+    msg_id, stamp = headers.get("webhook-id", ""), headers.get("webhook-timestamp", "")
+    if not msg_id or not stamp.isdigit() or abs(time.time() - int(stamp)) > max_age_s:
         return False
-    if max_age_s is None:
-        return True
-    stamp = headers.get("X-Timestamp", "")
-    if not stamp.isdigit() or abs(time.time() - int(stamp)) > max_age_s:
-        return False
-    return hmac.compare_digest(headers.get("X-Signature-Timestamped", ""), _hmac(secret, f"{stamp}.".encode() + body))
+    expected = _standard(secret, msg_id, stamp, body)
+    return any(hmac.compare_digest(expected, sig) for sig in headers.get("webhook-signature", "").split())
 
 
 class WebhookSender:
@@ -87,7 +104,8 @@ class WebhookSender:
         headers = {"Content-Type": "application/json", "X-Request-Id": delivery.job_id,
                    "User-Agent": "vlm-gateway-webhook"}
         if self.settings.secret:
-            headers.update(sign(self.settings.secret, body, int(time.time())))
+            headers.update(sign(self.settings.secret, delivery.job_id, body, int(time.time()),
+                                legacy=self.settings.legacy_signature))
         timeout = aiohttp.ClientTimeout(total=self.settings.timeout_s)
         try:
             async with guarded_request(self.session, "POST", delivery.url, self.settings, self.resolver,

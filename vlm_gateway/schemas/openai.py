@@ -232,7 +232,7 @@ class ModelList(Struct):
 
 class Health(Struct):
     status: str
-    timestamp: float
+    timestamp: str  # ISO 8601
     model_loaded: bool
     gpu_available: bool
 

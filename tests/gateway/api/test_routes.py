@@ -6,6 +6,8 @@ tests pin the HTTP contract. The end-to-end tests in tests/e2e drive real engine
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import msgspec
 import pytest
 from litestar.testing import TestClient
@@ -185,6 +187,7 @@ def test_unknown_route_is_openai_404(client) -> None:
 def test_health_shape(client) -> None:
     body = client.get("/health").json()
     assert set(body) == {"status", "timestamp", "model_loaded", "gpu_available"}
+    assert datetime.fromisoformat(body["timestamp"]).year >= 2025  # ISO 8601, as the FastVLM API sends it
     assert body["model_loaded"] is False  # "cold" is not up
 
 

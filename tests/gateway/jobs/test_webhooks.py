@@ -4,16 +4,21 @@ another worker after a crash, the SSRF guard at submission and at delivery."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import itertools
 import time
 
 import msgspec
+import openai
 import pytest
 
 from tests.gateway.jobs.conftest import SECRET, eventually, fast_settings
 from tests.gateway.jobs.test_worker import make_worker
 from vlm_gateway.errors import InvalidRequest
 from vlm_gateway.jobs import build_jobs, failed, succeeded
+from vlm_gateway.jobs.settings import WebhookSettings
 from vlm_gateway.jobs.types import Completed, Delivery
 from vlm_gateway.jobs.webhooks import sign, verify, webhook_body
 
@@ -22,17 +27,40 @@ async def ok_runner(job):
     return succeeded({"echo": msgspec.json.decode(job.body)})
 
 
-def test_sign_and_verify() -> None:
+WHSEC = "whsec_" + base64.b64encode(b"a 32-byte key for the test suite").decode()
+
+
+@pytest.mark.parametrize("secret", ["s3cret", WHSEC])
+def test_standard_webhooks_signature_as_openais_sdk_checks_it(secret: str) -> None:
     body = b'{"request_id":"r","status":"OK","payload":{},"error":null}'
-    headers = sign("s3cret", body, 1_700_000_000)
-    assert headers["X-Signature"].startswith("sha256=") and len(headers["X-Signature"]) == 7 + 64
-    assert verify("s3cret", body, headers)
+    now = int(time.time())
+    headers = sign(secret, "r", body, now)
+    assert set(headers) == {"webhook-id", "webhook-timestamp", "webhook-signature"}
+    assert headers["webhook-id"] == "r" and headers["webhook-signature"].startswith("v1,")
+    sdk = openai.OpenAI(api_key="unused", webhook_secret=secret).webhooks
+    sdk.verify_signature(body, headers)  # raises when it does not match
+    assert sdk.unwrap(body, headers) is not None
+    with pytest.raises(openai.InvalidWebhookSignatureError):
+        sdk.verify_signature(body + b" ", headers)
+    assert verify(secret, body, headers)
     assert not verify("other", body, headers)
-    assert not verify("s3cret", body + b" ", headers)
-    assert not verify("s3cret", body, headers, max_age_s=300)  # an old timestamp: replay refused
-    fresh = sign("s3cret", body, int(time.time()))
-    assert verify("s3cret", body, fresh, max_age_s=300)
-    assert not verify("s3cret", body, {**fresh, "X-Timestamp": str(int(time.time()) - 1)}, max_age_s=300)
+    assert not verify(secret, body + b" ", headers)
+    assert not verify(secret, body, {**headers, "webhook-id": "r2"})  # the id is signed too
+    old = sign(secret, "r", body, 1_700_000_000)
+    assert not verify(secret, body, old)  # an old timestamp: replay refused
+
+
+def test_legacy_headers_only_when_asked() -> None:
+    body = b"{}"
+    headers = sign("s3cret", "r", body, 1_700_000_000, legacy=True)
+    assert headers["X-Signature"] == "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    assert headers["X-Timestamp"] == "1700000000" and headers["X-Signature-Timestamped"].startswith("sha256=")
+    assert "X-Signature" not in sign("s3cret", "r", body, 1_700_000_000)
+
+
+def test_a_whsec_secret_must_carry_a_key() -> None:
+    with pytest.raises(ValueError, match="base64"):
+        WebhookSettings(secret="whsec_!!not base64!!")
 
 
 def test_webhook_body_embeds_the_stored_result_verbatim() -> None:
@@ -57,6 +85,7 @@ async def test_delivered_signed_after_retries_with_backoff(queue, settings, sess
     assert len({hook.body for hook in receiver.hooks}) == 1  # the same bytes every time
     for hook in receiver.hooks:
         assert verify(SECRET, hook.body, hook.headers, max_age_s=60)
+        assert hook.headers["webhook-id"] == job.id  # the same id on every attempt
         assert hook.headers["X-Request-Id"] == job.id and hook.headers["Content-Type"] == "application/json"
     assert msgspec.json.decode(receiver.hooks[0].body) == {
         "request_id": job.id, "status": "OK", "payload": {"echo": {"q": 1}}, "error": None}
@@ -125,7 +154,7 @@ async def test_no_secret_sends_unsigned(queue, session, receiver) -> None:
         await receiver.wait(1)
     finally:
         await worker.stop()
-    assert "X-Signature" not in receiver.hooks[0].headers
+    assert "webhook-signature" not in receiver.hooks[0].headers
 
 
 async def test_the_guard_refuses_loopback_unless_allowed(session, receiver) -> None:
