@@ -84,6 +84,26 @@ def retry_headers(seconds: float) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(seconds))), "retry-after-ms": str(max(1, math.ceil(seconds * 1000)))}
 
 
+async def bounded(op: Awaitable[T], timeout_s: float) -> T:
+    """``op``, or ``TimeoutError`` after ``timeout_s``. Unlike ``asyncio.wait_for``, a deadline that
+    passed while the event loop itself stood still (a stall, not a slow state) first lets the loop run a
+    few more steps: an answer that arrived during the stall is taken, not turned into a 503."""
+    task = asyncio.ensure_future(op)
+    try:
+        await asyncio.wait({task}, timeout=timeout_s)
+        for _ in range(20):  # the reply may be read but not yet handed up through the client's coroutines
+            if task.done():
+                break
+            await asyncio.sleep(0)
+    except BaseException:
+        task.cancel()
+        raise
+    if not task.done():
+        task.cancel()
+        raise TimeoutError(f"no answer within {timeout_s:g} s")
+    return task.result()
+
+
 def _mask(token: str) -> str:
     return f"{token[:4]}{'*' * min(20, len(token) - 8)}{token[-4:]}" if len(token) >= 16 else "*" * min(len(token), 8)
 
@@ -123,7 +143,7 @@ class Limiter:
     async def _call(self, op: Awaitable[T]) -> T:
         """A state operation, bounded in time; a failing backend is a 503, not a hang or an open door."""
         try:
-            return await asyncio.wait_for(op, self.settings.state_timeout_s)
+            return await bounded(op, self.settings.state_timeout_s)
         except GatewayError:
             raise
         except Exception as exc:  # noqa: BLE001 - Redis down, timeout, ...
@@ -271,11 +291,11 @@ class Limiter:
             if holder is not None:
                 key = f"conc:{caller.key_id}"
                 self.keeper.drop(holder)  # no renewal after this; a renewal never re-creates a lease
-                held = await asyncio.wait_for(self.state.release_slot(key, holder), s.state_timeout_s)
+                held = await bounded(self.state.release_slot(key, holder), s.state_timeout_s)
                 if trace.isEnabledFor(logging.DEBUG):
                     trace.debug("release key=%s holder=%s held=%d lag_ms=%.0f", key, holder, held, self._lag_ms())
             if tokens and caller.tpm:
-                await asyncio.wait_for(self.state.add(f"tpm:{caller.key_id}", s.window_s, tokens), s.state_timeout_s)
+                await bounded(self.state.add(f"tpm:{caller.key_id}", s.window_s, tokens), s.state_timeout_s)
         except Exception as exc:  # noqa: BLE001
             log.warning("key %s: releasing a request failed (its lease runs out by itself): %r", caller.name, exc)
 

@@ -348,3 +348,26 @@ async def test_a_lapsed_lease_is_taken_again_or_the_request_stops(backend) -> No
     await asyncio.gather(permit.release(), second.release())
     assert await backend.slots_in_use(key) == 0
     await other.close()
+
+
+async def test_a_state_answer_that_arrived_during_a_loop_stall_is_not_a_timeout() -> None:
+    from vlm_gateway.limits.rate import bounded
+
+    loop = asyncio.get_running_loop()
+    answered = loop.create_future()
+    loop.call_later(0.05, answered.set_result, "ok")  # the state answers in 50 ms ...
+
+    async def state_call() -> str:
+        value = await answered
+        for _ in range(3):  # ... and the client's coroutines hand the reply up, a step at a time
+            await asyncio.sleep(0)
+        return value
+
+    pending = asyncio.ensure_future(bounded(state_call(), 0.2))  # (asyncio.wait_for raises here)
+    await asyncio.sleep(0)
+    time.sleep(0.5)  # ... but the loop stands still past the 0.2 s deadline
+    assert await pending == "ok"
+    never = loop.create_future()
+    with pytest.raises(TimeoutError):  # a state that really does not answer still times out
+        await bounded(never, 0.1)
+    assert never.cancelled()
