@@ -68,7 +68,10 @@ def create_app(settings: Settings, engine_factory: EngineFactory = default_engin
             if settings.redis_url:
                 from redis.asyncio import Redis
 
-                redis = Redis.from_url(settings.redis_url)
+                # Reads wait up to 30 s (redis-py's own default is 5): a loop that stood still longer than
+                # that would time out replies that had arrived. The limiter bounds its calls itself
+                # (state_timeout_s, ``limits.rate.bounded``); blocking job reads are shorter than this.
+                redis = Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=5)
             lag = LoopLag()
             lag.start()
             state = state_backend(redis, settings.limits.redis_prefix, settings.redis_url or None)
