@@ -8,6 +8,7 @@ adds only two small processes. Every Redis key of this run lives under a unique 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import re
@@ -153,7 +154,8 @@ def test_concurrency_limit_holds_across_replicas(replicas, cluster_config: Path)
     assert monitor.live() == set()
 
 
-def test_slot_of_a_killed_replica_comes_back_after_its_lease(replicas, cluster_config: Path) -> None:
+def test_slot_of_a_killed_replica_comes_back_after_its_lease(replicas, cluster_config: Path,
+                                                              held_image: HeldImage) -> None:
     a, b = replicas
     key = create_key(cluster_config, "--name", "conc1", "--rpm", "0", "--concurrency", "1")
     headers = {"Authorization": f"Bearer {key}"}
@@ -161,15 +163,19 @@ def test_slot_of_a_killed_replica_comes_back_after_its_lease(replicas, cluster_c
     def a_answers() -> int:
         return httpx.post(a.url + "/v1/chat/completions", json=chat(), headers=headers, timeout=60).status_code
 
+    def held_on_b() -> None:  # holds the key's only slot while its image is being fetched; B dies meanwhile
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.post(b.url + "/v1/chat/completions", headers=headers, timeout=120,
+                       json={**chat(), "messages": image_message(held_image.url)})
+
+    holder = threading.Thread(target=held_on_b, daemon=True)
     try:
-        with httpx.Client(timeout=60) as client, client.stream(
-                "POST", b.url + "/v1/chat/completions", headers=headers,
-                json=chat(max_tokens=3000, ignore_eos=True, stream=True)) as held:
-            assert held.status_code == 200
-            lines = held.iter_lines()  # keep the iterator: a discarded one closes the response
-            next(lines)
-            assert a_answers() == 429  # B's stream holds the key's only slot, seen from A
-            b.kill9()  # dies holding it
+        holder.start()
+        # Images are loaded after admission: a fetch that arrived proves B holds the slot. (A stream is
+        # no proof: a tiny model may finish thousands of tokens while this test stands still.)
+        assert held_image.fetching.wait(60)
+        assert a_answers() == 429  # B's request holds the key's only slot, seen from A
+        b.kill9()  # dies holding it
         killed_at = time.monotonic()
         assert a_answers() == 429  # nobody released it: it is held until the lease runs out
         while time.monotonic() - killed_at < LEASE_TTL_S + 10 and (code := a_answers()) != 200:
@@ -178,6 +184,7 @@ def test_slot_of_a_killed_replica_comes_back_after_its_lease(replicas, cluster_c
     finally:
         if b.child is None or b.child.proc.poll() is not None:
             b.start()
+        holder.join(10)
 
 
 def test_openai_sdk_retries_a_429_then_succeeds_and_revoked_key_is_rejected(replicas, cluster_config: Path,
