@@ -43,13 +43,52 @@ class ImagePart(Struct, tag_field="type", tag="image"):
 
 
 ContentPart = Union[TextPart, ImageUrlPart, ImagePart]
-Role = Literal["system", "developer", "user", "assistant"]
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+
+
+# --- tools --------------------------------------------------------------------------------------
+
+class FunctionDef(Struct):
+    name: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
+    description: str | None = None
+    parameters: dict | None = None  # a JSON schema; None: no arguments
+    strict: bool | None = None
+
+
+class Tool(Struct):
+    function: FunctionDef
+    type: Literal["function"] = "function"
+
+
+class FunctionName(Struct):
+    name: str
+
+
+class NamedToolChoice(Struct):
+    function: FunctionName
+    type: Literal["function"] = "function"
+
+
+ToolChoice = Union[Literal["none", "auto", "required"], NamedToolChoice]
+
+
+class FunctionCall(Struct):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(Struct):
+    id: str
+    function: FunctionCall
+    type: Literal["function"] = "function"
 
 
 class ChatMessage(Struct):
     role: Role
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant: the calls it made
+    tool_call_id: str | None = None  # tool: the call this message answers
 
 
 class StreamOptions(Struct):
@@ -96,6 +135,9 @@ class ChatCompletionRequest(Struct):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     user: str | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None  # None: "auto" with tools, "none" without
+    parallel_tool_calls: bool = True
     # extensions, as vLLM names them
     return_token_ids: bool = False  # the prompt ids the engine saw, images expanded
     min_tokens: NonNegInt = 0
@@ -114,9 +156,15 @@ class CompletionExtraBody(Struct):
     images: list[ImageInput] | None = None
 
 
+TokenIds = Annotated[list[NonNegInt], Meta(min_length=1)]
+# OpenAI's four forms: a string, strings, token ids, lists of token ids. msgspec decodes one array type
+# per union, so a list is decoded loosely here and its form checked by ``prompts.completion_prompts``.
+Prompt = Union[str, Annotated[list[Union[str, NonNegInt, TokenIds]], Meta(min_length=1)]]
+
+
 class CompletionRequest(Struct):
     model: str
-    prompt: str | Annotated[list[str], Meta(min_length=1, max_length=1)]
+    prompt: Prompt  # a string, strings, token ids or lists of token ids: one choice per prompt per `n`
     images: list[ImageInput] | None = None
     extra_body: CompletionExtraBody | None = None
     max_tokens: PosInt | None = 16
@@ -154,16 +202,46 @@ class Usage(Struct):
 class AssistantMessage(Struct):
     content: str | None
     role: str = "assistant"
+    tool_calls: list[ToolCall] | UnsetType = UNSET
 
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
+class TopLogprob(Struct):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(Struct):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(Struct):
+    """Chat completions' ``logprobs``: one entry per generated token."""
+
+    content: list[TokenLogprob] | None
+    refusal: None = None
+
+
+class CompletionLogprobs(Struct):
+    """Completions' (legacy) ``logprobs``: parallel lists, one entry per token."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
 
 
 class ChatChoice(Struct):
     index: int
     message: AssistantMessage
     finish_reason: FinishReason | None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(Struct):
@@ -176,16 +254,32 @@ class ChatCompletion(Struct):
     prompt_token_ids: list[int] | UnsetType = UNSET  # with return_token_ids: after image expansion
 
 
+class FunctionCallDelta(Struct, omit_defaults=True):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(Struct, omit_defaults=True):
+    """A piece of a streamed tool call: the first piece of a call carries its id, type and name;
+    later pieces append to ``function.arguments`` of the call at ``index``."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta | None = None
+
+
 class Delta(Struct, omit_defaults=True):
     role: str | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(Struct):
     index: int
     delta: Delta
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(Struct):
@@ -202,7 +296,7 @@ class CompletionChoice(Struct):
     index: int
     text: str
     finish_reason: FinishReason | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(Struct):
