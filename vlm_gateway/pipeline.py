@@ -23,7 +23,7 @@ from typing import Literal
 
 import msgspec
 
-from vlm_gateway.engines import Engine, EngineDelta, EngineRequest
+from vlm_gateway.engines import Engine, EngineDelta, EngineRequest, SamplingParams
 from vlm_gateway.engines.errors import EngineError
 from vlm_gateway.errors import ContextLengthExceeded, EngineUnavailable, InvalidRequest, from_engine_error
 from vlm_gateway.images.load import DetailRule, ImageLoader, ImageSource
@@ -58,21 +58,39 @@ class Services(msgspec.Struct):
     limiter: Limiter
 
 
+class Echo(msgspec.Struct):
+    """What completions' ``echo`` puts before a prompt's choices: the prompt as text, and its first
+    token (which has no logprob, so the engine does not name it)."""
+
+    text: str
+    first_token: str
+
+
 class Prepared(msgspec.Struct):
     """A request ready for the engine, plus what the response needs to know."""
 
     model: Model
     model_name: str  # as the client asked for it (an id or an alias); responses echo it
-    engine_request: EngineRequest
+    engine_requests: list[EngineRequest]  # one per prompt (completions may send several); choices of
+    # prompt k are numbered k * n ... k * n + n - 1
     response_id: str
     created: int
     prompt_param: Literal["messages", "prompt"]  # the field an error about the prompt names
     tally: Tally  # usage, counted once as the engine reports it (see ``generate``)
     permit: Permit  # released when the engine stream ends (see ``generate``)
+    echo: list[Echo] | None = None  # completions with ``echo``: one per prompt
 
     @property
     def image_count(self) -> int:
         return self.tally.image_count
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return self.engine_requests[0].sampling
+
+    @property
+    def choices(self) -> int:
+        return self.sampling.n * len(self.engine_requests)
 
 
 # --- step 3 helpers: where a request's images are --------------------------------------------------
@@ -174,7 +192,7 @@ async def _prepare_chat(svc: Services, req: ChatCompletionRequest, model: Model,
 
     images, token_ids = await asyncio.gather(                                # 3. load images (concurrently)
         _load_images(svc, model, sources), prompt_ids())
-    return _prepared(model, req.model, token_ids, images, sampling, "chatcmpl", "messages", permit)
+    return _prepared(model, req.model, [token_ids], images, sampling, "chatcmpl", "messages", permit)
 
 
 async def prepare_completion(svc: Services, req: CompletionRequest, caller: Caller = ANONYMOUS,
@@ -184,31 +202,66 @@ async def prepare_completion(svc: Services, req: CompletionRequest, caller: Call
         return await _prepare_completion(svc, req, model, permit)
 
 
+MAX_COMPLETION_CHOICES = 128  # prompts x n in one /v1/completions request
+
+
+def completion_prompts(prompt: str | list) -> list[str | list[int]]:
+    """OpenAI's four prompt forms as a list of prompts: a string, strings, token ids, lists of ids."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if all(isinstance(p, str) for p in prompt):
+        return list(prompt)
+    if all(isinstance(p, int) for p in prompt):
+        return [list(prompt)]
+    if all(isinstance(p, list) for p in prompt):
+        return list(prompt)
+    raise InvalidRequest("prompt must be a string, a list of strings, a list of token ids or a list of lists of "
+                         "token ids (not a mix)", param="prompt")
+
+
 async def _prepare_completion(svc: Services, req: CompletionRequest, model: Model, permit: Permit) -> Prepared:
+    prompts = completion_prompts(req.prompt)
+    if len(prompts) * req.n > MAX_COMPLETION_CHOICES:
+        raise InvalidRequest(f"{len(prompts)} prompts x n={req.n} choices is more than the "
+                             f"{MAX_COMPLETION_CHOICES} one request may ask for", param="prompt")
     sources = completion_image_sources(req)
     _check_image_count(svc, model, len(sources), "images")
-    raw = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
-    text = map_image_markers(model.family, raw, len(sources))               # 4. prompt: markers → native
+    if sources and (len(prompts) != 1 or not isinstance(prompts[0], str)):
+        raise InvalidRequest("images go with one string prompt that marks where each image goes", param="images")
     tokenizer = svc.tokenizers[model.id]
     sampling = completion_sampling(req, tokenizer.token_ids(model.family.stop))
-    images, token_ids = await asyncio.gather(                                # 3. load images, 5. tokenize
-        _load_images(svc, model, sources), tokenizer.encode(text, add_special_tokens=True))
-    return _prepared(model, req.model, token_ids, images, sampling, "cmpl", "prompt", permit)
+
+    async def ids(prompt: str | list[int]) -> list[int]:                    # 4. prompt: markers → native
+        if not isinstance(prompt, str):
+            tokenizer.check_ids(prompt, "prompt")
+            return prompt
+        text = map_image_markers(model.family, prompt, len(sources))
+        return await tokenizer.encode(text, add_special_tokens=True)        # 5. tokenize
+
+    images, *token_ids = await asyncio.gather(                              # 3. load images, 5. tokenize
+        _load_images(svc, model, sources), *(ids(p) for p in prompts))
+    prepared = _prepared(model, req.model, token_ids, images, sampling, "cmpl", "prompt", permit)
+    if req.echo:
+        prepared.echo = [Echo(p if isinstance(p, str) else tokenizer.decode(p), tokenizer.decode(ids[:1]))
+                         for p, ids in zip(prompts, token_ids, strict=True)]
+    return prepared
 
 
-def _prepared(model: Model, name: str, token_ids: list[int], images: list[str], sampling, prefix: str,
+def _prepared(model: Model, name: str, prompts: list[list[int]], images: list[str], sampling, prefix: str,
               param: Literal["messages", "prompt"], permit: Permit) -> Prepared:
-    if not token_ids:
+    if not all(prompts):
         raise InvalidRequest("the prompt is empty", param=param)
     request_id = f"{prefix}-{uuid.uuid4().hex}"
+    requests = [EngineRequest(request_id if len(prompts) == 1 else f"{request_id}-{k}", ids, images, sampling,
+                              timeout_s=permit.timeout_s) for k, ids in enumerate(prompts)]
     return Prepared(
         model=model,
         model_name=name,
-        engine_request=EngineRequest(request_id, token_ids, images, sampling, timeout_s=permit.timeout_s),
+        engine_requests=requests,
         response_id=request_id,
         created=int(time.time()),
         prompt_param=param,
-        tally=Tally(sent_tokens=len(token_ids), image_count=len(images)),
+        tally=Tally(sent_tokens=sum(map(len, prompts)), image_count=len(images)),
         permit=permit,
     )
 
@@ -220,13 +273,13 @@ async def generate(svc: Services, prepared: Prepared) -> AsyncIterator[EngineDel
     deltas are not passed on). The engine enforces the permit's time limit (``timeout_s`` of the engine
     request); the permit is released (with the tokens used, for per-minute token limits) however the
     stream ends: done, failed, timed out, or closed early because the client went away (closing the
-    engine stream aborts the engine request).
+    engine stream aborts the engine request). Several prompts run at once, their choices numbered on.
 
     A prompt that cannot fit the model's context (the configured length, else the engine's) is refused
     before it is sent. Its ids hold one placeholder per image, which the engine expands: their count is
     a lower bound, so only a sure overflow is refused here; the engine rejects the rest. Engine errors
     are raised as the gateway's (``from_engine_error``), naming the prompt's field."""
-    permit, tally, request = prepared.permit, prepared.tally, prepared.engine_request
+    permit, tally = prepared.permit, prepared.tally
     param = prepared.prompt_param
     try:
         engine = svc.engines[prepared.model.id]
@@ -234,11 +287,12 @@ async def generate(svc: Services, prepared: Prepared) -> AsyncIterator[EngineDel
             raise EngineUnavailable(f"the engine for {prepared.model.id} is not up yet; retry shortly",
                                     headers={"Retry-After": "5"})
         limit = prepared.model.context_length or engine.max_model_len
-        completion = request.sampling.max_tokens
-        if limit and len(request.token_ids) + max(completion or 0, 1) > limit:  # vLLM needs room for 1 token
-            raise ContextLengthExceeded.tokens(limit, len(request.token_ids), completion, param)
+        completion = prepared.sampling.max_tokens
+        for request in prepared.engine_requests:
+            if limit and len(request.token_ids) + max(completion or 0, 1) > limit:  # vLLM needs room for 1 token
+                raise ContextLengthExceeded.tokens(limit, len(request.token_ids), completion, param)
         await permit.check()
-        stream = engine.generate(request)
+        stream = merged([engine.generate(r) for r in prepared.engine_requests], prepared.sampling.n)
         try:
             async for delta in stream:
                 await permit.check()  # a slot that lapsed while this replica stood still stops here
@@ -250,3 +304,41 @@ async def generate(svc: Services, prepared: Prepared) -> AsyncIterator[EngineDel
             await stream.aclose()  # type: ignore[attr-defined]
     finally:
         await permit.release(tally.total if tally.prompt_tokens is not None else 0)
+
+
+async def merged(streams: list[AsyncIterator[EngineDelta]], n: int) -> AsyncIterator[EngineDelta]:
+    """Several engine streams as one, as they come: choice ``i`` of stream ``k`` becomes ``k * n + i``.
+    The first failure ends them all; closing this closes (and so aborts) every one."""
+    if len(streams) == 1:
+        async for delta in streams[0]:
+            yield delta
+        return
+    queue: asyncio.Queue[EngineDelta | BaseException | None] = asyncio.Queue()
+
+    async def pump(k: int, stream: AsyncIterator[EngineDelta]) -> None:
+        try:
+            async for delta in stream:
+                if delta.prompt_tokens is None:  # usage deltas belong to no choice
+                    delta.index += k * n
+                await queue.put(delta)
+            await queue.put(None)
+        except Exception as exc:  # noqa: BLE001 - handed to the reader, who raises it
+            await queue.put(exc)
+
+    tasks = [asyncio.create_task(pump(k, s)) for k, s in enumerate(streams)]
+    try:
+        running = len(tasks)
+        while running:
+            item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for stream in streams:
+            await stream.aclose()  # type: ignore[attr-defined]

@@ -7,20 +7,26 @@ from collections.abc import AsyncIterator
 import msgspec
 from msgspec import UNSET
 
-from vlm_gateway.engines import EngineDelta
+from vlm_gateway.engines import EngineDelta, TokenLogprob
+from vlm_gateway.logprobs import CompletionLogprobs, chat_logprobs
 from vlm_gateway.pipeline import Prepared
 from vlm_gateway.schemas.openai import (
     AssistantMessage,
     ChatChoice,
     ChatCompletion,
+    ChoiceLogprobs,
     Completion,
     CompletionChoice,
 )
 
 
 class Collected(msgspec.Struct):
-    texts: dict[int, list[str]]
-    finish: dict[int, str | None]
+    """One choice's output."""
+
+    text: list[str] = []
+    finish: str | None = None
+    logprobs: list[TokenLogprob] = []
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 def finish_reason(raw: str | None) -> str | None:
@@ -30,16 +36,19 @@ def finish_reason(raw: str | None) -> str | None:
     return raw if raw in ("stop", "length") else "stop"
 
 
-async def collect(prepared: Prepared, deltas: AsyncIterator[EngineDelta]) -> Collected:
-    """Each choice's text and finish reason (usage is in ``prepared.tally`` once the stream ends)."""
-    n = prepared.engine_request.sampling.n
-    texts: dict[int, list[str]] = {i: [] for i in range(n)}
-    finish: dict[int, str | None] = {i: None for i in range(n)}
+async def collect(prepared: Prepared, deltas: AsyncIterator[EngineDelta]) -> list[Collected]:
+    """Each choice's output, in index order (usage is in ``prepared.tally`` once the stream ends)."""
+    out = [Collected() for _ in range(prepared.choices)]
     async for delta in deltas:
-        texts.setdefault(delta.index, []).append(delta.text)
+        choice = out[delta.index]
+        choice.text.append(delta.text)
+        if delta.logprobs:
+            choice.logprobs.extend(delta.logprobs)
+        if delta.prompt_logprobs is not None and choice.prompt_logprobs is None:
+            choice.prompt_logprobs = delta.prompt_logprobs
         if delta.finish_reason is not None:
-            finish[delta.index] = finish_reason(delta.finish_reason)
-    return Collected(texts, finish)
+            choice.finish = finish_reason(delta.finish_reason)
+    return out
 
 
 def _prompt_ids(prepared: Prepared, return_token_ids: bool) -> list[int] | msgspec.UnsetType:
@@ -49,13 +58,16 @@ def _prompt_ids(prepared: Prepared, return_token_ids: bool) -> list[int] | msgsp
 
 async def chat_completion(prepared: Prepared, deltas: AsyncIterator[EngineDelta],
                           return_token_ids: bool) -> ChatCompletion:
-    out = await collect(prepared, deltas)
+    top = prepared.sampling.logprobs
+    choices = []
+    for i, c in enumerate(await collect(prepared, deltas)):
+        logprobs = ChoiceLogprobs(chat_logprobs(c.logprobs, top)) if top is not None else None
+        choices.append(ChatChoice(i, AssistantMessage("".join(c.text)), c.finish, logprobs))
     return ChatCompletion(
         id=prepared.response_id,
         created=prepared.created,
         model=prepared.model_name,
-        choices=[ChatChoice(i, AssistantMessage("".join(parts)), out.finish[i])
-                 for i, parts in sorted(out.texts.items())],
+        choices=choices,
         usage=prepared.tally.usage(),
         prompt_token_ids=_prompt_ids(prepared, return_token_ids),
     )
@@ -63,12 +75,24 @@ async def chat_completion(prepared: Prepared, deltas: AsyncIterator[EngineDelta]
 
 async def completion(prepared: Prepared, deltas: AsyncIterator[EngineDelta],
                      return_token_ids: bool) -> Completion:
-    out = await collect(prepared, deltas)
+    top, n = prepared.sampling.logprobs, prepared.sampling.n
+    choices = []
+    for i, c in enumerate(await collect(prepared, deltas)):
+        echo = prepared.echo[i // n] if prepared.echo else None
+        text = (echo.text if echo else "") + "".join(c.text)
+        logprobs = None
+        if top is not None:
+            built = CompletionLogprobs(top)
+            if echo is not None and c.prompt_logprobs is not None:
+                built.take(c.prompt_logprobs, echo.first_token)
+            built.take(list(c.logprobs))
+            logprobs = built.all
+        choices.append(CompletionChoice(i, text, c.finish, logprobs))
     return Completion(
         id=prepared.response_id,
         created=prepared.created,
         model=prepared.model_name,
-        choices=[CompletionChoice(i, "".join(parts), out.finish[i]) for i, parts in sorted(out.texts.items())],
+        choices=choices,
         usage=prepared.tally.usage(),
         prompt_token_ids=_prompt_ids(prepared, return_token_ids),
     )

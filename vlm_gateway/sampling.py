@@ -56,15 +56,20 @@ def _sampling(req: ChatCompletionRequest | CompletionRequest, max_tokens: int | 
 
 
 def chat_sampling(req: ChatCompletionRequest, stop_token_ids: list[int]) -> SamplingParams:
-    if req.logprobs or req.top_logprobs:
-        raise InvalidRequest("logprobs are not supported by this gateway", param="logprobs")
-    return _sampling(req, req.max_completion_tokens or req.max_tokens, stop_token_ids,
-                     _structured(req.response_format))
+    if req.top_logprobs and not req.logprobs:
+        raise InvalidRequest("top_logprobs needs logprobs set to true", param="top_logprobs")
+    params = _sampling(req, req.max_completion_tokens or req.max_tokens, stop_token_ids,
+                       _structured(req.response_format))
+    if req.logprobs:
+        params.logprobs = req.top_logprobs or 0
+    return params
 
 
 def completion_sampling(req: CompletionRequest, stop_token_ids: list[int]) -> SamplingParams:
-    if req.logprobs:
-        raise InvalidRequest("logprobs are not supported by this gateway", param="logprobs")
-    if req.echo:
-        raise InvalidRequest("echo is not supported by this gateway", param="echo")
-    return _sampling(req, req.max_tokens, stop_token_ids)
+    """Completions' ``logprobs`` is the number of alternatives (0: the chosen tokens' own); with
+    ``echo`` the prompt's tokens get theirs too."""
+    params = _sampling(req, req.max_tokens, stop_token_ids)
+    params.logprobs = req.logprobs
+    if req.echo and req.logprobs is not None:
+        params.prompt_logprobs = req.logprobs
+    return params

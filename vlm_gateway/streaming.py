@@ -1,8 +1,10 @@
-"""Step 7 for streamed requests: engine deltas → OpenAI server-sent events.
+"""Step 7 for streamed requests: engine deltas → OpenAI chunks → server-sent events.
 
-Each event is ``data: {json}\\n\\n``; the stream ends with ``data: [DONE]\\n\\n``. An error after the
-first byte can no longer change the status code, so it is sent as an OpenAI error event. Closing
-the stream early (client gone) closes the engine iterator, which aborts the engine request.
+``chat_chunks`` / ``completion_chunks`` turn the deltas into OpenAI's chunk Structs (the Responses
+API builds its own events from ``chat_chunks``); ``sse_events`` writes them as ``data: {json}\\n\\n``
+and ends with ``data: [DONE]\\n\\n``. An error after the first byte can no longer change the status
+code, so it is sent as an OpenAI error event. Closing the stream early (client gone) closes the
+engine iterator, which aborts the engine request.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from msgspec import UNSET
 
 from vlm_gateway.engines import EngineDelta
 from vlm_gateway.errors import GatewayError
+from vlm_gateway.logprobs import CompletionLogprobs, chat_logprobs
 from vlm_gateway.pipeline import Prepared, Services, generate
 from vlm_gateway.responses import finish_reason
 from vlm_gateway.schemas.openai import (
     ChatCompletionChunk,
+    ChoiceLogprobs,
     ChunkChoice,
     Completion,
     CompletionChoice,
@@ -40,50 +44,96 @@ async def prepend(first: EngineDelta, rest: AsyncIterator[EngineDelta]) -> Async
         yield delta
 
 
-async def _events(deltas: AsyncIterator[EngineDelta], make, prepared: Prepared, include_usage: bool,
-                  return_token_ids: bool, opening: list[bytes]) -> AsyncIterator[bytes]:
-    ids_sent = not return_token_ids
+class _Ids:
+    """The engine's prompt ids go out once, with the first chunk that has them (``return_token_ids``)."""
+
+    def __init__(self, wanted: bool) -> None:
+        self.sent = not wanted
+
+    def take(self, delta: EngineDelta | None) -> list[int] | msgspec.UnsetType:
+        ids = delta.prompt_token_ids if delta is not None and not self.sent else None
+        self.sent = self.sent or ids is not None
+        return ids or UNSET
+
+
+async def chat_chunks(prepared: Prepared, deltas: AsyncIterator[EngineDelta], *, include_usage: bool = False,
+                      return_token_ids: bool = False) -> AsyncIterator[ChatCompletionChunk]:
+    """The chat chunks: each choice's role first, then its text (with logprobs when asked) and finish
+    reason, then usage when asked. Engine failures are raised (``GatewayError``)."""
+    top = prepared.sampling.logprobs
+    ids = _Ids(return_token_ids)
+
+    def chunk(choices: list[ChunkChoice], **extra) -> ChatCompletionChunk:
+        return ChatCompletionChunk(prepared.response_id, prepared.created, prepared.model_name, choices, **extra)
+
     try:
-        for event in opening:
-            yield event
+        for i in range(prepared.choices):
+            yield chunk([ChunkChoice(i, Delta(role="assistant", content=""))])
         async for delta in deltas:
-            ids = delta.prompt_token_ids if not ids_sent else None
-            ids_sent = ids_sent or ids is not None
-            if delta.text or delta.finish_reason or ids:
-                yield sse(make(delta, ids))
+            prompt_ids = ids.take(delta)
+            if delta.text or delta.finish_reason or prompt_ids:
+                logprobs = ChoiceLogprobs(chat_logprobs(delta.logprobs or [], top)) if top is not None else None
+                yield chunk([ChunkChoice(delta.index, Delta(content=delta.text) if delta.text else Delta(),
+                                         finish_reason(delta.finish_reason), logprobs)], prompt_token_ids=prompt_ids)
         if include_usage:
-            yield sse(make(None, None, prepared.tally.usage()))
+            yield chunk([], usage=prepared.tally.usage())
+    finally:
+        await deltas.aclose()  # type: ignore[attr-defined]
+
+
+async def completion_chunks(prepared: Prepared, deltas: AsyncIterator[EngineDelta], *, include_usage: bool = False,
+                            return_token_ids: bool = False) -> AsyncIterator[Completion]:
+    """The completions chunks; with ``echo`` each choice's first chunk starts with its prompt."""
+    top, n = prepared.sampling.logprobs, prepared.sampling.n
+    ids = _Ids(return_token_ids)
+    logprobs = {i: CompletionLogprobs(top) for i in range(prepared.choices)} if top is not None else {}
+    started: set[int] = set()
+
+    def chunk(choices: list[CompletionChoice], **extra) -> Completion:
+        return Completion(prepared.response_id, prepared.created, prepared.model_name, choices, **extra)
+
+    try:
+        async for delta in deltas:
+            prompt_ids = ids.take(delta)
+            echo = prepared.echo[delta.index // n] if prepared.echo and delta.index not in started else None
+            started.add(delta.index)
+            text, part = (echo.text if echo else "") + delta.text, None
+            if logprobs:
+                built = logprobs[delta.index]
+                before = len(built.all.tokens)
+                if echo is not None and delta.prompt_logprobs is not None:
+                    built.take(delta.prompt_logprobs, echo.first_token)
+                built.take(list(delta.logprobs or []))
+                part = built.since(before)
+            if text or delta.finish_reason or prompt_ids:
+                yield chunk([CompletionChoice(delta.index, text, finish_reason(delta.finish_reason), part)],
+                            prompt_token_ids=prompt_ids)
+        if include_usage:
+            yield chunk([], usage=prepared.tally.usage())
+    finally:
+        await deltas.aclose()  # type: ignore[attr-defined]
+
+
+async def sse_events(chunks: AsyncIterator[msgspec.Struct]) -> AsyncIterator[bytes]:
+    try:
+        async for body in chunks:
+            yield sse(body)
     except GatewayError as exc:
         yield sse(exc.body())
     finally:
-        await deltas.aclose()  # type: ignore[attr-defined]
+        await chunks.aclose()  # type: ignore[attr-defined]
     yield DONE
 
 
 def chat_events(prepared: Prepared, deltas: AsyncIterator[EngineDelta], *, include_usage: bool,
                 return_token_ids: bool) -> AsyncIterator[bytes]:
-    def make(delta: EngineDelta | None, ids=None, usage=None) -> ChatCompletionChunk:
-        choices = [] if delta is None else [ChunkChoice(
-            delta.index, Delta(content=delta.text) if delta.text else Delta(),
-            finish_reason(delta.finish_reason))]
-        return ChatCompletionChunk(prepared.response_id, prepared.created, prepared.model_name, choices,
-                                   usage=usage or UNSET, prompt_token_ids=ids or UNSET)
-
-    opening = [sse(ChatCompletionChunk(prepared.response_id, prepared.created, prepared.model_name,
-                                       [ChunkChoice(i, Delta(role="assistant", content=""))]))
-               for i in range(prepared.engine_request.sampling.n)]
-    return _events(deltas, make, prepared, include_usage, return_token_ids, opening)
+    return sse_events(chat_chunks(prepared, deltas, include_usage=include_usage, return_token_ids=return_token_ids))
 
 
 def completion_events(prepared: Prepared, deltas: AsyncIterator[EngineDelta], *, include_usage: bool,
                       return_token_ids: bool) -> AsyncIterator[bytes]:
-    def make(delta: EngineDelta | None, ids=None, usage=None) -> Completion:
-        choices = [] if delta is None else [CompletionChoice(
-            delta.index, delta.text, finish_reason(delta.finish_reason))]
-        return Completion(prepared.response_id, prepared.created, prepared.model_name, choices,
-                          usage=usage or UNSET, prompt_token_ids=ids or UNSET)
-
-    return _events(deltas, make, prepared, include_usage, return_token_ids, [])
+    return sse_events(completion_chunks(prepared, deltas, include_usage=include_usage,
+                                        return_token_ids=return_token_ids))
 
 
 Events = Callable[..., AsyncIterator[bytes]]

@@ -11,6 +11,7 @@ import asyncio
 import threading
 from typing import Any
 
+from vlm_gateway.errors import InvalidRequest
 from vlm_gateway.prompts.families import checkpoint_file
 
 
@@ -41,6 +42,17 @@ class Tokenizer:
         """Token ids of ``text``. Rendered chat prompts carry their own BOS (the family data says
         whether the tokenizer must add it); raw completion prompts get the tokenizer's, as vLLM does."""
         return await asyncio.to_thread(self.encode_sync, text, add_special_tokens)
+
+    def decode(self, ids: list[int]) -> str:
+        """Token ids as text, special tokens included (what ``echo`` shows of a prompt sent as ids)."""
+        return self.load().decode(ids, skip_special_tokens=False)
+
+    def check_ids(self, ids: list[int], param: str) -> None:
+        """A prompt sent as token ids holds only ids of this vocabulary (else a 400 naming ``param``)."""
+        size = self.load().get_vocab_size(with_added_tokens=True)
+        bad = next((i for i in ids if i >= size), None)
+        if bad is not None:
+            raise InvalidRequest(f"token id {bad} is outside the model's vocabulary of {size}", param=param)
 
     def token_ids(self, tokens: tuple[str, ...]) -> list[int]:
         """Ids of single special tokens (e.g. the family's stop tokens); unknown ones are skipped.

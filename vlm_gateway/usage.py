@@ -24,9 +24,9 @@ class Tally(msgspec.Struct):
         """Record what ``delta`` says about tokens; True when that is all it carries."""
         if delta.prompt_token_ids is not None and self.prompt_ids is None:
             self.prompt_ids = delta.prompt_token_ids
-        if delta.prompt_tokens is not None:
-            self.prompt_tokens = delta.prompt_tokens
-            self.completion_tokens = delta.completion_tokens or self.completion_tokens
+        if delta.prompt_tokens is not None:  # one per engine stream (several prompts: several)
+            self.prompt_tokens = (self.prompt_tokens or 0) + delta.prompt_tokens
+            self.completion_tokens += delta.completion_tokens or 0
             return True
         return False
 

@@ -21,7 +21,7 @@ PREPARED: list[Prepared] = []
 
 def prepared(n: int = 1, images: int = 1) -> Prepared:
     req = EngineRequest("chatcmpl-1", [1, 2, 3, 9], ["data:,"] * images, SamplingParams(n=n))
-    out = Prepared(model=_Model(), model_name="m", engine_request=req, response_id="chatcmpl-1", created=7,
+    out = Prepared(model=_Model(), model_name="m", engine_requests=[req], response_id="chatcmpl-1", created=7,
                    prompt_param="messages", tally=Tally(4, images), permit=Permit({}, 30))
     PREPARED.append(out)
     return out

@@ -26,7 +26,8 @@ class SamplingParams(msgspec.Struct, omit_defaults=True):
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
-    logprobs: int | None = None
+    logprobs: int | None = None  # alternatives per generated token (0: the sampled token's own only)
+    prompt_logprobs: int | None = None  # the same for each prompt token (a non-streamed engine call)
     structured_outputs: dict[str, Any] | None = None
     min_tokens: int = 0
     ignore_eos: bool = False
@@ -40,6 +41,24 @@ class EngineRequest(msgspec.Struct):
     timeout_s: float | None = None  # the whole request, first byte to last; None: the engine's default
 
 
+class Candidate(msgspec.Struct):
+    """A token the model could have chosen at one position, and its log probability."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(msgspec.Struct):
+    """The token at one position, its log probability and the most likely ``top`` alternatives (in the
+    engine's order, the chosen token first when it is among them)."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top: list[Candidate] = []
+
+
 class EngineDelta(msgspec.Struct):
     """One step of output for one choice. The first delta of a request carries the prompt ids."""
 
@@ -50,6 +69,8 @@ class EngineDelta(msgspec.Struct):
     prompt_token_ids: list[int] | None = None  # after image expansion, as the engine saw them
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    logprobs: list[TokenLogprob] | None = None  # one per token of ``text`` (when asked)
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # one per prompt token, the first None
 
 
 class Engine(Protocol):

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import msgspec
 
-from vlm_gateway.engines import EngineDelta, EngineRequest
+from vlm_gateway.engines import Candidate, EngineDelta, EngineRequest, TokenLogprob
 from vlm_gateway.engines.errors import EngineCrashed, EngineDown, EngineError, EngineRejected, EngineTimeout
 
 log = logging.getLogger("vlm_gateway.engine")
@@ -43,11 +43,35 @@ class _Usage(msgspec.Struct):
     completion_tokens: int | None = None
 
 
+class _Top(msgspec.Struct):
+    token: str
+    logprob: float = -9999.0
+    bytes: list[int] | None = None
+
+
+class _Position(msgspec.Struct):
+    token: str
+    logprob: float = -9999.0  # vLLM's sentinel when the chosen token has no logprob
+    bytes: list[int] | None = None
+    top_logprobs: list[_Top] = []
+
+
+class _Logprobs(msgspec.Struct):
+    content: list[_Position] | None = None
+
+
+class _PromptLogprob(msgspec.Struct):
+    logprob: float = -9999.0
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
 class _Choice(msgspec.Struct):
     index: int = 0
     text: str = ""
     token_ids: list[int] | None = None
     finish_reason: str | None = None
+    logprobs: _Logprobs | None = None
 
 
 class _ErrorBody(msgspec.Struct):
@@ -56,12 +80,14 @@ class _ErrorBody(msgspec.Struct):
 
 
 class _Chunk(msgspec.Struct):
-    """One SSE chunk of ``/inference/v1/generate`` (output_mode "text")."""
+    """One SSE chunk of ``/inference/v1/generate`` (output_mode "text"), or its whole non-streamed
+    answer (which alone carries ``prompt_logprobs``: per prompt position, token id → logprob)."""
 
     choices: list[_Choice] = []
     prompt_token_ids: list[int] | None = None
     usage: _Usage | None = None
     error: _ErrorBody | None = None
+    prompt_logprobs: list[dict[int, _PromptLogprob] | None] | None = None
 
 
 class _ErrorResponse(msgspec.Struct):
@@ -179,7 +205,8 @@ class RemoteVLLM:
             "sampling_params": request.sampling,
             "return_token_ids": True,
             "output_mode": "text",
-            "stream": True,
+            # prompt logprobs come only in a whole (non-streamed) answer
+            "stream": request.sampling.prompt_logprobs is None,
             "stream_options": {"include_usage": True},
         }
         if request.images:
@@ -196,7 +223,8 @@ class RemoteVLLM:
             ) as resp:
                 if resp.status != 200:
                     raise _http_error(resp.status, await resp.read())
-                async for chunk in _sse_chunks(resp.content):
+                chunks = _sse_chunks(resp.content) if body["stream"] else _whole(resp)
+                async for chunk in chunks:
                     if chunk.error is not None:
                         raise _engine_error(_status(chunk.error.code), chunk.error.message)
                     for delta in _deltas(chunk):
@@ -238,7 +266,36 @@ async def _sse_chunks(stream: aiohttp.StreamReader) -> AsyncIterator[_Chunk]:
         yield _DECODE_CHUNK.decode(data)
 
 
+async def _whole(resp: aiohttp.ClientResponse) -> AsyncIterator[_Chunk]:
+    yield _DECODE_CHUNK.decode(await resp.read())
+
+
+def _logprobs(choice: _Choice) -> list[TokenLogprob] | None:
+    if choice.logprobs is None or choice.logprobs.content is None:
+        return None
+    return [TokenLogprob(p.token, p.logprob, p.bytes, [Candidate(t.token, t.logprob, t.bytes) for t in p.top_logprobs])
+            for p in choice.logprobs.content]
+
+
+def _prompt_logprobs(chunk: _Chunk) -> list[TokenLogprob | None] | None:
+    """vLLM's per-position maps (token id → logprob, rank, text) as the prompt token's own entry plus
+    its alternatives by rank."""
+    if chunk.prompt_logprobs is None or chunk.prompt_token_ids is None:
+        return None
+    out: list[TokenLogprob | None] = []
+    for token_id, position in zip(chunk.prompt_token_ids, chunk.prompt_logprobs, strict=False):
+        own = position.get(token_id) if position else None
+        if position is None or own is None:
+            out.append(None)
+            continue
+        ranked = sorted((p for i, p in position.items() if i != token_id), key=lambda p: p.rank or 0)
+        out.append(TokenLogprob(own.decoded_token or "", own.logprob, None,
+                                [Candidate(p.decoded_token or "", p.logprob) for p in ranked]))
+    return out
+
+
 def _deltas(chunk: _Chunk) -> list[EngineDelta]:
+    prompt_logprobs = _prompt_logprobs(chunk)
     out = [
         EngineDelta(
             index=c.index,
@@ -246,6 +303,8 @@ def _deltas(chunk: _Chunk) -> list[EngineDelta]:
             token_ids=c.token_ids or [],
             finish_reason=c.finish_reason,
             prompt_token_ids=chunk.prompt_token_ids,
+            logprobs=_logprobs(c),
+            prompt_logprobs=prompt_logprobs,
         )
         for c in chunk.choices
     ]

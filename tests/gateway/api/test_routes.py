@@ -14,7 +14,7 @@ from litestar.testing import TestClient
 
 from tests.helpers import png_data_uri
 from vlm_gateway.app import create_app
-from vlm_gateway.engines import EngineDelta, EngineRequest
+from vlm_gateway.engines import Candidate, EngineDelta, EngineRequest, TokenLogprob
 from vlm_gateway.engines.errors import EngineError, EngineRejected
 from vlm_gateway.settings import ModelSettings, Settings
 
@@ -39,10 +39,23 @@ class ScriptedEngine:
         expanded = len(request.token_ids) + 99 * len(request.images)
         if self.fail is not None and self.fail_after == 0:
             raise self.fail
-        yield EngineDelta(0, "Hi", prompt_token_ids=list(range(expanded)))
+        top = request.sampling.logprobs
+
+        def lp(token: str) -> list[TokenLogprob] | None:
+            if top is None:
+                return None
+            return [TokenLogprob(token, -0.5, list(token.encode()), [Candidate(token, -0.5), Candidate("x", -1.5),
+                                                                      Candidate("y", -2.5)])]
+
+        prompt_lp = None
+        if request.sampling.prompt_logprobs is not None:
+            prompt_lp = [None, *(TokenLogprob(f"t{i}", -1.0, None, [Candidate("z", -0.1)])
+                                 for i in request.token_ids[1:])]
+        yield EngineDelta(0, "Hi", prompt_token_ids=list(range(expanded)), logprobs=lp("Hi"),
+                          prompt_logprobs=prompt_lp)
         if self.fail is not None:
             raise self.fail
-        yield EngineDelta(0, " there", finish_reason="stop")
+        yield EngineDelta(0, " there", finish_reason="stop", logprobs=lp(" there"))
         yield EngineDelta(prompt_tokens=expanded, completion_tokens=2)
 
 
@@ -109,7 +122,7 @@ def test_stream_sse_format(client) -> None:
      "messages[0].content[0]", None),
     ({"model": "m", "messages": "hi"}, 400, "messages", None),
     (chat(temperature=9), 400, "temperature", None),
-    (chat(logprobs=True), 400, "logprobs", None),
+    (chat(top_logprobs=2), 400, "top_logprobs", None),
     ({"model": "m", "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}, 400,
      "messages[0].content[0].image_url", None),
@@ -252,3 +265,86 @@ def test_vlmrun_sync_and_batch(client) -> None:
     assert done["status"] == "completed" and done["id"] == pending["id"]
     bad = client.post("/v1/image/generate", json={**body, "domain": "no.such"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "domain"
+
+
+def test_chat_logprobs_in_openai_shape(client) -> None:
+    r = client.post("/v1/chat/completions", json=chat(logprobs=True, top_logprobs=2)).json()
+    content = r["choices"][0]["logprobs"]["content"]
+    assert [c["token"] for c in content] == ["Hi", " there"]
+    assert content[0] == {"token": "Hi", "logprob": -0.5, "bytes": [72, 105],
+                          "top_logprobs": [{"token": "Hi", "logprob": -0.5, "bytes": None},
+                                           {"token": "x", "logprob": -1.5, "bytes": None}]}
+    plain = client.post("/v1/chat/completions", json=chat(logprobs=True)).json()
+    assert plain["choices"][0]["logprobs"]["content"][0]["top_logprobs"] == []
+    assert client.post("/v1/chat/completions", json=chat()).json()["choices"][0]["logprobs"] is None
+
+
+def test_chat_logprobs_streamed(client) -> None:
+    with client.stream("POST", "/v1/chat/completions", json=chat(logprobs=True, top_logprobs=1, stream=True)) as r:
+        chunks = [msgspec.json.decode(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    tokens = [c["token"] for chunk in chunks for choice in chunk["choices"] if choice.get("logprobs")
+              for c in choice["logprobs"]["content"]]
+    assert tokens == ["Hi", " there"]
+
+
+def completion(**extra) -> dict:
+    return {"model": "m", "prompt": "Hello", "max_tokens": 4, **extra}
+
+
+def test_completions_every_prompt_form(client, engines) -> None:
+    r = client.post("/v1/completions", json=completion(prompt=["one", "two"], n=2)).json()
+    assert [c["index"] for c in r["choices"]] == [0, 1, 2, 3]
+    # the scripted engine answers choice 0 of each request: prompt k's choices are k * n + i
+    assert [c["text"] for c in r["choices"]] == ["Hi there", "", "Hi there", ""]
+    sent = engines["m"].requests[-2:]
+    assert len({tuple(q.token_ids) for q in sent}) == 2  # one engine request per prompt
+    assert r["usage"]["prompt_tokens"] == sum(len(q.token_ids) for q in sent)
+    assert r["usage"]["completion_tokens"] == 4
+    r = client.post("/v1/completions", json=completion(prompt=[5, 6, 7]))
+    assert r.status_code == 200 and engines["m"].requests[-1].token_ids == [5, 6, 7]
+    r = client.post("/v1/completions", json=completion(prompt=[[5, 6], [7]])).json()
+    assert len(r["choices"]) == 2 and engines["m"].requests[-1].token_ids in ([5, 6], [7])
+
+
+@pytest.mark.parametrize("prompt,param", [
+    (["a", 1], "prompt"), ([10**9], "prompt"), ([[1], []], "prompt[1]"), ([], "prompt"), ([-1], "prompt[0]"),
+    (["a"] * 200, "prompt"),
+])
+def test_completions_bad_prompts_name_the_prompt(client, prompt, param) -> None:
+    r = client.post("/v1/completions", json=completion(prompt=prompt))
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+def test_completions_images_need_one_string_prompt(client) -> None:
+    r = client.post("/v1/completions", json=completion(prompt=["<image> a", "<image> b"], images=[png_data_uri()]))
+    assert r.status_code == 400 and r.json()["error"]["param"] == "images"
+
+
+def test_completions_echo_and_logprobs(client) -> None:
+    r = client.post("/v1/completions", json=completion(echo=True)).json()
+    assert r["choices"][0]["text"] == "HelloHi there"
+    r = client.post("/v1/completions", json=completion(logprobs=1)).json()
+    lp = r["choices"][0]["logprobs"]
+    assert lp == {"tokens": ["Hi", " there"], "token_logprobs": [-0.5, -0.5],
+                  "top_logprobs": [{"Hi": -0.5}, {" there": -0.5}], "text_offset": [0, 2]}
+    r = client.post("/v1/completions", json=completion(echo=True, logprobs=0, prompt=[5, 6, 7])).json()
+    lp = r["choices"][0]["logprobs"]
+    assert lp["token_logprobs"][:3] == [None, -1.0, -1.0] and lp["tokens"][1:3] == ["t6", "t7"]
+    assert lp["top_logprobs"][0] is None and lp["top_logprobs"][1] == {}
+    assert lp["tokens"][3:] == ["Hi", " there"]
+    assert lp["text_offset"] == [0, len(lp["tokens"][0]), len(lp["tokens"][0]) + 2, len(lp["tokens"][0]) + 4,
+                                 len(lp["tokens"][0]) + 6]
+
+
+def test_completions_stream_echo_and_logprobs(client) -> None:
+    body = completion(echo=True, logprobs=2, stream=True, prompt=["a", "b"])
+    with client.stream("POST", "/v1/completions", json=body) as r:
+        chunks = [msgspec.json.decode(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    texts: dict[int, str] = {}
+    tokens: dict[int, list] = {}
+    for chunk in chunks:
+        for c in chunk["choices"]:
+            texts[c["index"]] = texts.get(c["index"], "") + c["text"]
+            tokens.setdefault(c["index"], []).extend(c["logprobs"]["tokens"])
+    assert texts == {0: "aHi there", 1: "bHi there"}
+    assert all(t[-2:] == ["Hi", " there"] for t in tokens.values())
