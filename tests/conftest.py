@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ from vlm_gateway.engines.cpu_compat import install_import_hook
 from vlm_gateway.testing.tiny import ensure_tiny
 
 install_import_hook()  # tests import transformers (and so torchvision) directly
+
+# Uploaded files (the disk backend's default directory) stay inside this run, in every process it starts.
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="vlm-gateway-test-data-")
 
 
 @pytest.fixture(scope="session")

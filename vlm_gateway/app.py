@@ -18,12 +18,14 @@ from litestar import Litestar
 from vlm_gateway.api.auth import require_api_key
 from vlm_gateway.api.chat import chat_completions
 from vlm_gateway.api.completions import completions
+from vlm_gateway.api.files import file_routes
 from vlm_gateway.api.health import health
 from vlm_gateway.api.models import list_models
 from vlm_gateway.api.queue import QUEUE_ROUTES
 from vlm_gateway.api.seeds import fal_run, vision, vlmrun_generate, vlmrun_status
 from vlm_gateway.engines import Engine
 from vlm_gateway.errors import error_response
+from vlm_gateway.files.store import build_file_store
 from vlm_gateway.images.load import ImageLoader
 from vlm_gateway.jobs import build_jobs
 from vlm_gateway.jobs.runner import classify, make_runner
@@ -84,6 +86,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory = default_engin
             for engine in engines.values():
                 await engine.start()
             images = ImageLoader(settings.images, session, redis=redis)
+            app.state.files = build_file_store(settings, redis)
             app.state.services = Services(
                 settings=settings,
                 models=registry,
@@ -91,6 +94,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory = default_engin
                 tokenizers=tokenizers,
                 images=images,
                 limiter=limiter,
+                files=app.state.files,
             )
             jobs = build_jobs(settings.jobs, session, make_runner(lambda: app.state.services), redis=redis,
                               classify=classify)
@@ -103,6 +107,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory = default_engin
                 await limiter.close()
                 await lag.stop()
                 await images.close()
+                await app.state.files.close()
                 await asyncio.gather(*(engine.close() for engine in engines.values()),
                                      return_exceptions=True)
                 if redis is not None:
@@ -110,7 +115,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory = default_engin
 
     return Litestar(
         route_handlers=[chat_completions, completions, list_models, health, vision, fal_run, vlmrun_generate,
-                        vlmrun_status, *QUEUE_ROUTES],
+                        vlmrun_status, *QUEUE_ROUTES, *file_routes(settings)],
         lifespan=[lifespan],
         exception_handlers={Exception: error_response},
         guards=[require_api_key],

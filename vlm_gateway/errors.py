@@ -130,6 +130,12 @@ class PayloadTooLarge(GatewayError):
     default_code = "request_too_large"
 
 
+class QuotaExceeded(PermissionDenied):
+    """Storing this would go over a configured storage quota (uploaded files): not retryable as such."""
+
+    default_code = "quota_exceeded"
+
+
 class RateLimited(GatewayError):
     status = 429
     type = "rate_limit_error"

@@ -25,6 +25,7 @@ import msgspec
 
 from vlm_gateway.engines import Engine, EngineDelta, EngineRequest, SamplingParams
 from vlm_gateway.engines.errors import EngineError
+from vlm_gateway.files import FileStore
 from vlm_gateway.errors import ContextLengthExceeded, EngineUnavailable, InvalidRequest, from_engine_error
 from vlm_gateway.images.load import DetailRule, ImageLoader, ImageSource
 from vlm_gateway.limits import Limiter, Permit
@@ -39,6 +40,7 @@ from vlm_gateway.schemas.openai import (
     ChatCompletionRequest,
     ChatMessage,
     CompletionRequest,
+    FilePart,
     ImagePart,
     ImageUrlPart,
 )
@@ -56,6 +58,7 @@ class Services(msgspec.Struct):
     tokenizers: dict[str, Tokenizer]
     images: ImageLoader
     limiter: Limiter
+    files: FileStore | None = None  # uploaded files (/v1/files), for images sent by file_id
 
 
 class Echo(msgspec.Struct):
@@ -95,31 +98,46 @@ class Prepared(msgspec.Struct):
 
 # --- step 3 helpers: where a request's images are --------------------------------------------------
 
-def chat_image_sources(messages: list[ChatMessage]) -> list[ImageSource]:
+class ImageInput(msgspec.Struct, frozen=True):
+    """One image of a request as sent: a URL (https or data URI) or an uploaded file's id."""
+
+    url: str | None
+    file_id: str | None
+    detail: str
+    param: str  # where it was, e.g. "messages[0].content[1].image_url"
+
+
+def _image_input(url: str | None, file_id: str | None, detail: str, param: str) -> ImageInput:
+    if (url is None) == (file_id is None):
+        raise InvalidRequest("an image needs a url or a file_id (one of them)", param=param)
+    return ImageInput(url, file_id, "high" if detail == "original" else detail, param)
+
+
+def chat_image_sources(messages: list[ChatMessage]) -> list[ImageInput]:
     sources = []
     for i, message in enumerate(messages):
         if not isinstance(message.content, list):
             continue
         for j, part in enumerate(message.content):
+            param = f"messages[{i}].content[{j}]"
             if isinstance(part, ImageUrlPart):
-                sources.append(ImageSource(part.image_url.url, part.image_url.detail,
-                                           f"messages[{i}].content[{j}].image_url"))
+                sources.append(_image_input(part.image_url.url, part.image_url.file_id, part.image_url.detail,
+                                            param + ".image_url"))
             elif isinstance(part, ImagePart):
-                url = part.url or part.image
-                if not url:
-                    raise InvalidRequest("an image part needs a url", param=f"messages[{i}].content[{j}]")
-                sources.append(ImageSource(url, part.detail, f"messages[{i}].content[{j}]"))
+                sources.append(_image_input(part.url or part.image, None, part.detail, param))
+            elif isinstance(part, FilePart):
+                sources.append(_image_input(part.file.file_data, part.file.file_id, "auto", param + ".file"))
     return sources
 
 
-def completion_image_sources(req: CompletionRequest) -> list[ImageSource]:
+def completion_image_sources(req: CompletionRequest) -> list[ImageInput]:
     images = req.images if req.images is not None else (req.extra_body.images if req.extra_body else None)
     sources = []
     for i, image in enumerate(images or []):
         if isinstance(image, str):
-            sources.append(ImageSource(image, "auto", f"images[{i}]"))
+            sources.append(ImageInput(image, None, "auto", f"images[{i}]"))
         else:
-            sources.append(ImageSource(image.url, image.detail, f"images[{i}]"))
+            sources.append(_image_input(image.url, None, image.detail, f"images[{i}]"))
     return sources
 
 
@@ -136,10 +154,20 @@ def detail_rule(detail: FamilyDetail) -> DetailRule:
                       min_pixels=detail.min_pixels or None)
 
 
-async def _load_images(svc: Services, model: Model, sources: list[ImageSource]) -> list[str]:
-    if not sources:
+async def _load_images(svc: Services, model: Model, caller: Caller, inputs: list[ImageInput]) -> list[str]:
+    if not inputs:
         return []
-    loaded = await svc.images.load(sources, detail_rule(model.family.detail))
+
+    async def source(image: ImageInput) -> ImageSource:
+        if image.file_id is None:
+            return ImageSource(image.url or "", image.detail, image.param)  # type: ignore[arg-type]
+        if svc.files is None:
+            raise InvalidRequest("this gateway stores no files", param=image.param)
+        return await svc.files.image_source(caller, image.file_id, detail=image.detail,  # type: ignore[arg-type]
+                                            param=image.param)
+
+    sources = await asyncio.gather(*(source(image) for image in inputs))
+    loaded = await svc.images.load(list(sources), detail_rule(model.family.detail))
     return [image.url for image in loaded]
 
 
@@ -172,10 +200,11 @@ async def prepare_chat(svc: Services, req: ChatCompletionRequest, caller: Caller
                        queued: bool = False) -> Prepared:
     model = svc.models.resolve(req.model)                                   # 1. resolve model
     async with admitted(svc, caller, model, queued) as permit:              # 2. admit
-        return await _prepare_chat(svc, req, model, permit)
+        return await _prepare_chat(svc, req, model, permit, caller)
 
 
-async def _prepare_chat(svc: Services, req: ChatCompletionRequest, model: Model, permit: Permit) -> Prepared:
+async def _prepare_chat(svc: Services, req: ChatCompletionRequest, model: Model, permit: Permit,
+                        caller: Caller) -> Prepared:
     messages = req.messages                                                 # family-data reshaping
     if model.family.string_content_as_parts:
         messages = strings_to_parts(messages)
@@ -191,7 +220,7 @@ async def _prepare_chat(svc: Services, req: ChatCompletionRequest, model: Model,
         return await tokenizer.encode(prompt.text, model.family.add_special_tokens)  # 5. tokenize
 
     images, token_ids = await asyncio.gather(                                # 3. load images (concurrently)
-        _load_images(svc, model, sources), prompt_ids())
+        _load_images(svc, model, caller, sources), prompt_ids())
     return _prepared(model, req.model, [token_ids], images, sampling, "chatcmpl", "messages", permit)
 
 
@@ -199,7 +228,7 @@ async def prepare_completion(svc: Services, req: CompletionRequest, caller: Call
                              queued: bool = False) -> Prepared:
     model = svc.models.resolve(req.model)                                   # 1. resolve model
     async with admitted(svc, caller, model, queued) as permit:              # 2. admit
-        return await _prepare_completion(svc, req, model, permit)
+        return await _prepare_completion(svc, req, model, permit, caller)
 
 
 MAX_COMPLETION_CHOICES = 128  # prompts x n in one /v1/completions request
@@ -219,7 +248,8 @@ def completion_prompts(prompt: str | list) -> list[str | list[int]]:
                          "token ids (not a mix)", param="prompt")
 
 
-async def _prepare_completion(svc: Services, req: CompletionRequest, model: Model, permit: Permit) -> Prepared:
+async def _prepare_completion(svc: Services, req: CompletionRequest, model: Model, permit: Permit,
+                              caller: Caller) -> Prepared:
     prompts = completion_prompts(req.prompt)
     if len(prompts) * req.n > MAX_COMPLETION_CHOICES:
         raise InvalidRequest(f"{len(prompts)} prompts x n={req.n} choices is more than the "
@@ -239,7 +269,7 @@ async def _prepare_completion(svc: Services, req: CompletionRequest, model: Mode
         return await tokenizer.encode(text, add_special_tokens=True)        # 5. tokenize
 
     images, *token_ids = await asyncio.gather(                              # 3. load images, 5. tokenize
-        _load_images(svc, model, sources), *(ids(p) for p in prompts))
+        _load_images(svc, model, caller, sources), *(ids(p) for p in prompts))
     prepared = _prepared(model, req.model, token_ids, images, sampling, "cmpl", "prompt", permit)
     if req.echo:
         prepared.echo = [Echo(p if isinstance(p, str) else tokenizer.decode(p), tokenizer.decode(ids[:1]))

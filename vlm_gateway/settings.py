@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from vlm_gateway.files.settings import FileSettings
 from vlm_gateway.jobs.settings import JobSettings
 from vlm_gateway.limits.settings import LimitSettings
 
@@ -79,6 +80,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     images: ImageSettings = msgspec.field(default_factory=ImageSettings)
     limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
     jobs: JobSettings = msgspec.field(default_factory=JobSettings)
+    files: FileSettings = msgspec.field(default_factory=FileSettings)
 
     @property
     def cache_path(self) -> Path:

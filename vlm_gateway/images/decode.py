@@ -12,6 +12,8 @@ import base64
 import hashlib
 import io
 import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
 from PIL import Image, UnidentifiedImageError
@@ -28,6 +30,7 @@ _MIME = {
 }
 _PLAIN_MODES = ("RGB", "RGBA", "L", "LA")
 PNG_COMPRESS_LEVEL = 1  # speed over size: the PNG only travels to a local engine
+T = TypeVar("T")
 
 
 class SizedImage(msgspec.Struct, frozen=True):
@@ -39,6 +42,15 @@ class SizedImage(msgspec.Struct, frozen=True):
     format: str  # of the bytes in ``url``: "png" after a resize, else the source format
     sha256: str  # of the bytes in ``url``
     resized: bool
+
+
+class ImageInfo(msgspec.Struct, frozen=True):
+    """What :func:`identify` reads from bytes the loader would accept."""
+
+    format: str  # "png", "jpeg", … (as ``SizedImage.format``)
+    width: int
+    height: int
+    content_type: str  # "image/png", …
 
 
 def _ensure_bomb_filter() -> None:
@@ -79,14 +91,20 @@ def _resize(im: Image.Image, size: tuple[int, int]) -> bytes:
     return buf.getvalue()
 
 
+def _header(im: Image.Image, max_pixels: int) -> tuple[str, int, int]:
+    """The format name and size from the header, refused when over ``max_pixels`` (nothing decoded yet)."""
+    fmt = _NAMES.get(im.format or "", (im.format or "").lower())
+    width, height = im.size
+    if width <= 0 or height <= 0:
+        raise ImageError("image has no pixels", code="invalid_image")
+    if width * height > max_pixels:
+        raise _too_many_pixels(width, height, max_pixels)
+    return fmt, width, height
+
+
 def _process(data: bytes, detail: str, rule: DetailRule, max_pixels: int) -> SizedImage:
     with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
-        fmt = _NAMES.get(im.format or "", (im.format or "").lower())
-        width, height = im.size
-        if width <= 0 or height <= 0:
-            raise ImageError("image has no pixels", code="invalid_image")
-        if width * height > max_pixels:
-            raise _too_many_pixels(width, height, max_pixels)
+        fmt, width, height = _header(im, max_pixels)
         size = target_size(width, height, detail, rule)
         if size == (width, height):
             im.load()  # first frame only: proves the data decodes (truncation, corruption)
@@ -98,15 +116,18 @@ def _process(data: bytes, detail: str, rule: DetailRule, max_pixels: int) -> Siz
     return SizedImage(_data_uri("png", out), size[0], size[1], "png", hashlib.sha256(out).hexdigest(), True)
 
 
-def prepare(data: bytes, detail: str, rule: DetailRule, max_pixels: int) -> SizedImage:
-    """Validate, decode and (if the detail rule asks) resize one image. Blocking: call it in a thread.
+def _identify(data: bytes, max_pixels: int) -> ImageInfo:
+    with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
+        fmt, width, height = _header(im, max_pixels)
+        im.load()  # first frame only, as prepare() does for an image it sends unchanged
+    return ImageInfo(fmt, width, height, _MIME[fmt])
 
-    Raises :class:`ImageError` (``param`` unset) for anything that is not an allowed, intact image of at
-    most ``max_pixels`` pixels.
-    """
+
+def _checked(fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn`` (Pillow work) with every failure turned into an :class:`ImageError` (``param`` unset)."""
     _ensure_bomb_filter()
     try:
-        return _process(data, detail, rule, max_pixels)
+        return fn(*args)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -120,3 +141,18 @@ def prepare(data: bytes, detail: str, rule: DetailRule, max_pixels: int) -> Size
         raise ImageError(
             f"image could not be decoded (truncated or corrupt): {type(exc).__name__}", code="invalid_image"
         ) from None
+
+
+def prepare(data: bytes, detail: str, rule: DetailRule, max_pixels: int) -> SizedImage:
+    """Validate, decode and (if the detail rule asks) resize one image. Blocking: call it in a thread.
+
+    Raises :class:`ImageError` (``param`` unset) for anything that is not an allowed, intact image of at
+    most ``max_pixels`` pixels.
+    """
+    return _checked(_process, data, detail, rule, max_pixels)
+
+
+def identify(data: bytes, max_pixels: int) -> ImageInfo:
+    """The checks of :func:`prepare` without the sizing: would the loader accept these bytes, and as what?
+    Blocking: call it in a thread. Raises :class:`ImageError` (``param`` unset) as ``prepare`` does."""
+    return _checked(_identify, data, max_pixels)

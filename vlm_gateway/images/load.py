@@ -3,7 +3,8 @@
 ``ImageLoader.load(sources, rule)`` returns one :class:`LoadedImage` per :class:`ImageSource`, in order,
 or raises :class:`vlm_gateway.errors.ImageError` (400) naming the offending part in ``param``. Base64
 decoding, hashing, Pillow decoding, resizing and encoding all run in worker threads, never on the loop.
-Results are cached by (content hash, detail, rule); fetched bytes by URL (see :mod:`.fetch`).
+Results are cached by (content hash, detail, rule), whatever the bytes came from (URL, data URI, bytes in
+hand); fetched bytes by URL (see :mod:`.fetch`).
 """
 
 from __future__ import annotations
@@ -31,11 +32,17 @@ MAX_URL_CHARS = 8192  # for http(s) URLs; data URIs are bounded by max_image_byt
 
 
 class ImageSource(msgspec.Struct, frozen=True):
-    """One image of a request: its URL (http(s) or data URI), the requested detail, and where it was."""
+    """One image of a request: its URL (http(s) or data URI), the requested detail, and where it was.
+
+    With ``data`` (bytes already in hand, e.g. an uploaded file's content: see
+    ``vlm_gateway.files.FileStore.image_source``) nothing is fetched or decoded from ``url``, which only
+    names the image (the file id); the bytes get the same checks, sizing and result cache as a URL's.
+    """
 
     url: str
     detail: Literal["auto", "low", "high"] = "auto"
     param: str = "image"  # e.g. "messages[0].content[1].image_url"
+    data: bytes | None = None
 
 
 class LoadedImage(msgspec.Struct, frozen=True):
@@ -126,6 +133,12 @@ class ImageLoader:
         return done
 
     async def _bytes(self, src: ImageSource) -> tuple[bytes, str]:
+        if src.data is not None:
+            self._stats["raw_bytes"] += 1
+            if len(src.data) > self.settings.max_image_bytes:
+                raise ImageError(f"image is too large ({len(src.data)} bytes; the limit is "
+                                 f"{self.settings.max_image_bytes})", code="image_too_large")
+            return src.data, await self._in_thread(_digest, src.data)
         if is_data_uri(src.url):
             self._stats["data_uris"] += 1
             return await self._in_thread(_decode_uri, src.url, self.settings.max_image_bytes)

@@ -14,10 +14,10 @@ from typing import Any
 from vlm_gateway.errors import InvalidRequest
 from vlm_gateway.prompts.families import Family
 from vlm_gateway.prompts.markers import find_reserved, placeholder
-from vlm_gateway.schemas.openai import ChatMessage, ImagePart, ImageUrlPart, TextPart
+from vlm_gateway.schemas.openai import ChatMessage, FilePart, ImagePart, ImageUrlPart, TextPart
 
 ROLE_ALIASES = {"developer": "system"}
-IMAGE_PARTS = (ImagePart, ImageUrlPart)
+IMAGE_PARTS = (ImagePart, ImageUrlPart, FilePart)  # a file part is an image file
 TemplateMessage = dict[str, Any]
 
 

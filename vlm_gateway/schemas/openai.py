@@ -16,14 +16,15 @@ PosInt = Annotated[int, Meta(ge=1)]
 Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
 Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
-Detail = Literal["auto", "low", "high"]
+Detail = Literal["auto", "low", "high", "original"]  # "original": as sent, within the model's limits (= high)
 
 
 # --- request content ----------------------------------------------------------------------------
 
 class ImageUrl(Struct):
-    url: str
+    url: str | None = None  # https URL or data URI
     detail: Detail = "auto"
+    file_id: str | None = None  # an uploaded file (/v1/files) instead of ``url``
 
 
 class TextPart(Struct, tag_field="type", tag="text"):
@@ -42,7 +43,19 @@ class ImagePart(Struct, tag_field="type", tag="image"):
     detail: Detail = "auto"
 
 
-ContentPart = Union[TextPart, ImageUrlPart, ImagePart]
+class FileRef(Struct):
+    file_id: str | None = None
+    filename: str | None = None
+    file_data: str | None = None  # a data URI
+
+
+class FilePart(Struct, tag_field="type", tag="file"):
+    """OpenAI's file content part; an image file (by ``file_id`` or ``file_data``) is an image."""
+
+    file: FileRef
+
+
+ContentPart = Union[TextPart, ImageUrlPart, ImagePart, FilePart]
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
 

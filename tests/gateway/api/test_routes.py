@@ -348,3 +348,24 @@ def test_completions_stream_echo_and_logprobs(client) -> None:
             tokens.setdefault(c["index"], []).extend(c["logprobs"]["tokens"])
     assert texts == {0: "aHi there", 1: "bHi there"}
     assert all(t[-2:] == ["Hi", " there"] for t in tokens.values())
+
+
+def test_images_by_file_id_in_image_url_and_file_parts(client, engines) -> None:
+    from tests.helpers import png_bytes
+
+    up = client.post("/v1/files", files={"file": ("red.png", png_bytes(), "image/png")}, data={"purpose": "vision"})
+    assert up.status_code == 200, up.text
+    file_id = up.json()["id"]
+    for part in ({"type": "image_url", "image_url": {"file_id": file_id, "detail": "low"}},
+                 {"type": "file", "file": {"file_id": file_id}}):
+        body = chat(messages=[{"role": "user", "content": [part, {"type": "text", "text": "What?"}]}])
+        r = client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        assert engines["m"].requests[-1].images[0].startswith("data:image/png;base64,")
+    missing = chat(messages=[{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"file_id": "file-" + "x" * 24}}]}])
+    r = client.post("/v1/chat/completions", json=missing)
+    assert r.status_code == 404 and r.json()["error"]["param"] == "messages[0].content[0].image_url", r.text
+    neither = chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"detail": "low"}}]}])
+    r = client.post("/v1/chat/completions", json=neither)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0].content[0].image_url", r.text
