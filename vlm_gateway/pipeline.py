@@ -25,8 +25,8 @@ import msgspec
 
 from vlm_gateway.engines import Engine, EngineDelta, EngineRequest, SamplingParams
 from vlm_gateway.engines.errors import EngineError
-from vlm_gateway.files import FileStore
 from vlm_gateway.errors import ContextLengthExceeded, EngineUnavailable, InvalidRequest, from_engine_error
+from vlm_gateway.files import FileStore
 from vlm_gateway.images.load import DetailRule, ImageLoader, ImageSource
 from vlm_gateway.limits import Limiter, Permit
 from vlm_gateway.limits.rate import ANONYMOUS, Caller
