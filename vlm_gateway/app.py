@@ -22,6 +22,7 @@ from vlm_gateway.api.files import file_routes
 from vlm_gateway.api.health import health
 from vlm_gateway.api.models import list_models
 from vlm_gateway.api.queue import QUEUE_ROUTES
+from vlm_gateway.api.responses import RESPONSES_ROUTES
 from vlm_gateway.api.seeds import fal_run, vision, vlmrun_generate, vlmrun_status
 from vlm_gateway.engines import Engine
 from vlm_gateway.errors import error_response
@@ -33,6 +34,8 @@ from vlm_gateway.limits import KeyStore, Limiter
 from vlm_gateway.looplag import LoopLag
 from vlm_gateway.models import Model, ModelRegistry
 from vlm_gateway.pipeline import Services
+from vlm_gateway.responses_api.background import with_responses
+from vlm_gateway.responses_api.store import ResponseStore
 from vlm_gateway.settings import Settings
 from vlm_gateway.state import state_backend
 from vlm_gateway.tokenize import Tokenizer
@@ -96,8 +99,10 @@ def create_app(settings: Settings, engine_factory: EngineFactory = default_engin
                 limiter=limiter,
                 files=app.state.files,
             )
-            jobs = build_jobs(settings.jobs, session, make_runner(lambda: app.state.services), redis=redis,
-                              classify=classify)
+            app.state.responses = ResponseStore(state, settings.responses)
+            runner = with_responses(make_runner(lambda: app.state.services), lambda: app.state.services,
+                                    app.state.responses)
+            jobs = build_jobs(settings.jobs, session, runner, redis=redis, classify=classify)
             await jobs.start()
             app.state.jobs = jobs
             try:
@@ -115,7 +120,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory = default_engin
 
     return Litestar(
         route_handlers=[chat_completions, completions, list_models, health, vision, fal_run, vlmrun_generate,
-                        vlmrun_status, *QUEUE_ROUTES, *file_routes(settings)],
+                        vlmrun_status, *QUEUE_ROUTES, *file_routes(settings), *RESPONSES_ROUTES],
         lifespan=[lifespan],
         exception_handlers={Exception: error_response},
         guards=[require_api_key],

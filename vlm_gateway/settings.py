@@ -21,6 +21,7 @@ import msgspec
 from vlm_gateway.files.settings import FileSettings
 from vlm_gateway.jobs.settings import JobSettings
 from vlm_gateway.limits.settings import LimitSettings
+from vlm_gateway.responses_api.settings import ResponsesSettings
 
 ENV_PREFIX = "VLM_GATEWAY_"
 
@@ -81,6 +82,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
     jobs: JobSettings = msgspec.field(default_factory=JobSettings)
     files: FileSettings = msgspec.field(default_factory=FileSettings)
+    responses: ResponsesSettings = msgspec.field(default_factory=ResponsesSettings)
 
     @property
     def cache_path(self) -> Path:

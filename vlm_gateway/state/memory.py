@@ -7,6 +7,7 @@ per process: several workers or replicas each count on their own (use ``RedisSta
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections import deque
@@ -51,6 +52,8 @@ class MemoryState:
         self._slots: dict[str, dict[str, float]] = {}  # key → holder → lease expiry
         self._slot_lock = threading.Lock()
         self._hashes: dict[str, dict[str, bytes]] = {}
+        self._values: dict[str, tuple[float, bytes]] = {}  # key → (expiry, value)
+        self._expiry: list[tuple[float, str]] = []  # (expiry, key), a heap: expired values are swept
 
     # --- sliding windows ---------------------------------------------------------------------
 
@@ -149,3 +152,32 @@ class MemoryState:
 
     async def hash_len(self, key: str) -> int:
         return len(self._hashes.get(key, {}))
+
+    # --- values ------------------------------------------------------------------------------
+
+    def _sweep(self, now: float) -> None:
+        """Forget expired values (a heap entry is stale when its key was set again since)."""
+        while self._expiry and self._expiry[0][0] <= now:
+            expiry, key = heapq.heappop(self._expiry)
+            held = self._values.get(key)
+            if held is not None and held[0] == expiry:
+                del self._values[key]
+
+    async def value_get(self, key: str) -> bytes | None:
+        now = self._clock()
+        self._sweep(now)
+        held = self._values.get(key)
+        return held[1] if held is not None and held[0] > now else None
+
+    async def value_set(self, key: str, value: bytes, ttl_s: float) -> None:
+        now = self._clock()
+        self._sweep(now)
+        expiry = now + ttl_s
+        self._values[key] = (expiry, bytes(value))
+        heapq.heappush(self._expiry, (expiry, key))
+
+    async def value_delete(self, key: str) -> bool:
+        now = self._clock()
+        self._sweep(now)
+        held = self._values.pop(key, None)
+        return held is not None and held[0] > now

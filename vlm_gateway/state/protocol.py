@@ -17,6 +17,8 @@ Primitives:
   they only extend leases that still exist, and a release removes only the caller's own holder id.
 * **hash** — ``hash_get`` / ``hash_set`` / ``hash_all`` / ``hash_len``: a small string→bytes map (key
   records).
+* **value** — ``value_get`` / ``value_set`` / ``value_delete``: one bytes value per key that expires
+  ``ttl_s`` after it was last set (stored Responses API responses).
 
 Keys are plain names (``"rpm:key_ab12"``); a backend may prefix them (``RedisState(prefix=...)``).
 """
@@ -105,3 +107,15 @@ class StateBackend(Protocol):
     async def hash_all(self, key: str) -> dict[str, bytes]: ...
 
     async def hash_len(self, key: str) -> int: ...
+
+    async def value_get(self, key: str) -> bytes | None:
+        """The value set at ``key``; None when there is none or it expired."""
+        ...
+
+    async def value_set(self, key: str, value: bytes, ttl_s: float) -> None:
+        """Set (or replace) the value at ``key``; it expires ``ttl_s`` seconds from now."""
+        ...
+
+    async def value_delete(self, key: str) -> bool:
+        """Remove the value at ``key``; whether there was one."""
+        ...

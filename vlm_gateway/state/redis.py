@@ -7,7 +7,8 @@ module never opens or closes connections. Works with ``decode_responses`` on or 
 Layout (every key under ``prefix``): a window is a sorted set ``{name}`` of ``<random>:<cost>``
 members scored by the time they were recorded (µs) plus a running sum ``{name}:sum`` (the braces keep
 both in one cluster slot); a slot set is a sorted set of holders scored by lease expiry (µs); a hash is
-a Redis hash. Every key carries a TTL, so abandoned state disappears on its own.
+a Redis hash; a value is a string with its TTL (``SET … PX``). Every key carries a TTL, so abandoned
+state disappears on its own.
 """
 
 from __future__ import annotations
@@ -217,3 +218,13 @@ class RedisState:
 
     async def hash_len(self, key: str) -> int:
         return int(await self.redis.hlen(self._key(key)))
+
+    async def value_get(self, key: str) -> bytes | None:
+        value = await self.redis.get(self._key(key))
+        return None if value is None else _bytes(value)
+
+    async def value_set(self, key: str, value: bytes, ttl_s: float) -> None:
+        await self.redis.set(self._key(key), value, px=max(1, math.ceil(ttl_s * 1000)))
+
+    async def value_delete(self, key: str) -> bool:
+        return bool(await self.redis.delete(self._key(key)))

@@ -1,0 +1,239 @@
+"""/v1/responses over HTTP on the real app (memory state, in-process queue) with a scripted engine:
+shapes checked with the OpenAI SDK's models, what reaches the engine, storage, ownership, background
+jobs and cancellation, errors."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from openai.types.responses import Response
+
+from tests.gateway.responses_api.conftest import BOB, auth, wait_for
+from tests.helpers import png_data_uri
+from vlm_gateway.engines.errors import EngineRejected
+
+
+def create(client, **fields):
+    return client.post("/v1/responses", json={"model": "m", **fields})
+
+
+def ok(r) -> Response:
+    assert r.status_code == 200, r.text
+    return Response.model_validate(r.json())
+
+
+def prompt_text(client, engine) -> str:
+    return client.app.state.services.tokenizers["m"].decode(engine.requests[-1].token_ids)
+
+
+def events(r) -> list[dict]:
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.text
+    out = []
+    for block in r.text.split("\n\n")[:-1]:
+        kind, data = block.split("\n")
+        out.append(msgspec.json.decode(data.removeprefix("data: ")))
+        assert kind == f"event: {out[-1]['type']}"
+    return out
+
+
+def error(r, status: int) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()["error"]
+    assert set(body) == {"message", "type", "param", "code"} and body["message"]
+    return body
+
+
+def test_string_input(client, engine) -> None:
+    sdk = ok(create(client, input="Hello", metadata={"ticket": "42"}, temperature=0.3))
+    assert sdk.output_text == "Hi there" and sdk.status == "completed" and sdk.model == "m"
+    assert sdk.metadata == {"ticket": "42"} and sdk.temperature == 0.3 and sdk.store is True
+    sent = engine.requests[-1]
+    assert sdk.usage.input_tokens == len(sent.token_ids) and sdk.usage.output_tokens == 2
+    assert sent.sampling.temperature == 0.3 and "Hello" in prompt_text(client, engine)
+
+
+def test_message_with_image_and_instructions(client, engine) -> None:
+    image = png_data_uri()
+    sdk = ok(create(client, instructions="Answer in French.", max_output_tokens=5, input=[
+        {"role": "user", "content": [{"type": "input_text", "text": "What is this?"},
+                                     {"type": "input_image", "image_url": image, "detail": "low"}]}]))
+    sent = engine.requests[-1]
+    assert len(sent.images) == 1 and sent.images[0].startswith("data:image/")
+    assert sent.sampling.max_tokens == 5 and sdk.max_output_tokens == 5
+    assert sdk.instructions == "Answer in French." and "Answer in French." in prompt_text(client, engine)
+    assert sdk.usage.input_tokens == len(sent.token_ids) + 99  # the engine's count, the image expanded
+
+
+def test_json_schema_reaches_structured_outputs(client, engine) -> None:
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    sdk = ok(create(client, input="x", text={"format": {"type": "json_schema", "name": "person", "schema": schema,
+                                                        "strict": True}}))
+    assert engine.requests[-1].sampling.structured_outputs == {"json": schema, "disable_any_whitespace": True}
+    assert sdk.text.format.type == "json_schema" and sdk.text.format.name == "person"
+
+
+def test_max_output_tokens_is_incomplete(client, engine) -> None:
+    engine.finish = "length"
+    sdk = ok(create(client, input="x", max_output_tokens=2))
+    assert sdk.status == "incomplete" and sdk.incomplete_details.reason == "max_output_tokens"
+    streamed = events(create(client, input="x", max_output_tokens=2, stream=True))
+    assert streamed[-1]["type"] == "response.incomplete"
+    assert streamed[-1]["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+
+
+def test_logprobs(client) -> None:
+    sdk = ok(create(client, input="x", include=["message.output_text.logprobs"], top_logprobs=2))
+    logprobs = sdk.output[0].content[0].logprobs
+    assert [lp.token for lp in logprobs] == ["Hi", " there"] and logprobs[0].bytes == [72, 105]
+    assert [t.token for t in logprobs[0].top_logprobs] == ["Hi", "x"]
+
+
+def test_streamed_event_sequence(client) -> None:
+    got = events(create(client, input="Hello", stream=True))
+    assert [e["type"] for e in got] == [
+        "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
+        "response.output_text.delta", "response.output_text.delta", "response.output_text.done",
+        "response.content_part.done", "response.output_item.done", "response.completed"]
+    assert [e["sequence_number"] for e in got] == list(range(len(got)))
+    assert [e["delta"] for e in got if e["type"] == "response.output_text.delta"] == ["Hi", " there"]
+    final = Response.model_validate(got[-1]["response"])
+    assert final.output_text == "Hi there" and final.usage.output_tokens == 2
+    assert got[0]["response"]["status"] == "in_progress" and got[0]["response"]["id"] == final.id
+    assert ok(client.get(f"/v1/responses/{final.id}")).output_text == "Hi there"  # stored
+
+
+def test_failure_mid_stream_is_response_failed(client, engine) -> None:
+    engine.fail, engine.fail_after = EngineRejected("bad value"), 1
+    got = events(create(client, input="x", stream=True))
+    assert got[-1]["type"] == "response.failed"
+    failed = Response.model_validate(got[-1]["response"])
+    assert failed.status == "failed" and failed.error.message == "bad value" and failed.error.code == "invalid_prompt"
+    assert client.get(f"/v1/responses/{failed.id}").json()["status"] == "failed"
+
+
+def test_failure_before_output_keeps_its_status(client, engine) -> None:
+    engine.fail = EngineRejected("too long", "context_length_exceeded")
+    for stream in (False, True):
+        err = error(create(client, input="x", stream=stream), 400)
+        assert (err["code"], err["param"]) == ("context_length_exceeded", "input")
+
+
+def test_store_and_previous_response_id(client, engine) -> None:
+    first = ok(create(client, input="My name is Ada.", instructions="Be terse."))
+    engine.pieces = ["Noted"]
+    second = ok(create(client, input="What is my name?", previous_response_id=first.id))
+    assert second.previous_response_id == first.id and second.output_text == "Noted"
+    prompt = prompt_text(client, engine)
+    assert prompt.index("My name is Ada.") < prompt.index("Hi there") < prompt.index("What is my name?")
+    assert "Be terse." not in prompt  # instructions are not carried over
+    third = ok(create(client, input="And again?", previous_response_id=second.id))
+    prompt = prompt_text(client, engine)
+    assert all(text in prompt for text in ("My name is Ada.", "Hi there", "What is my name?", "Noted"))
+    assert third.status == "completed"
+
+
+def test_get_delete_and_not_found(client) -> None:
+    made = ok(create(client, input="x"))
+    assert ok(client.get(f"/v1/responses/{made.id}")).model_dump() == made.model_dump()
+    r = client.delete(f"/v1/responses/{made.id}")
+    assert r.status_code == 200 and r.json() == {"id": made.id, "object": "response", "deleted": True}
+    err = error(client.get(f"/v1/responses/{made.id}"), 404)
+    assert err["param"] == "response_id" and made.id in err["message"]
+    error(client.delete(f"/v1/responses/{made.id}"), 404)
+    err = error(create(client, input="x", previous_response_id="resp_nope"), 404)
+    assert (err["param"], err["code"]) == ("previous_response_id", "previous_response_not_found")
+    unstored = ok(create(client, input="x", store=False))
+    assert unstored.store is False
+    error(client.get(f"/v1/responses/{unstored.id}"), 404)
+
+
+def test_another_key_sees_nothing(client) -> None:
+    made = ok(create(client, input="x"))
+    for r in (client.get(f"/v1/responses/{made.id}", headers=auth(BOB)),
+              client.delete(f"/v1/responses/{made.id}", headers=auth(BOB)),
+              client.post(f"/v1/responses/{made.id}/cancel", headers=auth(BOB)),
+              client.post("/v1/responses", json={"model": "m", "input": "x", "previous_response_id": made.id},
+                          headers=auth(BOB))):
+        assert r.status_code == 404, r.text
+    assert client.get(f"/v1/responses/{made.id}").status_code == 200  # still there for its owner
+    assert client.get(f"/v1/responses/{made.id}", headers={"Authorization": ""}).status_code == 401
+
+
+def test_function_call_round_trip(client, engine) -> None:
+    sdk = ok(create(client, input=[
+        {"role": "user", "content": "Weather in Paris?"},
+        {"type": "function_call", "call_id": "call_1", "name": "weather", "arguments": '{"city":"Paris"}'},
+        {"type": "function_call_output", "call_id": "call_1", "output": [
+            {"type": "input_text", "text": "radar image:"}, {"type": "input_image", "image_url": png_data_uri()}]},
+    ], tools=[{"type": "function", "name": "weather", "parameters": {"type": "object"}}]))
+    assert sdk.output_text == "Hi there" and sdk.tools[0].name == "weather"
+    assert len(engine.requests[-1].images) == 1  # the tool result's image went to the engine
+
+
+@pytest.mark.parametrize("fields,status,param", [
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]}]},
+     400, "input[0].content[0].image_url"),
+    ({"input": [{"role": "user", "content": "a"}, {"role": "user", "content": [
+        {"type": "input_text", "text": "b"}, {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]}],
+      "instructions": "s"}, 400, "input[1].content[1].image_url"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "file-nope"}]}]},
+     404, "input[0].content[0].file_id"),
+    ({"input": [{"role": "user", "content": [{"type": "input_video"}]}]}, 400, "input[0].content[0].type"),
+    ({"input": "x", "temperature": 9}, 400, "temperature"),
+    ({"input": "x", "tools": [{"type": "web_search"}]}, 400, "tools[0].type"),
+    ({"input": "x", "text": {"format": {"type": "json_schema", "name": "a"}}}, 400, "text.format"),
+    ({"input": "x", "model": "nope"}, 404, "model"),
+    ({"input": "x", "background": True, "store": False}, 400, "store"),
+    ({"input": "x", "background": True, "stream": True}, 400, "stream"),
+    ({"input": 5}, 400, "input"),
+])
+def test_errors_name_the_parameter(client, fields, status, param) -> None:
+    err = error(client.post("/v1/responses", json={"model": "m", **fields}), status)
+    assert err["param"] == param
+
+
+def test_background_run_and_cancel(client, engine) -> None:
+    engine.gate.clear()  # the engine holds its answers: the first job runs, the next ones wait (1 worker slot)
+    running = ok(create(client, input="first", background=True))
+    assert running.status == "queued" and running.background is True and running.output == []
+    wait_for(lambda: client.get(f"/v1/responses/{running.id}").json()["status"] == "in_progress")
+    queued = ok(create(client, input="second", background=True))
+    assert client.get(f"/v1/responses/{queued.id}").json()["status"] == "queued"
+
+    assert ok(client.post(f"/v1/responses/{queued.id}/cancel")).status == "cancelled"
+    assert ok(client.post(f"/v1/responses/{queued.id}/cancel")).status == "cancelled"  # idempotent
+    assert ok(client.post(f"/v1/responses/{running.id}/cancel")).status == "cancelled"
+    wait_for(lambda: engine.aborted == 1)  # the running request was stopped in the engine
+    assert client.get(f"/v1/responses/{running.id}").json()["status"] == "cancelled"
+    assert client.get(f"/v1/responses/{queued.id}").json()["status"] == "cancelled"
+    deleted = ok(create(client, input="deleted while running", background=True))
+    wait_for(lambda: client.get(f"/v1/responses/{deleted.id}").json()["status"] == "in_progress")
+    assert client.delete(f"/v1/responses/{deleted.id}").status_code == 200
+    wait_for(lambda: engine.aborted == 2)  # deleting it stopped it too, and it stored nothing after
+    assert client.get(f"/v1/responses/{deleted.id}").status_code == 404
+    sent = len(engine.requests)
+
+    engine.gate.set()
+    done = ok(create(client, input="third", background=True))
+    final = wait_for(lambda: (r := client.get(f"/v1/responses/{done.id}").json())["status"] == "completed" and r)
+    assert Response.model_validate(final).output_text == "Hi there"
+    assert len(engine.requests) == sent + 1  # the cancelled queued one never reached the engine
+    assert client.get(f"/v1/responses/{queued.id}").json()["status"] == "cancelled"
+    err = error(client.post(f"/v1/responses/{done.id}/cancel"), 400)
+    assert err["param"] == "response_id"
+
+    follow = ok(create(client, input="more", previous_response_id=done.id))
+    assert "third" in prompt_text(client, engine) and follow.status == "completed"
+
+
+def test_background_failure_is_stored(client) -> None:
+    made = ok(create(client, background=True, input=[
+        {"role": "user", "content": [{"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]}]))
+    final = wait_for(lambda: (r := client.get(f"/v1/responses/{made.id}").json())["status"] == "failed" and r)
+    assert Response.model_validate(final).error.param == "input[0].content[0].image_url"
+
+
+def test_cancel_needs_a_background_response(client) -> None:
+    made = ok(create(client, input="x"))
+    err = error(client.post(f"/v1/responses/{made.id}/cancel"), 400)
+    assert err["message"] == "Cannot cancel a synchronous response."

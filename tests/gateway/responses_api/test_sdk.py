@@ -1,0 +1,98 @@
+"""The OpenAI SDK and LangChain's ``ChatOpenAI(use_responses_api=True)`` against the app served by
+uvicorn (scripted engine): what real clients send and how strictly they read the answers."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_openai import ChatOpenAI
+
+from tests.gateway.responses_api.conftest import ALICE, BOB, wait_for
+from tests.helpers import png_data_uri
+from vlm_gateway.tokenize import Tokenizer
+
+
+@pytest.fixture
+def alice(base_url) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base_url, api_key=ALICE, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def prompt(tiny_checkpoint, engine):
+    """The text of the last prompt the engine was sent."""
+    tokenizer = Tokenizer(str(tiny_checkpoint))
+    tokenizer.load()
+    return lambda: tokenizer.decode(engine.requests[-1].token_ids)
+
+
+def test_create_retrieve_delete(alice, base_url, engine) -> None:
+    made = alice.responses.create(model="m", input=[{"role": "user", "content": [
+        {"type": "input_text", "text": "What is this?"}, {"type": "input_image", "image_url": png_data_uri(),
+                                                         "detail": "auto"}]}], instructions="Be brief.")
+    assert made.output_text == "Hi there" and made.status == "completed" and made.usage.output_tokens == 2
+    assert len(engine.requests[-1].images) == 1
+    assert alice.responses.retrieve(made.id).output_text == "Hi there"
+    bob = openai.OpenAI(base_url=base_url, api_key=BOB, max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        bob.responses.retrieve(made.id)
+    follow = alice.responses.create(model="m", input="And?", previous_response_id=made.id)
+    assert follow.previous_response_id == made.id
+    alice.responses.delete(made.id)
+    with pytest.raises(openai.NotFoundError) as missing:
+        alice.responses.retrieve(made.id)
+    assert missing.value.param == "response_id"
+    with pytest.raises(openai.BadRequestError) as bad:
+        alice.responses.create(model="m", input=[{"role": "user", "content": [
+            {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]}])
+    assert bad.value.param == "input[0].content[0].image_url"
+
+
+def test_stream_helper(alice) -> None:
+    with alice.responses.stream(model="m", input="Hello") as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert final.output_text == "Hi there" and final.usage.total_tokens > 0
+
+
+def test_create_with_stream_true(alice) -> None:
+    events = list(alice.responses.create(model="m", input="Hello", stream=True))
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert deltas == ["Hi", " there"] and events[-1].type == "response.completed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+
+
+def test_background_with_the_sdk(alice, engine) -> None:
+    engine.gate.clear()
+    made = alice.responses.create(model="m", input="Hello", background=True)
+    assert made.status == "queued"
+    wait_for(lambda: alice.responses.retrieve(made.id).status == "in_progress")
+    assert alice.responses.cancel(made.id).status == "cancelled"
+    assert alice.responses.retrieve(made.id).status == "cancelled"
+    engine.gate.set()
+    done = alice.responses.create(model="m", input="Hello", background=True)
+    final = wait_for(lambda: (r := alice.responses.retrieve(done.id)).status == "completed" and r)
+    assert final.output_text == "Hi there"
+
+
+def test_langchain_responses_api(base_url, alice, prompt) -> None:
+    llm = ChatOpenAI(model="m", base_url=base_url, api_key=ALICE, use_responses_api=True, max_retries=0)
+    reply = llm.invoke([HumanMessage("Hello")])
+    assert reply.text == "Hi there" and reply.usage_metadata["output_tokens"] == 2
+    chunks = list(llm.stream("Hello"))
+    assert "".join(c.text for c in chunks) == "Hi there"
+    # a tool round trip as LangChain replays it: the AI turn with its call, then the tool's result
+    history = [HumanMessage("Weather?"),
+               AIMessage("", tool_calls=[{"name": "weather", "args": {"city": "Paris"}, "id": "call_1"}]),
+               ToolMessage("sunny", tool_call_id="call_1")]
+    assert llm.invoke(history).text == "Hi there"
+    assert "Paris" in prompt() and "sunny" in prompt()
+    chained = ChatOpenAI(model="m", base_url=base_url, api_key=ALICE, use_responses_api=True, max_retries=0,
+                         use_previous_response_id=True)
+    first = chained.invoke("My name is Ada.")
+    second = chained.invoke([HumanMessage("My name is Ada."), first, HumanMessage("Name?")])
+    assert second.text == "Hi there"
+    previous = alice.responses.retrieve(second.response_metadata["id"]).previous_response_id
+    assert previous == first.response_metadata["id"]
+    assert prompt().count("My name is Ada.") == 1 and "Name?" in prompt()

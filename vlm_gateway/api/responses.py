@@ -1,0 +1,63 @@
+"""OpenAI's Responses API, an adapter over the chat pipeline (see vlm_gateway/responses_api/).
+
+- ``POST   /v1/responses``                 create (``stream``: server-sent events; ``background``: a job)
+- ``GET    /v1/responses/{id}``            a stored response (its status, while a background one runs)
+- ``DELETE /v1/responses/{id}``            {"id", "object": "response", "deleted": true}
+- ``POST   /v1/responses/{id}/cancel``     a background response that is queued or running → cancelled
+
+Every route acts for ``caller(request)`` only: another key's response is a 404, as an unknown id is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, delete, get, post
+from litestar.connection import ASGIConnection
+from litestar.params import FromPath
+from litestar.response import Stream
+
+from vlm_gateway.api import caller, services
+from vlm_gateway.responses_api import background, run
+from vlm_gateway.responses_api.store import ResponseStore
+from vlm_gateway.schemas.responses import ResponseDeleted, ResponseObject, ResponsesRequest
+
+_DECODE = msgspec.json.Decoder(ResponsesRequest)
+
+
+def response_store(connection: ASGIConnection[Any, Any, Any, Any]) -> ResponseStore:
+    return connection.app.state.responses
+
+
+@post("/v1/responses", status_code=200)
+async def create_response(request: Request[Any, Any, Any]) -> Response[Any] | Stream:
+    svc, store, who = services(request), response_store(request), caller(request)
+    req = _DECODE.decode(await request.body())
+    turn = await run.start(store, req, who)
+    if req.background:
+        return Response(await background.submit(svc, request.app.state.jobs, store, turn.response, turn.converted,
+                                                who))
+    if req.stream:
+        body, headers = await run.stream(svc, store, turn, who)
+        return Stream(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers})
+    response, headers = await run.complete(svc, store, turn, who)
+    return Response(response, headers=headers)
+
+
+@get("/v1/responses/{response_id:str}")
+async def retrieve_response(request: Request[Any, Any, Any], response_id: FromPath[str]) -> ResponseObject:
+    return (await response_store(request).get(response_id, caller(request))).response
+
+
+@delete("/v1/responses/{response_id:str}", status_code=200)
+async def delete_response(request: Request[Any, Any, Any], response_id: FromPath[str]) -> ResponseDeleted:
+    return await response_store(request).delete(response_id, caller(request))
+
+
+@post("/v1/responses/{response_id:str}/cancel", status_code=200)
+async def cancel_response(request: Request[Any, Any, Any], response_id: FromPath[str]) -> ResponseObject:
+    return await background.cancel(response_store(request), response_id, caller(request))
+
+
+RESPONSES_ROUTES = [create_response, retrieve_response, delete_response, cancel_response]

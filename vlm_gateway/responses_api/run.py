@@ -1,0 +1,79 @@
+"""``POST /v1/responses`` put together: convert, run on the chat pipeline, convert back, store.
+
+    turn = await start(store, req, caller)        # previous_response_id read, request converted (400s)
+    response, headers = await complete(...)       # not streamed: complete_chat
+    body, headers = await stream(...)             # streamed: prepare_chat + generate + chat_chunks → events
+    response = await background.submit(...)       # background: a job (see background.py)
+
+Errors are the pipeline's own, their ``param`` renamed to the Responses field they came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import msgspec
+
+from vlm_gateway.complete import Headers, complete_chat
+from vlm_gateway.engines import EngineDelta
+from vlm_gateway.errors import InvalidRequest
+from vlm_gateway.limits.rate import Caller
+from vlm_gateway.pipeline import Services, generate, prepare_chat
+from vlm_gateway.responses_api.convert import Converted, renamed, to_chat
+from vlm_gateway.responses_api.events import response_events
+from vlm_gateway.responses_api.output import base_response, finished
+from vlm_gateway.responses_api.store import ResponseStore, StoredResponse
+from vlm_gateway.schemas.responses import ResponseObject, ResponsesRequest
+from vlm_gateway.streaming import chat_chunks, prepend
+
+
+class Turn(msgspec.Struct):
+    """One request, converted: the chat request to run and the response it starts as."""
+
+    converted: Converted
+    response: ResponseObject  # status in_progress, no output yet
+
+
+async def start(store: ResponseStore, req: ResponsesRequest, caller: Caller) -> Turn:
+    if req.background and req.stream:
+        raise InvalidRequest("a background response is not streamed here: send stream false and poll "
+                             "GET /v1/responses/{id}", param="stream")
+    previous = await store.previous(req.previous_response_id, caller) if req.previous_response_id else []
+    return Turn(to_chat(req, previous), base_response(req))
+
+
+async def _save(store: ResponseStore, turn: Turn, response: ResponseObject, caller: Caller) -> None:
+    if response.store:
+        await store.save(StoredResponse(caller.key_id, response, turn.converted.history))
+
+
+async def complete(svc: Services, store: ResponseStore, turn: Turn, caller: Caller) -> tuple[ResponseObject, Headers]:
+    with renamed(turn.converted.params):
+        chat, headers = await complete_chat(svc, turn.converted.chat, caller)
+    response = finished(turn.response, chat)
+    await _save(store, turn, response, caller)
+    return response, headers
+
+
+async def _empty() -> AsyncIterator[EngineDelta]:
+    return
+    yield  # an async generator that yields nothing
+
+
+async def stream(svc: Services, store: ResponseStore, turn: Turn,
+                 caller: Caller) -> tuple[AsyncIterator[bytes], Headers]:
+    """The SSE body. The first engine delta is awaited before answering (as for chat), so a failure
+    before any output still gets its own HTTP status; later ones end the stream with response.failed."""
+    with renamed(turn.converted.params):
+        prepared = await prepare_chat(svc, turn.converted.chat, caller)
+        deltas = generate(svc, prepared)
+        try:
+            deltas = prepend(await anext(deltas), deltas)
+        except StopAsyncIteration:
+            deltas = _empty()
+    chunks = chat_chunks(prepared, deltas, include_usage=True)
+
+    async def done(response: ResponseObject) -> None:
+        await _save(store, turn, response, caller)
+
+    return response_events(turn.response, chunks, turn.converted.params, done), prepared.permit.headers
