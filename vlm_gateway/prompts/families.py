@@ -3,7 +3,8 @@
 ``load_families()`` reads the TOML file once into frozen ``Family`` Structs. ``detect_family(config)``
 maps a checkpoint's ``config.json`` (its ``architectures``, then its ``model_type``) to a family name;
 ``family_for_checkpoint(path)`` does the same for a local checkpoint directory. ``customize`` applies a
-model's own settings (``max_images``, ``images_before_text``) on top of its family.
+model's own settings (``max_images``, ``images_before_text``) on top of its family. A family's tool-call
+syntax (``[<family>.tools]``) loads into ``Family.tools``, a ``vlm_gateway.tools.ToolFormat``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Literal
 
 import msgspec
+
+from vlm_gateway.tools.format import ToolFormat
 
 
 class UnknownFamily(ValueError):
@@ -58,6 +61,7 @@ class Family(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     model_types: tuple[str, ...]
     detail: FamilyDetail
     string_content_as_parts: bool = False  # request step: the template reads list content only
+    tools: ToolFormat | None = None  # how the template writes tool calls and the model answers with them
     directory: str = ""  # the templates folder this family was loaded from (set by ``load_families``)
 
 

@@ -4,6 +4,10 @@
 tests): request messages → template variables (``convert``) → for ``marker_rule = "text"`` families,
 image markers written into the text → the family's template in ``templates/`` → prompt text. It then
 checks that the prompt holds one placeholder per image, so the engine never sees a mismatch.
+
+Tools (``tools=``) are rendered by the family's template in its own syntax (``Family.tools``, passed to
+the template as ``tool_format``); assistant ``tool_calls`` and ``tool`` messages are rendered whether or
+not tools are offered, so a history with calls renders the same under ``tool_choice="none"``.
 """
 
 from __future__ import annotations
@@ -13,12 +17,18 @@ from datetime import datetime
 import msgspec
 
 from vlm_gateway.errors import InvalidRequest
-from vlm_gateway.prompts.convert import check_text, count_images, to_template_messages, write_markers_into_text
+from vlm_gateway.prompts.convert import (
+    check_text,
+    count_images,
+    template_tools,
+    to_template_messages,
+    write_markers_into_text,
+)
 from vlm_gateway.prompts.environment import get_template, strftime_at
 from vlm_gateway.prompts.families import Family
 from vlm_gateway.prompts.markers import count_placeholders
 from vlm_gateway.prompts.order import reorder_images_first
-from vlm_gateway.schemas.openai import ChatMessage
+from vlm_gateway.schemas.openai import ChatMessage, Tool
 
 __all__ = ["RenderedPrompt", "render_chat", "reorder_images_first"]
 
@@ -34,17 +44,20 @@ def render_chat(
     family: Family,
     messages: list[ChatMessage],
     *,
+    tools: list[Tool] | None = None,
     add_generation_prompt: bool = True,
     now: datetime | None = None,
 ) -> RenderedPrompt:
-    """The family's prompt for ``messages``; ``now`` is the date templates print (default: today).
+    """The family's prompt for ``messages`` offering ``tools`` (None or empty: none); ``now`` is the
+    date templates print (default: today).
 
     Raises ``PromptRefused`` when the template rejects the conversation and ``InvalidRequest`` when
-    the messages are empty, text holds an image placeholder, or the template leaves an image out.
+    the messages are empty, text (tool specs and call arguments included) holds an image
+    placeholder, a tool call's arguments are no JSON object, or the template leaves an image out.
     """
     if not messages:
         raise InvalidRequest("messages must hold at least one message", param="messages")
-    check_text(family, messages)
+    check_text(family, messages, tools)
     image_count = count_images(messages)
     variables = to_template_messages(messages)
     if family.marker_rule == "text":
@@ -52,7 +65,8 @@ def render_chat(
     text = get_template(family.template, family.directory).render(
         messages=variables,
         add_generation_prompt=add_generation_prompt,
-        tools=None,
+        tools=template_tools(tools),
+        tool_format=family.tools,
         documents=None,
         bos_token=family.bos_token,
         eos_token=family.eos_token,
@@ -64,7 +78,7 @@ def render_chat(
     if placed != image_count:
         raise InvalidRequest(
             f"the {family.name} prompt format places {placed} of the request's {image_count} images; "
-            "this model takes images in user and assistant messages only",
+            "this model takes images in user, assistant and tool messages only",
             param="messages",
         )
     return RenderedPrompt(text, image_count)

@@ -74,3 +74,18 @@ def test_imports_no_engine_code_and_loads_fast() -> None:
     seconds, heavy = eval(done.stdout)  # noqa: S307 - our own probe's output
     assert heavy == []
     assert seconds < 1.0
+
+
+def test_tools_file(tmp_path: Path) -> None:
+    from tests.gateway.prompts.tool_cases import case, openai_messages, our_golden
+
+    c = case("tool_result_with_image")
+    messages, tools = tmp_path / "messages.json", tmp_path / "tools.json"
+    messages.write_text(json.dumps(openai_messages(c)), encoding="utf-8")
+    tools.write_text(json.dumps(c["tools"]), encoding="utf-8")
+    done = _run("render", "--family", "phi3_5_vision", "--messages", str(messages), "--tools", str(tools))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == our_golden("phi3_5_vision", c["id"]).read_bytes()
+    tools.write_text('[{"function": {}}]', encoding="utf-8")
+    done = _run("--family", "phi3_5_vision", "--messages", str(messages), "--tools", str(tools))
+    assert done.returncode == 2 and str(tools).encode() in done.stderr

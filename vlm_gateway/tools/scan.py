@@ -1,0 +1,245 @@
+"""Incremental scanners: model text in, content text and complete tool calls out.
+
+One scanner per call syntax (``ToolFormat.parser``). Each is fed text as it arrives (``final`` on the
+last feed) and appends to ``content`` and ``calls``. The non-streamed parse runs the same scanner over
+the whole text, so streaming and non-streaming agree by construction, whatever the split.
+
+Decisions a scanner makes:
+- A call is emitted whole, once its text is complete (end marker, closing brace, end of output):
+  only then can it be told apart from text that merely looks like a call (bad JSON, unknown tool),
+  which stays content. Text outside calls is passed on as soon as it cannot be the start of a call.
+- Whitespace that only frames calls (newlines around ``<tool_call>`` blocks at the start or end of
+  the output) is dropped; any other text, whitespace between two pieces of text included, is kept
+  byte for byte. Without calls the content is the output, unchanged.
+"""
+
+from __future__ import annotations
+
+from vlm_gateway.schemas.openai import ToolCall
+from vlm_gateway.tools.calls import call_from_arguments, call_from_text, calls_from_list
+from vlm_gateway.tools.format import ToolFormat
+
+
+class Content:
+    """Content text; with calls, whitespace is dropped at its end, and at its start when the output
+    opens with a call (the newlines that only frame calls); whitespace between two pieces of text is
+    kept. Trailing whitespace is held until more text (kept) or the end (dropped after a call)."""
+
+    def __init__(self) -> None:
+        self._out: list[str] = []
+        self._pending = ""  # trailing whitespace not yet known to be content
+        self._emitted = False  # some non-space content was emitted
+        self._called = False  # a call was seen
+
+    def text(self, text: str) -> None:
+        if not text:
+            return
+        text = self._pending + text
+        core = text.rstrip()
+        self._pending = text[len(core):]
+        if core:
+            if self._called and not self._emitted:
+                core = core.lstrip()
+            self._out.append(core)
+            self._emitted = True
+
+    def call(self) -> None:
+        self._called = True
+        if not self._emitted:
+            self._pending = ""
+
+    def finish(self) -> None:
+        if not self._called:
+            self._out.append(self._pending)
+        self._pending = ""
+
+    def take(self) -> str:
+        out = "".join(self._out)
+        self._out.clear()
+        return out
+
+
+def _partial_suffix(text: str, markers: tuple[str, ...]) -> int:
+    """Length of the longest end of ``text`` that is the beginning of a marker (not all of it)."""
+    longest = 0
+    for marker in markers:
+        for size in range(min(len(marker) - 1, len(text)), longest, -1):
+            if text.endswith(marker[:size]):
+                longest = size
+                break
+    return longest
+
+
+class Scanner:
+    def __init__(self, fmt: ToolFormat, names: frozenset[str]) -> None:
+        self.fmt = fmt
+        self.names = names
+        self.content = Content()
+        self.calls: list[ToolCall] = []
+        self.buf = ""
+
+    def feed(self, text: str, final: bool) -> None:
+        raise NotImplementedError
+
+    def emit(self, call: ToolCall) -> None:
+        self.content.call()
+        self.calls.append(call)
+
+
+class HermesScanner(Scanner):
+    """``<call_start>`` JSON ``<call_end>`` blocks anywhere in the text. A block whose JSON is no call
+    of an offered tool, or that never ends, is content, markers included."""
+
+    def __init__(self, fmt: ToolFormat, names: frozenset[str]) -> None:
+        super().__init__(fmt, names)
+        self.in_call = False
+        self.searched = 0  # inside a call: how much of buf is known to hold no end marker
+
+    def feed(self, text: str, final: bool) -> None:
+        start, end = self.fmt.call_start, self.fmt.call_end
+        self.buf += text
+        while True:
+            if self.in_call:
+                j = self.buf.find(end, self.searched)
+                if j < 0:
+                    if final:
+                        self.content.text(start + self.buf)
+                        self.buf = ""
+                    else:
+                        self.searched = max(0, len(self.buf) - len(end) + 1)
+                    return
+                body, self.buf, self.in_call = self.buf[:j], self.buf[j + len(end):], False
+                call = call_from_text(body.strip(), self.names, self.fmt.arguments_key)
+                if call is None:
+                    self.content.text(start + body + end)
+                else:
+                    self.emit(call)
+            else:
+                i = self.buf.find(start)
+                if i < 0:
+                    keep = 0 if final else _partial_suffix(self.buf, (start,))
+                    self.content.text(self.buf[:len(self.buf) - keep])
+                    self.buf = self.buf[len(self.buf) - keep:]
+                    return
+                self.content.text(self.buf[:i])
+                self.buf, self.in_call, self.searched = self.buf[i + len(start):], True, 0
+
+
+class JsonScanner(Scanner):
+    """Bare JSON call objects at the start of the output, separated by whitespace or ``ignore``
+    markers. The first thing that is not a valid call ends the calls: it and everything after it is
+    content. Output that does not start with a call is content as a whole."""
+
+    def __init__(self, fmt: ToolFormat, names: frozenset[str]) -> None:
+        super().__init__(fmt, names)
+        self.state = "start"  # "start": before or between calls; "object": inside one; "rest": content
+        self.held = ""  # whitespace and markers since the last call, dropped if a call follows
+        self.markers = tuple(sorted(fmt.ignore, key=len, reverse=True))
+        self.depth = 0
+        self.in_string = False
+        self.escaped = False
+        self.scanned = 0
+
+    def feed(self, text: str, final: bool) -> None:
+        self.buf += text
+        while self.buf:
+            if self.state == "rest":
+                self.content.text(self.buf)
+                self.buf = ""
+            elif self.state == "object":
+                if not self._object(final):
+                    return
+            elif not self._start(final):
+                return
+        if final and self.state == "start":
+            self._end_calls()
+
+    def _start(self, final: bool) -> bool:
+        """Consume separators (buf is not empty); False to wait for more text."""
+        buf = self.buf
+        if buf[0].isspace():
+            size = len(buf) - len(buf.lstrip())
+            self.held, self.buf = self.held + buf[:size], buf[size:]
+            return True
+        if not final and any(m.startswith(buf) and m != buf for m in self.markers):
+            return False  # could still become a (longer) marker
+        marker = next((m for m in self.markers if buf.startswith(m)), None)
+        if marker is not None:
+            self.held, self.buf = self.held + marker, buf[len(marker):]
+        elif buf[0] == "{":
+            self.state, self.depth, self.in_string, self.escaped, self.scanned = "object", 0, False, False, 0
+        else:
+            self._end_calls()
+        return True
+
+    def _object(self, final: bool) -> bool:
+        """Find where the object opened at buf[0] closes; False to wait for more text."""
+        buf = self.buf
+        for k in range(self.scanned, len(buf)):
+            c = buf[k]
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif c == "\\":
+                    self.escaped = True
+                elif c == '"':
+                    self.in_string = False
+            elif c == '"':
+                self.in_string = True
+            elif c == "{":
+                self.depth += 1
+            elif c == "}":
+                self.depth -= 1
+                if self.depth == 0:
+                    call = call_from_text(buf[:k + 1], self.names, self.fmt.arguments_key)
+                    if call is None:
+                        self._end_calls()
+                    else:
+                        self.held, self.buf, self.state = "", buf[k + 1:], "start"
+                        self.emit(call)
+                    return True
+        self.scanned = len(buf)
+        if final:
+            self._end_calls()
+            return True
+        return False
+
+    def _end_calls(self) -> None:
+        """No (more) calls: the held separators are content only if no call came before them."""
+        if not self.calls:
+            self.content.text(self.held)
+        self.held, self.state = "", "rest"
+
+
+class WholeScanner(Scanner):
+    """The whole output is one JSON value (forced by structured output): held until the end, then
+    calls if it is a valid ``json_list`` / ``json_arguments`` value, else content."""
+
+    def __init__(self, fmt: ToolFormat, names: frozenset[str]) -> None:
+        super().__init__(fmt, names)
+        self.chunks: list[str] = []  # joined once at the end: outputs can be long
+
+    def feed(self, text: str, final: bool) -> None:
+        self.chunks.append(text)
+        if not final:
+            return
+        text = "".join(self.chunks)
+        self.chunks.clear()
+        if self.fmt.parser == "json_list":
+            calls = calls_from_list(text, self.names, self.fmt.arguments_key)
+        else:
+            call = call_from_arguments(text, next(iter(self.names))) if len(self.names) == 1 else None
+            calls = None if call is None else [call]
+        if calls is None:
+            self.content.text(text)
+        else:
+            for call in calls:
+                self.emit(call)
+
+
+SCANNERS: dict[str, type[Scanner]] = {
+    "hermes": HermesScanner,
+    "json": JsonScanner,
+    "json_list": WholeScanner,
+    "json_arguments": WholeScanner,
+}
