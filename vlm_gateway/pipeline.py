@@ -43,9 +43,11 @@ from vlm_gateway.schemas.openai import (
     FilePart,
     ImagePart,
     ImageUrlPart,
+    Tool,
 )
 from vlm_gateway.settings import Settings
 from vlm_gateway.tokenize import Tokenizer
+from vlm_gateway.tools import ToolFormat, plan_tools
 from vlm_gateway.usage import Tally
 
 
@@ -69,6 +71,14 @@ class Echo(msgspec.Struct):
     first_token: str
 
 
+class ToolParsing(msgspec.Struct, frozen=True):
+    """How to read tool calls out of a request's output (``tools.parse_tool_calls`` / ``ToolCallStream``)."""
+
+    format: ToolFormat
+    tools: list[Tool]
+    one_call: bool  # parallel_tool_calls false, or the family's template takes one call per turn
+
+
 class Prepared(msgspec.Struct):
     """A request ready for the engine, plus what the response needs to know."""
 
@@ -82,6 +92,7 @@ class Prepared(msgspec.Struct):
     tally: Tally  # usage, counted once as the engine reports it (see ``generate``)
     permit: Permit  # released when the engine stream ends (see ``generate``)
     echo: list[Echo] | None = None  # completions with ``echo``: one per prompt
+    tool_parsing: ToolParsing | None = None  # chat with tools: the output is read for tool calls
 
     @property
     def image_count(self) -> int:
@@ -214,14 +225,26 @@ async def _prepare_chat(svc: Services, req: ChatCompletionRequest, model: Model,
     _check_image_count(svc, model, len(sources), "messages")
     tokenizer = svc.tokenizers[model.id]
     sampling = chat_sampling(req, tokenizer.token_ids(model.family.stop))
+    family_tools = model.family.tools
+    plan = plan_tools(req.tools, req.tool_choice, req.parallel_tool_calls, family_format=family_tools)
+    if plan.structured_outputs is not None:                                 # a forced tool call
+        if sampling.structured_outputs is not None:
+            raise InvalidRequest("response_format cannot be combined with a tool_choice that forces a call "
+                                 "(\"required\" or a named function)", param="response_format")
+        sampling.structured_outputs = plan.structured_outputs
 
     async def prompt_ids() -> list[int]:
-        prompt = render_chat(model.family, messages)                        # 4. render prompt
+        prompt = render_chat(model.family, messages, tools=plan.prompt_tools)  # 4. render prompt
         return await tokenizer.encode(prompt.text, model.family.add_special_tokens)  # 5. tokenize
 
     images, token_ids = await asyncio.gather(                                # 3. load images (concurrently)
         _load_images(svc, model, caller, sources), prompt_ids())
-    return _prepared(model, req.model, [token_ids], images, sampling, "chatcmpl", "messages", permit)
+    prepared = _prepared(model, req.model, [token_ids], images, sampling, "chatcmpl", "messages", permit)
+    output_format = plan.output_format(family_tools)
+    if output_format is not None:
+        one_call = not req.parallel_tool_calls or (family_tools is not None and not family_tools.parallel)
+        prepared.tool_parsing = ToolParsing(output_format, plan.tools, one_call)
+    return prepared
 
 
 async def prepare_completion(svc: Services, req: CompletionRequest, caller: Caller = ANONYMOUS,

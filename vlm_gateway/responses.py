@@ -18,6 +18,7 @@ from vlm_gateway.schemas.openai import (
     Completion,
     CompletionChoice,
 )
+from vlm_gateway.tools import parse_tool_calls
 
 
 class Collected(msgspec.Struct):
@@ -56,13 +57,27 @@ def _prompt_ids(prepared: Prepared, return_token_ids: bool) -> list[int] | msgsp
     return ids if return_token_ids and ids else UNSET
 
 
+def assistant_message(prepared: Prepared, text: str, finish: str | None) -> tuple[AssistantMessage, str | None]:
+    """The message for one choice's text, with its tool calls read out when the request has tools
+    (``finish_reason`` then says ``tool_calls``); output that is no well-formed call stays text."""
+    parsing = prepared.tool_parsing
+    if parsing is None:
+        return AssistantMessage(text), finish
+    parsed = parse_tool_calls(parsing.format, text, parsing.tools)
+    calls = parsed.calls[:1] if parsing.one_call else parsed.calls
+    if not calls:
+        return AssistantMessage(text), finish
+    return AssistantMessage(parsed.content, tool_calls=calls), "tool_calls"
+
+
 async def chat_completion(prepared: Prepared, deltas: AsyncIterator[EngineDelta],
                           return_token_ids: bool) -> ChatCompletion:
     top = prepared.sampling.logprobs
     choices = []
     for i, c in enumerate(await collect(prepared, deltas)):
         logprobs = ChoiceLogprobs(chat_logprobs(c.logprobs, top)) if top is not None else None
-        choices.append(ChatChoice(i, AssistantMessage("".join(c.text)), c.finish, logprobs))
+        message, finish = assistant_message(prepared, "".join(c.text), c.finish)
+        choices.append(ChatChoice(i, message, finish, logprobs))
     return ChatCompletion(
         id=prepared.response_id,
         created=prepared.created,

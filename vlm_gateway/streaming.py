@@ -28,7 +28,9 @@ from vlm_gateway.schemas.openai import (
     CompletionChoice,
     Delta,
     StreamOptions,
+    ToolCallDelta,
 )
+from vlm_gateway.tools import ToolCallStream
 
 _ENCODER = msgspec.json.Encoder()
 DONE = b"data: [DONE]\n\n"
@@ -66,19 +68,48 @@ async def chat_chunks(prepared: Prepared, deltas: AsyncIterator[EngineDelta], *,
     def chunk(choices: list[ChunkChoice], **extra) -> ChatCompletionChunk:
         return ChatCompletionChunk(prepared.response_id, prepared.created, prepared.model_name, choices, **extra)
 
+    calls = ToolCalls(prepared)
     try:
         for i in range(prepared.choices):
             yield chunk([ChunkChoice(i, Delta(role="assistant", content=""))])
         async for delta in deltas:
             prompt_ids = ids.take(delta)
-            if delta.text or delta.finish_reason or prompt_ids:
+            text, tool_calls = calls.feed(delta)
+            finish = calls.finish_reason(delta)
+            if text or tool_calls or finish or prompt_ids:
                 logprobs = ChoiceLogprobs(chat_logprobs(delta.logprobs or [], top)) if top is not None else None
-                yield chunk([ChunkChoice(delta.index, Delta(content=delta.text) if delta.text else Delta(),
-                                         finish_reason(delta.finish_reason), logprobs)], prompt_token_ids=prompt_ids)
+                yield chunk([ChunkChoice(delta.index, Delta(content=text or None, tool_calls=tool_calls or None),
+                                         finish, logprobs)], prompt_token_ids=prompt_ids)
         if include_usage:
             yield chunk([], usage=prepared.tally.usage())
     finally:
         await deltas.aclose()  # type: ignore[attr-defined]
+
+
+class ToolCalls:
+    """Per choice, the request's tool calls read out of streamed text (``tools.ToolCallStream``): text
+    that could be the start of a call is held back until it is one or is not."""
+
+    def __init__(self, prepared: Prepared) -> None:
+        self.parsing = prepared.tool_parsing
+        self.streams: dict[int, ToolCallStream] = {}
+        self.called: set[int] = set()
+
+    def feed(self, delta: EngineDelta) -> tuple[str, list[ToolCallDelta]]:
+        if self.parsing is None:
+            return delta.text, []
+        stream = self.streams.setdefault(delta.index, ToolCallStream(self.parsing.format, self.parsing.tools))
+        pieces = [stream.feed(delta.text)] if delta.text else []
+        if delta.finish_reason is not None:
+            pieces.append(stream.finish())
+        calls = [c for p in pieces for c in p.calls if not (self.parsing.one_call and c.index > 0)]
+        if calls:
+            self.called.add(delta.index)
+        return "".join(p.content for p in pieces), calls
+
+    def finish_reason(self, delta: EngineDelta) -> str | None:
+        reason = finish_reason(delta.finish_reason)
+        return "tool_calls" if reason is not None and delta.index in self.called else reason
 
 
 async def completion_chunks(prepared: Prepared, deltas: AsyncIterator[EngineDelta], *, include_usage: bool = False,

@@ -29,6 +29,7 @@ class ScriptedEngine:
         self.fail: EngineError | None = None
         self.fail_after = 0
         self.requests: list[EngineRequest] = []
+        self.script: list[str] | None = None  # the output's text pieces (default: "Hi", " there")
 
     async def start(self) -> None: ...
 
@@ -51,6 +52,14 @@ class ScriptedEngine:
         if request.sampling.prompt_logprobs is not None:
             prompt_lp = [None, *(TokenLogprob(f"t{i}", -1.0, None, [Candidate("z", -0.1)])
                                  for i in request.token_ids[1:])]
+        if self.script is not None:
+            *first, last = self.script
+            yield EngineDelta(0, "", prompt_token_ids=list(range(expanded)))
+            for piece in first:
+                yield EngineDelta(0, piece)
+            yield EngineDelta(0, last, finish_reason="stop")
+            yield EngineDelta(prompt_tokens=expanded, completion_tokens=len(self.script))
+            return
         yield EngineDelta(0, "Hi", prompt_token_ids=list(range(expanded)), logprobs=lp("Hi"),
                           prompt_logprobs=prompt_lp)
         if self.fail is not None:
@@ -369,3 +378,88 @@ def test_images_by_file_id_in_image_url_and_file_parts(client, engines) -> None:
     neither = chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"detail": "low"}}]}])
     r = client.post("/v1/chat/completions", json=neither)
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0].content[0].image_url", r.text
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_color", "description": "The picture's main color.",
+                                           "parameters": {"type": "object", "properties": {
+                                               "color": {"type": "string", "enum": ["red", "green"]}},
+                                               "required": ["color"]}}}]
+CALL = '<tool_call>\n{"name": "get_color", "arguments": {"color": "red"}}\n</tool_call>'
+
+
+@pytest.fixture
+def scripted(engines):
+    def use(*pieces: str) -> None:
+        engines["m"].script = list(pieces)
+
+    yield use
+    engines["m"].script = None
+
+
+def test_tool_call_parsed_from_the_family_syntax(client, engines, scripted) -> None:
+    scripted(CALL[:9], CALL[9:30], CALL[30:])
+    r = client.post("/v1/chat/completions", json=chat(tools=TOOLS)).json()
+    choice = r["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
+    (call,) = choice["message"]["tool_calls"]
+    assert call["type"] == "function" and call["id"].startswith("call_")
+    assert call["function"] == {"name": "get_color", "arguments": '{"color":"red"}'}
+    assert engines["m"].requests[-1].sampling.structured_outputs is None  # auto: nothing forced
+
+
+def test_tool_call_streamed_as_openai_deltas(client, scripted) -> None:
+    scripted("Let me look. ", CALL[:15], CALL[15:40], CALL[40:])
+    with client.stream("POST", "/v1/chat/completions", json=chat(tools=TOOLS, stream=True)) as r:
+        chunks = [msgspec.json.decode(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert "".join(d.get("content") or "" for d in deltas) == "Let me look."  # whitespace before a call is dropped
+    pieces = [t for d in deltas for t in d.get("tool_calls", [])]
+    assert pieces[0]["id"].startswith("call_") and pieces[0]["function"]["name"] == "get_color"
+    assert "".join(p["function"].get("arguments", "") for p in pieces) == '{"color":"red"}'
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "tool_calls"
+
+
+def test_forced_tool_choice_is_structured_output(client, engines, scripted) -> None:
+    scripted('[{"name": "get_color", ', '"parameters": {"color": "green"}}]')
+    r = client.post("/v1/chat/completions", json=chat(tools=TOOLS, tool_choice="required")).json()
+    assert r["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] == '{"color":"green"}'
+    forced = engines["m"].requests[-1].sampling.structured_outputs["json"]
+    assert forced["type"] == "array" and forced["minItems"] == 1
+    scripted('{"color": ', '"red"}')
+    named = {"type": "function", "function": {"name": "get_color"}}
+    r = client.post("/v1/chat/completions", json=chat(tools=TOOLS, tool_choice=named)).json()
+    assert r["choices"][0]["message"]["tool_calls"][0]["function"] == {"name": "get_color",
+                                                                      "arguments": '{"color":"red"}'}
+    assert engines["m"].requests[-1].sampling.structured_outputs["json"] == TOOLS[0]["function"]["parameters"]
+
+
+def test_malformed_call_stays_text(client, scripted) -> None:
+    scripted("<tool_call>{not json", "</tool_call>")
+    r = client.post("/v1/chat/completions", json=chat(tools=TOOLS)).json()
+    assert r["choices"][0]["message"]["content"] == "<tool_call>{not json</tool_call>"
+    assert r["choices"][0]["finish_reason"] == "stop" and "tool_calls" not in r["choices"][0]["message"]
+
+
+@pytest.mark.parametrize("extra,param", [
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+    ({"tools": TOOLS, "tool_choice": "required", "response_format": {"type": "json_object"}}, "response_format"),
+    ({"tools": TOOLS * 2}, "tools[1].function.name"),
+    ({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_color", "arguments": "{oops"}}]}]},
+     "messages[1].tool_calls[0].function.arguments"),
+])
+def test_tool_mistakes_are_400s_naming_the_field(client, extra, param) -> None:
+    r = client.post("/v1/chat/completions", json=chat(**extra))
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+def test_tool_result_with_an_image_reaches_the_engine(client, engines) -> None:
+    messages = [{"role": "user", "content": "Take a screenshot."},
+                {"role": "assistant", "tool_calls": [{"id": "call_1", "type": "function", "function": {
+                    "name": "get_color", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": [
+                    {"type": "text", "text": "here"}, {"type": "image_url", "image_url": {"url": png_data_uri()}}]}]
+    r = client.post("/v1/chat/completions", json=chat(tools=TOOLS, messages=messages))
+    assert r.status_code == 200, r.text
+    assert len(engines["m"].requests[-1].images) == 1
