@@ -27,6 +27,7 @@ pytestmark = pytest.mark.engine
 EMBEDDED_FAMILY = "qwen2_5_vl"
 REMOTE_FAMILIES = ["llava_1_5", "gemma3", "llama4"]
 ENGINE_START_TIMEOUT_S = 600
+STOCK_TOOL_ARGS = '"--enable-auto-tool-choice", "--tool-call-parser", "hermes"'
 
 
 def model_id(family: str) -> str:
@@ -38,6 +39,15 @@ class Gateway(msgspec.Struct):
     child: object
     engines: dict[str, str]  # family -> direct vLLM base URL
     config: str
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Keep each phase's report on the item (``rep_setup``, ``rep_call``), for tests that compare outcomes
+    (tests/e2e/test_langchain_standard.py)."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
 
 
 @pytest.fixture(scope="session")
@@ -76,8 +86,10 @@ def _config(checkpoints: dict[str, Path], servers: dict[str, str], port: int, em
                   "context_length = 4096", "max_images = 4"]
         if family in servers:
             lines += [f'engine = {{ kind = "remote", urls = ["{servers[family]}"] }}']
-        else:  # the seeds' FastVLM model name, served here by the tiny Qwen2.5-VL (vLLM has no FastVLM)
-            lines += [f"engine = {{ kind = \"embedded\", port = {embedded_port} }}", 'aliases = ["fastvlm-1.5b"]']
+        else:  # the seeds' FastVLM model name, served here by the tiny Qwen2.5-VL (vLLM has no FastVLM). Its
+            # engine also serves as stock vLLM with tools for the LangChain comparison (test_langchain_standard)
+            lines += [f"engine = {{ kind = \"embedded\", port = {embedded_port}, args = [{STOCK_TOOL_ARGS}] }}",
+                      'aliases = ["fastvlm-1.5b"]']
         lines.append("")
     return "\n".join(lines)
 

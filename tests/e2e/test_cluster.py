@@ -343,3 +343,20 @@ def test_100_jobs_survive_a_replica_killed_and_restarted(replicas, cluster_confi
     assert delivered == set(ids)
     assert all(ok for _, ok in received)  # every delivery carried a valid signature
     assert all(p["payload"]["object"] == "chat.completion" for p, _ in received)
+
+
+def test_previous_response_id_across_replicas(replicas, cluster_config: Path) -> None:
+    a, b = replicas
+    key = create_key(cluster_config, "--name", "responses", "--rpm", "0", "--concurrency", "0")
+    on_a = openai.OpenAI(base_url=a.url + "/v1", api_key=key, max_retries=0, timeout=120)
+    on_b = openai.OpenAI(base_url=b.url + "/v1", api_key=key, max_retries=0, timeout=120)
+    first = on_a.responses.create(model=MODEL, input="Remember the word apple.", max_output_tokens=3, temperature=0)
+    assert on_b.responses.retrieve(first.id).output_text == first.output_text  # stored in the shared Redis
+    second = on_b.responses.create(model=MODEL, previous_response_id=first.id, input="Which word?",
+                                   max_output_tokens=3, temperature=0)
+    alone = on_b.responses.create(model=MODEL, input="Which word?", max_output_tokens=3, temperature=0)
+    assert second.usage.input_tokens > alone.usage.input_tokens  # B's prompt held A's turn
+    other = openai.OpenAI(base_url=b.url + "/v1", max_retries=0, timeout=60,
+                          api_key=create_key(cluster_config, "--name", "stranger", "--rpm", "0", "--concurrency", "0"))
+    with pytest.raises(openai.NotFoundError):
+        other.responses.retrieve(first.id)  # another key's response is not there

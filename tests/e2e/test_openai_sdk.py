@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import openai
 import pytest
 
@@ -138,3 +140,146 @@ def test_completions_marker_mismatch_bad_request(client: openai.OpenAI) -> None:
         client.completions.create(model=REMOTE, prompt=DOCUMENTED_PROMPT, max_tokens=2,
                                   extra_body={"images": [png_data_uri(), png_data_uri()]})
     assert info.value.body["param"] == "prompt"
+
+
+@pytest.mark.parametrize("model", [EMBEDDED, REMOTE], ids=["embedded", "remote"])
+def test_logprobs_on_an_image_request(client: openai.OpenAI, model: str) -> None:
+    reply = client.chat.completions.create(model=model, messages=image_message(), max_tokens=10, temperature=0,
+                                           logprobs=True, top_logprobs=5, extra_body={"ignore_eos": True})
+    content = reply.choices[0].logprobs.content
+    assert len(content) == 10 == reply.usage.completion_tokens
+    # tokens may be parts of a character (random weights pick any byte token): compare the bytes
+    text = reply.choices[0].message.content
+    joined = b"".join(bytes(c.bytes) for c in content).decode(errors="replace")
+    assert joined.replace("\ufffd", "") == text.replace("\ufffd", "")
+    for entry in content:
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 5
+        assert entry.logprob <= max(t.logprob for t in entry.top_logprobs) + 1e-4  # greedy: the best one
+    streamed = client.chat.completions.create(model=model, messages=image_message(), max_tokens=10, temperature=0,
+                                              logprobs=True, top_logprobs=5, stream=True,
+                                              extra_body={"ignore_eos": True})
+    tokens = [c.token for chunk in streamed if chunk.choices and chunk.choices[0].logprobs
+              for c in chunk.choices[0].logprobs.content]
+    assert tokens == [c.token for c in content]
+
+
+def test_completions_logprobs_echo_and_prompt_forms(client: openai.OpenAI) -> None:
+    reply = client.completions.create(model=REMOTE, prompt="Hello there", max_tokens=4, temperature=0, logprobs=3,
+                                      extra_body={"ignore_eos": True})
+    lp = reply.choices[0].logprobs
+    assert len(lp.tokens) == 4 and len(lp.top_logprobs) == 4 and all(len(t) <= 3 for t in lp.top_logprobs)
+    assert "".join(lp.tokens) == reply.choices[0].text
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(4)]
+    echoed = client.completions.create(model=REMOTE, prompt="Hello there", max_tokens=2, temperature=0, echo=True,
+                                       logprobs=1, extra_body={"ignore_eos": True})
+    lp = echoed.choices[0].logprobs
+    assert echoed.choices[0].text.startswith("Hello there")
+    assert lp.token_logprobs[0] is None and all(v is not None for v in lp.token_logprobs[1:])
+    assert len(lp.tokens) == echoed.usage.prompt_tokens + 2
+    many = client.completions.create(model=REMOTE, prompt=["One", "Two", "Three"], max_tokens=2, n=2,
+                                     temperature=1)
+    assert sorted(c.index for c in many.choices) == list(range(6))
+    ids = client.completions.create(model=REMOTE, prompt=[[1, 300], [1, 300, 301]], max_tokens=2, temperature=0)
+    assert len(ids.choices) == 2 and ids.usage.prompt_tokens == 5
+
+
+def test_image_by_file_id(client: openai.OpenAI, tmp_path) -> None:
+    from tests.helpers import png_bytes
+
+    path = tmp_path / "red.png"
+    path.write_bytes(png_bytes())
+    uploaded = client.files.create(file=path.open("rb"), purpose="vision")
+    by_file = client.chat.completions.create(model=REMOTE, max_tokens=3, temperature=0, messages=[{
+        "role": "user", "content": [{"type": "image_url", "image_url": {"file_id": uploaded.id}},
+                                    {"type": "text", "text": "What is in this image?"}]}])
+    by_uri = client.chat.completions.create(model=REMOTE, max_tokens=3, temperature=0, messages=[{
+        "role": "user", "content": [{"type": "image_url", "image_url": {"url": png_data_uri()}},
+                                    {"type": "text", "text": "What is in this image?"}]}])
+    assert by_file.choices[0].message.content == by_uri.choices[0].message.content
+    assert by_file.usage.prompt_tokens == by_uri.usage.prompt_tokens
+    client.files.delete(uploaded.id)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model=REMOTE, max_tokens=3, messages=[{
+            "role": "user", "content": [{"type": "image_url", "image_url": {"file_id": uploaded.id}}]}])
+
+
+COLOR_TOOL = {"type": "function", "function": {
+    "name": "report_color", "description": "Report the main color of the picture.",
+    # bounded values only: a random model fills an unbounded integer or string until max_tokens
+    "parameters": {"type": "object", "properties": {"color": {"type": "string", "enum": ["red", "green", "blue"]},
+                                                    "sure": {"type": "boolean"}},
+                   "required": ["color", "sure"]}}}
+
+
+@pytest.mark.parametrize("model", [EMBEDDED, REMOTE], ids=["embedded", "remote"])
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "report_color"}}],
+                         ids=["required", "named"])
+def test_forced_tool_call_with_an_image(client: openai.OpenAI, model: str, choice) -> None:
+    reply = client.chat.completions.create(model=model, messages=image_message("Which color? Use the tool."),
+                                           tools=[COLOR_TOOL], tool_choice=choice, parallel_tool_calls=False,
+                                           max_tokens=60, temperature=0)
+    choice0 = reply.choices[0]
+    assert choice0.finish_reason == "tool_calls", choice0
+    (call,) = choice0.message.tool_calls
+    assert call.id.startswith("call_") and call.function.name == "report_color"
+    args = json.loads(call.function.arguments)  # valid against the tool's schema, from a random model
+    assert args["color"] in ("red", "green", "blue") and isinstance(args["sure"], bool)
+
+
+def test_streamed_tool_call_reassembled_by_the_sdk(client: openai.OpenAI) -> None:
+    with client.chat.completions.stream(model=EMBEDDED, messages=image_message("Which color? Use the tool."),
+                                        tools=[COLOR_TOOL], tool_choice="required", parallel_tool_calls=False,
+                                        max_tokens=60, temperature=0) as stream:
+        for _ in stream:
+            pass
+        final = stream.get_final_completion()
+    (call,) = final.choices[0].message.tool_calls
+    assert call.function.name == "report_color" and json.loads(call.function.arguments)["color"]
+    whole = client.chat.completions.create(model=EMBEDDED, messages=image_message("Which color? Use the tool."),
+                                           tools=[COLOR_TOOL], tool_choice="required", parallel_tool_calls=False,
+                                           max_tokens=60, temperature=0)
+    assert whole.choices[0].message.tool_calls[0].function.arguments == call.function.arguments
+
+
+@pytest.mark.parametrize("model", [EMBEDDED, REMOTE], ids=["embedded", "remote"])
+def test_tool_result_carrying_an_image(client: openai.OpenAI, model: str) -> None:
+    def conversation(result_content) -> list[dict]:
+        return [{"role": "user", "content": "Take a screenshot and tell me what you see."},
+                {"role": "assistant", "content": None, "tool_calls": [{
+                    "id": "call_shot", "type": "function",
+                    "function": {"name": "screenshot", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "call_shot", "content": result_content}]
+
+    tools = [{"type": "function", "function": {"name": "screenshot", "description": "Take a screenshot.",
+                                               "parameters": {"type": "object", "properties": {}}}}]
+    with_image = client.chat.completions.create(model=model, tools=tools, max_tokens=4, temperature=0,
+                                                messages=conversation([
+                                                    {"type": "text", "text": "screenshot:"},
+                                                    {"type": "image_url", "image_url": {"url": png_data_uri()}}]))
+    text_only = client.chat.completions.create(model=model, tools=tools, max_tokens=4, temperature=0,
+                                               messages=conversation("screenshot: (none)"))
+    # the image reached the engine: its tokens are in the prompt
+    assert with_image.usage.prompt_tokens_details.image_tokens > 0
+    assert text_only.usage.prompt_tokens_details.image_tokens == 0
+
+
+@pytest.mark.parametrize("model", [EMBEDDED, REMOTE], ids=["embedded", "remote"])
+def test_responses_create_and_stream_with_input_image(client: openai.OpenAI, model: str) -> None:
+    content = [{"type": "input_text", "text": "What is in this image?"},
+               {"type": "input_image", "image_url": png_data_uri(), "detail": "low"}]
+    created = client.responses.create(model=model, input=[{"role": "user", "content": content}],
+                                      max_output_tokens=8, temperature=0)
+    assert created.status in ("completed", "incomplete") and created.output_text
+    assert created.usage.input_tokens > 20 and created.usage.output_tokens <= 8
+    with client.responses.stream(model=model, input=[{"role": "user", "content": content}], max_output_tokens=8,
+                                 temperature=0) as stream:
+        events = list(stream)
+    deltas = [event.delta for event in events if event.type == "response.output_text.delta"]
+    # a random model runs into max_output_tokens: the stream ends with response.incomplete, as OpenAI's does
+    assert events[-1].type == f"response.{created.status}"
+    assert "".join(deltas) == events[-1].response.output_text == created.output_text
+    again = client.responses.retrieve(created.id)
+    assert again.output_text == created.output_text
+    follow = client.responses.create(model=model, previous_response_id=created.id, input="And the colors?",
+                                     max_output_tokens=4, temperature=0)
+    assert follow.usage.input_tokens > created.usage.input_tokens  # the earlier turn is in the prompt

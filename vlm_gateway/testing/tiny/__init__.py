@@ -32,7 +32,7 @@ from ._common import log
 __all__ = ["FAMILIES", "BUILD_VERSION", "build_tiny", "ensure_tiny", "family_module", "is_complete"]
 
 FAMILIES = ("llava_1_5", "qwen2_5_vl", "gemma3", "llama4")
-BUILD_VERSION = 1  # bump when a builder changes what it writes; cached builds are then rebuilt
+BUILD_VERSION = 2  # bump when a builder changes what it writes; cached builds are then rebuilt
 MANIFEST = "tiny_manifest.json"
 _REQUIRED = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 

@@ -18,8 +18,11 @@ LAYERS = 2
 
 
 def text_dims(tok) -> dict:
-    """The tiny text model's sizes every family shares (vocab rounded up to a multiple of 64)."""
-    return dict(vocab_size=-(-len(tok) // 64) * 64, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
+    """The tiny text model's sizes every family shares. The vocabulary is exactly the tokenizer's: real
+    checkpoints pad it, but their padding rows never score high, while a random model would pick (and
+    rank among its top logprobs) ids that have no token, and vLLM 0.32's engine dies decoding those
+    (``convert_ids_list_to_tokens`` gets None)."""
+    return dict(vocab_size=len(tok), hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
                 num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS)
 
 
