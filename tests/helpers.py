@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -75,3 +78,23 @@ class Child:
                     pass
                 self.proc.wait()
         self._log.close()
+
+
+@contextlib.contextmanager
+def serve_app(app, start_timeout_s: float = 30) -> Iterator[str]:
+    """An ASGI app on uvicorn in a thread, on a free loopback port; yields its /v1 base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout_s
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(30)

@@ -3,19 +3,15 @@ SDK against the app served by uvicorn, on the disk and on the Redis backend. No 
 
 from __future__ import annotations
 
-import contextlib
-import threading
-import time
 from collections.abc import Iterator
 
 import openai
 import pytest
-import uvicorn
 from litestar.testing import TestClient
 
 from tests.gateway.images import imagedata as img
 from tests.gateway.state.fixtures import REDIS_URL, prefix, redis_client  # noqa: F401
-from tests.helpers import free_port, png_bytes
+from tests.helpers import png_bytes, serve_app
 from vlm_gateway.app import create_app
 from vlm_gateway.files import FileSettings
 from vlm_gateway.jobs.settings import JobSettings
@@ -139,22 +135,9 @@ def test_redis_backend_needs_redis_url(tmp_path) -> None:
 
 # --- the OpenAI SDK against the served app -----------------------------------------------------------
 
-@contextlib.contextmanager
-def serve(settings: Settings) -> Iterator[str]:
+def serve(settings: Settings):
     """The app on uvicorn in a thread; yields its /v1 base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    return serve_app(create_app(settings), start_timeout_s=30)
 
 
 @pytest.fixture(params=["disk", "redis"])

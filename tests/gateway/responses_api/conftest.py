@@ -5,17 +5,15 @@ the OpenAI SDK and LangChain."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 from litestar.testing import TestClient
 
-from tests.helpers import free_port
+from tests.helpers import serve_app
 from vlm_gateway.app import create_app
 from vlm_gateway.engines import Candidate, EngineDelta, EngineRequest, TokenLogprob
 from vlm_gateway.engines.errors import EngineError
@@ -113,22 +111,9 @@ def fresh_engine(engine) -> Iterator[None]:
     engine.gate.set()
 
 
-@contextlib.contextmanager
-def serve(s: Settings, engine: ScriptedEngine) -> Iterator[str]:
+def serve(s: Settings, engine: ScriptedEngine):
     """The app on uvicorn in a thread; yields its /v1 base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app_for(s, engine), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    return serve_app(app_for(s, engine), start_timeout_s=60)
 
 
 @pytest.fixture(scope="module")
