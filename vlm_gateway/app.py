@@ -16,14 +16,17 @@ import aiohttp
 from litestar import Litestar
 
 from vlm_gateway.api.auth import require_api_key
+from vlm_gateway.api.batches import BATCH_ROUTES
 from vlm_gateway.api.chat import chat_completions
 from vlm_gateway.api.completions import completions
 from vlm_gateway.api.files import file_routes
 from vlm_gateway.api.health import health
 from vlm_gateway.api.models import list_models
 from vlm_gateway.api.queue import QUEUE_ROUTES
+from vlm_gateway.api.render import render_chat_completion
 from vlm_gateway.api.responses import RESPONSES_ROUTES
 from vlm_gateway.api.seeds import fal_run, vision, vlmrun_generate, vlmrun_status
+from vlm_gateway.batches import BatchService, build_batch_store, with_batches
 from vlm_gateway.engines import Engine
 from vlm_gateway.errors import error_response
 from vlm_gateway.files.store import build_file_store
@@ -34,6 +37,7 @@ from vlm_gateway.limits import KeyStore, Limiter
 from vlm_gateway.looplag import LoopLag
 from vlm_gateway.models import Model, ModelRegistry
 from vlm_gateway.pipeline import Services
+from vlm_gateway.playground import playground_routes
 from vlm_gateway.responses_api.background import with_responses
 from vlm_gateway.responses_api.store import ResponseStore
 from vlm_gateway.settings import Settings
@@ -102,6 +106,10 @@ def create_app(settings: Settings, engine_factory: EngineFactory = default_engin
             app.state.responses = ResponseStore(state, settings.responses)
             runner = with_responses(make_runner(lambda: app.state.services), lambda: app.state.services,
                                     app.state.responses)
+            app.state.batches = BatchService(build_batch_store(settings.batches, redis), settings.batches,
+                                             app.state.files, lambda: app.state.services, lambda: app.state.jobs,
+                                             lambda: app.state.responses)
+            runner = with_batches(runner, app.state.batches)
             jobs = build_jobs(settings.jobs, session, runner, redis=redis, classify=classify)
             await jobs.start()
             app.state.jobs = jobs
@@ -120,7 +128,8 @@ def create_app(settings: Settings, engine_factory: EngineFactory = default_engin
 
     return Litestar(
         route_handlers=[chat_completions, completions, list_models, health, vision, fal_run, vlmrun_generate,
-                        vlmrun_status, *QUEUE_ROUTES, *file_routes(settings), *RESPONSES_ROUTES],
+                        vlmrun_status, *QUEUE_ROUTES, *file_routes(settings), *RESPONSES_ROUTES, *BATCH_ROUTES,
+                        render_chat_completion, *playground_routes(settings)],
         lifespan=[lifespan],
         exception_handlers={Exception: error_response},
         guards=[require_api_key],

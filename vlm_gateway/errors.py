@@ -188,6 +188,17 @@ def from_engine_error(exc: EngineError, param: str | None = None) -> GatewayErro
     return EngineFailed(exc.message)
 
 
+def _from_typed_body(problem: dict[str, Any]) -> InvalidRequest:
+    """A typed body (``data: SomeStruct`` on a handler) that Litestar refused: its first problem, naming
+    the field (``{"message": "Expected `str`, got `int`", "key": "input_file_id", "source": "body"}``)."""
+    message = str(problem.get("message") or "invalid request body")
+    missing = re.search(r"missing required field `(.+?)`", message)
+    key = missing.group(1) if missing else problem.get("key")
+    param = str(key) if key and key != "data" else None
+    return InvalidRequest(f"{param}: {message}" if param and not missing else message, param=param,
+                          code="invalid_value")
+
+
 def _as_gateway_error(exc: Exception) -> GatewayError:
     from litestar.exceptions import HTTPException
 
@@ -198,6 +209,8 @@ def _as_gateway_error(exc: Exception) -> GatewayError:
     if isinstance(exc, (msgspec.ValidationError, msgspec.DecodeError)):
         return from_validation(exc)
     if isinstance(exc, HTTPException):
+        if exc.status_code == 400 and isinstance(exc.extra, list) and exc.extra and isinstance(exc.extra[0], dict):
+            return _from_typed_body(exc.extra[0])
         kind = _STATUS_TYPES.get(exc.status_code)
         if kind is not None:
             err = kind(str(exc.detail))

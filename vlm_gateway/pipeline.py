@@ -93,6 +93,7 @@ class Prepared(msgspec.Struct):
     permit: Permit  # released when the engine stream ends (see ``generate``)
     echo: list[Echo] | None = None  # completions with ``echo``: one per prompt
     tool_parsing: ToolParsing | None = None  # chat with tools: the output is read for tool calls
+    prompt_text: str | None = None  # chat: the rendered prompt (POST /v1/chat/completions/render shows it)
 
     @property
     def image_count(self) -> int:
@@ -233,13 +234,14 @@ async def _prepare_chat(svc: Services, req: ChatCompletionRequest, model: Model,
                                  "(\"required\" or a named function)", param="response_format")
         sampling.structured_outputs = plan.structured_outputs
 
-    async def prompt_ids() -> list[int]:
+    async def prompt_ids() -> tuple[str, list[int]]:
         prompt = render_chat(model.family, messages, tools=plan.prompt_tools)  # 4. render prompt
-        return await tokenizer.encode(prompt.text, model.family.add_special_tokens)  # 5. tokenize
+        return prompt.text, await tokenizer.encode(prompt.text, model.family.add_special_tokens)  # 5. tokenize
 
-    images, token_ids = await asyncio.gather(                                # 3. load images (concurrently)
+    images, (prompt_text, token_ids) = await asyncio.gather(                 # 3. load images (concurrently)
         _load_images(svc, model, caller, sources), prompt_ids())
     prepared = _prepared(model, req.model, [token_ids], images, sampling, "chatcmpl", "messages", permit)
+    prepared.prompt_text = prompt_text
     output_format = plan.output_format(family_tools)
     if output_format is not None:
         one_call = not req.parallel_tool_calls or (family_tools is not None and not family_tools.parallel)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from vlm_gateway.batches.settings import BatchSettings
 from vlm_gateway.files.settings import FileSettings
 from vlm_gateway.jobs.settings import JobSettings
 from vlm_gateway.limits.settings import LimitSettings
@@ -77,12 +78,14 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     cache_dir: str = ""  # tiny checkpoints etc.; defaults to ~/.cache/vlm-gateway
     templates_dir: str = ""  # families.toml + <family>.jinja; defaults to the package's own templates/
     log_level: str = "info"
+    playground: bool = True  # serve the /playground page (and redirect / to it); false: both are 404
     models: list[ModelSettings] = []
     images: ImageSettings = msgspec.field(default_factory=ImageSettings)
     limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
     jobs: JobSettings = msgspec.field(default_factory=JobSettings)
     files: FileSettings = msgspec.field(default_factory=FileSettings)
     responses: ResponsesSettings = msgspec.field(default_factory=ResponsesSettings)
+    batches: BatchSettings = msgspec.field(default_factory=BatchSettings)
 
     @property
     def cache_path(self) -> Path:

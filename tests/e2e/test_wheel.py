@@ -37,6 +37,7 @@ def test_wheel_holds_one_package_with_its_templates(wheel: Path) -> None:
     for family in ("qwen2_5_vl", "llava_1_5", "gemma3", "llama4", "llama3_2_vision", "phi3_5_vision", "fastvlm"):
         assert f"vlm_gateway/templates/{family}.jinja" in names
     assert "vlm_gateway/templates/families.toml" in names and "vlm_gateway/seeds/domains.toml" in names
+    assert {f"vlm_gateway/playground/static/{n}" for n in ("index.html", "app.js", "style.css")} <= set(names)
     assert not [n for n in names if n.startswith("tests/")]
 
 

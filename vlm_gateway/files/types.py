@@ -26,8 +26,11 @@ class Purpose(msgspec.Struct, frozen=True):
     image: bool  # only images the gateway would accept (format allow-list, pixel and byte limits)
 
 
-#: The accepted ``purpose`` values (OpenAI's names). Add an entry to accept another (e.g. "batch").
-PURPOSES: dict[str, Purpose] = {"vision": Purpose(image=True), "user_data": Purpose(image=False)}
+#: The accepted ``purpose`` values (OpenAI's names). Add an entry to accept another. A ``batch`` file's
+#: lines are checked when a batch is created from it (vlm_gateway/batches/lines.py); the gateway writes
+#: batch results as purpose ``batch_output``, which is not accepted for upload.
+PURPOSES: dict[str, Purpose] = {"vision": Purpose(image=True), "user_data": Purpose(image=False),
+                                "batch": Purpose(image=False)}
 
 _ID = re.compile(r"file-[A-Za-z0-9_-]{24}")
 

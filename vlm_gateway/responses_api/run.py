@@ -47,9 +47,11 @@ async def _save(store: ResponseStore, turn: Turn, response: ResponseObject, call
         await store.save(StoredResponse(caller.key_id, response, turn.converted.history))
 
 
-async def complete(svc: Services, store: ResponseStore, turn: Turn, caller: Caller) -> tuple[ResponseObject, Headers]:
+async def complete(svc: Services, store: ResponseStore, turn: Turn, caller: Caller,
+                   queued: bool = False) -> tuple[ResponseObject, Headers]:
+    """``queued``: a job's request (a batch line), waiting for a slot instead of a 429."""
     with renamed(turn.converted.params):
-        chat, headers = await complete_chat(svc, turn.converted.chat, caller)
+        chat, headers = await complete_chat(svc, turn.converted.chat, caller, queued)
     response = finished(turn.response, chat)
     await _save(store, turn, response, caller)
     return response, headers

@@ -70,9 +70,16 @@ def fal_response(out: ChatCompletion) -> FalResponse:
 
 # --- vlm.run ------------------------------------------------------------------------------------
 
-class Domain(msgspec.Struct, frozen=True):
+SERVED_MEDIA = frozenset({"image"})  # what POST /v1/image/generate takes
+
+
+class Domain(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A preset from domains.toml. ``media`` is what the domain reads; one not in ``SERVED_MEDIA`` (video)
+    is a 400 naming ``domain``, not an unknown domain."""
+
     prompt: str
     schema: str
+    media: str = "image"
 
 
 @cache
@@ -81,10 +88,17 @@ def domains() -> dict[str, Domain]:
     return {name: msgspec.convert(d, Domain) for name, d in raw.items()}
 
 
+def served_domains() -> list[str]:
+    return sorted(name for name, d in domains().items() if d.media in SERVED_MEDIA)
+
+
 def vlmrun_to_chat(req: VlmRunRequest, model: str) -> ChatCompletionRequest:
     preset = domains().get(req.domain)
+    if preset is not None and preset.media not in SERVED_MEDIA:
+        raise InvalidRequest(f"domain {req.domain!r} takes {preset.media} input, which this gateway does not "
+                             f"support (yet); image domains: {', '.join(served_domains())}", param="domain")
     if preset is None and (req.config.prompt is None or req.config.json_schema is None):
-        raise InvalidRequest(f"unknown domain {req.domain!r}; known: {', '.join(sorted(domains()))} "
+        raise InvalidRequest(f"unknown domain {req.domain!r}; known: {', '.join(served_domains())} "
                              "(or give config.prompt and config.json_schema)", param="domain")
     prompt = req.config.prompt or preset.prompt
     schema = req.config.json_schema or json.loads(preset.schema)

@@ -159,7 +159,7 @@ async def test_user_data_takes_anything_and_sniffs_its_type(make_store) -> None:
     assert (await store.open(ALICE, jpeg.id)).content_type == "image/jpeg"  # from the bytes, not the name
 
 
-@pytest.mark.parametrize("purpose", ["fine-tune", "batch", "", None])
+@pytest.mark.parametrize("purpose", ["fine-tune", "batch_output", "", None])  # batch_output: written, never uploaded
 async def test_unknown_purpose(make_store, purpose) -> None:
     with pytest.raises(InvalidRequest) as info:
         await make_store().create(ALICE, PNG, "x.png", purpose)

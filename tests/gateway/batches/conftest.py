@@ -1,0 +1,140 @@
+"""Fixtures for the Batch API tests: the real app (tokenizer, templates, image loader, file store, job
+queue) with a scripted engine in place of vLLM and two API keys, on the memory backends and on the
+real Redis (skipped when none answers, failed under ``CI``; every key under a per-module prefix is
+deleted afterwards)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from litestar.testing import TestClient
+
+from tests.gateway.responses_api.conftest import ScriptedEngine
+from tests.helpers import serve_app
+from vlm_gateway.app import create_app
+from vlm_gateway.batches.settings import BatchSettings
+from vlm_gateway.files import FileSettings
+from vlm_gateway.jobs.settings import JobSettings
+from vlm_gateway.limits import ConfigKey, LimitSettings
+from vlm_gateway.limits.keys import hash_secret
+from vlm_gateway.settings import ModelSettings, Settings
+
+ALICE, BOB = "vlm-test-alice-secret", "vlm-test-bob-secret"
+KEYS = [ConfigKey(name=name, hash=hash_secret(secret), rpm=0, concurrency=0)
+        for name, secret in (("alice", ALICE), ("bob", BOB))]
+REDIS_URL = os.environ.get("VLM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def auth(secret: str = ALICE) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def sync_redis():
+    """A blocking client of the test Redis, or a skip (a failure under CI) when none answers."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no Redis here"
+        client.close()
+        if os.environ.get("CI"):
+            pytest.fail(f"no Redis at {REDIS_URL} under CI: {exc}")
+        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
+    return client
+
+
+def settings(checkpoint, files_dir: str, backend: str, prefix: str) -> Settings:
+    base = dict(models=[ModelSettings(id="m", checkpoint=str(checkpoint), aliases=["alias"])],
+                limits=LimitSettings(keys=KEYS, redis_prefix=prefix),
+                jobs=JobSettings(concurrency=1, poll_s=0.05, key_prefix=f"{prefix}{{jobs}}:"),
+                files=FileSettings(dir=files_dir, key_prefix=f"{prefix}{{files}}:"),
+                batches=BatchSettings(key_prefix=f"{prefix}{{batches}}:"))
+    if backend == "redis":
+        base["redis_url"] = REDIS_URL
+    return Settings(**base)
+
+
+@pytest.fixture(scope="module")
+def engine() -> ScriptedEngine:
+    return ScriptedEngine()
+
+
+@pytest.fixture(autouse=True)
+def fresh_engine(engine) -> Iterator[None]:
+    engine.reset()
+    yield
+    engine.gate.set()
+
+
+@pytest.fixture(scope="module", params=["memory", "redis"])
+def client(request, tiny_checkpoint, engine, tmp_path_factory) -> Iterator[TestClient]:
+    prefix = f"test:batches:{uuid.uuid4().hex[:12]}:"
+    redis = sync_redis() if request.param == "redis" else None
+    s = settings(tiny_checkpoint, str(tmp_path_factory.mktemp("files")), request.param, prefix)
+    try:
+        with TestClient(create_app(s, engine_factory=lambda model, session: engine)) as c:
+            c.headers.update(auth(ALICE))
+            yield c
+    finally:
+        if redis is not None:
+            keys = list(redis.scan_iter(match=prefix + "*"))
+            if keys:
+                redis.delete(*keys)
+            redis.close()
+
+
+@pytest.fixture(scope="module")
+def sdk_url(tiny_checkpoint, engine, tmp_path_factory) -> Iterator[str]:
+    """The app (memory backends) on uvicorn in a thread, for the OpenAI SDK: its /v1 base URL."""
+    s = settings(tiny_checkpoint, str(tmp_path_factory.mktemp("files")), "memory", "unused:")
+    with serve_app(create_app(s, engine_factory=lambda model, session: engine), start_timeout_s=60) as url:
+        yield url
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+def chat_line(custom_id: str, text: str = "Hi?", **body) -> dict:
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "m", "max_tokens": 4, "messages": [{"role": "user", "content": text}], **body}}
+
+
+def jsonl(lines: list) -> bytes:
+    return b"".join((line if isinstance(line, bytes) else json.dumps(line).encode()) + b"\n" for line in lines)
+
+
+def upload(client: TestClient, lines: list, secret: str = ALICE, purpose: str = "batch") -> str:
+    r = client.post("/v1/files", files={"file": ("in.jsonl", jsonl(lines), "application/jsonl")},
+                    data={"purpose": purpose}, headers=auth(secret))
+    assert r.status_code == 200, r.text
+    return r.json()["id"]
+
+
+def create(client: TestClient, file_id: str, endpoint: str = "/v1/chat/completions", secret: str = ALICE,
+           **extra):
+    return client.post("/v1/batches", json={"input_file_id": file_id, "endpoint": endpoint,
+                                            "completion_window": "24h", **extra}, headers=auth(secret))
+
+
+def wait_status(client: TestClient, batch_id: str, statuses: tuple[str, ...], secret: str = ALICE,
+                timeout_s: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        batch = client.get(f"/v1/batches/{batch_id}", headers=auth(secret)).json()
+        if batch["status"] in statuses:
+            return batch
+        assert time.monotonic() < deadline, f"batch still {batch['status']}: {batch}"
+        time.sleep(0.02)
+
+
+def content(client: TestClient, file_id: str | None) -> list[dict]:
+    if file_id is None:
+        return []
+    r = client.get(f"/v1/files/{file_id}/content")
+    assert r.status_code == 200, r.text
+    return [json.loads(line) for line in r.content.splitlines() if line.strip()]

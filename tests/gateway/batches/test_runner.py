@@ -1,0 +1,190 @@
+"""The batch jobs when replicas die: a line job redelivered after it recorded its line, a duplicate
+job of a line (a fan-out redelivered mid-way), a line whose runs keep dying, a fan-out resumed where it
+stopped, and a batch past its completion window. The jobs are called directly, as a worker would call
+them, on the memory store and on Redis; the request runner is a fake."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from types import SimpleNamespace
+
+import msgspec
+import pytest_asyncio
+
+from tests.gateway.state.fixtures import redis_session
+from vlm_gateway.batches.lines import parse_input
+from vlm_gateway.batches.redis import RedisBatches
+from vlm_gateway.batches.runner import FAN_OUT, LINE, with_batches
+from vlm_gateway.batches.service import BatchService
+from vlm_gateway.batches.settings import BatchSettings
+from vlm_gateway.batches.store import BatchRecord, MemoryBatches
+from vlm_gateway.files import FileSettings
+from vlm_gateway.files.store import build_file_store
+from vlm_gateway.jobs import succeeded
+from vlm_gateway.jobs.settings import JobSettings
+from vlm_gateway.jobs.types import Job
+from vlm_gateway.limits.rate import Caller
+from vlm_gateway.schemas.batches import Batch, BatchRequestCounts
+from vlm_gateway.settings import Settings
+
+ALICE = Caller("alice", "alice", rpm=0, concurrency=0, tpm=None, models=None)
+
+
+class FakeRunner:
+    """Answers every request; records what ran."""
+
+    def __init__(self) -> None:
+        self.ran: list[bytes] = []
+        self.delay_s = 0.0
+
+    async def __call__(self, job: Job):
+        self.ran.append(job.body)
+        await asyncio.sleep(self.delay_s)
+        return succeeded({"object": "chat.completion", "echo": json.loads(job.body)["messages"][0]["content"]})
+
+
+class FakeQueue:
+    def __init__(self) -> None:
+        self.jobs: list[Job] = []
+
+    async def submit(self, kind, model, body, webhook=None, metadata=None, caller=None) -> Job:
+        job = Job(id=uuid.uuid4().hex, kind=kind, model=model, body=body, metadata=metadata or {}, caller=caller)
+        self.jobs.append(job)
+        return job
+
+
+class World(msgspec.Struct):
+    service: BatchService
+    runner: FakeRunner
+    queue: FakeQueue
+    run: object
+
+
+@pytest_asyncio.fixture(params=["memory", "redis"])
+async def world(request, tmp_path):
+    settings = Settings(files=FileSettings(dir=str(tmp_path / "files")),
+                        jobs=JobSettings(max_attempts=3, job_timeout_s=0.5), batches=BatchSettings(enqueue_chunk=2))
+    queue, runner = FakeQueue(), FakeRunner()
+
+    def build(store) -> World:
+        service = BatchService(store, settings.batches, build_file_store(settings),
+                               services=lambda: SimpleNamespace(settings=settings),
+                               jobs=lambda: SimpleNamespace(queue=queue), responses=lambda: None)
+        return World(service, runner, queue, with_batches(runner, service))
+
+    if request.param == "memory":
+        yield build(MemoryBatches(ttl_s=3600))
+        return
+    prefix = f"test:batches:{uuid.uuid4().hex[:12]}:"
+    async with redis_session(prefix) as redis:
+        yield build(RedisBatches(redis, prefix, 3600))
+
+
+def chat(custom_id: str) -> dict:
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "m", "messages": [{"role": "user", "content": custom_id}]}}
+
+
+async def new_batch(world: World, count: int, *, expires_in: float = 3600) -> BatchRecord:
+    data = b"".join(json.dumps(chat(f"c{i}")).encode() + b"\n" for i in range(count))
+    file = await world.service.files.create(ALICE, data, "in.jsonl", "batch")
+    now = time.time()
+    batch = Batch(id=f"batch_{uuid.uuid4().hex}", endpoint="/v1/chat/completions", input_file_id=file.id,
+                  status="validating", created_at=int(now), expires_at=int(now + expires_in),
+                  request_counts=BatchRequestCounts(total=count))
+    record = BatchRecord(ALICE.key_id, time.time_ns() // 1000, batch)
+    await world.service.store.create(record)
+    return record
+
+
+def fan_out_job(record: BatchRecord) -> Job:
+    return Job(id=uuid.uuid4().hex, kind=FAN_OUT, model="m", body=record.id.encode(), caller=ALICE)
+
+
+async def output(world: World, batch_id: str) -> tuple[Batch, list[dict], list[dict]]:
+    batch = await world.service.retrieve(ALICE, batch_id)
+
+    async def lines(file_id: str | None) -> list[dict]:
+        if file_id is None:
+            return []
+        data = (await world.service.files.open(ALICE, file_id)).data
+        return [json.loads(line) for line in data.splitlines()]
+
+    return batch, await lines(batch.output_file_id), await lines(batch.error_file_id)
+
+
+async def test_fan_out_resumes_and_redelivered_lines_count_once(world) -> None:
+    record = await new_batch(world, 5)
+    await world.service.store.set_enqueued(record.id, 2)  # a fan-out that died after its first chunk...
+    await world.run(fan_out_job(record))  # ...redelivered: it goes on from line 2
+    assert [j.metadata["index"] for j in world.queue.jobs] == [2, 3, 4]
+    await world.run(fan_out_job(record))  # and again: nothing is left to queue
+    early = [Job(id=uuid.uuid4().hex, kind=LINE, model="m", body=line.body, caller=ALICE,
+                 metadata={"batch_id": record.id, "index": line.index, "custom_id": line.custom_id})
+             for line in parse_input((await world.service.files.open(ALICE, record.batch.input_file_id)).data,
+                                     "/v1/chat/completions", 10)[:2]]
+    jobs = early + world.queue.jobs
+    for job in jobs:
+        await world.run(job)
+    for job in jobs:  # every job redelivered after it ran (its replica died before the ack)
+        await world.run(job)
+    assert len(world.runner.ran) == 5  # each line ran once, duplicates and redeliveries did nothing
+    batch, out, errors = await output(world, record.id)
+    assert batch.status == "completed" and batch.request_counts == BatchRequestCounts(total=5, completed=5)
+    assert [line["custom_id"] for line in out] == [f"c{i}" for i in range(5)] and errors == []
+    assert out[3]["response"]["body"]["echo"] == "c3"
+
+
+async def test_a_line_whose_runs_keep_dying_is_failed(world) -> None:
+    record = await new_batch(world, 1)
+    await world.run(fan_out_job(record))
+    [job] = world.queue.jobs
+    store = world.service.store
+    assert await store.begin_line(record.id, 0, job.id) == 1  # two runs that died with their replicas
+    assert await store.begin_line(record.id, 0, job.id) == 2
+    await world.run(job)  # the last attempt the worker allows (jobs.max_attempts = 3)
+    assert world.runner.ran == []
+    batch, out, errors = await output(world, record.id)
+    assert batch.status == "completed" and batch.request_counts == BatchRequestCounts(total=1, failed=1)
+    assert out == [] and errors[0]["error"]["code"] == "request_abandoned"
+
+
+async def test_a_batch_past_its_window_expires(world) -> None:
+    record = await new_batch(world, 3, expires_in=-1)
+    await world.service.move(record, "in_progress")
+    await world.service.store.set_enqueued(record.id, 3)
+    batch, out, errors = await output(world, record.id)  # nothing ran: the read finalizes it
+    assert batch.status == "expired" and batch.expired_at and batch.request_counts.completed == 0
+    assert out == [] and [e["custom_id"] for e in errors] == ["c0", "c1", "c2"]
+    assert {e["error"]["code"] for e in errors} == {"batch_expired"}
+
+
+async def test_a_deleted_input_file_fails_the_batch(world) -> None:
+    record = await new_batch(world, 2)
+    await world.service.files.delete(ALICE, record.batch.input_file_id)
+    await world.run(fan_out_job(record))
+    batch = await world.service.retrieve(ALICE, record.id)
+    assert batch.status == "failed" and batch.failed_at and batch.errors.data[0].code == "input_file_missing"
+
+
+async def test_cancel_before_the_fan_out_runs(world) -> None:
+    record = await new_batch(world, 2)
+    batch = await world.service.cancel(ALICE, record.id)
+    assert batch.status == "cancelled" and batch.error_file_id is not None
+    await world.run(fan_out_job(record))
+    assert world.queue.jobs == []
+    _, _, errors = await output(world, record.id)
+    assert [e["error"]["code"] for e in errors] == ["batch_cancelled"] * 2
+
+
+async def test_a_line_over_the_job_time_limit_is_a_failed_504(world) -> None:
+    record = await new_batch(world, 1)
+    await world.run(fan_out_job(record))
+    world.runner.delay_s = 5  # jobs.job_timeout_s is 0.5: the line stops a little before the worker would
+    await world.run(world.queue.jobs[0])
+    batch, out, errors = await output(world, record.id)
+    assert batch.status == "completed" and batch.request_counts == BatchRequestCounts(total=1, failed=1)
+    assert errors[0]["response"]["status_code"] == 504 and errors[0]["response"]["body"]["error"]["code"] == "timeout"
