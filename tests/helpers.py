@@ -1,4 +1,5 @@
-"""Small helpers shared by tests: images, free ports, waiting for servers, child processes."""
+"""Small helpers shared by tests: images, free ports, waiting for servers, child processes, the test Redis
+and the test API keys."""
 
 from __future__ import annotations
 
@@ -14,12 +15,51 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
+import pytest
 from PIL import Image
+
+from vlm_gateway.limits import ConfigKey
+from vlm_gateway.limits.keys import hash_secret
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
+
+# The Redis the tests use: ``$VLM_TEST_REDIS_URL``, else the local default.
+TEST_REDIS_URL = os.environ.get("VLM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+# Two API keys, unlimited (rpm and concurrency 0), for the route tests: their secrets and config entries.
+ALICE, BOB = "vlm-test-alice-secret", "vlm-test-bob-secret"
+TEST_KEYS = [ConfigKey(name=name, hash=hash_secret(secret), rpm=0, concurrency=0)
+             for name, secret in (("alice", ALICE), ("bob", BOB))]
+
+
+def auth(secret: str = ALICE) -> dict[str, str]:
+    """The request headers that present ``secret`` as an API key."""
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def no_redis(exc: BaseException, url: str = TEST_REDIS_URL) -> NoReturn:
+    """No Redis answered at ``url``: skip the test, or fail it under ``CI`` (CI starts a Redis, see
+    .ci/run: a missing one is a failure, not a skip)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"no Redis at {url} under CI: {exc}")
+    pytest.skip(f"no Redis at {url}: {exc}")
+
+
+def require_redis():
+    """A blocking client of the test Redis, or a skip (a failure under ``CI``) when none answers."""
+    import redis
+
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    try:
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no Redis here"
+        client.close()
+        no_redis(exc)
+    return client
 
 
 def png_bytes(width: int = 64, height: int = 48, color: tuple[int, int, int] = (200, 30, 30)) -> bytes:

@@ -19,6 +19,7 @@ from vlm_gateway.api.auth import require_api_key
 from vlm_gateway.api.batches import BATCH_ROUTES
 from vlm_gateway.api.chat import chat_completions
 from vlm_gateway.api.completions import completions
+from vlm_gateway.api.docs import openapi_config
 from vlm_gateway.api.files import file_routes
 from vlm_gateway.api.health import health
 from vlm_gateway.api.models import list_models
@@ -133,6 +134,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory = default_engin
         lifespan=[lifespan],
         exception_handlers={Exception: error_response},
         guards=[require_api_key],
+        openapi_config=openapi_config(),  # /schema: Swagger UI from local files (works offline)
         request_max_body_size=settings.max_request_bytes,
         debug=False,
     )

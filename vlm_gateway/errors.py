@@ -192,10 +192,11 @@ def _from_typed_body(problem: dict[str, Any]) -> InvalidRequest:
     """A typed body (``data: SomeStruct`` on a handler) that Litestar refused: its first problem, naming
     the field (``{"message": "Expected `str`, got `int`", "key": "input_file_id", "source": "body"}``)."""
     message = str(problem.get("message") or "invalid request body")
+    key = problem.get("key")
+    where = str(key) if key and key != "data" else None
     missing = re.search(r"missing required field `(.+?)`", message)
-    key = missing.group(1) if missing else problem.get("key")
-    param = str(key) if key and key != "data" else None
-    return InvalidRequest(f"{param}: {message}" if param and not missing else message, param=param,
+    param = ".".join(p for p in (where, missing.group(1)) if p) if missing else where
+    return InvalidRequest(f"{param}: {message}" if param and not missing else message, param=param or None,
                           code="invalid_value")
 
 

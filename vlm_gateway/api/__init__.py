@@ -5,9 +5,43 @@ from __future__ import annotations
 from typing import Any
 
 from litestar.connection import ASGIConnection
+from litestar.openapi.datastructures import ResponseSpec
 
+from vlm_gateway.errors import ErrorEnvelope, SeedErrorBody
 from vlm_gateway.limits import Caller
 from vlm_gateway.pipeline import Services
+
+_ERROR_STATUSES = {
+    400: "The request is invalid; `param` names the field.",
+    401: "No API key, or an unknown one.",
+    403: "The key may not use this model or route.",
+    404: "Unknown model, or an id this key does not own.",
+    413: "The body or an image is larger than allowed.",
+    429: "A rate, token or concurrency limit of the key was reached (see Retry-After).",
+    500: "An error of the gateway's own.",
+    502: "The engine failed.",
+    503: "No engine is ready (see Retry-After).",
+    504: "The request ran past its timeout.",
+}
+
+
+def error_responses(seed: bool = False) -> dict[int, ResponseSpec]:
+    """The documented error responses of a route: OpenAI's ``{"error": {...}}`` envelope, or the seed
+    services' ``{"error", "status_code", "timestamp"}`` on their own routes. Rendered by
+    ``vlm_gateway.errors.error_response`` either way."""
+    body = SeedErrorBody if seed else ErrorEnvelope
+    return {status: ResponseSpec(body, description=text, generate_examples=False)
+            for status, text in _ERROR_STATUSES.items()}
+
+
+ERRORS = error_responses()
+SEED_ERRORS = error_responses(seed=True)
+
+
+def success(body: object, description: str, media_type: str = "application/json") -> ResponseSpec:
+    """A success response documented apart from the handler's return annotation (routes that answer
+    JSON or, with ``stream: true``, server-sent events)."""
+    return ResponseSpec(body, description=description, media_type=media_type, generate_examples=False)
 
 
 def services(connection: ASGIConnection[Any, Any, Any, Any]) -> Services:

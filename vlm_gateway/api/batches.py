@@ -18,7 +18,7 @@ from litestar import Request, get, post
 from litestar.connection import ASGIConnection
 from litestar.params import FromPath, FromQuery, JSONBody
 
-from vlm_gateway.api import caller
+from vlm_gateway.api import ERRORS, caller
 from vlm_gateway.batches.service import BatchService
 from vlm_gateway.schemas.batches import Batch, BatchCreate, BatchList
 
@@ -27,23 +27,23 @@ def batch_service(connection: ASGIConnection[Any, Any, Any, Any]) -> BatchServic
     return connection.app.state.batches
 
 
-@post("/v1/batches", status_code=200)
+@post("/v1/batches", status_code=200, responses=ERRORS)
 async def create_batch(request: Request[Any, Any, Any], data: JSONBody[BatchCreate]) -> Batch:
     return await batch_service(request).create(caller(request), data)
 
 
-@get("/v1/batches")
+@get("/v1/batches", responses=ERRORS)
 async def list_batches(request: Request[Any, Any, Any], after: FromQuery[str | None] = None,
                        limit: FromQuery[int] = 20) -> BatchList:
     return await batch_service(request).page(caller(request), after, limit)
 
 
-@get("/v1/batches/{batch_id:str}")
+@get("/v1/batches/{batch_id:str}", responses=ERRORS)
 async def retrieve_batch(request: Request[Any, Any, Any], batch_id: FromPath[str]) -> Batch:
     return await batch_service(request).retrieve(caller(request), batch_id)
 
 
-@post("/v1/batches/{batch_id:str}/cancel", status_code=200)
+@post("/v1/batches/{batch_id:str}/cancel", status_code=200, responses=ERRORS)
 async def cancel_batch(request: Request[Any, Any, Any], batch_id: FromPath[str]) -> Batch:
     return await batch_service(request).cancel(caller(request), batch_id)
 

@@ -5,19 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Response, post
+from litestar.params import JSONBody
 from litestar.response import Stream
 
-from vlm_gateway.api import caller, services
+from vlm_gateway.api import ERRORS, caller, services, success
 from vlm_gateway.complete import complete_text
 from vlm_gateway.pipeline import prepare_completion
-from vlm_gateway.schemas.openai import DECODE_COMPLETION
+from vlm_gateway.schemas.openai import Completion, CompletionRequest
 from vlm_gateway.streaming import completion_events, stream_response
 
 
-@post(["/v1/completions", "/completions"], status_code=200)
-async def completions(request: Request[Any, Any, Any]) -> Response[Any] | Stream:
-    svc = services(request)
-    req = DECODE_COMPLETION.decode(await request.body())
+@post(["/v1/completions", "/completions"], status_code=200, responses={
+    **ERRORS, 200: success(Completion, "The completion; with `stream: true`, server-sent events of "
+                           "`text_completion` chunks (`text/event-stream`) ending with `data: [DONE]`.")})
+async def completions(request: Request[Any, Any, Any], data: JSONBody[CompletionRequest]) -> Response[Any] | Stream:
+    svc, req = services(request), data
     if not req.stream:
         body, headers = await complete_text(svc, req, caller(request))
         return Response(body, headers=headers)

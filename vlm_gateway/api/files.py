@@ -12,6 +12,7 @@ Every route acts for ``caller(request)`` only: another key's file is a 404, as a
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -20,11 +21,13 @@ from litestar.connection import ASGIConnection
 from litestar.datastructures import UploadFile
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.handlers import HTTPRouteHandler
+from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.params import FromPath, FromQuery
 
-from vlm_gateway.api import caller
+from vlm_gateway.api import ERRORS, caller
 from vlm_gateway.errors import InvalidRequest, PayloadTooLarge
 from vlm_gateway.files.store import MAX_LIST, FileStore, check_backend
+from vlm_gateway.files.types import PURPOSES
 from vlm_gateway.schemas.files import FileDeleted, FileList, FileObject
 from vlm_gateway.settings import Settings
 
@@ -64,32 +67,46 @@ async def _read_upload(request: Request[Any, Any, Any], store: FileStore) -> tup
                 await value.close()
 
 
+@dataclass
+class _UploadOperation(Operation):
+    """The upload's multipart body in the OpenAPI document (the form is read by ``_read_upload``, which
+    checks purpose and size before the file is in memory, so it is no typed ``data`` parameter)."""
+
+    def __post_init__(self) -> None:
+        form = Schema(type=OpenAPIType.OBJECT, required=["file", "purpose"], properties={
+            "file": Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY, description="The file."),
+            "purpose": Schema(type=OpenAPIType.STRING, enum=sorted(PURPOSES),
+                              description="`vision` and `user_data`: images for `file_id`; `batch`: JSONL."),
+        })
+        self.request_body = RequestBody(content={"multipart/form-data": OpenAPIMediaType(schema=form)}, required=True)
+
+
 async def _upload(request: Request[Any, Any, Any]) -> FileObject:
     store = file_store(request)
     data, filename, purpose = await _read_upload(request, store)
     return await store.create(caller(request), data, filename, purpose)
 
 
-@get("/v1/files")
+@get("/v1/files", responses=ERRORS)
 async def list_files(request: Request[Any, Any, Any], purpose: FromQuery[str | None] = None,
                      limit: FromQuery[int] = MAX_LIST, order: FromQuery[str] = "desc",
                      after: FromQuery[str | None] = None) -> FileList:
     return await file_store(request).list(caller(request), purpose=purpose, limit=limit, order=order, after=after)
 
 
-@get("/v1/files/{file_id:str}")
+@get("/v1/files/{file_id:str}", responses=ERRORS)
 async def retrieve_file(request: Request[Any, Any, Any], file_id: FromPath[str]) -> FileObject:
     return await file_store(request).retrieve(caller(request), file_id)
 
 
-@get("/v1/files/{file_id:str}/content")
+@get("/v1/files/{file_id:str}/content", responses=ERRORS)
 async def file_content(request: Request[Any, Any, Any], file_id: FromPath[str]) -> Response[bytes]:
     content = await file_store(request).open(caller(request), file_id)
     disposition = f"attachment; filename*=UTF-8''{quote(content.filename, safe='')}"
     return Response(content.data, media_type=content.content_type, headers={"Content-Disposition": disposition})
 
 
-@delete("/v1/files/{file_id:str}", status_code=200)
+@delete("/v1/files/{file_id:str}", status_code=200, responses=ERRORS)
 async def delete_file(request: Request[Any, Any, Any], file_id: FromPath[str]) -> FileDeleted:
     return await file_store(request).delete(caller(request), file_id)
 
@@ -98,6 +115,6 @@ def file_routes(settings: Settings) -> list[HTTPRouteHandler]:
     """The routes, the upload's body limit set by ``files.max_bytes`` (checked while the body is read).
     Raises ``SettingsError`` for a ``[files]`` section that cannot work with the rest (see ``check_backend``)."""
     check_backend(settings)
-    upload = post("/v1/files", status_code=200,
+    upload = post("/v1/files", status_code=200, responses=ERRORS, operation_class=_UploadOperation,
                   request_max_body_size=settings.files.max_bytes + MULTIPART_SLACK)(_upload)
     return [upload, list_files, retrieve_file, file_content, delete_file]

@@ -6,11 +6,11 @@ from typing import Any
 
 from litestar import Request, get
 
-from vlm_gateway.api import caller, services
+from vlm_gateway.api import ERRORS, caller, services
 from vlm_gateway.schemas.openai import ModelCard, ModelList
 
 
-@get(["/v1/models", "/models"])
+@get(["/v1/models", "/models"], responses=ERRORS)
 async def list_models(request: Request[Any, Any, Any]) -> ModelList:
     svc = services(request)
     allowed = caller(request).models  # a key limited to some models sees only those

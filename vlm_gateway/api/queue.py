@@ -14,16 +14,15 @@ from typing import Any
 
 import msgspec
 from litestar import MediaType, Request, Response, get, post, put
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath, FromQuery, JSONBody
 
-from vlm_gateway.api import caller, services
+from vlm_gateway.api import ERRORS, caller, services, success
 from vlm_gateway.errors import InvalidRequest
 from vlm_gateway.jobs import JobServices
 from vlm_gateway.jobs.types import JobView, stored_error
 from vlm_gateway.pipeline import admit_submission
 from vlm_gateway.schemas.jobs import QueueCancelled, QueueStatus, QueueSubmitted
 
-_OBJECT = msgspec.json.Decoder(dict[str, Any])
 _STATUS = {"queued": "IN_QUEUE", "running": "IN_PROGRESS", "done": "COMPLETED"}
 
 
@@ -40,19 +39,12 @@ def _status(view: JobView) -> QueueStatus:
     return out
 
 
-def _decode(raw: bytes) -> dict[str, Any]:
-    try:
-        return _OBJECT.decode(raw)
-    except msgspec.ValidationError:
-        raise InvalidRequest("the request body must be a JSON object", code="invalid_value") from None
-
-
-@post("/queue/{model:path}", status_code=200)
-async def queue_submit(request: Request[Any, Any, Any], model: FromPath[str],
+@post("/queue/{model:path}", status_code=200, responses=ERRORS)
+async def queue_submit(request: Request[Any, Any, Any], model: FromPath[str], data: JSONBody[dict[str, Any]],
                        webhook: FromQuery[str | None] = None) -> QueueSubmitted:
+    """Any body the model's routes take (chat, completions, a seed's), run as a job."""
     jobs = job_services(request)
-    raw = await request.body()
-    body = _decode(raw)
+    body = data
     model = model.strip("/")
     if not model:
         raise InvalidRequest("the URL must name a model: /queue/{model}", param="model")
@@ -61,17 +53,19 @@ async def queue_submit(request: Request[Any, Any, Any], model: FromPath[str],
         raise InvalidRequest("callback_url must be a URL", param="callback_url", code="invalid_url")
     who = caller(request)
     await admit_submission(services(request), who, model)  # 404 / 429 now; slots when it runs
-    job = await jobs.queue.submit(jobs.classify(model, body), model, raw, webhook=hook, caller=who)
+    job = await jobs.queue.submit(jobs.classify(model, body), model, msgspec.json.encode(body), webhook=hook,
+                                  caller=who)
     base = f"{str(request.base_url).rstrip('/')}/queue/requests/{job.id}"
     return QueueSubmitted(job.id, f"{base}/status", base, f"{base}/cancel")
 
 
-@get("/queue/requests/{request_id:str}/status")
+@get("/queue/requests/{request_id:str}/status", responses=ERRORS)
 async def queue_status(request: Request[Any, Any, Any], request_id: FromPath[str]) -> QueueStatus:
     return _status(await job_services(request).queue.status(request_id))
 
 
-@get("/queue/requests/{request_id:str}", status_code=200)
+@get("/queue/requests/{request_id:str}", status_code=200, responses={
+    **ERRORS, 202: success(QueueStatus, "Not done yet: the status.")})
 async def queue_result(request: Request[Any, Any, Any], request_id: FromPath[str]) -> Response[Any]:
     view = await job_services(request).queue.result(request_id)
     if view.result is None:
@@ -81,7 +75,7 @@ async def queue_result(request: Request[Any, Any, Any], request_id: FromPath[str
     return Response(view.result.body, media_type=MediaType.JSON)
 
 
-@put("/queue/requests/{request_id:str}/cancel", status_code=200)
+@put("/queue/requests/{request_id:str}/cancel", status_code=200, responses=ERRORS)
 async def queue_cancel(request: Request[Any, Any, Any], request_id: FromPath[str]) -> Response[QueueCancelled]:
     if await job_services(request).queue.cancel(request_id):
         return Response(QueueCancelled("CANCELLATION_REQUESTED"))

@@ -12,13 +12,13 @@ from typing import Any
 from litestar import Request, Response, post
 from litestar.params import JSONBody
 
-from vlm_gateway.api import caller, services
+from vlm_gateway.api import ERRORS, caller, services
 from vlm_gateway.pipeline import prepare_chat
 from vlm_gateway.schemas.openai import ChatCompletionRequest
 from vlm_gateway.schemas.render import PlaceholderRange, RenderedChat, RenderFeatures
 
 
-@post("/v1/chat/completions/render", status_code=200)
+@post("/v1/chat/completions/render", status_code=200, responses=ERRORS)
 async def render_chat_completion(request: Request[Any, Any, Any],
                                  data: JSONBody[ChatCompletionRequest]) -> Response[RenderedChat]:
     svc = services(request)

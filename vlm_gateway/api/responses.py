@@ -12,28 +12,26 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from litestar import Request, Response, delete, get, post
 from litestar.connection import ASGIConnection
-from litestar.params import FromPath
+from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 
-from vlm_gateway.api import caller, services
+from vlm_gateway.api import ERRORS, caller, services, success
 from vlm_gateway.responses_api import background, run
 from vlm_gateway.responses_api.store import ResponseStore
 from vlm_gateway.schemas.responses import ResponseDeleted, ResponseObject, ResponsesRequest
-
-_DECODE = msgspec.json.Decoder(ResponsesRequest)
 
 
 def response_store(connection: ASGIConnection[Any, Any, Any, Any]) -> ResponseStore:
     return connection.app.state.responses
 
 
-@post("/v1/responses", status_code=200)
-async def create_response(request: Request[Any, Any, Any]) -> Response[Any] | Stream:
-    svc, store, who = services(request), response_store(request), caller(request)
-    req = _DECODE.decode(await request.body())
+@post("/v1/responses", status_code=200, responses={
+    **ERRORS, 200: success(ResponseObject, "The response (`background: true`: queued, to be polled); with "
+                           "`stream: true`, server-sent events (`response.created` … `response.completed`).")})
+async def create_response(request: Request[Any, Any, Any], data: JSONBody[ResponsesRequest]) -> Response[Any] | Stream:
+    svc, store, who, req = services(request), response_store(request), caller(request), data
     turn = await run.start(store, req, who)
     if req.background:
         return Response(await background.submit(svc, request.app.state.jobs, store, turn.response, turn.converted,
@@ -45,17 +43,17 @@ async def create_response(request: Request[Any, Any, Any]) -> Response[Any] | St
     return Response(response, headers=headers)
 
 
-@get("/v1/responses/{response_id:str}")
+@get("/v1/responses/{response_id:str}", responses=ERRORS)
 async def retrieve_response(request: Request[Any, Any, Any], response_id: FromPath[str]) -> ResponseObject:
     return (await response_store(request).get(response_id, caller(request))).response
 
 
-@delete("/v1/responses/{response_id:str}", status_code=200)
+@delete("/v1/responses/{response_id:str}", status_code=200, responses=ERRORS)
 async def delete_response(request: Request[Any, Any, Any], response_id: FromPath[str]) -> ResponseDeleted:
     return await response_store(request).delete(response_id, caller(request))
 
 
-@post("/v1/responses/{response_id:str}/cancel", status_code=200)
+@post("/v1/responses/{response_id:str}/cancel", status_code=200, responses=ERRORS)
 async def cancel_response(request: Request[Any, Any, Any], response_id: FromPath[str]) -> ResponseObject:
     return await background.cancel(response_store(request), response_id, caller(request))
 

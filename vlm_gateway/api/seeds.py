@@ -12,10 +12,10 @@ from typing import Any
 
 import msgspec
 from litestar import MediaType, Request, Response, get, post
-from litestar.params import FromPath
+from litestar.params import FromPath, JSONBody
 
 from vlm_gateway import seeds
-from vlm_gateway.api import caller, services
+from vlm_gateway.api import ERRORS, SEED_ERRORS, caller, services, success
 from vlm_gateway.complete import complete_chat
 from vlm_gateway.pipeline import admit_submission
 from vlm_gateway.schemas.seeds import (
@@ -27,21 +27,17 @@ from vlm_gateway.schemas.seeds import (
     VlmRunResponse,
 )
 
-_VISION = msgspec.json.Decoder(VisionRequest)
-_FAL = msgspec.json.Decoder(FalRequest)
-_VLMRUN = msgspec.json.Decoder(VlmRunRequest)
 
-
-@post("/vision", status_code=200, opt={"error_shape": "seed"})
-async def vision(request: Request[Any, Any, Any]) -> VisionCompletion:
-    req = _VISION.decode(await request.body())
+@post("/vision", status_code=200, opt={"error_shape": "seed"}, responses=SEED_ERRORS)
+async def vision(request: Request[Any, Any, Any], data: JSONBody[VisionRequest]) -> VisionCompletion:
+    req = data
     out, _ = await complete_chat(services(request), seeds.vision_to_chat(req), caller(request))
     return seeds.vision_response(out)
 
 
-@post("/run/{model:path}", status_code=200)
-async def fal_run(request: Request[Any, Any, Any], model: FromPath[str]) -> FalResponse:
-    req = _FAL.decode(await request.body())
+@post("/run/{model:path}", status_code=200, responses=ERRORS)
+async def fal_run(request: Request[Any, Any, Any], model: FromPath[str], data: JSONBody[FalRequest]) -> FalResponse:
+    req = data
     out, _ = await complete_chat(services(request), seeds.fal_to_chat(model.lstrip("/"), req), caller(request))
     return seeds.fal_response(out)
 
@@ -50,18 +46,18 @@ def vlmrun_model(request: Request[Any, Any, Any], req: VlmRunRequest) -> str:
     return req.model or services(request).models.models[0].id
 
 
-@post("/v1/image/generate", status_code=200)
-async def vlmrun_generate(request: Request[Any, Any, Any]) -> VlmRunResponse:
-    raw = await request.body()
-    req = _VLMRUN.decode(raw)
+@post("/v1/image/generate", status_code=200, responses=ERRORS)
+async def vlmrun_generate(request: Request[Any, Any, Any], data: JSONBody[VlmRunRequest]) -> VlmRunResponse:
+    req = data
     created_at = seeds.now_iso()
     model = vlmrun_model(request, req)
     chat = seeds.vlmrun_to_chat(req, model)  # checks domain and body before anything runs
     if req.batch:  # a job: answer at once, the result is polled (GET below) or sent to callback_url
         who = caller(request)
         await admit_submission(services(request), who, model)  # 404 / 429 now; slots when it runs
-        job = await request.app.state.jobs.queue.submit("vlmrun", model, raw, webhook=req.callback_url,
-                                                        metadata={"created_at": created_at}, caller=who)
+        job = await request.app.state.jobs.queue.submit("vlmrun", model, msgspec.json.encode(req),
+                                                        webhook=req.callback_url, caller=who,
+                                                        metadata={"created_at": created_at})
         return VlmRunResponse(id=job.id, status="pending", created_at=created_at, domain=req.domain,
                               metadata=req.metadata)
     out, _ = await complete_chat(services(request), chat, caller(request))
@@ -71,7 +67,8 @@ async def vlmrun_generate(request: Request[Any, Any, Any]) -> VlmRunResponse:
 _STATES = {"queued": "pending", "running": "running"}
 
 
-@get("/v1/image/generate/{request_id:str}")
+@get("/v1/image/generate/{request_id:str}", responses={
+    **ERRORS, 200: success(VlmRunResponse, "`pending` / `running`, then the stored response or `failed`.")})
 async def vlmrun_status(request: Request[Any, Any, Any], request_id: FromPath[str]) -> Any:
     """A batch job's state: ``pending`` / ``running``, then the stored response (``completed``) or
     ``failed`` with the error."""

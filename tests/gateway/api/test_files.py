@@ -11,23 +11,16 @@ from litestar.testing import TestClient
 
 from tests.gateway.images import imagedata as img
 from tests.gateway.state.fixtures import REDIS_URL, prefix, redis_client  # noqa: F401
-from tests.helpers import png_bytes, serve_app
+from tests.helpers import ALICE, BOB, auth, png_bytes, serve_app
+from tests.helpers import TEST_KEYS as KEYS
 from vlm_gateway.app import create_app
 from vlm_gateway.files import FileSettings
 from vlm_gateway.jobs.settings import JobSettings
-from vlm_gateway.limits import ConfigKey, LimitSettings
-from vlm_gateway.limits.keys import hash_secret
+from vlm_gateway.limits import LimitSettings
 from vlm_gateway.settings import Settings, SettingsError
 
-ALICE, BOB = "vlm-test-alice-secret", "vlm-test-bob-secret"
-KEYS = [ConfigKey(name=name, hash=hash_secret(secret), rpm=0, concurrency=0)
-        for name, secret in (("alice", ALICE), ("bob", BOB))]
 MAX_BYTES = 200_000
 PNG = png_bytes(64, 48)
-
-
-def auth(secret: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {secret}"}
 
 
 def upload(client: TestClient, secret: str, data: bytes = PNG, purpose: str | None = "vision",

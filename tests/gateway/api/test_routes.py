@@ -128,7 +128,7 @@ def test_stream_sse_format(client) -> None:
 @pytest.mark.parametrize("body,status,param,code", [
     (chat(model="nope"), 404, "model", "model_not_found"),
     ({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400,
-     "messages[0].content[0]", None),
+     "messages[0].content[0].image_url", None),
     ({"model": "m", "messages": "hi"}, 400, "messages", None),
     (chat(temperature=9), 400, "temperature", None),
     (chat(top_logprobs=2), 400, "top_logprobs", None),

@@ -6,7 +6,6 @@ deleted afterwards)."""
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,48 +14,23 @@ import pytest
 from litestar.testing import TestClient
 
 from tests.gateway.responses_api.conftest import ScriptedEngine
-from tests.helpers import serve_app
+from tests.helpers import ALICE, TEST_KEYS, TEST_REDIS_URL, auth, require_redis, serve_app
 from vlm_gateway.app import create_app
 from vlm_gateway.batches.settings import BatchSettings
 from vlm_gateway.files import FileSettings
 from vlm_gateway.jobs.settings import JobSettings
-from vlm_gateway.limits import ConfigKey, LimitSettings
-from vlm_gateway.limits.keys import hash_secret
+from vlm_gateway.limits import LimitSettings
 from vlm_gateway.settings import ModelSettings, Settings
-
-ALICE, BOB = "vlm-test-alice-secret", "vlm-test-bob-secret"
-KEYS = [ConfigKey(name=name, hash=hash_secret(secret), rpm=0, concurrency=0)
-        for name, secret in (("alice", ALICE), ("bob", BOB))]
-REDIS_URL = os.environ.get("VLM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def auth(secret: str = ALICE) -> dict[str, str]:
-    return {"Authorization": f"Bearer {secret}"}
-
-
-def sync_redis():
-    """A blocking client of the test Redis, or a skip (a failure under CI) when none answers."""
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means "no Redis here"
-        client.close()
-        if os.environ.get("CI"):
-            pytest.fail(f"no Redis at {REDIS_URL} under CI: {exc}")
-        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
-    return client
 
 
 def settings(checkpoint, files_dir: str, backend: str, prefix: str) -> Settings:
     base = dict(models=[ModelSettings(id="m", checkpoint=str(checkpoint), aliases=["alias"])],
-                limits=LimitSettings(keys=KEYS, redis_prefix=prefix),
+                limits=LimitSettings(keys=TEST_KEYS, redis_prefix=prefix),
                 jobs=JobSettings(concurrency=1, poll_s=0.05, key_prefix=f"{prefix}{{jobs}}:"),
                 files=FileSettings(dir=files_dir, key_prefix=f"{prefix}{{files}}:"),
                 batches=BatchSettings(key_prefix=f"{prefix}{{batches}}:"))
     if backend == "redis":
-        base["redis_url"] = REDIS_URL
+        base["redis_url"] = TEST_REDIS_URL
     return Settings(**base)
 
 
@@ -75,7 +49,7 @@ def fresh_engine(engine) -> Iterator[None]:
 @pytest.fixture(scope="module", params=["memory", "redis"])
 def client(request, tiny_checkpoint, engine, tmp_path_factory) -> Iterator[TestClient]:
     prefix = f"test:batches:{uuid.uuid4().hex[:12]}:"
-    redis = sync_redis() if request.param == "redis" else None
+    redis = require_redis() if request.param == "redis" else None
     s = settings(tiny_checkpoint, str(tmp_path_factory.mktemp("files")), request.param, prefix)
     try:
         with TestClient(create_app(s, engine_factory=lambda model, session: engine)) as c:

@@ -10,18 +10,8 @@ import time
 import openai
 import pytest
 
-from tests.gateway.batches.conftest import (
-    ALICE,
-    BOB,
-    auth,
-    chat_line,
-    content,
-    create,
-    jsonl,
-    upload,
-    wait_status,
-)
-from tests.helpers import png_data_uri
+from tests.gateway.batches.conftest import chat_line, content, create, jsonl, upload, wait_status
+from tests.helpers import ALICE, BOB, auth, png_data_uri
 
 ENDED = ("completed", "failed", "expired", "cancelled")
 

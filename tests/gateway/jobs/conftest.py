@@ -4,7 +4,6 @@ prefix per test, deleted afterwards), tiny timings, and a local webhook receiver
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 
@@ -15,10 +14,11 @@ import pytest_asyncio
 from aiohttp import web
 from multidict import CIMultiDict
 
+from tests.helpers import TEST_REDIS_URL, no_redis
 from vlm_gateway.jobs import MemoryJobQueue, RedisJobQueue
 from vlm_gateway.jobs.settings import JobSettings, WebhookSettings
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_URL = TEST_REDIS_URL
 SECRET = "test-secret"
 
 
@@ -41,9 +41,7 @@ async def redis_client():
         await client.ping()
     except Exception as exc:  # pragma: no cover - depends on the machine
         await client.aclose()
-        if os.environ.get("CI"):  # CI starts a Redis (.ci/run): a missing one is a failure, not a skip
-            pytest.fail(f"no Redis at {REDIS_URL} under CI: {exc}")
-        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
+        no_redis(exc, REDIS_URL)
     return client
 
 

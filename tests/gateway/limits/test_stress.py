@@ -28,7 +28,7 @@ import redis
 
 from tests.fake_engine import FakeEngine
 from tests.gateway.state.fixtures import REDIS_URL
-from tests.helpers import PYTHON, Child, free_port
+from tests.helpers import PYTHON, Child, free_port, require_redis
 from tests.slot_monitor import SlotMonitor
 
 CONCURRENCY = 3
@@ -39,12 +39,7 @@ STALL_S = 12.0
 
 @pytest.fixture
 def cluster(tmp_path: Path, tiny_checkpoint: Path):
-    try:
-        redis.Redis.from_url(REDIS_URL).ping()
-    except redis.RedisError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"no Redis at {REDIS_URL} under CI: {exc}")
-        pytest.skip(f"no Redis at {REDIS_URL}")
+    require_redis().close()
     prefix = f"stress-{uuid.uuid4().hex[:8]}:"
     with FakeEngine(hold_s=24.0) as engine:
         config = tmp_path / "gateway.toml"

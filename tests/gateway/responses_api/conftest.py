@@ -5,7 +5,6 @@ the OpenAI SDK and LangChain."""
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -13,25 +12,15 @@ from collections.abc import Iterator
 import pytest
 from litestar.testing import TestClient
 
-from tests.helpers import serve_app
+from tests.helpers import ALICE, TEST_KEYS, auth, serve_app
 from vlm_gateway.app import create_app
 from vlm_gateway.engines import Candidate, EngineDelta, EngineRequest, TokenLogprob
 from vlm_gateway.engines.errors import EngineError
 from vlm_gateway.files import FileSettings
 from vlm_gateway.jobs.settings import JobSettings
-from vlm_gateway.limits import ConfigKey, LimitSettings
-from vlm_gateway.limits.keys import hash_secret
+from vlm_gateway.limits import LimitSettings
 from vlm_gateway.responses_api.settings import ResponsesSettings
 from vlm_gateway.settings import ModelSettings, Settings
-
-ALICE, BOB = "vlm-test-alice-secret", "vlm-test-bob-secret"
-KEYS = [ConfigKey(name=name, hash=hash_secret(secret), rpm=0, concurrency=0)
-        for name, secret in (("alice", ALICE), ("bob", BOB))]
-REDIS_URL = os.environ.get("VLM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def auth(secret: str = ALICE) -> dict[str, str]:
-    return {"Authorization": f"Bearer {secret}"}
 
 
 class ScriptedEngine:
@@ -82,7 +71,7 @@ class ScriptedEngine:
 
 def settings(checkpoint, **over) -> Settings:
     base = dict(models=[ModelSettings(id="m", checkpoint=str(checkpoint), aliases=["alias"])],
-                limits=LimitSettings(keys=KEYS), jobs=JobSettings(concurrency=1, poll_s=0.05),
+                limits=LimitSettings(keys=TEST_KEYS), jobs=JobSettings(concurrency=1, poll_s=0.05),
                 responses=ResponsesSettings(cancel_poll_s=0.02))
     return Settings(**{**base, **over})
 

@@ -8,8 +8,8 @@ import msgspec
 import pytest
 from openai.types.responses import Response
 
-from tests.gateway.responses_api.conftest import BOB, auth, wait_for
-from tests.helpers import png_data_uri
+from tests.gateway.responses_api.conftest import wait_for
+from tests.helpers import BOB, auth, png_data_uri
 from vlm_gateway.engines.errors import EngineRejected
 
 
@@ -181,7 +181,7 @@ def test_function_call_round_trip(client, engine) -> None:
     ({"input": [{"role": "user", "content": [{"type": "input_video"}]}]}, 400, "input[0].content[0].type"),
     ({"input": "x", "temperature": 9}, 400, "temperature"),
     ({"input": "x", "tools": [{"type": "web_search"}]}, 400, "tools[0].type"),
-    ({"input": "x", "text": {"format": {"type": "json_schema", "name": "a"}}}, 400, "text.format"),
+    ({"input": "x", "text": {"format": {"type": "json_schema", "name": "a"}}}, 400, "text.format.schema"),
     ({"input": "x", "model": "nope"}, 404, "model"),
     ({"input": "x", "background": True, "store": False}, 400, "store"),
     ({"input": "x", "background": True, "stream": True}, 400, "stream"),

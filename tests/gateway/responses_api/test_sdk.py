@@ -8,8 +8,8 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_openai import ChatOpenAI
 
-from tests.gateway.responses_api.conftest import ALICE, BOB, wait_for
-from tests.helpers import png_data_uri
+from tests.gateway.responses_api.conftest import wait_for
+from tests.helpers import ALICE, BOB, png_data_uri
 from vlm_gateway.tokenize import Tokenizer
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import uuid
 from collections.abc import Iterator
 
@@ -15,8 +14,9 @@ import redis
 from litestar.testing import TestClient
 from openai.types.responses import Response
 
-from tests.gateway.responses_api.conftest import BOB, KEYS, REDIS_URL, app_for, auth, settings, wait_for
+from tests.gateway.responses_api.conftest import app_for, settings, wait_for
 from tests.gateway.state.fixtures import backend, prefix  # noqa: F401
+from tests.helpers import BOB, TEST_KEYS, TEST_REDIS_URL, auth, require_redis
 from vlm_gateway.errors import InvalidRequest, NotFound
 from vlm_gateway.files import FileSettings
 from vlm_gateway.jobs.settings import JobSettings
@@ -94,14 +94,7 @@ async def test_response_store(backend) -> None:  # noqa: F811
 @pytest.fixture
 def shared_redis(prefix) -> Iterator[str]:  # noqa: F811
     """A Redis must answer (a failure under CI, else a skip); every key under ``prefix`` goes afterwards."""
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means "no Redis here"
-        client.close()
-        if os.environ.get("CI"):
-            pytest.fail(f"no Redis at {REDIS_URL} under CI: {exc}")
-        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
+    client = require_redis()
     try:
         yield prefix
     finally:
@@ -113,7 +106,7 @@ def shared_redis(prefix) -> Iterator[str]:  # noqa: F811
 
 @contextlib.contextmanager
 def replicas(checkpoint, engine, key_prefix: str, tmp_path) -> Iterator[tuple[TestClient, TestClient]]:
-    s = settings(checkpoint, redis_url=REDIS_URL, limits=LimitSettings(keys=KEYS, redis_prefix=key_prefix),
+    s = settings(checkpoint, redis_url=TEST_REDIS_URL, limits=LimitSettings(keys=TEST_KEYS, redis_prefix=key_prefix),
                  jobs=JobSettings(concurrency=1, poll_s=0.05, key_prefix=f"{key_prefix}{{jobs}}:"),
                  files=FileSettings(dir=str(tmp_path), key_prefix=f"{key_prefix}{{files}}:"),
                  responses=ResponsesSettings(cancel_poll_s=0.02))
@@ -149,7 +142,7 @@ def test_two_replicas_share_stored_responses(tiny_checkpoint, engine, shared_red
 
         assert b.delete(f"/v1/responses/{made['id']}").status_code == 200
         assert a.get(f"/v1/responses/{made['id']}").status_code == 404
-    stored = redis.Redis.from_url(REDIS_URL)
+    stored = redis.Redis.from_url(TEST_REDIS_URL)
     try:
         keys = [k.decode() for k in stored.scan_iter(match=shared_redis + "responses:*")]
         assert keys and all(stored.ttl(k) > 0 for k in keys)  # every stored response expires
