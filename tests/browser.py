@@ -18,6 +18,7 @@ import pytest
 
 try:
     from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -57,7 +58,10 @@ def chromium(width: int = 1200, height: int = 1000) -> Iterator[Any]:
 
 
 def wait(driver, condition, timeout: float = 20, message: str = ""):
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(lambda d: condition(d), message)
+    """Until ``condition(driver)`` holds. An element the page re-rendered between finding and reading it
+    (the model list is rebuilt on every key stroke) is read again at the next poll."""
+    return WebDriverWait(driver, timeout, poll_frequency=0.05,
+                         ignored_exceptions=[StaleElementReferenceException]).until(lambda d: condition(d), message)
 
 
 def by_id(driver, element_id: str):

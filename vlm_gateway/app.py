@@ -22,6 +22,7 @@ from vlm_gateway.api.completions import completions
 from vlm_gateway.api.docs import openapi_config
 from vlm_gateway.api.files import file_routes
 from vlm_gateway.api.health import health
+from vlm_gateway.api.metrics import http_metrics, metrics_endpoint
 from vlm_gateway.api.models import list_models
 from vlm_gateway.api.queue import QUEUE_ROUTES
 from vlm_gateway.api.render import render_chat_completion
@@ -36,6 +37,7 @@ from vlm_gateway.jobs import build_jobs
 from vlm_gateway.jobs.runner import classify, make_runner
 from vlm_gateway.limits import KeyStore, Limiter
 from vlm_gateway.looplag import LoopLag
+from vlm_gateway.metrics import arrival_middleware
 from vlm_gateway.models import Model, ModelRegistry
 from vlm_gateway.pipeline import Services
 from vlm_gateway.playground import playground_routes
@@ -55,7 +57,8 @@ def default_engine(model: Model, session: aiohttp.ClientSession) -> Engine:
     if model.engine.kind == "remote":
         from vlm_gateway.engines.vllm_remote import RemoteVLLM
 
-        return RemoteVLLM(model.engine.urls, session, request_timeout_s=model.engine.request_timeout_s)
+        return RemoteVLLM(model.engine.urls, session, request_timeout_s=model.engine.request_timeout_s,
+                          routing=model.engine.routing)
     from vlm_gateway.engines.vllm_embedded import EmbeddedVLLM
 
     args = ["--limit-mm-per-prompt", json.dumps({"image": model.max_images}), *model.engine.args]
@@ -84,6 +87,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory = default_engin
                 redis = Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=5)
             lag = LoopLag()
             lag.start()
+            app.state.lag = lag
             state = state_backend(redis, settings.limits.redis_prefix, settings.redis_url or None)
             limiter = Limiter(settings.limits, state, KeyStore(state if redis else None, settings.limits.keys),
                               lag_ms=lag.ms)
@@ -130,7 +134,8 @@ def create_app(settings: Settings, engine_factory: EngineFactory = default_engin
     return Litestar(
         route_handlers=[chat_completions, completions, list_models, health, vision, fal_run, vlmrun_generate,
                         vlmrun_status, *QUEUE_ROUTES, *file_routes(settings), *RESPONSES_ROUTES, *BATCH_ROUTES,
-                        render_chat_completion, *playground_routes(settings)],
+                        render_chat_completion, metrics_endpoint, *playground_routes(settings)],
+        middleware=[http_metrics().middleware, arrival_middleware],
         lifespan=[lifespan],
         exception_handlers={Exception: error_response},
         guards=[require_api_key],

@@ -23,11 +23,19 @@ from typing import Literal
 
 import msgspec
 
+from vlm_gateway import metrics
 from vlm_gateway.engines import Engine, EngineDelta, EngineRequest, SamplingParams
 from vlm_gateway.engines.errors import EngineError
-from vlm_gateway.errors import ContextLengthExceeded, EngineUnavailable, InvalidRequest, from_engine_error
+from vlm_gateway.errors import (
+    ContextLengthExceeded,
+    EngineUnavailable,
+    GatewayError,
+    InvalidRequest,
+    RateLimited,
+    from_engine_error,
+)
 from vlm_gateway.files import FileStore
-from vlm_gateway.images.load import DetailRule, ImageLoader, ImageSource
+from vlm_gateway.images.load import DetailRule, ImageLoader, ImageSource, LoadedImage
 from vlm_gateway.limits import Limiter, Permit
 from vlm_gateway.limits.rate import ANONYMOUS, Caller
 from vlm_gateway.models import Model, ModelRegistry
@@ -35,6 +43,7 @@ from vlm_gateway.prompts.families import FamilyDetail
 from vlm_gateway.prompts.order import reorder_images_first, strings_to_parts
 from vlm_gateway.prompts.raw_completions import map_image_markers
 from vlm_gateway.prompts.render import render_chat
+from vlm_gateway.routing import affinity_key
 from vlm_gateway.sampling import chat_sampling, completion_sampling
 from vlm_gateway.schemas.openai import (
     ChatCompletionRequest,
@@ -166,7 +175,7 @@ def detail_rule(detail: FamilyDetail) -> DetailRule:
                       min_pixels=detail.min_pixels or None)
 
 
-async def _load_images(svc: Services, model: Model, caller: Caller, inputs: list[ImageInput]) -> list[str]:
+async def _load_images(svc: Services, model: Model, caller: Caller, inputs: list[ImageInput]) -> list[LoadedImage]:
     if not inputs:
         return []
 
@@ -179,8 +188,7 @@ async def _load_images(svc: Services, model: Model, caller: Caller, inputs: list
                                             param=image.param)
 
     sources = await asyncio.gather(*(source(image) for image in inputs))
-    loaded = await svc.images.load(list(sources), detail_rule(model.family.detail))
-    return [image.url for image in loaded]
+    return await svc.images.load(list(sources), detail_rule(model.family.detail))
 
 
 # --- steps 1–5 ----------------------------------------------------------------------------------
@@ -191,7 +199,8 @@ async def admitted(svc: Services, caller: Caller, model: Model, queued: bool = F
     A ``queued`` job paid its requests/min at submission and waits for a slot instead of a 429.
     The permit is handed on to ``generate``, or released here if preparing the request fails."""
     names = (model.id, *model.aliases)
-    permit = await (svc.limiter.admit_waiting(caller, names) if queued else svc.limiter.admit(caller, names))
+    with counted_429(caller):
+        permit = await (svc.limiter.admit_waiting(caller, names) if queued else svc.limiter.admit(caller, names))
     try:
         yield permit
     except BaseException:
@@ -204,8 +213,18 @@ async def admit_submission(svc: Services, caller: Caller, model_name: str) -> Mo
     counts against the key's requests/min (429). Concurrency and tokens/min apply when it runs."""
     model = svc.models.resolve(model_name)
     svc.limiter.check_model(caller, (model.id, *model.aliases))
-    await svc.limiter.check_rate(caller)
+    with counted_429(caller):
+        await svc.limiter.check_rate(caller)
     return model
+
+
+@contextlib.contextmanager
+def counted_429(caller: Caller):
+    try:
+        yield
+    except RateLimited as exc:
+        metrics.RATE_LIMITED.labels(caller.name, exc.code or "rate_limit_exceeded").inc()
+        raise
 
 
 async def prepare_chat(svc: Services, req: ChatCompletionRequest, caller: Caller = ANONYMOUS,
@@ -302,13 +321,15 @@ async def _prepare_completion(svc: Services, req: CompletionRequest, model: Mode
     return prepared
 
 
-def _prepared(model: Model, name: str, prompts: list[list[int]], images: list[str], sampling, prefix: str,
-              param: Literal["messages", "prompt"], permit: Permit) -> Prepared:
+def _prepared(model: Model, name: str, prompts: list[list[int]], loaded: list[LoadedImage], sampling,
+              prefix: str, param: Literal["messages", "prompt"], permit: Permit) -> Prepared:
     if not all(prompts):
         raise InvalidRequest("the prompt is empty", param=param)
     request_id = f"{prefix}-{uuid.uuid4().hex}"
+    images, hashes = [image.url for image in loaded], [image.sha256 for image in loaded]
     requests = [EngineRequest(request_id if len(prompts) == 1 else f"{request_id}-{k}", ids, images, sampling,
-                              timeout_s=permit.timeout_s) for k, ids in enumerate(prompts)]
+                              timeout_s=permit.timeout_s, affinity=affinity_key(hashes, ids))
+                for k, ids in enumerate(prompts)]
     return Prepared(
         model=model,
         model_name=name,
@@ -336,6 +357,8 @@ async def generate(svc: Services, prepared: Prepared) -> AsyncIterator[EngineDel
     are raised as the gateway's (``from_engine_error``), naming the prompt's field."""
     permit, tally = prepared.permit, prepared.tally
     param = prepared.prompt_param
+    model, outcome, started = prepared.model.id, "cancelled", metrics.arrived()
+    in_flight = metrics.ENGINE_IN_FLIGHT.labels(model)
     try:
         engine = svc.engines[prepared.model.id]
         if not engine.ready:
@@ -347,18 +370,46 @@ async def generate(svc: Services, prepared: Prepared) -> AsyncIterator[EngineDel
             if limit and len(request.token_ids) + max(completion or 0, 1) > limit:  # vLLM needs room for 1 token
                 raise ContextLengthExceeded.tokens(limit, len(request.token_ids), completion, param)
         await permit.check()
+        metrics.BEFORE_ENGINE.labels(model).observe(time.monotonic() - started)
         stream = merged([engine.generate(r) for r in prepared.engine_requests], prepared.sampling.n)
+        in_flight.inc()
+        first = True
         try:
             async for delta in stream:
+                if first:
+                    metrics.TIME_TO_FIRST_TOKEN.labels(model).observe(time.monotonic() - started)
+                    first = False
                 await permit.check()  # a slot that lapsed while this replica stood still stops here
                 if not tally.take(delta):
                     yield delta
         except EngineError as exc:
             raise from_engine_error(exc, param) from exc
         finally:
+            in_flight.dec()
             await stream.aclose()  # type: ignore[attr-defined]
+        outcome = "ok"
+    except GatewayError as exc:
+        outcome = exc.code or type(exc).__name__
+        raise
+    except Exception:
+        outcome = "error"
+        raise
     finally:
+        _count(prepared, outcome)
         await permit.release(tally.total if tally.prompt_tokens is not None else 0)
+
+
+def _count(prepared: Prepared, outcome: str) -> None:
+    """The request's outcome and, when the engine reported usage, its tokens (``metrics``)."""
+    model, tally = prepared.model.id, prepared.tally
+    metrics.MODEL_REQUESTS.labels(model, outcome).inc()
+    if tally.prompt_tokens is not None:
+        usage = tally.usage()
+        metrics.PROMPT_TOKENS.labels(model).inc(usage.prompt_tokens)
+        metrics.COMPLETION_TOKENS.labels(model).inc(usage.completion_tokens)
+        details = usage.prompt_tokens_details
+        metrics.IMAGE_TOKENS.labels(model).inc(details.image_tokens if details else 0)
+    metrics.IMAGES.labels(model).inc(tally.image_count)
 
 
 async def merged(streams: list[AsyncIterator[EngineDelta]], n: int) -> AsyncIterator[EngineDelta]:

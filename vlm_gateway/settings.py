@@ -41,6 +41,7 @@ class EngineSettings(msgspec.Struct, forbid_unknown_fields=True):
     port: int = 0  # embedded: the vLLM server's loopback port (0 = any free port)
     startup_timeout_s: float = 600.0
     request_timeout_s: float = 600.0
+    routing: Literal["affinity", "least_loaded"] = "affinity"  # remote pools: see vlm_gateway/routing
 
 
 class ModelSettings(msgspec.Struct, forbid_unknown_fields=True):

@@ -133,8 +133,16 @@ async def test_engine_500_is_crashed(engine) -> None:
 
 async def test_engine_503_is_down(engine) -> None:
     fake, client = engine
-    fake.mode, fake.status, fake.message = "error_chunk", 503, "Request failed; please retry"
+    fake.mode, fake.status, fake.message = "bad", 503, "Request failed; please retry"
     with pytest.raises(EngineDown):
+        [d async for d in client.generate(request())]
+
+
+async def test_engine_503_after_the_first_output_is_crashed(engine) -> None:
+    """Output was already passed on: the request cannot move to another server (tests/engines/test_pool.py)."""
+    fake, client = engine
+    fake.mode, fake.status, fake.message = "error_chunk", 503, "Request failed; please retry"
+    with pytest.raises(EngineCrashed, match="mid-answer: Request failed"):
         [d async for d in client.generate(request())]
 
 

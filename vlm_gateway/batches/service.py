@@ -30,7 +30,16 @@ from vlm_gateway.batches.settings import BatchSettings
 from vlm_gateway.batches.store import TERMINAL, BatchRecord, BatchStore
 from vlm_gateway.errors import InvalidRequest, NotFound
 from vlm_gateway.limits.rate import Caller
-from vlm_gateway.schemas.batches import Batch, BatchCreate, BatchError, BatchErrors, BatchList, BatchRequestCounts
+from vlm_gateway.schemas.batches import (
+    Batch,
+    BatchCreate,
+    BatchError,
+    BatchErrors,
+    BatchEvent,
+    BatchEventData,
+    BatchList,
+    BatchRequestCounts,
+)
 
 if TYPE_CHECKING:
     from vlm_gateway.files.store import FileStore
@@ -74,8 +83,12 @@ class BatchService:
         self.services = services
         self.jobs = jobs
         self.responses = responses
+        self._announcing: set[asyncio.Task[bool]] = set()
 
     async def close(self) -> None:
+        for task in list(self._announcing):
+            task.cancel()
+        await asyncio.gather(*self._announcing, return_exceptions=True)
         await self.store.close()
 
     # --- the routes -------------------------------------------------------------------------------
@@ -157,7 +170,24 @@ class BatchService:
         """Set ``status`` (and the other Batch fields in ``changes``) if the batch is still as
         ``record`` saw it; False when another replica moved it first (read it again)."""
         moved = msgspec.structs.replace(record, batch=msgspec.structs.replace(record.batch, status=status, **changes))
-        return await self.store.transition(moved, (record.status,))
+        if not await self.store.transition(moved, (record.status,)):
+            return False
+        if status in TERMINAL:  # the one replica whose move ended the batch tells the webhook
+            self._announce(record.batch.id, status)
+        return True
+
+    def _announce(self, batch_id: str, status: str) -> None:
+        """``batch.completed`` (``failed``, ``expired``, ``cancelled``) to ``batches.webhook_url``, as
+        OpenAI sends it: signed (Standard Webhooks) and retried by the jobs' webhook sender, in the
+        background."""
+        if not self.settings.webhook_url:
+            return
+        event = BatchEvent(id=f"evt_{secrets.token_hex(16)}", created_at=int(time.time()),
+                           type=f"batch.{status}", data=BatchEventData(id=batch_id))  # type: ignore[arg-type]
+        task = asyncio.ensure_future(self.jobs().webhooks.deliver(self.settings.webhook_url, event.id,
+                                                                  msgspec.json.encode(event)))
+        self._announcing.add(task)
+        task.add_done_callback(self._announcing.discard)
 
     async def fail(self, batch_id: str, code: str, message: str, line: int | None = None) -> None:
         """End an unfinished batch as ``failed`` with one error."""

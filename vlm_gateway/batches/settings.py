@@ -5,6 +5,8 @@
     completion_window_s = 86400 # "24h": lines not run by then are not run (status expired)
     ttl_s = 2592000             # how long a batch can be read after it was last written: 30 days
     enqueue_chunk = 100         # lines put on the job queue between two looks for a cancellation
+    webhook_url = ""            # where batch.completed / failed / expired / cancelled events go (as OpenAI
+                                # sends them; signed and retried with the [jobs.webhook] settings)
 
 Batches live in Redis when ``redis_url`` is set (every replica sees them, and counts lines
 atomically), else in this process's memory. Their output files go to the file store (``[files]``).
@@ -20,6 +22,7 @@ class BatchSettings(msgspec.Struct, forbid_unknown_fields=True):
     completion_window_s: float = 86400.0
     ttl_s: float = 30 * 86400.0
     enqueue_chunk: int = 100
+    webhook_url: str = ""
     key_prefix: str = "vlm-gateway:{batches}:"  # Redis: the hash tag keeps every key in one Cluster slot
 
     def __post_init__(self) -> None:

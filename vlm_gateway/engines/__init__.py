@@ -39,6 +39,7 @@ class EngineRequest(msgspec.Struct):
     images: list[str]  # URLs or data URIs, in placeholder order
     sampling: SamplingParams
     timeout_s: float | None = None  # the whole request, first byte to last; None: the engine's default
+    affinity: str | None = None  # what the engine's caches know it by (``vlm_gateway.routing.affinity_key``)
 
 
 class Candidate(msgspec.Struct):

@@ -6,9 +6,15 @@ image) and ``content_parts`` (the images); vLLM's own processor expands each pla
 always streamed from the engine (``output_mode="text"``, so vLLM detokenizes); a caller that stops
 iterating aborts the request at ``/inference/v1/abort_requests``.
 
-One shared aiohttp session serves every request. Several base URLs spread load: each request goes to
-the healthy server with the fewest requests in flight. When a server comes up its context length is
-read from ``GET /v1/models`` (``max_model_len``). Failures are raised as ``vlm_gateway.engines.errors``.
+One shared aiohttp session serves every request. Several base URLs make a pool: a request goes to the
+healthy server that holds its caches, within a load bound, else to the least loaded (``vlm_gateway.routing``;
+``routing = "least_loaded"``: always the least loaded). A server that refuses the connection, answers 503
+or dies before the request's first output is left out and the request is sent to the next one (at most
+once per server, within the request's timeout); after the first output the request fails
+(``EngineCrashed``). A server is taken out of rotation by a refused connection, or by
+``HEALTH_FAILURES_DOWN`` failed probes or failed requests in a row, and comes back when ``/health``
+answers again. When a server comes up its context length is read from ``GET /v1/models``
+(``max_model_len``). Failures are raised as ``vlm_gateway.engines.errors``.
 """
 
 from __future__ import annotations
@@ -17,13 +23,16 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
 import msgspec
 
+from vlm_gateway import metrics
 from vlm_gateway.engines import Candidate, EngineDelta, EngineRequest, TokenLogprob
 from vlm_gateway.engines.errors import EngineCrashed, EngineDown, EngineError, EngineRejected, EngineTimeout
+from vlm_gateway.routing import Routing, choose
 
 log = logging.getLogger("vlm_gateway.engine")
 
@@ -114,18 +123,21 @@ class _Server(msgspec.Struct):
     healthy: bool = False
     in_flight: int = 0
     failed_probes: int = 0
+    failed_requests: int = 0  # in a row
     max_model_len: int | None = None
 
 
 class RemoteVLLM:
     """An engine made of one or more vLLM servers reached over HTTP."""
 
-    def __init__(self, urls: list[str], session: aiohttp.ClientSession, *, request_timeout_s: float = 600.0):
+    def __init__(self, urls: list[str], session: aiohttp.ClientSession, *, request_timeout_s: float = 600.0,
+                 routing: Routing = "affinity"):
         if not urls:
             raise ValueError("a remote engine needs at least one URL")
         self._servers = [_Server(url.rstrip("/")) for url in urls]
         self._session = session
         self._request_timeout_s = request_timeout_s
+        self._routing: Routing = routing
         self._monitor: asyncio.Task[None] | None = None
 
     @property
@@ -164,6 +176,8 @@ class RemoteVLLM:
             except (TimeoutError, aiohttp.ClientError):
                 ok = False
             server.failed_probes = 0 if ok else server.failed_probes + 1
+            if ok:
+                server.failed_requests = 0
             if ok and (not server.healthy or server.max_model_len is None):  # (re)started: read its limit
                 server.max_model_len = await self._read_max_model_len(server)
             healthy = ok or (server.healthy and not refused and server.failed_probes < HEALTH_FAILURES_DOWN)
@@ -191,14 +205,50 @@ class RemoteVLLM:
             await asyncio.sleep(HEALTH_INTERVAL_S)
             await self._check_health()
 
-    def _pick(self) -> _Server:
-        healthy = [s for s in self._servers if s.healthy]
+    def _pick(self, affinity: str | None, tried: set[str]) -> _Server:
+        healthy = [s for s in self._servers if s.healthy and s.url not in tried]
         if not healthy:
             raise EngineDown("no engine is up for this model yet; retry shortly", retry_after_s=5)
-        return min(healthy, key=lambda s: s.in_flight)
+        return choose(healthy, affinity, lambda s: s.in_flight, lambda s: s.url, self._routing)
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineDelta]:
-        server = self._pick()
+        """The request's output from one server of the pool; before its first output, a server that is
+        down (``EngineDown``) hands the request to the next."""
+        tried: set[str] = set()
+        total = request.timeout_s or self._request_timeout_s
+        deadline = time.monotonic() + total  # every attempt within the request's one time limit
+        while True:
+            server = self._pick(request.affinity, tried)
+            started = False
+            try:
+                # closed (the engine request aborted) as soon as the caller stops reading
+                async with contextlib.aclosing(self._generate_on(server, request, deadline, total)) as deltas:
+                    async for delta in deltas:
+                        started = True
+                        yield delta
+                server.failed_requests = 0
+                return
+            except EngineDown as exc:
+                self._failed(server)
+                if started:
+                    raise EngineCrashed(f"the engine failed mid-answer: {exc.message}") from exc
+                tried.add(server.url)
+                if not any(s.healthy and s.url not in tried for s in self._servers):
+                    raise
+                metrics.FAILOVERS.inc()
+                log.warning("engine %s failed before the first output (%s); trying another", server.url, exc.message)
+            except EngineCrashed:
+                self._failed(server)
+                raise
+
+    def _failed(self, server: _Server) -> None:
+        server.failed_requests += 1
+        if server.healthy and server.failed_requests >= HEALTH_FAILURES_DOWN:
+            log.info("engine %s is down (%d failed requests in a row)", server.url, server.failed_requests)
+            server.healthy = False
+
+    async def _generate_on(self, server: _Server, request: EngineRequest,
+                           deadline: float, total_s: float) -> AsyncIterator[EngineDelta]:
         body = {
             "request_id": request.request_id,
             "token_ids": request.token_ids,
@@ -211,7 +261,6 @@ class RemoteVLLM:
         }
         if request.images:
             body["content_parts"] = [{"type": "image_url", "url": url} for url in request.images]
-        timeout_s = request.timeout_s or self._request_timeout_s
         server.in_flight += 1
         finished = False
         try:
@@ -219,7 +268,7 @@ class RemoteVLLM:
                 server.url + "/inference/v1/generate",
                 data=_ENCODE.encode(body),
                 headers={"Content-Type": "application/json", "X-Request-Id": request.request_id},
-                timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=5),
+                timeout=aiohttp.ClientTimeout(total=max(deadline - time.monotonic(), 0.001), sock_connect=5),
             ) as resp:
                 if resp.status != 200:
                     raise _http_error(resp.status, await resp.read())
@@ -230,11 +279,13 @@ class RemoteVLLM:
                     for delta in _deltas(chunk):
                         yield delta
                 finished = True
-        except aiohttp.ClientConnectionError as exc:
+        except aiohttp.ClientConnectorError as exc:  # refused: out of rotation until /health answers
             server.healthy = False
             raise EngineDown(f"engine connection failed: {exc}") from exc
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:  # it went away mid-request
+            raise EngineDown(f"engine connection lost: {type(exc).__name__}: {exc}") from exc
         except TimeoutError as exc:
-            raise EngineTimeout(f"the request took longer than {timeout_s:g} s") from exc
+            raise EngineTimeout(f"the request took longer than {total_s:g} s") from exc
         finally:
             server.in_flight -= 1
             if not finished:

@@ -8,6 +8,8 @@ from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
+from vlm_gateway import metrics
+
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
@@ -97,7 +99,14 @@ class SingleFlight(Generic[K, V]):
 
 
 class Stats(Counter):
-    """Named counters (``stats["downloads"] += 1``); ``snapshot()`` is a plain dict of ints."""
+    """Named counters (``stats["downloads"] += 1``); ``snapshot()`` is a plain dict of ints. Every
+    increase also counts in the Prometheus metrics (``vlm_gateway_image_loader_events_total{event}``)."""
+
+    def __setitem__(self, key: str, value: int) -> None:
+        grown = value - self.get(key, 0)
+        if grown > 0:
+            metrics.IMAGE_EVENTS.labels(key).inc(grown)
+        super().__setitem__(key, value)
 
     def snapshot(self) -> dict[str, int]:
         return {key: int(value) for key, value in sorted(self.items())}

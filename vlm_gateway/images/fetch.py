@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 
+from vlm_gateway import metrics
 from vlm_gateway.errors import ImageError
 from vlm_gateway.images.cache import LRUCache, SingleFlight, Stats
 from vlm_gateway.images.datauri import describe_url
@@ -91,6 +92,7 @@ class Fetcher:
         except ImageError:
             self.stats["download_failures"] += 1
             raise
+        metrics.IMAGE_BYTES.inc(len(data))
         log.debug("fetched %s (%d bytes)", describe_url(url), len(data))
         return data
 

@@ -83,6 +83,11 @@ class MemoryJobQueue(BaseJobQueue):
 
     # --- worker side ------------------------------------------------------------------------------
 
+    async def backlog(self) -> tuple[int, float]:
+        """Jobs queued or running, and the age of the oldest (seconds; 0 with none)."""
+        waiting = [self._records[j].job.created for j in (*self._ready, *self._pending) if j in self._records]
+        return len(waiting), (time.time() - min(waiting)) if waiting else 0.0
+
     async def take(self, consumer: str, count: int, block_s: float) -> list[Lease]:
         if not self._ready:
             self._arrived.clear()

@@ -130,6 +130,16 @@ class RedisJobQueue(BaseJobQueue):
         return [Lease(_s(fields[b"id"] if b"id" in fields else fields["id"]), _s(entry))
                 for entry, fields in entries or [] if fields]
 
+    async def backlog(self) -> tuple[int, float]:
+        """Jobs queued or running (the stream holds only unfinished work), and the age of the oldest: its
+        stream entry id starts with the milliseconds it was added at."""
+        depth = await self.redis.xlen(self.stream)
+        first = await self.redis.xrange(self.stream, count=1) if depth else []
+        if not first:
+            return depth, 0.0
+        added_ms = int(_s(first[0][0]).split("-")[0])
+        return depth, max(time.time() - added_ms / 1000, 0.0)
+
     async def take(self, consumer: str, count: int, block_s: float) -> list[Lease]:
         try:
             reply = await self.redis.xreadgroup(GROUP, consumer, {self.stream: ">"}, count=count,

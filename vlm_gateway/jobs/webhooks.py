@@ -19,6 +19,7 @@ secret configured no signature is sent.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -30,6 +31,7 @@ from typing import Literal
 import aiohttp
 from msgspec import Raw
 
+from vlm_gateway import metrics
 from vlm_gateway.errors import InvalidRequest
 from vlm_gateway.images.guard import Resolver, guarded_request, vet_url
 from vlm_gateway.jobs.settings import WebhookSettings
@@ -84,7 +86,8 @@ def verify(secret: str, body: bytes, headers: Mapping[str, str], *, max_age_s: f
 
 
 class WebhookSender:
-    """Sends one attempt of a delivery; the retry schedule and its persistence are the worker's."""
+    """Sends one attempt of a job's delivery (the retry schedule and its persistence are the worker's), or
+    an event with retries in this process (``deliver``)."""
 
     def __init__(self, session: aiohttp.ClientSession, settings: WebhookSettings,
                  resolver: Resolver | None = None) -> None:
@@ -99,25 +102,44 @@ class WebhookSender:
         await vet_url(url, self.settings, self.resolver, param="webhook")
 
     async def send(self, delivery: Delivery) -> SendResult:
-        """One POST: ``ok`` on a 2xx, ``give_up`` when the guard refuses the URL, else ``retry``."""
-        body = webhook_body(delivery)
-        headers = {"Content-Type": "application/json", "X-Request-Id": delivery.job_id,
-                   "User-Agent": "vlm-gateway-webhook"}
+        """One POST of a job's result: ``ok`` on a 2xx, ``give_up`` when the guard refuses the URL, else
+        ``retry``."""
+        return await self.post(delivery.url, delivery.job_id, webhook_body(delivery))
+
+    async def deliver(self, url: str, msg_id: str, body: bytes) -> bool:
+        """POST ``body`` until it is accepted, with the settings' attempts and backoff, in this process (for
+        events that have no job of their own: a batch's end). True when delivered."""
+        for attempt in range(1, self.settings.attempts + 1):
+            outcome = await self.post(url, msg_id, body)
+            if outcome != "retry":
+                return outcome == "ok"
+            if attempt < self.settings.attempts:
+                await asyncio.sleep(min(self.settings.base_delay_s * 2 ** (attempt - 1), self.settings.max_delay_s))
+        return False
+
+    async def post(self, url: str, msg_id: str, body: bytes) -> SendResult:
+        """One signed POST of ``body`` as message ``msg_id`` (counted in the metrics by outcome)."""
+        outcome = await self._post(url, msg_id, body)
+        metrics.WEBHOOKS.labels(outcome).inc()
+        return outcome
+
+    async def _post(self, url: str, msg_id: str, body: bytes) -> SendResult:
+        headers = {"Content-Type": "application/json", "X-Request-Id": msg_id, "User-Agent": "vlm-gateway-webhook"}
         if self.settings.secret:
-            headers.update(sign(self.settings.secret, delivery.job_id, body, int(time.time()),
+            headers.update(sign(self.settings.secret, msg_id, body, int(time.time()),
                                 legacy=self.settings.legacy_signature))
         timeout = aiohttp.ClientTimeout(total=self.settings.timeout_s)
         try:
-            async with guarded_request(self.session, "POST", delivery.url, self.settings, self.resolver,
+            async with guarded_request(self.session, "POST", url, self.settings, self.resolver,
                                        headers=headers, data=body, timeout=timeout, param="webhook") as got:
                 status = got.response.status
         except InvalidRequest as exc:
-            log.warning("webhook for %s refused: %s", delivery.job_id, exc.message)
+            log.warning("webhook for %s refused: %s", msg_id, exc.message)
             return "give_up" if exc.code in ("url_not_allowed", "too_many_redirects") else "retry"
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            log.info("webhook for %s failed: %s", delivery.job_id, type(exc).__name__)
+            log.info("webhook for %s failed: %s", msg_id, type(exc).__name__)
             return "retry"
         if 200 <= status < 300:
             return "ok"
-        log.info("webhook for %s answered %d", delivery.job_id, status)
+        log.info("webhook for %s answered %d", msg_id, status)
         return "retry"

@@ -94,6 +94,20 @@ class Batch(Struct, kw_only=True):
     usage: BatchUsage | None = None
 
 
+class BatchEventData(Struct, kw_only=True):
+    id: str  # the batch
+
+
+class BatchEvent(Struct, kw_only=True):
+    """The webhook OpenAI sends when a batch ends (``client.webhooks.unwrap`` parses it)."""
+
+    id: str  # evt_…: also the ``webhook-id`` header
+    object: Literal["event"] = "event"
+    created_at: int
+    type: Literal["batch.completed", "batch.failed", "batch.expired", "batch.cancelled"]
+    data: BatchEventData
+
+
 class BatchList(Struct, kw_only=True):
     """``GET /v1/batches``: one cursor page, newest first (``after=last_id`` for the next while ``has_more``)."""
 

@@ -5,11 +5,15 @@ deleted afterwards)."""
 
 from __future__ import annotations
 
+import base64
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import openai
 import pytest
 from litestar.testing import TestClient
 
@@ -18,17 +22,62 @@ from tests.helpers import ALICE, TEST_KEYS, TEST_REDIS_URL, auth, require_redis,
 from vlm_gateway.app import create_app
 from vlm_gateway.batches.settings import BatchSettings
 from vlm_gateway.files import FileSettings
-from vlm_gateway.jobs.settings import JobSettings
+from vlm_gateway.jobs.settings import JobSettings, WebhookSettings
 from vlm_gateway.limits import LimitSettings
 from vlm_gateway.settings import ModelSettings, Settings
 
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"batch-webhook-test-key-32-bytes!").decode()
 
-def settings(checkpoint, files_dir: str, backend: str, prefix: str) -> Settings:
+
+class Receiver:
+    """A webhook receiver on loopback (a thread): every POST's headers and body, answered 200."""
+
+    def __init__(self) -> None:
+        self.hooks: list[tuple[dict[str, str], bytes]] = []
+        self.arrived = threading.Condition()
+        received = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with received.arrived:
+                    received.hooks.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                    received.arrived.notify_all()
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def events(self, batch_id: str, timeout_s: float = 10.0) -> list:
+        """The batch's events as OpenAI's SDK reads them (``webhooks.unwrap`` checks each signature), once
+        at least one has arrived."""
+        client = openai.OpenAI(api_key="unused", base_url="http://127.0.0.1:9", webhook_secret=WEBHOOK_SECRET)
+        with self.arrived:
+            self.arrived.wait_for(lambda: any(batch_id.encode() in body for _, body in self.hooks), timeout_s)
+            hooks = list(self.hooks)
+        events = [client.webhooks.unwrap(body, headers) for headers, body in hooks]
+        return [event for event in events if event.data.id == batch_id]
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    found = Receiver()
+    yield found
+    found.server.shutdown()
+
+
+def settings(checkpoint, files_dir: str, backend: str, prefix: str, webhook_url: str = "") -> Settings:
+    hooks = WebhookSettings(secret=WEBHOOK_SECRET, allow_loopback=True, attempts=3, base_delay_s=0.05)
     base = dict(models=[ModelSettings(id="m", checkpoint=str(checkpoint), aliases=["alias"])],
                 limits=LimitSettings(keys=TEST_KEYS, redis_prefix=prefix),
-                jobs=JobSettings(concurrency=1, poll_s=0.05, key_prefix=f"{prefix}{{jobs}}:"),
+                jobs=JobSettings(concurrency=1, poll_s=0.05, key_prefix=f"{prefix}{{jobs}}:", webhook=hooks),
                 files=FileSettings(dir=files_dir, key_prefix=f"{prefix}{{files}}:"),
-                batches=BatchSettings(key_prefix=f"{prefix}{{batches}}:"))
+                batches=BatchSettings(key_prefix=f"{prefix}{{batches}}:", webhook_url=webhook_url))
     if backend == "redis":
         base["redis_url"] = TEST_REDIS_URL
     return Settings(**base)
@@ -47,10 +96,10 @@ def fresh_engine(engine) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module", params=["memory", "redis"])
-def client(request, tiny_checkpoint, engine, tmp_path_factory) -> Iterator[TestClient]:
+def client(request, tiny_checkpoint, engine, tmp_path_factory, receiver) -> Iterator[TestClient]:
     prefix = f"test:batches:{uuid.uuid4().hex[:12]}:"
     redis = require_redis() if request.param == "redis" else None
-    s = settings(tiny_checkpoint, str(tmp_path_factory.mktemp("files")), request.param, prefix)
+    s = settings(tiny_checkpoint, str(tmp_path_factory.mktemp("files")), request.param, prefix, receiver.url)
     try:
         with TestClient(create_app(s, engine_factory=lambda model, session: engine)) as c:
             c.headers.update(auth(ALICE))

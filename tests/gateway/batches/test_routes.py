@@ -132,7 +132,7 @@ def test_another_key_cannot_see_the_batch(client) -> None:
     wait_status(client, batch["id"], ENDED)
 
 
-def test_cancel_stops_lines_not_started(client, engine) -> None:
+def test_cancel_stops_lines_not_started(client, engine, receiver) -> None:
     engine.gate.clear()  # the first line blocks in the engine; the others wait in the queue behind it
     file_id = upload(client, [chat_line(f"l{i}") for i in range(4)])
     batch = create(client, file_id).json()
@@ -154,6 +154,16 @@ def test_cancel_stops_lines_not_started(client, engine) -> None:
     assert all(line["error"]["code"] == "batch_cancelled" and line["response"] is None for line in skipped)
     assert len(engine.requests) == 1  # no line started after the cancel
     assert client.post(f"/v1/batches/{batch['id']}/cancel").json()["status"] == "cancelled"
+    assert [event.type for event in receiver.events(batch["id"])] == ["batch.cancelled"]
+
+
+def test_a_batch_that_ends_sends_one_signed_event(client, receiver) -> None:
+    """As OpenAI's batch webhooks: ``batch.completed`` / ``batch.cancelled`` with the batch's id, signed
+    (Standard Webhooks: the SDK's ``webhooks.unwrap`` verifies it), once per batch."""
+    done = wait_status(client, create(client, upload(client, [chat_line("a")])).json()["id"], ENDED)
+    event, = receiver.events(done["id"])
+    assert (event.type, event.object, event.data.id) == ("batch.completed", "event", done["id"])
+    assert event.id.startswith("evt_") and event.created_at >= done["completed_at"]
 
 
 def test_a_finished_batch_cannot_be_cancelled(client) -> None:

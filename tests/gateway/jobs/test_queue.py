@@ -30,6 +30,20 @@ async def test_submit_then_status_and_positions(queue) -> None:
     assert [(await queue.status(j.id)).position for j in jobs[1:]] == [0, 1]
 
 
+async def test_backlog_counts_unfinished_jobs(queue) -> None:
+    assert await queue.backlog() == (0, 0.0)
+    jobs = [await queue.submit("chat", "m", b"{}") for _ in range(3)]
+    depth, oldest = await queue.backlog()
+    assert depth == 3 and oldest >= 0
+    lease, = await queue.take("c", 1, 0.1)
+    await queue.begin(lease, "c")
+    assert (await queue.backlog())[0] == 3  # running still counts
+    await queue.complete(lease, OK)
+    await queue.ack(lease)
+    assert (await queue.backlog())[0] == 2
+    assert lease.job_id == jobs[0].id
+
+
 async def test_str_body_is_stored_as_bytes(queue) -> None:
     job = await queue.submit("completion", "m", '{"prompt": "hé"}')
     assert job.body == '{"prompt": "hé"}'.encode()

@@ -16,6 +16,7 @@ import pytest
 
 from tests.gateway.jobs.conftest import SECRET, eventually, fast_settings
 from tests.gateway.jobs.test_worker import make_worker
+from vlm_gateway import metrics
 from vlm_gateway.errors import InvalidRequest
 from vlm_gateway.jobs import build_jobs, failed, succeeded
 from vlm_gateway.jobs.settings import WebhookSettings
@@ -71,8 +72,13 @@ def test_webhook_body_embeds_the_stored_result_verbatim() -> None:
                                                       "error": "bad"}
 
 
+def deliveries(outcome: str) -> float:
+    return metrics.WEBHOOKS.labels(outcome)._value.get()
+
+
 async def test_delivered_signed_after_retries_with_backoff(queue, settings, session, receiver) -> None:
     receiver.fail_first = 4
+    retries, oks = deliveries("retry"), deliveries("ok")
     worker = make_worker(queue, ok_runner, settings, session)
     await worker.start()
     try:
@@ -82,6 +88,7 @@ async def test_delivered_signed_after_retries_with_backoff(queue, settings, sess
     finally:
         await worker.stop()
     assert len(receiver.hooks) == 5
+    assert (deliveries("retry") - retries, deliveries("ok") - oks) == (4, 1)  # /metrics counts each attempt
     assert len({hook.body for hook in receiver.hooks}) == 1  # the same bytes every time
     for hook in receiver.hooks:
         assert verify(SECRET, hook.body, hook.headers, max_age_s=60)

@@ -1,0 +1,176 @@
+"""A remote engine pool against scripted stand-ins of vLLM's token-in endpoint: cache-affinity routing
+within a load bound, and failover before the first output (a refused connection, a 503, a server that
+dies) but never after it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.engines.test_vllm_remote import FakeVLLM
+from vlm_gateway import metrics
+from vlm_gateway.engines import EngineRequest, SamplingParams
+from vlm_gateway.engines.errors import EngineCrashed, EngineDown
+from vlm_gateway.engines.vllm_remote import RemoteVLLM
+from vlm_gateway.routing import _score, affinity_key, choose
+
+
+class PoolServer(FakeVLLM):
+    """``mode``: ok, bad (HTTP ``status``), die_early (connection closed before any answer), die_mid (after
+    the first chunk), slow (holds the stream open)."""
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        if self.mode == "die_early":
+            await request.read()
+            self.bodies.append({})
+            request.transport.close()
+            raise web.HTTPInternalServerError()
+        if self.mode == "die_mid":
+            body = await request.json()
+            self.bodies.append(body)
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            await resp.write(b'data: {"choices": [{"index": 0, "text": "Hel", "token_ids": [5]}]}\n\n')
+            request.transport.close()
+            return resp
+        return await super().generate(request)
+
+
+@pytest.fixture
+async def pool():
+    """Three servers (A, B, C) in one RemoteVLLM."""
+    fakes, runners, urls = [], [], []
+    for _ in range(3):
+        fake = PoolServer()
+        app = web.Application()
+        app.router.add_post("/inference/v1/generate", fake.generate)
+        app.router.add_post("/inference/v1/abort_requests", fake.abort)
+        app.router.add_get("/health", fake.health)
+        app.router.add_get("/v1/models", fake.models)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        fakes.append(fake)
+        runners.append(runner)
+        urls.append(f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}")  # type: ignore[union-attr]
+    async with aiohttp.ClientSession() as session:
+        client = RemoteVLLM(urls, session)
+        await client.start()
+        yield dict(zip(urls, fakes, strict=True)), client, dict(zip(urls, runners, strict=True))
+        await client.close()
+    for runner in runners:
+        await runner.cleanup()
+
+
+def request(affinity: str | None, request_id: str = "r1") -> EngineRequest:
+    return EngineRequest(request_id, [1, 2, 3], [], SamplingParams(max_tokens=2), affinity=affinity)
+
+
+def ranked(urls, key: str) -> list[str]:
+    """The servers in the order ``choose`` prefers them for ``key`` (all idle)."""
+    return sorted(urls, key=lambda u: _score(key, u), reverse=True)
+
+
+def served_by(fakes: dict[str, PoolServer], request_id: str) -> list[str]:
+    return [url for url, fake in fakes.items() for body in fake.bodies if body.get("request_id") == request_id]
+
+
+async def test_a_conversation_stays_on_its_server_and_load_spreads(pool) -> None:
+    """20 five-turn conversations, each resending its own image (its key), 8 at a time: every turn after the
+    first lands where the first did, and no server takes more than 60 % of the requests."""
+    fakes, client, _ = pool
+    first: dict[int, str] = {}
+    stayed = turns = 0
+    gate = asyncio.Semaphore(8)
+
+    async def conversation(c: int) -> None:
+        nonlocal stayed, turns
+        key = affinity_key([f"{c:064x}"], [1, 2, 3])
+        for turn in range(5):
+            async with gate:
+                rid = f"c{c}-t{turn}"
+                assert [d async for d in client.generate(request(key, rid))]
+                where, = served_by(fakes, rid)
+            if turn == 0:
+                first[c] = where
+            else:
+                turns += 1
+                stayed += where == first[c]
+
+    await asyncio.gather(*(conversation(c) for c in range(20)))
+    assert stayed / turns >= 0.95, (stayed, turns)
+    counts = Counter(url for url, fake in fakes.items() for _ in fake.bodies)
+    assert sum(counts.values()) == 100 and max(counts.values()) <= 60, counts
+
+
+def test_a_hot_key_spills_past_the_load_bound() -> None:
+    loads = {"a": 9, "b": 0, "c": 1}
+    key = next(f"k{i}" for i in range(1000) if ranked(loads, f"k{i}")[0] == "a")
+    # mean with this request (9 + 0 + 1 + 1) / 3 = 3.67: cap max(ceil(1.25 · 3.67), 4 + 4) = 8 < 9 + 1
+    assert choose(list(loads), key, loads.get, str) == ranked(loads, key)[1]
+    lighter = {"a": 6, "b": 0, "c": 1}.get  # mean 2.67: cap max(4, 3 + 4) = 7, and 6 + 1 fits: its own server
+    assert choose(list(loads), key, lighter, str) == "a"
+    assert choose(list(loads), key, lighter, str, slack=0) != "a"  # no slack: cap 4
+    assert choose(list(loads), None, loads.get, str) == "b"  # no key: least loaded
+    assert choose(list(loads), key, lighter, str, routing="least_loaded") == "b"
+
+
+@pytest.mark.parametrize("failure", ["refused", "503", "die_early"])
+async def test_a_server_that_fails_before_the_first_output_hands_the_request_on(pool, failure) -> None:
+    fakes, client, runners = pool
+    key = "img:" + "ab" * 32
+    preferred, second, _ = ranked(fakes, key)
+    if failure == "refused":
+        await runners[preferred].cleanup()  # nothing listens there any more
+    elif failure == "503":
+        fakes[preferred].mode, fakes[preferred].status = "bad", 503
+    else:
+        fakes[preferred].mode = "die_early"
+    before = metrics.FAILOVERS._value.get()
+    deltas = [d async for d in client.generate(request(key))]
+    assert "".join(d.text for d in deltas) == "Hello"
+    assert metrics.FAILOVERS._value.get() == before + 1
+    assert sorted(served_by(fakes, "r1")) == sorted([preferred, second] if failure == "503" else [second])
+
+
+async def test_a_server_that_dies_after_the_first_output_fails_the_request(pool) -> None:
+    fakes, client, _ = pool
+    key = "img:" + "cd" * 32
+    preferred, *_ = ranked(fakes, key)
+    fakes[preferred].mode = "die_mid"
+    got = []
+    with pytest.raises(EngineCrashed, match="mid-answer"):
+        async for delta in client.generate(request(key)):
+            got.append(delta.text)
+    assert got == ["Hel"]
+    assert sum(len(f.bodies) for f in fakes.values()) == 1  # not sent anywhere else
+
+
+async def test_every_server_down_is_engine_down(pool) -> None:
+    fakes, client, _ = pool
+    for fake in fakes.values():
+        fake.mode, fake.status = "bad", 503
+    with pytest.raises(EngineDown):
+        [d async for d in client.generate(request("txt:x"))]
+    assert sum(len(f.bodies) for f in fakes.values()) == 3  # each tried once
+
+
+async def test_repeated_failures_take_a_server_out_until_its_health_answers(pool) -> None:
+    fakes, client, _ = pool
+    key = "img:" + "ef" * 32
+    url = ranked(fakes, key)[0]
+    server = next(s for s in client._servers if s.url == url)
+    fakes[url].mode, fakes[url].status = "bad", 500
+    for k in range(3):
+        assert server.healthy
+        with pytest.raises(EngineCrashed):  # an engine error is not retried elsewhere (it may be the request's)
+            [d async for d in client.generate(request(key, f"x{k}"))]
+    assert not server.healthy  # three in a row: out of rotation
+    assert [d async for d in client.generate(request(key, "y"))] and served_by(fakes, "y") != [url]
+    await client._check_health()  # /health answers: back in rotation
+    assert server.healthy and server.failed_requests == 0

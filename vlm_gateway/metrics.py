@@ -1,0 +1,103 @@
+"""Prometheus metrics: defined once here, observed where each fact is known, served at ``GET /metrics``.
+
+HTTP requests (route template, method, status, duration, in progress) come from Litestar's Prometheus
+middleware (``http_metrics``: ``vlm_gateway_requests_total`` …). The rest is the gateway's own:
+
+- per model: requests by outcome, time in the gateway before the engine, time to first token, prompt /
+  image / completion tokens, requests in the engine now, engine readiness;
+- images: loader events (downloads, cache hits and misses by layer, failures…) and bytes downloaded;
+- routing: affinity hits, spills over the load bound, failovers to another server;
+- 429s by key name and code (never the secret);
+- jobs: queue depth and the oldest job's age (read when scraped), webhook deliveries by outcome;
+- the event loop's lag.
+
+Several worker processes: set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory shared by them
+(prometheus-client's multiprocess mode); ``/metrics`` then sums every process's files. Gauges say how
+they combine (``livesum``: in-flight requests; ``max``: values every process reads alike).
+
+This module imports nothing of the gateway: every layer may record into it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import time
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+PREFIX = "vlm_gateway"
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+MODEL_REQUESTS = Counter(f"{PREFIX}_model_requests", "Requests that reached a model's pipeline, by outcome "
+                         "(ok, or the error code).", ["model", "outcome"])
+BEFORE_ENGINE = Histogram(f"{PREFIX}_before_engine_seconds", "Time from the request's arrival to its engine "
+                          "call: admission, images, template, tokens.", ["model"], buckets=_LATENCY)
+TIME_TO_FIRST_TOKEN = Histogram(f"{PREFIX}_time_to_first_token_seconds", "Time from the request's arrival to "
+                                "the engine's first output.", ["model"], buckets=_LATENCY)
+PROMPT_TOKENS = Counter(f"{PREFIX}_prompt_tokens", "Prompt tokens as the engine counted them (images "
+                        "expanded).", ["model"])
+IMAGE_TOKENS = Counter(f"{PREFIX}_image_tokens", "The prompt tokens images took.", ["model"])
+COMPLETION_TOKENS = Counter(f"{PREFIX}_completion_tokens", "Generated tokens.", ["model"])
+IMAGES = Counter(f"{PREFIX}_images", "Images in requests that reached the engine.", ["model"])
+ENGINE_IN_FLIGHT = Gauge(f"{PREFIX}_engine_in_flight", "Requests in the model's engine now.", ["model"],
+                         multiprocess_mode="livesum")
+ENGINE_READY = Gauge(f"{PREFIX}_engine_ready", "1 when the model's engine takes requests (read when scraped).",
+                     ["model"], multiprocess_mode="max")
+IMAGE_EVENTS = Counter(f"{PREFIX}_image_loader_events", "Image loader events: downloads, download_failures, "
+                       "memory_hits/misses (fetched bytes by URL), redis_hits/misses, result_hits/misses (sized "
+                       "images by content hash), data_uris, shared_fetches…", ["event"])
+IMAGE_BYTES = Counter(f"{PREFIX}_image_download_bytes", "Bytes downloaded from image URLs.")
+RATE_LIMITED = Counter(f"{PREFIX}_rate_limited", "Requests refused with 429, by key name and code.",
+                       ["key", "code"])
+JOBS_QUEUED = Gauge(f"{PREFIX}_jobs_unfinished", "Jobs queued or running (read when scraped).",
+                    multiprocess_mode="max")
+JOBS_OLDEST = Gauge(f"{PREFIX}_jobs_oldest_age_seconds", "Age of the oldest unfinished job (read when "
+                    "scraped).", multiprocess_mode="max")
+WEBHOOKS = Counter(f"{PREFIX}_webhook_deliveries", "Webhook delivery attempts by outcome (ok, retry, "
+                   "give_up).", ["outcome"])
+ROUTING = Counter(f"{PREFIX}_routing_decisions", "Engine server choices: affinity (the key's own server), "
+                  "spilled (its server was over the load bound), least_loaded (no key, or that routing).",
+                  ["decision"])
+FAILOVERS = Counter(f"{PREFIX}_engine_failovers", "Requests retried on another server of the pool before their "
+                    "first token (the first refused the connection, answered 503 or died).")
+LOOP_LAG = Gauge(f"{PREFIX}_event_loop_lag_seconds", "How late the event loop ran a timer (read when "
+                 "scraped).", multiprocess_mode="max")
+
+#: The current HTTP request's arrival (``time.monotonic()``), set by ``arrival_middleware``; the pipeline
+#: reads it for the before-engine and first-token times. Unset (jobs): measured from the pipeline's start.
+ARRIVED: contextvars.ContextVar[float] = contextvars.ContextVar("vlm_gateway_arrived")
+
+
+def arrived() -> float:
+    return ARRIVED.get(time.monotonic())
+
+
+def arrival_middleware(app: Any) -> Any:
+    """ASGI middleware: note when each HTTP request arrived (``ARRIVED``)."""
+
+    async def middleware(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            ARRIVED.set(time.monotonic())
+        await app(scope, receive, send)
+
+    return middleware
+
+
+def exposition() -> tuple[bytes, str]:
+    """The metrics in Prometheus' text format: this process's, or every worker's in multiprocess mode."""
+    registry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
