@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.engines.test_vllm_remote import FakeVLLM
+from tests.engines.test_vllm_remote import FakeVLLM, serve_fake
 from vlm_gateway import metrics
 from vlm_gateway.engines import EngineRequest, SamplingParams
 from vlm_gateway.engines.errors import EngineCrashed, EngineDown
@@ -46,18 +46,10 @@ async def pool():
     fakes, runners, urls = [], [], []
     for _ in range(3):
         fake = PoolServer()
-        app = web.Application()
-        app.router.add_post("/inference/v1/generate", fake.generate)
-        app.router.add_post("/inference/v1/abort_requests", fake.abort)
-        app.router.add_get("/health", fake.health)
-        app.router.add_get("/v1/models", fake.models)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
+        runner, url = await serve_fake(fake)
         fakes.append(fake)
         runners.append(runner)
-        urls.append(f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}")  # type: ignore[union-attr]
+        urls.append(url)
     async with aiohttp.ClientSession() as session:
         client = RemoteVLLM(urls, session)
         await client.start()

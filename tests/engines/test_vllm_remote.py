@@ -62,9 +62,8 @@ class FakeVLLM:
         return web.json_response({"object": "list", "data": [{"id": "m", "object": "model", "max_model_len": 512}]})
 
 
-@pytest.fixture
-async def engine():
-    fake = FakeVLLM()
+async def serve_fake(fake: FakeVLLM) -> tuple[web.AppRunner, str]:
+    """``fake`` as a server on a free loopback port: its runner (to stop it) and base URL."""
     app = web.Application()
     app.router.add_post("/inference/v1/generate", fake.generate)
     app.router.add_post("/inference/v1/abort_requests", fake.abort)
@@ -74,9 +73,15 @@ async def engine():
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+
+
+@pytest.fixture
+async def engine():
+    fake = FakeVLLM()
+    runner, url = await serve_fake(fake)
     async with aiohttp.ClientSession() as session:
-        client = RemoteVLLM([f"http://127.0.0.1:{port}"], session)
+        client = RemoteVLLM([url], session)
         await client.start()
         yield fake, client
         await client.close()
