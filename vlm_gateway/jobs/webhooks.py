@@ -34,6 +34,7 @@ from msgspec import Raw
 from vlm_gateway import metrics
 from vlm_gateway.errors import InvalidRequest
 from vlm_gateway.images.guard import Resolver, guarded_request, vet_url
+from vlm_gateway.jobs.queue import backoff
 from vlm_gateway.jobs.settings import WebhookSettings
 from vlm_gateway.jobs.types import ENCODER, Delivery
 from vlm_gateway.schemas.jobs import WebhookBody
@@ -114,7 +115,7 @@ class WebhookSender:
             if outcome != "retry":
                 return outcome == "ok"
             if attempt < self.settings.attempts:
-                await asyncio.sleep(min(self.settings.base_delay_s * 2 ** (attempt - 1), self.settings.max_delay_s))
+                await asyncio.sleep(backoff(attempt, self.settings.base_delay_s, self.settings.max_delay_s))
         return False
 
     async def post(self, url: str, msg_id: str, body: bytes) -> SendResult:
