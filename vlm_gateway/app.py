@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -52,24 +54,42 @@ log = logging.getLogger("vlm_gateway")
 EngineFactory = Callable[[Model, aiohttp.ClientSession], Engine]
 
 
-def default_engine(model: Model, session: aiohttp.ClientSession) -> Engine:
-    """Embedded: a supervised vLLM server on this machine. Remote: stock vLLM servers at ``urls``."""
-    if model.engine.kind == "remote":
-        from vlm_gateway.engines.vllm_remote import RemoteVLLM
-
-        return RemoteVLLM(model.engine.urls, session, request_timeout_s=model.engine.request_timeout_s,
-                          routing=model.engine.routing)
+def engine_pool(model: Model, session: aiohttp.ClientSession, redis=None, redis_prefix: str = "vlm:") -> Engine:
+    """The model's pool (``vlm_gateway.engines.pool``): each ``engine``/``engines`` entry's servers —
+    a supervised vLLM on this machine (embedded), stock vLLM servers spoken to in token ids (remote), or
+    OpenAI-compatible servers that render the prompt themselves (openai). With Redis, every replica routes
+    by one owner table."""
+    from vlm_gateway.engines.openai_passthrough import OpenAIServer
+    from vlm_gateway.engines.pool import EnginePool
     from vlm_gateway.engines.vllm_embedded import EmbeddedVLLM
+    from vlm_gateway.engines.vllm_remote import VLLMServer
+    from vlm_gateway.routing.owners import MemoryOwners, RedisOwners
 
-    args = ["--limit-mm-per-prompt", json.dumps({"image": model.max_images}), *model.engine.args]
-    if model.context_length is not None:  # else vLLM's default: the checkpoint's own context length
-        args = ["--max-model-len", str(model.context_length), *args]
-    return EmbeddedVLLM(model.checkpoint, session, served_name=model.id, args=args, env=model.engine.env,
-                        port=model.engine.port, startup_timeout_s=model.engine.startup_timeout_s,
-                        request_timeout_s=model.engine.request_timeout_s)
+    servers: list = []
+    processes: list[EmbeddedVLLM] = []
+    for group in model.engines:
+        if group.kind == "embedded":
+            args = ["--limit-mm-per-prompt", json.dumps({"image": model.max_images}), *group.args]
+            if model.context_length is not None:  # else vLLM's default: the checkpoint's own context length
+                args = ["--max-model-len", str(model.context_length), *args]
+            process = EmbeddedVLLM(model.checkpoint, served_name=model.id, args=args, env=group.env, port=group.port)
+            processes.append(process)
+            servers.append(VLLMServer(process.url, session))
+        elif group.kind == "remote":
+            servers += [VLLMServer(url, session) for url in group.urls]
+        else:
+            key = os.environ.get(group.api_key_env) if group.api_key_env else None
+            servers += [OpenAIServer(url, session, model=group.model or model.id, api_key=key) for url in group.urls]
+    owners = RedisOwners(redis, f"{redis_prefix}route:{model.id}:") if redis is not None else MemoryOwners()
+    pool = EnginePool(model.id, servers, routing=model.engine.routing, owners=owners,
+                      request_timeout_s=model.engine.request_timeout_s, slow_start_s=model.engine.slow_start_s,
+                      supervised=processes)
+    for process in processes:
+        process.ready = functools.partial(pool.server_up, process.url)
+    return pool
 
 
-def create_app(settings: Settings, engine_factory: EngineFactory = default_engine) -> Litestar:
+def create_app(settings: Settings, engine_factory: EngineFactory | None = None) -> Litestar:
     registry = ModelRegistry(settings)
 
     @contextlib.asynccontextmanager
@@ -94,7 +114,9 @@ def create_app(settings: Settings, engine_factory: EngineFactory = default_engin
             await limiter.refresh()
             tokenizers = {m.id: Tokenizer(m.tokenizer) for m in registry.models}
             await asyncio.gather(*(asyncio.to_thread(t.load) for t in tokenizers.values()))
-            engines = {m.id: engine_factory(m, session) for m in registry.models}
+            factory = engine_factory or functools.partial(engine_pool, redis=redis,
+                                                          redis_prefix=settings.limits.redis_prefix)
+            engines = {m.id: factory(m, session) for m in registry.models}
             for engine in engines.values():
                 await engine.start()
             images = ImageLoader(settings.images, session, redis=redis)

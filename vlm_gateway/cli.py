@@ -154,7 +154,7 @@ def _check_models(settings: Settings, from_cli: set[int]) -> None:
                 raise SettingsError(f"model {entry.id!r}: cannot read its {what} {source!r} ({name}: {reason}). "
                                     f"{fix}") from None
 
-        needs_config = entry.family is None or entry.engine.kind == "embedded"
+        needs_config = entry.family is None or any(e.kind == "embedded" for e in (entry.engine, *entry.engines))
         local = _is_local(entry.checkpoint)
         if needs_config and local:
             read("config.json", entry.checkpoint, readable)
@@ -191,7 +191,7 @@ def serve(args: argparse.Namespace) -> int:
     if not settings.models:
         settings = _with_tiny_default(settings)
     _check_models(settings, set(range(configured, len(settings.models))))
-    if any(m.engine.kind == "embedded" for m in settings.models):
+    if any(e.kind == "embedded" for m in settings.models for e in (m.engine, *m.engines)):
         from vlm_gateway.engines.vllm_launch import vllm_conflict
 
         if conflict := vllm_conflict():

@@ -6,7 +6,8 @@ middleware (``http_metrics``: ``vlm_gateway_requests_total`` …). The rest is t
 - per model: requests by outcome, time in the gateway before the engine, time to first token, prompt /
   image / completion tokens, requests in the engine now, engine readiness;
 - images: loader events (downloads, cache hits and misses by layer, failures…) and bytes downloaded;
-- routing: affinity hits, spills over the load bound, failovers to another server;
+- routing: affinity hits, new keys, spills over the load bound, failovers to another server; each
+  pool server's health;
 - 429s by key name and code (never the secret);
 - jobs: queue depth and the oldest job's age (read when scraped), webhook deliveries by outcome;
 - the event loop's lag.
@@ -66,9 +67,12 @@ JOBS_OLDEST = Gauge(f"{PREFIX}_jobs_oldest_age_seconds", "Age of the oldest unfi
                     "scraped).", multiprocess_mode="max")
 WEBHOOKS = Counter(f"{PREFIX}_webhook_deliveries", "Webhook delivery attempts by outcome (ok, retry, "
                    "give_up).", ["outcome"])
-ROUTING = Counter(f"{PREFIX}_routing_decisions", "Engine server choices: affinity (the key's own server), "
-                  "spilled (its server was over the load bound), least_loaded (no key, or that routing).",
-                  ["decision"])
+ENGINE_SERVER_UP = Gauge(f"{PREFIX}_engine_server_up", "1 while a server of the model's pool is in rotation "
+                         "(health checks, failed requests).", ["model", "server"], multiprocess_mode="max")
+ROUTING = Counter(f"{PREFIX}_routing_decisions", "Engine server choices: affinity (the server that holds the "
+                  "key's caches), new (a key seen first: the pool's least-owning server), moved (its server "
+                  "left the pool), spilled (its server was over the load bound), least_loaded (no key, or "
+                  "that routing).", ["decision"])
 FAILOVERS = Counter(f"{PREFIX}_engine_failovers", "Requests retried on another server of the pool before their "
                     "first token (the first refused the connection, answered 503 or died).")
 LOOP_LAG = Gauge(f"{PREFIX}_event_loop_lag_seconds", "How late the event loop ran a timer (read when "

@@ -22,7 +22,13 @@ class Model(msgspec.Struct, frozen=True):
     images_before_text: bool
     owned_by: str
     created: int
-    engine: EngineSettings
+    engine: EngineSettings  # the pool's settings and first servers
+    engines: tuple[EngineSettings, ...]  # every server group of the pool, ``engine`` first
+
+    @property
+    def engine_renders(self) -> bool:
+        """A server of the pool renders prompts itself (OpenAI pass-through): requests carry the chat."""
+        return any(e.kind == "openai" for e in self.engines)
 
 
 def _resolve(entry: ModelSettings, created: int, families: dict[str, Family]) -> Model:
@@ -35,8 +41,9 @@ def _resolve(entry: ModelSettings, created: int, families: dict[str, Family]) ->
         raise SettingsError(f"model {entry.id!r}: unknown family {family_id!r}. Fix: use one of: "
                             f"{', '.join(families)}")
     family = families[family_id]
-    if entry.engine.kind == "remote" and not entry.engine.urls:
-        raise SettingsError(f"model {entry.id!r}: a remote engine needs engine.urls")
+    for engine in (entry.engine, *entry.engines):
+        if engine.kind != "embedded" and not engine.urls:
+            raise SettingsError(f"model {entry.id!r}: a {engine.kind} engine needs urls")
     return Model(
         id=entry.id,
         aliases=tuple(entry.aliases),
@@ -50,6 +57,7 @@ def _resolve(entry: ModelSettings, created: int, families: dict[str, Family]) ->
         owned_by=entry.owned_by,
         created=created,
         engine=entry.engine,
+        engines=(entry.engine, *entry.engines),
     )
 
 

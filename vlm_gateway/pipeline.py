@@ -43,6 +43,7 @@ from vlm_gateway.prompts.families import FamilyDetail
 from vlm_gateway.prompts.order import reorder_images_first, strings_to_parts
 from vlm_gateway.prompts.raw_completions import map_image_markers
 from vlm_gateway.prompts.render import render_chat
+from vlm_gateway.prompts.upstream import upstream_chat
 from vlm_gateway.routing import affinity_key
 from vlm_gateway.sampling import chat_sampling, completion_sampling
 from vlm_gateway.schemas.openai import (
@@ -261,6 +262,8 @@ async def _prepare_chat(svc: Services, req: ChatCompletionRequest, model: Model,
         _load_images(svc, model, caller, sources), prompt_ids())
     prepared = _prepared(model, req.model, [token_ids], images, sampling, "chatcmpl", "messages", permit)
     prepared.prompt_text = prompt_text
+    if model.engine_renders:  # a server of the pool renders the chat itself
+        prepared.engine_requests[0].chat = upstream_chat(messages, plan.prompt_tools, [i.url for i in images])
     output_format = plan.output_format(family_tools)
     if output_format is not None:
         one_call = not req.parallel_tool_calls or (family_tools is not None and not family_tools.parallel)

@@ -28,20 +28,29 @@ ENV_PREFIX = "VLM_GATEWAY_"
 
 
 class EngineSettings(msgspec.Struct, forbid_unknown_fields=True):
-    """How a model is served.
+    """Servers of a model's engine pool (``vlm_gateway.engines.pool``).
 
     ``embedded``: the gateway starts and supervises a vLLM server on this machine (``args`` are extra
-    vLLM engine arguments). ``remote``: requests go to already running vLLM servers at ``urls``.
+    vLLM engine arguments). ``remote``: vLLM servers started with ``--enable-scale-out`` at ``urls``
+    (the gateway sends them token ids). ``openai``: OpenAI-compatible chat servers at ``urls`` (base URLs
+    ending in ``/v1``: stock vLLM without scale-out, vLLM 0.10 for Llama 3.2 Vision, SGLang, a hosted
+    API), which render the prompt themselves; ``model`` is their model name (default: the model's id),
+    ``api_key_env`` the environment variable that holds their API key.
+
+    The pool-wide fields (``routing``, ``request_timeout_s``, ``slow_start_s``) are read from the model's
+    ``engine`` entry; ``engines`` entries add servers of other kinds to the same pool.
     """
 
-    kind: Literal["embedded", "remote"] = "embedded"
+    kind: Literal["embedded", "remote", "openai"] = "embedded"
     urls: list[str] = []
     args: list[str] = []
     env: dict[str, str] = {}
     port: int = 0  # embedded: the vLLM server's loopback port (0 = any free port)
-    startup_timeout_s: float = 600.0
+    model: str = ""  # openai: the upstream's model name ("" = the model's id)
+    api_key_env: str = ""  # openai: the environment variable holding the upstream's API key
     request_timeout_s: float = 600.0
-    routing: Literal["affinity", "least_loaded"] = "affinity"  # remote pools: see vlm_gateway/routing
+    routing: Literal["affinity", "least_loaded"] = "affinity"  # pools of several servers: vlm_gateway/routing
+    slow_start_s: float = 30.0  # a server back in rotation gets its full share of requests over this time
 
 
 class ModelSettings(msgspec.Struct, forbid_unknown_fields=True):
@@ -55,6 +64,7 @@ class ModelSettings(msgspec.Struct, forbid_unknown_fields=True):
     images_before_text: bool | None = None  # defaults to the family's rule
     owned_by: str = "vlm-gateway"
     engine: EngineSettings = msgspec.field(default_factory=EngineSettings)
+    engines: list[EngineSettings] = []  # more servers in the same pool, of any kind (see EngineSettings)
 
 
 class ImageSettings(msgspec.Struct, forbid_unknown_fields=True):

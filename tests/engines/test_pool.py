@@ -5,18 +5,21 @@ dies) but never after it."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import Counter
 
 import aiohttp
 import pytest
 from aiohttp import web
+from redis.asyncio import Redis
 
-from tests.engines.test_vllm_remote import FakeVLLM, serve_fake
+from tests.engines.test_vllm_remote import FakeVLLM, pool_of, serve_fake
+from tests.helpers import TEST_REDIS_URL, require_redis
 from vlm_gateway import metrics
 from vlm_gateway.engines import EngineRequest, SamplingParams
 from vlm_gateway.engines.errors import EngineCrashed, EngineDown
-from vlm_gateway.engines.vllm_remote import RemoteVLLM
 from vlm_gateway.routing import _score, affinity_key, choose
+from vlm_gateway.routing.owners import MemoryOwners, RedisOwners
 
 
 class PoolServer(FakeVLLM):
@@ -42,7 +45,7 @@ class PoolServer(FakeVLLM):
 
 @pytest.fixture
 async def pool():
-    """Three servers (A, B, C) in one RemoteVLLM."""
+    """Three servers (A, B, C) in one pool."""
     fakes, runners, urls = [], [], []
     for _ in range(3):
         fake = PoolServer()
@@ -51,7 +54,7 @@ async def pool():
         runners.append(runner)
         urls.append(url)
     async with aiohttp.ClientSession() as session:
-        client = RemoteVLLM(urls, session)
+        client = pool_of(urls, session)
         await client.start()
         yield dict(zip(urls, fakes, strict=True)), client, dict(zip(urls, runners, strict=True))
         await client.close()
@@ -100,16 +103,54 @@ async def test_a_conversation_stays_on_its_server_and_load_spreads(pool) -> None
     assert sum(counts.values()) == 100 and max(counts.values()) <= 60, counts
 
 
-def test_a_hot_key_spills_past_the_load_bound() -> None:
+def test_a_key_stays_with_its_owner_until_it_is_over_the_load_bound() -> None:
     loads = {"a": 9, "b": 0, "c": 1}
-    key = next(f"k{i}" for i in range(1000) if ranked(loads, f"k{i}")[0] == "a")
     # mean with this request (9 + 0 + 1 + 1) / 3 = 3.67: cap max(ceil(1.25 · 3.67), 4 + 4) = 8 < 9 + 1
-    assert choose(list(loads), key, loads.get, str) == ranked(loads, key)[1]
-    lighter = {"a": 6, "b": 0, "c": 1}.get  # mean 2.67: cap max(4, 3 + 4) = 7, and 6 + 1 fits: its own server
-    assert choose(list(loads), key, lighter, str) == "a"
-    assert choose(list(loads), key, lighter, str, slack=0) != "a"  # no slack: cap 4
-    assert choose(list(loads), None, loads.get, str) == "b"  # no key: least loaded
-    assert choose(list(loads), key, lighter, str, routing="least_loaded") == "b"
+    assert choose(list(loads), "k", loads.get, str, owner="a") == ("b", "spilled")
+    lighter = {"a": 6, "b": 0, "c": 1}.get  # mean 2.67: cap max(4, 3 + 4) = 7, and 6 + 1 fits: its owner
+    assert choose(list(loads), "k", lighter, str, owner="a") == ("a", "affinity")
+    assert choose(list(loads), "k", lighter, str, owner="a", slack=0) == ("b", "spilled")  # no slack: cap 4
+    assert choose(list(loads), None, loads.get, str, owner="a") == ("b", "least_loaded")  # no key
+    assert choose(list(loads), "k", lighter, str, "least_loaded", owner="a") == ("b", "least_loaded")
+
+
+def test_a_new_key_goes_to_the_server_owning_fewest_keys_within_the_bound() -> None:
+    idle = {"a": 0, "b": 0, "c": 0}.get
+    owned = {"a": 3, "b": 1, "c": 1}.get
+    key = next(f"k{i}" for i in range(1000) if ranked("bc", f"k{i}")[0] == "c")
+    assert choose(list("abc"), key, idle, str, owned=owned) == ("c", "new")  # b and c tie: rendezvous
+    assert choose(list("abc"), key, idle, str, owner="gone", owned=owned) == ("c", "moved")
+    busy_c = {"a": 0, "b": 0, "c": 9}.get  # c over the bound
+    assert choose(list("abc"), key, busy_c, str, owned=owned) == ("b", "new")
+
+
+async def test_the_owner_table_is_shared_through_redis() -> None:
+    """Two replicas' tables on one Redis: a key placed by one is found by the other; a new key claimed by
+    both at once keeps the first claim."""
+    require_redis().close()  # or skip (fail under CI)
+    redis = Redis.from_url(TEST_REDIS_URL)
+    prefix = f"vlmtest-{uuid.uuid4().hex[:8]}:route:m:"
+    a, b = RedisOwners(redis, prefix), RedisOwners(redis, prefix)
+    try:
+        assert await a.owner("img:x") is None
+        assert await a.claim("img:x", "http://e1", replace=False) == "http://e1"
+        assert await b.owner("img:x") == "http://e1"
+        assert await b.claim("img:x", "http://e2", replace=False) == "http://e1"  # a claimed it first
+        assert await b.claim("img:x", "http://e2", replace=True) == "http://e2"  # its owner left: moved
+        assert await a.owner("img:x") == "http://e2"
+        assert a.owned("http://e1") == 1 and b.owned("http://e2") == 1 and b.owned("http://e1") == 0
+        assert 0 < await redis.ttl(prefix + "img:x") <= 3600
+    finally:
+        await redis.delete(prefix + "img:x")
+        await redis.aclose()
+
+
+async def test_the_memory_owner_table_forgets_its_oldest_keys() -> None:
+    table = MemoryOwners(capacity=2)
+    for key, server in [("k1", "a"), ("k2", "b"), ("k3", "a")]:
+        await table.claim(key, server, replace=False)
+    assert await table.owner("k1") is None and await table.owner("k3") == "a"
+    assert table.owned("a") == 1 and table.owned("b") == 1
 
 
 @pytest.mark.parametrize("failure", ["refused", "503", "die_early"])
@@ -156,7 +197,7 @@ async def test_repeated_failures_take_a_server_out_until_its_health_answers(pool
     fakes, client, _ = pool
     key = "img:" + "ef" * 32
     url = ranked(fakes, key)[0]
-    server = next(s for s in client._servers if s.url == url)
+    server = next(m for m in client.members if m.url == url)
     fakes[url].mode, fakes[url].status = "bad", 500
     for k in range(3):
         assert server.healthy
@@ -164,5 +205,27 @@ async def test_repeated_failures_take_a_server_out_until_its_health_answers(pool
             [d async for d in client.generate(request(key, f"x{k}"))]
     assert not server.healthy  # three in a row: out of rotation
     assert [d async for d in client.generate(request(key, "y"))] and served_by(fakes, "y") != [url]
-    await client._check_health()  # /health answers: back in rotation
+    await client.check_health()  # /health answers: back in rotation
     assert server.healthy and server.failed_requests == 0
+
+
+async def test_a_server_back_in_rotation_warms_up_before_taking_its_share(pool) -> None:
+    """Slow start: a server that was down and answers again looks loaded (1 / fraction of the way) until
+    ``slow_start_s`` has passed, so least-loaded routing leaves it alone at first; a server's first start
+    at the pool's start is no comeback."""
+    fakes, client, _ = pool
+    assert all(m.warming_since is None for m in client.members)  # all came up together
+    back, *others = client.members
+    client._set_health(back, False)
+    assert metrics.ENGINE_SERVER_UP.labels("m", back.url)._value.get() == 0
+    await client.check_health()  # its /health answers: back, warming up
+    assert back.healthy and back.warming_since is not None
+    assert metrics.ENGINE_SERVER_UP.labels("m", back.url)._value.get() == 1
+    assert back.load(30.0) == pytest.approx(9, abs=0.1)  # idle, seen as 9 in flight (10 % of the way)
+    for k in range(4):  # idle pool: every request goes elsewhere
+        assert [d async for d in client.generate(request(None, f"w{k}"))]
+        assert served_by(fakes, f"w{k}") != [back.url]
+    back.warming_since -= 15.0  # half way: idle counts as 1
+    assert back.load(30.0) == pytest.approx(1, abs=0.1)
+    back.warming_since -= 15.0  # done
+    assert back.load(30.0) == 0 and back.warming_since is None

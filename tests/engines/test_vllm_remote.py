@@ -12,7 +12,8 @@ from aiohttp import web
 
 from vlm_gateway.engines import EngineRequest, SamplingParams
 from vlm_gateway.engines.errors import EngineCrashed, EngineDown, EngineRejected, EngineTimeout
-from vlm_gateway.engines.vllm_remote import RemoteVLLM
+from vlm_gateway.engines.pool import EnginePool
+from vlm_gateway.engines.vllm_remote import VLLMServer
 
 # vLLM 0.32's own messages (vllm/v1/engine/input_processor.py, vllm/renderers/params.py)
 DECODER_TOO_LONG = ("The decoder prompt (length 700) is longer than the maximum model length of 512. Make sure "
@@ -62,6 +63,11 @@ class FakeVLLM:
         return web.json_response({"object": "list", "data": [{"id": "m", "object": "model", "max_model_len": 512}]})
 
 
+def pool_of(urls: list[str], session: aiohttp.ClientSession, **kwargs) -> EnginePool:
+    """The stock vLLM servers at ``urls`` as one model's engine pool."""
+    return EnginePool("m", [VLLMServer(url, session) for url in urls], **kwargs)
+
+
 async def serve_fake(fake: FakeVLLM) -> tuple[web.AppRunner, str]:
     """``fake`` as a server on a free loopback port: its runner (to stop it) and base URL."""
     app = web.Application()
@@ -81,7 +87,7 @@ async def engine():
     fake = FakeVLLM()
     runner, url = await serve_fake(fake)
     async with aiohttp.ClientSession() as session:
-        client = RemoteVLLM([url], session)
+        client = pool_of([url], session)
         await client.start()
         yield fake, client
         await client.close()
@@ -177,7 +183,7 @@ async def test_closing_early_aborts_the_engine_request(engine) -> None:
 
 async def test_no_healthy_server_is_503() -> None:
     async with aiohttp.ClientSession() as session:
-        client = RemoteVLLM(["http://127.0.0.1:9"], session)
+        client = pool_of(["http://127.0.0.1:9"], session)
         await client.start()
         assert not client.ready and client.max_model_len is None
         with pytest.raises(EngineDown) as info:
@@ -188,8 +194,8 @@ async def test_no_healthy_server_is_503() -> None:
 
 async def test_connection_refused_is_down() -> None:
     async with aiohttp.ClientSession() as session:
-        client = RemoteVLLM(["http://127.0.0.1:9"], session)
-        client._servers[0].healthy = True  # was up; nothing listens now
+        client = pool_of(["http://127.0.0.1:9"], session)
+        client.members[0].healthy = True  # was up; nothing listens now
         with pytest.raises(EngineDown, match="connection failed"):
             [d async for d in client.generate(request())]
         assert not client.ready
@@ -198,9 +204,9 @@ async def test_connection_refused_is_down() -> None:
 async def test_one_failed_health_probe_does_not_take_a_busy_engine_out(engine) -> None:
     _, client = engine
     assert client.ready
-    client._servers[0].url += "/no-such-prefix"  # /health now answers 404
-    await client._check_health()
+    client.members[0].server.url += "/no-such-prefix"  # /health now answers 404
+    await client.check_health()
     assert client.ready  # one failed probe: still in rotation
-    await client._check_health()
-    await client._check_health()
+    await client.check_health()
+    await client.check_health()
     assert not client.ready  # three in a row: out

@@ -110,7 +110,7 @@ def test_config_entry_with_unreadable_tokenizer(tmp_path, tiny_checkpoint: Path)
     ("", {"VLM_GATEWAY_LIMITS__FOO": "1"}, ["unknown field `limits.foo`", "VLM_GATEWAY_LIMITS__FOO"]),
     ("[[models]]\nid = 'm'", {}, ["`models[0]` lacks its required field `checkpoint`"]),
     ("[[models]]\nid = 'm'\ncheckpoint = 'x'\nengine = { kind = 'nope' }", {},
-     ["`models[0].engine.kind`", "one of: embedded, remote"]),
+     ["`models[0].engine.kind`", "one of: embedded, openai, remote"]),
     ("port = [", {}, ["cannot read config", "not valid TOML"]),
     ("log_level = 'loud'", {}, ["log_level 'loud'", "one of: critical"]),
 ])

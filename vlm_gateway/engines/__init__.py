@@ -9,7 +9,7 @@ raised as one of ``vlm_gateway.engines.errors`` (mapped to OpenAI errors by the 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -33,6 +33,16 @@ class SamplingParams(msgspec.Struct, omit_defaults=True):
     ignore_eos: bool = False
 
 
+class ChatInput(msgspec.Struct):
+    """A chat request as OpenAI's wire form, for engines that render the prompt themselves (the OpenAI
+    pass-through kind). ``messages`` are the client's after the family's reshaping (images first where the
+    family wants them); every image part is ``{"type": "image_url", "image_url": {"url": ...}}`` with the
+    gateway's loaded image (a data URI sized by ``detail``), in the same order as ``EngineRequest.images``."""
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None  # OpenAI tool definitions the prompt shows the model
+
+
 class EngineRequest(msgspec.Struct):
     request_id: str
     token_ids: list[int]
@@ -40,6 +50,7 @@ class EngineRequest(msgspec.Struct):
     sampling: SamplingParams
     timeout_s: float | None = None  # the whole request, first byte to last; None: the engine's default
     affinity: str | None = None  # what the engine's caches know it by (``vlm_gateway.routing.affinity_key``)
+    chat: ChatInput | None = None  # chat requests to pools with an engine that renders itself; else None
 
 
 class Candidate(msgspec.Struct):
@@ -91,4 +102,30 @@ class Engine(Protocol):
 
     def generate(self, request: EngineRequest) -> AsyncIterator[EngineDelta]:
         """Stream deltas; closing the iterator early aborts the request in the engine."""
+        ...
+
+
+Probe = Literal["up", "down", "refused"]
+
+
+class Server(Protocol):
+    """One engine server of a pool (``vlm_gateway.engines.pool``): it speaks one protocol to one base URL.
+    The pool owns health, routing and failover; a server only talks to its URL."""
+
+    url: str  # names it in routing, logs and metrics
+
+    async def probe(self) -> Probe:
+        """Is it serving? "refused": nothing listens there (out of rotation at once); "down": it failed."""
+        ...
+
+    async def read_max_model_len(self) -> int | None:
+        """Its context length, read when it comes up (None: it does not say)."""
+        ...
+
+    def generate(self, request: EngineRequest, deadline: float, total_s: float) -> AsyncIterator[EngineDelta]:
+        """Stream the request's deltas from this server, within ``deadline`` (``time.monotonic()``;
+        ``total_s`` is the whole limit, for the message). Raises ``EngineUnreachable`` when the connection
+        is refused, ``EngineDown`` when it is lost or the server answers 503 (the pool fails over if
+        nothing was yielded yet), ``EngineTimeout``, ``EngineRejected`` (the request's fault) or
+        ``EngineCrashed``. Closing the iterator early aborts the request on the server."""
         ...

@@ -4,6 +4,7 @@ maps these by whose fault they are (``vlm_gateway.errors.from_engine_error``).
     EngineError            any failure of an engine request
     ├── EngineRejected     the engine refused the request itself (the caller's fault); ``kind`` says why
     ├── EngineDown         no engine is up, the connection failed, or it answered 503 (retry later)
+    │   └── EngineUnreachable  the connection was refused: the server is not there (out of rotation at once)
     ├── EngineTimeout      the request ran past its time limit
     └── EngineCrashed      the engine's own failure (a 5xx, or an error inside the stream)
 """
@@ -31,6 +32,10 @@ class EngineDown(EngineError):
     def __init__(self, message: str, retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class EngineUnreachable(EngineDown):
+    pass
 
 
 class EngineTimeout(EngineError):

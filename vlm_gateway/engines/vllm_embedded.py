@@ -1,10 +1,11 @@
 """The embedded engine: a stock vLLM server on this machine, started and supervised by the gateway.
 
 Why a supervised child process rather than ``AsyncLLM`` inside the gateway (see README, Architecture):
-the gateway then talks to its embedded engine exactly as to remote ones (one client, ``RemoteVLLM``,
-tested twice), the gateway process never imports torch (it starts in a second and stays small), a
-crashed or out-of-memory engine is restarted without taking the API down, and the CPU-only torch
-fix (``vlm_gateway.engines.cpu_compat``) is applied by one launcher in every engine process.
+the gateway then talks to its embedded engine exactly as to remote ones (it is one more ``VLLMServer``
+in the model's pool, which starts and stops this supervisor with itself), the gateway process never
+imports torch (it starts in a second and stays small), a crashed or out-of-memory engine is restarted
+without taking the API down, and the CPU-only torch fix (``vlm_gateway.engines.cpu_compat``) is applied
+by one launcher in every engine process.
 
 The child listens on a free loopback port. Its log is passed through to ours line by line, so
 ``make run`` shows the engine loading; the supervisor restarts it with backoff if it exits.
@@ -20,14 +21,9 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 
-import aiohttp
-
-from vlm_gateway.engines import EngineDelta, EngineRequest
-from vlm_gateway.engines.errors import EngineCrashed, EngineTimeout
 from vlm_gateway.engines.vllm_launch import server_command, server_env
-from vlm_gateway.engines.vllm_remote import RemoteVLLM
 
 log = logging.getLogger("vlm_gateway.engine")
 
@@ -49,28 +45,25 @@ def free_port() -> int:
 
 
 class EmbeddedVLLM:
-    """A vLLM server child process plus the client that talks to it."""
+    """A vLLM server child process, restarted when it exits. ``ready`` says when it serves (its pool's
+    health check knows); until then its log shows the loading progress."""
 
     def __init__(
         self,
         checkpoint: str,
-        session: aiohttp.ClientSession,
         *,
         served_name: str,
         args: list[str] | None = None,
         env: dict[str, str] | None = None,
         port: int = 0,
-        startup_timeout_s: float = 600.0,
-        request_timeout_s: float = 600.0,
+        ready: Callable[[], bool] = lambda: False,
     ) -> None:
         self.checkpoint = checkpoint
         self.served_name = served_name
         self.port = port or free_port()
         self._args = list(args or [])
         self._env = dict(env or {})
-        self._startup_timeout_s = startup_timeout_s
-        self._client = RemoteVLLM([f"http://127.0.0.1:{self.port}"], session,
-                                  request_timeout_s=request_timeout_s)
+        self.ready = ready
         self._proc: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
@@ -81,28 +74,9 @@ class EmbeddedVLLM:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    @property
-    def ready(self) -> bool:
-        return self._client.ready
-
-    @property
-    def max_model_len(self) -> int | None:
-        """What the child's ``/v1/models`` reports (its ``--max-model-len``, else the checkpoint's)."""
-        return self._client.max_model_len
-
     async def start(self) -> None:
-        """Start the child and return at once; ``ready`` turns true when vLLM answers ``/health``."""
-        await self._client.start()
+        """Start the child and return at once (it serves when vLLM answers ``/health``)."""
         self._supervisor = asyncio.create_task(self._supervise(), name=f"vllm-{self.served_name}")
-
-    async def wait_ready(self, timeout_s: float | None = None) -> None:
-        deadline = time.monotonic() + (timeout_s or self._startup_timeout_s)
-        while not self.ready:
-            if self._supervisor is not None and self._supervisor.done():
-                raise EngineCrashed(f"engine for {self.served_name} stopped")
-            if time.monotonic() > deadline:
-                raise EngineTimeout(f"engine for {self.served_name} not ready in time")
-            await asyncio.sleep(0.5)
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         cmd = server_command(self.checkpoint, self.port, ["--disable-uvicorn-access-log", *self._args,
@@ -135,9 +109,9 @@ class EmbeddedVLLM:
             sys.stderr.write(f"[engine {self.served_name}] {line.decode(errors='replace')}")
 
     async def _report_progress(self) -> None:
-        while not self.ready:
+        while not self.ready():
             await asyncio.sleep(5)
-            if not self.ready and self.started_at is not None:
+            if not self.ready() and self.started_at is not None:
                 log.info("engine %s loading… %.0f s", self.served_name, time.monotonic() - self.started_at)
         self.ready_after_s = time.monotonic() - (self.started_at or time.monotonic())
         log.info("engine %s ready after %.1f s", self.served_name, self.ready_after_s)
@@ -158,7 +132,3 @@ class EmbeddedVLLM:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
-        await self._client.close()
-
-    def generate(self, request: EngineRequest) -> AsyncIterator[EngineDelta]:
-        return self._client.generate(request)

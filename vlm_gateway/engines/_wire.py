@@ -1,0 +1,67 @@
+"""What every HTTP engine client shares: reading server-sent events, and an engine's error answer as one
+of ``vlm_gateway.engines.errors`` by whose fault it is."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+import aiohttp
+import msgspec
+
+from vlm_gateway.engines.errors import EngineCrashed, EngineDown, EngineError, EngineRejected
+
+# vLLM's messages for a prompt that does not fit: "The decoder prompt (length N) is longer than the maximum
+# model length of M", "This model's maximum context length is M tokens...", "Input length (N) exceeds
+# model's maximum context length (M)".
+_CONTEXT_MESSAGE = re.compile(r"maximum (?:context|model) length", re.IGNORECASE)
+
+
+class ErrorBody(msgspec.Struct):
+    message: str = "engine error"
+    code: int | str | None = None  # vLLM: the HTTP status it would have answered
+
+
+class _ErrorResponse(msgspec.Struct):
+    error: ErrorBody | None = None
+    detail: object = None
+
+
+_DECODE_ERROR = msgspec.json.Decoder(_ErrorResponse)
+
+
+async def sse_data(stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The ``data:`` payloads of an event stream, up to ``[DONE]``."""
+    async for raw in stream:
+        line = raw.strip()
+        if not line.startswith(b"data:"):
+            continue
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            return
+        yield data
+
+
+def http_error(status: int, body: bytes) -> EngineError:
+    """An engine's non-200 answer (OpenAI's error shape, or FastAPI's ``detail``)."""
+    try:
+        parsed = _DECODE_ERROR.decode(body)
+        message = parsed.error.message if parsed.error else str(parsed.detail)
+    except msgspec.DecodeError:
+        message = body[:500].decode(errors="replace")
+    return engine_error(status, message)
+
+
+def status_of(code: int | str | None) -> int | None:
+    return int(code) if isinstance(code, int) or (isinstance(code, str) and code.isdigit()) else None
+
+
+def engine_error(status: int | None, message: str) -> EngineError:
+    """An engine's error (its HTTP status, or the code of an error chunk; None: unknown) by whose fault it is."""
+    if (status is None or status < 500) and _CONTEXT_MESSAGE.search(message):
+        return EngineRejected(message, "context_length_exceeded")
+    if status in (400, 413, 422):
+        return EngineRejected(message)
+    if status == 503:
+        return EngineDown(message)
+    return EngineCrashed(f"engine error: {message}" if status is None else f"engine answered {status}: {message}")
