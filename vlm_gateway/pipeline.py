@@ -35,11 +35,11 @@ from vlm_gateway.errors import (
     from_engine_error,
 )
 from vlm_gateway.files import FileStore
-from vlm_gateway.images.load import DetailRule, ImageLoader, ImageSource, LoadedImage
+from vlm_gateway.images.inputs import ImageInput, chat_image_sources, completion_image_sources, detail_rule
+from vlm_gateway.images.load import ImageLoader, ImageSource, LoadedImage
 from vlm_gateway.limits import Limiter, Permit
 from vlm_gateway.limits.rate import ANONYMOUS, Caller
 from vlm_gateway.models import Model, ModelRegistry
-from vlm_gateway.prompts.families import FamilyDetail
 from vlm_gateway.prompts.order import reorder_images_first, strings_to_parts
 from vlm_gateway.prompts.raw_completions import map_image_markers
 from vlm_gateway.prompts.render import render_chat
@@ -48,11 +48,7 @@ from vlm_gateway.routing import affinity_key
 from vlm_gateway.sampling import chat_sampling, completion_sampling
 from vlm_gateway.schemas.openai import (
     ChatCompletionRequest,
-    ChatMessage,
     CompletionRequest,
-    FilePart,
-    ImagePart,
-    ImageUrlPart,
     Tool,
 )
 from vlm_gateway.settings import Settings
@@ -118,62 +114,13 @@ class Prepared(msgspec.Struct):
         return self.sampling.n * len(self.engine_requests)
 
 
-# --- step 3 helpers: where a request's images are --------------------------------------------------
-
-class ImageInput(msgspec.Struct, frozen=True):
-    """One image of a request as sent: a URL (https or data URI) or an uploaded file's id."""
-
-    url: str | None
-    file_id: str | None
-    detail: str
-    param: str  # where it was, e.g. "messages[0].content[1].image_url"
-
-
-def _image_input(url: str | None, file_id: str | None, detail: str, param: str) -> ImageInput:
-    if (url is None) == (file_id is None):
-        raise InvalidRequest("an image needs a url or a file_id (one of them)", param=param)
-    return ImageInput(url, file_id, "high" if detail == "original" else detail, param)
-
-
-def chat_image_sources(messages: list[ChatMessage]) -> list[ImageInput]:
-    sources = []
-    for i, message in enumerate(messages):
-        if not isinstance(message.content, list):
-            continue
-        for j, part in enumerate(message.content):
-            param = f"messages[{i}].content[{j}]"
-            if isinstance(part, ImageUrlPart):
-                sources.append(_image_input(part.image_url.url, part.image_url.file_id, part.image_url.detail,
-                                            param + ".image_url"))
-            elif isinstance(part, ImagePart):
-                sources.append(_image_input(part.url or part.image, None, part.detail, param))
-            elif isinstance(part, FilePart):
-                sources.append(_image_input(part.file.file_data, part.file.file_id, "auto", param + ".file"))
-    return sources
-
-
-def completion_image_sources(req: CompletionRequest) -> list[ImageInput]:
-    images = req.images if req.images is not None else (req.extra_body.images if req.extra_body else None)
-    sources = []
-    for i, image in enumerate(images or []):
-        if isinstance(image, str):
-            sources.append(ImageInput(image, None, "auto", f"images[{i}]"))
-        else:
-            sources.append(_image_input(image.url, None, image.detail, f"images[{i}]"))
-    return sources
-
+# --- step 3 helpers ------------------------------------------------------------------------------
 
 def _check_image_count(svc: Services, model: Model, count: int, param: str) -> None:
     limit = min(model.max_images, svc.settings.images.max_images_per_request)
     if count > limit:
         raise InvalidRequest(f"{count} images sent; model {model.id} takes at most {limit} per request",
                              param=param, code="too_many_images")
-
-
-def detail_rule(detail: FamilyDetail) -> DetailRule:
-    """The family's `detail` data (templates/families.toml) as the image loader's size limits."""
-    return DetailRule(low_max_side=detail.low_max_side, high_max_pixels=detail.max_pixels or None,
-                      min_pixels=detail.min_pixels or None)
 
 
 async def _load_images(svc: Services, model: Model, caller: Caller, inputs: list[ImageInput]) -> list[LoadedImage]:
