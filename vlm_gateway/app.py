@@ -69,7 +69,8 @@ def engine_pool(model: Model, session: aiohttp.ClientSession, redis=None, redis_
     processes: list[EmbeddedVLLM] = []
     for group in model.engines:
         if group.kind == "embedded":
-            args = ["--limit-mm-per-prompt", json.dumps({"image": model.max_images}), *group.args]
+            args = ["--limit-mm-per-prompt", json.dumps({"image": model.max_images}), *model.family.engine_args,
+                    *group.args]
             if model.context_length is not None:  # else vLLM's default: the checkpoint's own context length
                 args = ["--max-model-len", str(model.context_length), *args]
             process = EmbeddedVLLM(model.checkpoint, served_name=model.id, args=args, env=group.env, port=group.port)

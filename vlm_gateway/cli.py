@@ -158,9 +158,10 @@ def _check_models(settings: Settings, from_cli: set[int]) -> None:
         local = _is_local(entry.checkpoint)
         if needs_config and local:
             read("config.json", entry.checkpoint, readable)
-        if entry.family is None:
+        family = entry.family
+        if family is None:
             try:
-                family_for_checkpoint(entry.checkpoint, families)
+                family = family_for_checkpoint(entry.checkpoint, families)
             except UnknownFamily as exc:
                 fix = (f"pass --family (one of: {names}) or set `family` in the model entry" if cli
                        else f"set `family` in the model entry (one of: {names})")
@@ -170,6 +171,9 @@ def _check_models(settings: Settings, from_cli: set[int]) -> None:
             raise SettingsError(f"model {entry.id!r}: unknown family {entry.family!r}. Fix: {fix}")
         elif needs_config and not local:
             read("config.json", entry.checkpoint, readable)
+        unembeddable = families[family].no_embedded_engine
+        if unembeddable and any(e.kind == "embedded" for e in (entry.engine, *entry.engines)):
+            raise SettingsError(f"model {entry.id!r}: {unembeddable}")
         if entry.tokenizer:
             read("tokenizer.json", entry.tokenizer, "Fix: point `tokenizer` at a directory holding tokenizer.json, "
                  "or a Hugging Face id available offline (or leave it out to use the checkpoint's)")

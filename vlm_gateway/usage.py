@@ -19,11 +19,14 @@ class Tally(msgspec.Struct):
     prompt_tokens: int | None = None  # as the engine counted them, images expanded
     completion_tokens: int = 0
     prompt_ids: list[int] | None = None  # the prompt as the engine saw it (first delta)
+    image_tokens: int | None = None  # as the engine placed them (first delta), when it says
 
     def take(self, delta: EngineDelta) -> bool:
         """Record what ``delta`` says about tokens; True when that is all it carries."""
         if delta.prompt_token_ids is not None and self.prompt_ids is None:
             self.prompt_ids = delta.prompt_token_ids
+        if delta.image_tokens is not None and self.image_tokens is None:
+            self.image_tokens = delta.image_tokens
         if delta.prompt_tokens is not None:  # one per engine stream (several prompts: several)
             self.prompt_tokens = (self.prompt_tokens or 0) + delta.prompt_tokens
             self.completion_tokens += delta.completion_tokens or 0
@@ -41,8 +44,14 @@ class Tally(msgspec.Struct):
         return self.prompt + self.completion_tokens
 
     def usage(self) -> Usage:
-        """OpenAI's usage: ``image_tokens`` is how far the engine expanded the image placeholders."""
+        """OpenAI's usage: ``image_tokens`` is what the engine put in for the images (where it does not say:
+        how far it expanded the prompt, each image's placeholder taken as one token)."""
         prompt = self.prompt
-        image_tokens = max(prompt - (self.sent_tokens - self.image_count), 0) if self.image_count else 0
+        if not self.image_count:
+            image_tokens = 0
+        elif self.image_tokens is not None:
+            image_tokens = self.image_tokens
+        else:
+            image_tokens = max(prompt - (self.sent_tokens - self.image_count), 0)
         return Usage(prompt, self.completion_tokens, prompt + self.completion_tokens,
                      PromptTokensDetails(cached_tokens=0, image_tokens=image_tokens))

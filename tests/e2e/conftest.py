@@ -86,7 +86,7 @@ def _config(checkpoints: dict[str, Path], servers: dict[str, str], port: int, em
                   "context_length = 4096", "max_images = 4"]
         if family in servers:
             lines += [f'engine = {{ kind = "remote", urls = ["{servers[family]}"] }}']
-        else:  # the seeds' FastVLM model name, served here by the tiny Qwen2.5-VL (vLLM has no FastVLM). Its
+        else:  # the seeds' FastVLM model name also answers here (test_seeds; the real FastVLM: test_fastvlm.py). Its
             # engine also serves as stock vLLM with tools for the LangChain comparison (test_langchain_standard)
             lines += [f"engine = {{ kind = \"embedded\", port = {embedded_port}, args = [{STOCK_TOOL_ARGS}] }}",
                       'aliases = ["fastvlm-1.5b"]']
@@ -114,3 +114,65 @@ def gateway(checkpoints: dict[str, Path], vllm_servers: dict[str, str], logs: Pa
 def http(gateway: Gateway):
     with httpx.Client(base_url=gateway.url, timeout=120) as client:
         yield client
+
+
+class FamilyGateway(msgspec.Struct):
+    """A gateway serving one family's tiny checkpoint through its own embedded engine (a module fixture:
+    the families with no session engine are started once, one at a time, to bound the run's memory)."""
+
+    url: str
+    engine: str  # the embedded vLLM's base URL (also a stock vLLM server, for parity checks)
+    checkpoint: Path
+    model: str
+
+
+def _tree_peak_rss_mib(pid: int) -> float:
+    """Sum of the peak resident sizes (VmHWM) of ``pid`` and all its descendants, in MiB."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+        except OSError:
+            continue
+        total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0) / 1024
+    return total
+
+
+def family_gateway(family: str, tiny_dir: Path, logs: Path, aliases: tuple[str, ...] = ()):
+    """Start ``vlm-gateway serve`` for ``family`` with an embedded engine; yield a FamilyGateway; record the
+    engine's start time and the gateway tree's peak RSS in ``logs/families-report.json``."""
+    import json
+    import time
+
+    checkpoint = ensure_tiny(family, tiny_dir)
+    port, engine_port = free_port(), free_port()
+    config = logs / f"gateway-{family}.toml"
+    config.write_text("\n".join([
+        f"port = {port}", "", "[images]", "allow_loopback = true", "", "[[models]]", f'id = "{model_id(family)}"',
+        f'checkpoint = "{checkpoint}"', "context_length = 4096", f"aliases = {json.dumps(list(aliases))}",
+        f'engine = {{ kind = "embedded", port = {engine_port} }}', ""]))
+    started = time.monotonic()
+    child = Child(f"gateway-{family}", [PYTHON, "-m", "vlm_gateway.cli", "serve", "--config", str(config)], logs)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        child.wait_http(url + "/health", ENGINE_START_TIMEOUT_S,
+                        ok=lambda r: r.status_code == 200 and r.json()["model_loaded"])
+        start_s = time.monotonic() - started
+        yield FamilyGateway(url=url, engine=f"http://127.0.0.1:{engine_port}", checkpoint=checkpoint,
+                            model=model_id(family))
+        report_path = logs / "families-report.json"
+        report = json.loads(report_path.read_text()) if report_path.exists() else {}
+        report[family] = {"gateway_and_engine_ready_s": round(start_s, 1),
+                          "peak_rss_mib_gateway_and_engine": round(_tree_peak_rss_mib(child.proc.pid))}
+        report_path.write_text(json.dumps(report, indent=1) + "\n")
+    finally:
+        child.stop()

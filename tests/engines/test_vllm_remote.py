@@ -38,7 +38,8 @@ class FakeVLLM:
             return web.json_response({"error": error}, status=self.status)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        first = {"choices": [{"index": 0, "text": "Hel", "token_ids": [5]}], "prompt_token_ids": [1, 2, 3]}
+        first = {"choices": [{"index": 0, "text": "Hel", "token_ids": [5]}], "prompt_token_ids": [1, 2, 3],
+                 "mm_placeholders": {"image": [{"offset": 1, "length": 2}]} if body.get("content_parts") else None}
         await resp.write(b"data: " + msgspec.json.encode(first) + b"\n\n")
         if self.mode == "slow":
             await asyncio.sleep(5)
@@ -103,6 +104,7 @@ async def test_streams_deltas_and_sends_token_ids_and_images(engine) -> None:
     deltas = [d async for d in client.generate(request(["data:image/png;base64,AAA"]))]
     assert [d.text for d in deltas[:2]] == ["Hel", "lo"]
     assert deltas[0].prompt_token_ids == [1, 2, 3] and deltas[1].finish_reason == "length"
+    assert deltas[0].image_tokens == 2  # where the engine put the image's tokens, summed
     assert (deltas[-1].prompt_tokens, deltas[-1].completion_tokens) == (3, 2)
     sent = fake.bodies[-1]
     assert sent["token_ids"] == [1, 2, 3] and sent["stream"] is True and sent["output_mode"] == "text"

@@ -70,6 +70,21 @@ def test_family_flag_applies_to_the_command_line_models() -> None:
     assert [(m.id, m.family) for m in out.models] == [("cfg", None), ("/a", "llava_1_5"), ("/b", "llava_1_5")]
 
 
+def test_a_family_vllm_cannot_serve_is_refused_an_embedded_engine(tmp_path, tiny_dir: Path) -> None:
+    from vlm_gateway.testing.tiny import ensure_tiny
+
+    mllama = ensure_tiny("llama3_2_vision", tiny_dir)
+    line = _serve(tmp_path, "--model", str(mllama), "--port", "0")
+    assert f"model '{mllama.name}': vLLM 0.32 cannot serve Llama 3.2 Vision" in line
+    assert 'Fix: run it on a vLLM 0.10.2 server (GPU) and give the model engine = { kind = "openai"' in line
+    # behind an OpenAI engine (a vLLM 0.10.2 server elsewhere) the same checkpoint passes the start-up checks
+    from vlm_gateway.cli import _check_models
+    from vlm_gateway.settings import EngineSettings, ModelSettings, Settings
+
+    engine = EngineSettings(kind="openai", urls=[REMOTE + "/v1"])
+    _check_models(Settings(models=[ModelSettings(id="m", checkpoint=str(mllama), engine=engine)]), set())
+
+
 def test_checkpoint_without_tokenizer(tmp_path, tiny_checkpoint: Path) -> None:
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()

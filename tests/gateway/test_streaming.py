@@ -102,3 +102,15 @@ async def test_completion_stream_and_n_choices() -> None:
     assert [(c["choices"][0]["index"], c["choices"][0]["text"], c["choices"][0]["finish_reason"])
             for c in out[:-1]] == [(0, "a", None), (1, "b", None), (0, "", "stop"), (1, "c", "stop")]
     assert out[-1]["usage"]["prompt_tokens_details"]["image_tokens"] == 0
+
+
+def test_usage_counts_the_image_tokens_the_engine_placed() -> None:
+    """A placeholder may be several tokens (Phi-3.5-vision's ``<|image_1|>``): the engine's own count wins over
+    the estimate that takes each placeholder as one token."""
+    estimated, told = Tally(sent_tokens=10, image_count=1), Tally(sent_tokens=10, image_count=1)
+    for tally, image_tokens in ((estimated, None), (told, 50)):
+        tally.take(EngineDelta(text="a", prompt_token_ids=list(range(56)), image_tokens=image_tokens))
+        tally.take(EngineDelta(prompt_tokens=56, completion_tokens=1))
+    assert estimated.usage().prompt_tokens_details.image_tokens == 56 - 9
+    assert told.usage().prompt_tokens_details.image_tokens == 50
+    assert Tally(sent_tokens=3, image_count=0).usage().prompt_tokens_details.image_tokens == 0

@@ -23,7 +23,7 @@ def test_token_ids_skip_unknown_and_are_cached(tiny_checkpoint) -> None:
     assert tok.token_ids(("</s>", "<|not-a-token|>")) == ids[:1]
 
 
-@pytest.mark.parametrize("family", ["llava_1_5", "qwen2_5_vl", "gemma3", "llama4"])
+@pytest.mark.parametrize("family", ["llava_1_5", "qwen2_5_vl", "gemma3", "llama4", "fastvlm", "phi3_5_vision"])
 async def test_same_ids_as_the_transformers_tokenizer(family: str, tiny_dir) -> None:
     """The gateway loads only ``tokenizers`` (no torch, no transformers); its ids must equal the
     model's own transformers tokenizer's, with and without special tokens."""

@@ -79,6 +79,7 @@ class EngineDelta(msgspec.Struct):
     token_ids: list[int] = []
     finish_reason: str | None = None
     prompt_token_ids: list[int] | None = None  # after image expansion, as the engine saw them
+    image_tokens: int | None = None  # of those, the ones the engine's processor put in for images
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     logprobs: list[TokenLogprob] | None = None  # one per token of ``text`` (when asked)

@@ -64,12 +64,18 @@ class _Choice(msgspec.Struct):
     logprobs: _Logprobs | None = None
 
 
+class _Placeholder(msgspec.Struct):
+    offset: int
+    length: int
+
+
 class _Chunk(msgspec.Struct):
     """One SSE chunk of ``/inference/v1/generate`` (output_mode "text"), or its whole non-streamed
     answer (which alone carries ``prompt_logprobs``: per prompt position, token id → logprob)."""
 
     choices: list[_Choice] = []
     prompt_token_ids: list[int] | None = None
+    mm_placeholders: dict[str, list[_Placeholder]] | None = None  # first chunk: where each image's tokens are
     usage: _Usage | None = None
     error: ErrorBody | None = None
     prompt_logprobs: list[dict[int, _PromptLogprob] | None] | None = None
@@ -210,6 +216,7 @@ def _prompt_logprobs(chunk: _Chunk) -> list[TokenLogprob | None] | None:
 
 def _deltas(chunk: _Chunk) -> list[EngineDelta]:
     prompt_logprobs = _prompt_logprobs(chunk)
+    image_tokens = sum(p.length for p in chunk.mm_placeholders.get("image", [])) if chunk.mm_placeholders else None
     out = [
         EngineDelta(
             index=c.index,
@@ -217,6 +224,7 @@ def _deltas(chunk: _Chunk) -> list[EngineDelta]:
             token_ids=c.token_ids or [],
             finish_reason=c.finish_reason,
             prompt_token_ids=chunk.prompt_token_ids,
+            image_tokens=image_tokens,
             logprobs=_logprobs(c),
             prompt_logprobs=prompt_logprobs,
         )

@@ -11,8 +11,11 @@ API::
     build_tiny("llava_1_5", Path("/tmp/llava"))   # (re)build into that directory, atomically
     ensure_tiny("llava_1_5", cache_dir)            # cached build: cache_dir / "llava_1_5"
 
-Families (``FAMILIES``): ``llava_1_5``, ``qwen2_5_vl``, ``gemma3``, ``llama4``. See NOTES.md for what vLLM
-does with each and for the families that cannot be served (Phi-3.5-vision, FastVLM).
+Families (``FAMILIES``): ``llava_1_5``, ``qwen2_5_vl``, ``gemma3``, ``llama4``, ``fastvlm`` (served by vLLM's
+Transformers backend; needs ``timm``), ``phi3_5_vision`` (its config and processor are this project's
+re-implementation of the Hub's remote code, copied into the checkpoint: serve it with
+``--trust-remote-code``), ``llama3_2_vision`` (mllama: transformers runs it; vLLM 0.32 cannot serve it,
+see NOTES.md). See NOTES.md for what vLLM does with each.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from ._common import log
 
 __all__ = ["FAMILIES", "BUILD_VERSION", "build_tiny", "ensure_tiny", "family_module", "is_complete"]
 
-FAMILIES = ("llava_1_5", "qwen2_5_vl", "gemma3", "llama4")
+FAMILIES = ("llava_1_5", "qwen2_5_vl", "gemma3", "llama4", "fastvlm", "phi3_5_vision", "llama3_2_vision")
 BUILD_VERSION = 2  # bump when a builder changes what it writes; cached builds are then rebuilt
 MANIFEST = "tiny_manifest.json"
 _REQUIRED = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
