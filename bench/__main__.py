@@ -1,97 +1,145 @@
-"""`make bench`: gateway vs. direct vLLM under the same closed-loop load, in one run.
+"""`make bench`: stock vLLM direct vs. the gateway in front of it, under the same closed-loop load, in one run.
 
-Starts one vLLM server (tiny checkpoint, CPU) and two gateways whose model points at that server as
-a remote engine (one with the image cache on, one with it off), so every path shares the very same
-engine. Two cases, each at every concurrency level:
+Starts one vLLM server (tiny checkpoint, CPU, ``--enable-scale-out``) and one gateway whose model points
+at it as a remote engine, so both paths share the very same engine. Cases (each at every concurrency
+level, 8 output tokens, straight at vLLM's own ``/v1/chat/completions`` and through the gateway):
 
-- data URI: a chat with a small data-URI PNG and 8 output tokens, straight at vLLM's own
-  ``/v1/chat/completions`` and through the gateway;
-- URL image: the same chat with an http URL image (640x480 PNG, the same URL every time, served on
-  loopback), straight at vLLM (which fetches it itself) and through the gateway with its image cache
-  on and off.
+- 64x48 PNG data URI (and the same, streamed: time to first text);
+- 1024x768 JPEG data URI with ``detail: high``;
+- a 5-turn conversation that resends its image every turn (each turn the whole history again);
+- an http URL image served on 127.0.0.1 (640x480 PNG, the same URL every time);
+- 2 images per request.
 
-Prints requests/s, p50 and p99 latency of each and the ratios to direct. Times are only compared
-within this one run.
+For each: requests/s, p50 and p99 latency, TTFT (streamed), and CPU ms per request of the gateway process
+and of vLLM's API server process (``/proc/PID/stat`` before and after). Then the gateway's RSS after start,
+after the cases, and after ``--rss-requests`` more requests. Every run uses images no earlier run sent, so
+no path gains from another's caches. Times are only compared within this one run.
 
-    python -m bench [--family qwen2_5_vl] [--requests 24] [--concurrency 1 16]
+    python -m bench [--family qwen2_5_vl] [--requests 200] [--concurrency 1 16] [--rss-requests 10000]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import io
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
 from aiohttp import web
+from PIL import Image
 
 from bench.load import Result, closed_loop
-from tests.helpers import PYTHON, Child, free_port, png_bytes, png_data_uri
+from bench.procs import CpuMeter, rss_mib
+from tests.helpers import PYTHON, Child, free_port, png_data_uri
 from vlm_gateway.engines.vllm_launch import server_command, server_env
 from vlm_gateway.testing.tiny import ensure_tiny
 
 MODEL = "bench-model"
+PATH = "/v1/chat/completions"
+Body = Callable[[int], bytes]
 
 
-def chat_body(image: str, max_tokens: int) -> bytes:
+def jpeg_data_uri(width: int, height: int, seed: int) -> str:
+    image = Image.new("RGB", (width, height))
+    image.putdata([((x * 7 + seed) % 256, (y * 5 + 3 * seed) % 256, (x + y) % 256)
+                   for y in range(height) for x in range(width)])
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=90)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def colour(seed: int) -> tuple[int, int, int]:
+    return (seed * 37 % 256, seed * 91 % 256, seed * 53 % 256)
+
+
+def image_part(url: str, detail: str | None = None) -> dict:
+    return {"type": "image_url", "image_url": {"url": url, **({"detail": detail} if detail else {})}}
+
+
+def chat(content: list[dict], max_tokens: int, stream: bool = False, history: list[dict] = ()) -> bytes:
     return msgspec.json.encode({
-        "model": MODEL,
-        "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": image}},
-            {"type": "text", "text": "What is in this image?"}]}],
-        "max_tokens": max_tokens,
-        "ignore_eos": True,  # exactly max_tokens on both paths
-        "temperature": 0,
-    })
+        "model": MODEL, "messages": [*history, {"role": "user", "content": content}],
+        "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0,  # exactly max_tokens on both paths
+        **({"stream": True} if stream else {})})
 
 
-def start_gateway(name: str, checkpoint: Path, engine_url: str, logs: Path, env: dict[str, str]) -> tuple[Child, str]:
-    port = free_port()
-    config = logs / f"{name}.toml"
-    config.write_text(f'port = {port}\nlog_level = "warning"\n[images]\nallow_loopback = true\n'
-                      f'[[models]]\nid = "{MODEL}"\ncheckpoint = "{checkpoint}"\ncontext_length = 4096\n'
-                      f'engine = {{ kind = "remote", urls = ["{engine_url}"] }}\n')
-    child = Child(name, [PYTHON, "-m", "vlm_gateway.cli", "serve", "--config", str(config)], logs, env=env)
-    url = f"http://127.0.0.1:{port}"
-    child.wait_http(url + "/health", 120, ok=lambda r: r.status_code == 200 and r.json()["model_loaded"])
-    return child, url
+class Case(msgspec.Struct):
+    name: str
+    body: Callable[[int, int], Body]  # (run seed, max_tokens) -> (request index -> body)
+    stream: bool = False
 
 
-def start_stack(family: str, logs: Path) -> tuple[list[Child], str, dict[str, str], float]:
+def cases(image_url: str) -> list[Case]:
+    question = {"type": "text", "text": "What is in this image?"}
+
+    def small(seed: int, n: int, stream: bool = False) -> Body:
+        body = chat([image_part(png_data_uri(64, 48, colour(seed))), question], n, stream)
+        return lambda i: body
+
+    def large(seed: int, n: int) -> Body:
+        body = chat([image_part(jpeg_data_uri(1024, 768, seed), "high"), question], n)
+        return lambda i: body
+
+    def conversation(seed: int, n: int) -> Body:
+        def body(i: int) -> bytes:
+            conv, turn = divmod(i, 5)
+            image = png_data_uri(96, 72, colour(1000 * seed + conv))
+            history: list[dict] = []
+            for t in range(turn):
+                history += [{"role": "user", "content": [image_part(image), {"type": "text", "text": f"Turn {t}?"}]},
+                            {"role": "assistant", "content": f"Answer {t}."}]
+            return chat([image_part(image), {"type": "text", "text": f"Turn {turn}?"}], n, history=history)
+        return body
+
+    def url(seed: int, n: int) -> Body:
+        body = chat([image_part(f"{image_url}?v={seed}"), question], n)
+        return lambda i: body
+
+    def two(seed: int, n: int) -> Body:
+        body = chat([image_part(png_data_uri(64, 48, colour(seed))), image_part(png_data_uri(48, 64, colour(seed + 1))),
+                     {"type": "text", "text": "Compare them."}], n)
+        return lambda i: body
+
+    return [Case("64x48 PNG data URI", small), Case("64x48 PNG data URI, streamed",
+                                                     lambda s, n: small(s, n, True), stream=True),
+            Case("1024x768 JPEG data URI, detail high", large), Case("5-turn conversation, image every turn",
+                                                                   conversation),
+            Case("http URL image (loopback)", url), Case("2 images per request", two)]
+
+
+def start_stack(family: str, logs: Path) -> tuple[Child, Child, str, str, float]:
     checkpoint = ensure_tiny(family, Path.home() / ".cache" / "vlm-gateway" / "tiny")
-    engine_port = free_port()
-    engine = Child("engine", server_command(str(checkpoint), engine_port, ["--served-model-name", MODEL]),
+    engine_port, port = free_port(), free_port()
+    args = ["--served-model-name", MODEL, "--disable-uvicorn-access-log",
+            "--limit-mm-per-prompt", '{"image": 8}']  # the conversation's fifth turn holds five images
+    engine = Child("engine", server_command(str(checkpoint), engine_port, args),
                    logs, env=server_env(model_path=str(checkpoint)))
     started = time.monotonic()
     engine_url = f"http://127.0.0.1:{engine_port}"
     engine.wait_http(engine_url + "/health", 900)
     engine_start_s = time.monotonic() - started
-    cached, cached_url = start_gateway("gateway", checkpoint, engine_url, logs, {})
-    uncached, uncached_url = start_gateway("gateway-nocache", checkpoint, engine_url, logs,
-                                           {"VLM_GATEWAY_IMAGES__CACHE_ENTRIES": "0"})
-    return [uncached, cached, engine], engine_url, {"gateway": cached_url, "no-cache": uncached_url}, engine_start_s
-
-
-def report(rows: dict[str, list[Result]], engine_start_s: float, family: str) -> str:
-    lines = [f"family {family}; engine (vLLM, CPU) ready after {engine_start_s:.1f} s"]
-    for case, results in rows.items():
-        lines += ["", f"{case}:", f"{'target':<10}{'conc':>5}{'reqs':>6}{'err':>5}{'req/s':>9}{'p50 ms':>9}"
-                  f"{'p99 ms':>9}{'rps/direct':>12}{'p50/direct':>12}"]
-        direct = {r.concurrency: r for r in results if r.name == "direct"}
-        for r in sorted(results, key=lambda r: (r.concurrency, r.name != "direct")):
-            d = direct[r.concurrency]
-            lines.append(f"{r.name:<10}{r.concurrency:>5}{r.requests:>6}{r.errors:>5}{r.rps:>9.2f}"
-                         f"{r.p50_ms:>9.1f}{r.p99_ms:>9.1f}{r.rps / d.rps:>12.3f}{r.p50_ms / d.p50_ms:>12.3f}")
-    return "\n".join(lines)
+    config = logs / "gateway.toml"
+    config.write_text(f'port = {port}\nlog_level = "warning"\n[images]\nallow_loopback = true\n'
+                      f'[[models]]\nid = "{MODEL}"\ncheckpoint = "{checkpoint}"\ncontext_length = 4096\n'
+                      f'engine = {{ kind = "remote", urls = ["{engine_url}"] }}\n')
+    gateway = Child("gateway", [PYTHON, "-m", "vlm_gateway.cli", "serve", "--config", str(config)], logs)
+    url = f"http://127.0.0.1:{port}"
+    gateway.wait_http(url + "/health", 120, ok=lambda r: r.status_code == 200 and r.json()["model_loaded"])
+    return engine, gateway, engine_url, url, engine_start_s
 
 
 async def image_server() -> tuple[web.AppRunner, str]:
-    """A loopback image host: one 640x480 PNG, the same URL every time."""
-    body = png_bytes(640, 480, (30, 90, 160))
+    """A loopback image host: one 640x480 PNG (any query string)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (640, 480), (30, 90, 160)).save(buf, format="PNG")
+    body = buf.getvalue()
 
     async def image(request: web.Request) -> web.Response:
         return web.Response(body=body, content_type="image/png")
@@ -106,49 +154,85 @@ async def image_server() -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{port}/photo.png"
 
 
-async def run_case(targets: dict[str, str], body: bytes, args: argparse.Namespace) -> list[Result]:
-    for name, url in targets.items():  # warm up every path (engine caches, connections, image caches)
-        await closed_loop(name, url, lambda i: body, 2, 4)
+async def run_case(case: Case, targets: dict[str, str], meter: CpuMeter, args: argparse.Namespace,
+                   seeds: iter) -> list[Result]:
+    for url in targets.values():  # warm up every path (connections, compiled paths)
+        await closed_loop("warm-up", url + PATH, case.body(next(seeds), args.max_tokens), 2, 4, stream=case.stream)
     results = []
     for conc in args.concurrency:
         n = max(args.requests, 4 * conc)
+        n += -n % 5  # whole conversations
         for name, url in targets.items():
-            results.append(await closed_loop(name, url, lambda i: body, conc, n))
-            print(f"  {name} c={conc}: {results[-1].rps:.2f} req/s", file=sys.stderr)
+            meter.start()
+            result = await closed_loop(name, url + PATH, case.body(next(seeds), args.max_tokens), conc, n,
+                                       stream=case.stream)
+            spent = meter.stop()
+            result.cpu_ms = {proc: 1000 * s / max(result.requests, 1) for proc, s in spent.items()}
+            results.append(result)
+            print(f"  {case.name}: {name} c={conc}: {result.rps:.2f} req/s", file=sys.stderr)
     return results
 
 
-async def measure(engine_url: str, gateways: dict[str, str], args: argparse.Namespace) -> dict[str, list[Result]]:
-    path = "/v1/chat/completions"
+def table(case: str, results: list[Result]) -> list[str]:
+    lines = ["", f"{case}:", f"{'target':<9}{'conc':>5}{'reqs':>6}{'err':>5}{'req/s':>9}{'x direct':>9}{'p50 ms':>9}"
+             f"{'p99 ms':>9}{'ttft ms':>9}{'gw cpu ms':>11}{'vllm api cpu ms':>17}"]
+    direct = {r.concurrency: r for r in results if r.name == "direct"}
+    for r in sorted(results, key=lambda r: (r.concurrency, r.name != "direct")):
+        ttft = f"{r.ttft_p50_ms:.1f}" if r.ttft_p50_ms is not None else "-"
+        gw = f"{r.cpu_ms['gateway']:.2f}" if r.name != "direct" else "-"
+        lines.append(f"{r.name:<9}{r.concurrency:>5}{r.requests:>6}{r.errors:>5}{r.rps:>9.2f}"
+                     f"{r.rps / direct[r.concurrency].rps:>9.2f}{r.p50_ms:>9.1f}{r.p99_ms:>9.1f}{ttft:>9}"
+                     f"{gw:>11}{r.cpu_ms['vllm-api']:>17.2f}")
+    return lines
+
+
+async def measure(engine: Child, gateway: Child, engine_url: str, gateway_url: str,
+                  args: argparse.Namespace) -> tuple[dict[str, list[Result]], dict[str, float]]:
     runner, image_url = await image_server()
+    meter = CpuMeter({"gateway": gateway.proc.pid, "vllm-api": engine.proc.pid})
+    seeds = iter(range(1, 1 << 30))
+    memory = {"after start": rss_mib(gateway.proc.pid)}
+    rows = {}
     try:
-        data_uri = await run_case({"direct": engine_url + path, "gateway": gateways["gateway"] + path},
-                                  chat_body(png_data_uri(64, 64), args.max_tokens), args)
-        url_image = await run_case({"direct": engine_url + path, "gateway": gateways["gateway"] + path,
-                                    "no-cache": gateways["no-cache"] + path},
-                                   chat_body(image_url, args.max_tokens), args)
+        targets = {"direct": engine_url, "gateway": gateway_url}
+        for case in cases(image_url):
+            rows[case.name] = await run_case(case, targets, meter, args, seeds)
+        memory["after the cases"] = rss_mib(gateway.proc.pid)
+        if args.rss_requests:
+            print(f"  {args.rss_requests} more requests through the gateway", file=sys.stderr)
+            half = args.rss_requests // 2
+            small = cases(image_url)[0].body
+            await closed_loop("rss", gateway_url + PATH, small(next(seeds), 1), 16, half)
+            memory[f"after {half} more requests"] = rss_mib(gateway.proc.pid)
+            await closed_loop("rss", gateway_url + PATH, small(next(seeds), 1), 16, args.rss_requests - half)
+            memory[f"after {args.rss_requests} more requests"] = rss_mib(gateway.proc.pid)
     finally:
         await runner.cleanup()
-    return {"data-URI image (64x64 PNG)": data_uri,
-            "URL image (640x480 PNG, same URL; gateway image cache on / off)": url_image}
+    return rows, memory
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--family", default="qwen2_5_vl")
-    parser.add_argument("--requests", type=int, default=32, help="requests per target and level (≥ 4×conc)")
+    parser.add_argument("--requests", type=int, default=200, help="requests per target and level (≥ 4×conc)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument("--rss-requests", type=int, default=10_000, help="requests for the RSS growth check")
     args = parser.parse_args(argv)
     logs = Path(tempfile.mkdtemp(prefix="vlm-bench-"))
-    print(f"starting engine and gateways (logs in {logs})", file=sys.stderr)
-    children, engine_url, gateways, start_s = start_stack(args.family, logs)
+    print(f"starting the engine and the gateway (logs in {logs})", file=sys.stderr)
+    engine, gateway, engine_url, gateway_url, start_s = start_stack(args.family, logs)
     try:
-        rows = asyncio.run(measure(engine_url, gateways, args))
+        rows, memory = asyncio.run(measure(engine, gateway, engine_url, gateway_url, args))
     finally:
-        for child in children:
-            child.stop()
-    print(report(rows, start_s, args.family))
+        gateway.stop()
+        engine.stop()
+    lines = [f"family {args.family}; {os.cpu_count()} CPUs; engine (vLLM, CPU) ready after {start_s:.1f} s; "
+             f"{args.max_tokens} output tokens; cpu ms = CPU per request of that process"]
+    for case, results in rows.items():
+        lines += table(case, results)
+    lines += ["", "gateway RSS: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in memory.items())]
+    print("\n".join(lines))
     return 0
 
 

@@ -19,6 +19,8 @@ class Result(msgspec.Struct):
     seconds: float
     p50_ms: float
     p99_ms: float
+    ttft_p50_ms: float | None = None  # streamed: time to the first chunk with generated text
+    cpu_ms: dict[str, float] = {}  # CPU ms per request of each measured process (bench.procs)
 
     @property
     def rps(self) -> float:
@@ -32,10 +34,47 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+class _Delta(msgspec.Struct):
+    content: str | None = None
+
+
+class _Choice(msgspec.Struct):
+    delta: _Delta | None = None
+    text: str | None = None
+
+
+class _Chunk(msgspec.Struct):
+    choices: list[_Choice] = []
+
+
+_CHUNK = msgspec.json.Decoder(_Chunk)
+
+
+def _has_text(line: bytes) -> bool:
+    if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+        return False
+    try:
+        chunk = _CHUNK.decode(line[6:])
+    except msgspec.DecodeError:
+        return False
+    return any((c.delta and c.delta.content) or c.text for c in chunk.choices)
+
+
+async def _first_text(resp: aiohttp.ClientResponse, start: float) -> float | None:
+    """Read a streamed answer to its end; seconds from ``start`` to its first chunk with text."""
+    first = None
+    async for line in resp.content:
+        if first is None and _has_text(line):
+            first = time.perf_counter() - start
+    return first
+
+
 async def closed_loop(name: str, url: str, body: Callable[[int], bytes], concurrency: int, requests: int,
-                      headers: dict[str, str] | None = None) -> Result:
-    """Send ``requests`` POSTs to ``url`` from ``concurrency`` workers; latency of each, wall time of all."""
+                      headers: dict[str, str] | None = None, stream: bool = False) -> Result:
+    """Send ``requests`` POSTs to ``url`` from ``concurrency`` workers; latency of each, wall time of all
+    (``stream``: the bodies ask for SSE, and time to first text is measured too)."""
     latencies: list[float] = []
+    firsts: list[float] = []
     errors = 0
     counter = iter(range(requests))
     hdrs = {"Content-Type": "application/json", **(headers or {})}
@@ -46,10 +85,16 @@ async def closed_loop(name: str, url: str, body: Callable[[int], bytes], concurr
         for i in counter:
             start = time.perf_counter()
             async with session.post(url, data=body(i), headers=hdrs) as resp:
-                await resp.read()
                 if resp.status != 200:
+                    await resp.read()
                     errors += 1
                     continue
+                if stream:
+                    first = await _first_text(resp, start)
+                    if first is not None:
+                        firsts.append(first)
+                else:
+                    await resp.read()
             latencies.append(time.perf_counter() - start)
 
     connector = aiohttp.TCPConnector(limit=0)
@@ -59,4 +104,5 @@ async def closed_loop(name: str, url: str, body: Callable[[int], bytes], concurr
         seconds = time.perf_counter() - start
     return Result(name, concurrency, len(latencies), errors, seconds,
                   1000 * statistics.median(latencies) if latencies else float("nan"),
-                  1000 * percentile(latencies, 0.99))
+                  1000 * percentile(latencies, 0.99),
+                  1000 * statistics.median(firsts) if firsts else None)

@@ -37,13 +37,16 @@ class FakeEngine:
             self.running += 1
             self.max_running = max(self.max_running, self.running)
         try:
+            ids = list(body["token_ids"])
+            choice = {"index": 0, "text": self.text, "token_ids": [1], "finish_reason": "length"}
+            usage = {"prompt_tokens": len(ids), "completion_tokens": 1}
+            if not body.get("stream", True):  # a whole answer, as vLLM gives one
+                await asyncio.sleep(self.hold_s)
+                return web.json_response({"choices": [choice], "prompt_token_ids": ids, "usage": usage})
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
             await asyncio.sleep(self.hold_s)
-            ids = list(body["token_ids"])
-            chunks = [{"choices": [{"index": 0, "text": self.text, "token_ids": [1], "finish_reason": "length"}],
-                       "prompt_token_ids": ids},
-                      {"choices": [], "usage": {"prompt_tokens": len(ids), "completion_tokens": 1}}]
+            chunks = [{"choices": [choice], "prompt_token_ids": ids}, {"choices": [], "usage": usage}]
             for chunk in chunks:
                 await response.write(b"data: " + msgspec.json.encode(chunk) + b"\n\n")
             await response.write(b"data: [DONE]\n\n")

@@ -7,16 +7,23 @@ Each returns the response body and the headers to send with it (the caller's rat
 from __future__ import annotations
 
 from vlm_gateway.limits.rate import ANONYMOUS, Caller
-from vlm_gateway.pipeline import Services, generate, prepare_chat, prepare_completion
+from vlm_gateway.pipeline import Prepared, Services, generate, prepare_chat, prepare_completion
 from vlm_gateway.responses import chat_completion, completion
 from vlm_gateway.schemas.openai import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest
 
 Headers = dict[str, str]
 
 
+def _whole_answers(prepared: Prepared) -> None:
+    """Nothing goes to the client before the end: ask the engines for whole answers, not event streams."""
+    for request in prepared.engine_requests:
+        request.stream = False
+
+
 async def complete_chat(svc: Services, req: ChatCompletionRequest,
                         caller: Caller = ANONYMOUS, queued: bool = False) -> tuple[ChatCompletion, Headers]:
     prepared = await prepare_chat(svc, req, caller, queued)
+    _whole_answers(prepared)
     body = await chat_completion(prepared, generate(svc, prepared), req.return_token_ids)
     return body, prepared.permit.headers
 
@@ -24,5 +31,6 @@ async def complete_chat(svc: Services, req: ChatCompletionRequest,
 async def complete_text(svc: Services, req: CompletionRequest,
                         caller: Caller = ANONYMOUS, queued: bool = False) -> tuple[Completion, Headers]:
     prepared = await prepare_completion(svc, req, caller, queued)
+    _whole_answers(prepared)
     body = await completion(prepared, generate(svc, prepared), req.return_token_ids)
     return body, prepared.permit.headers

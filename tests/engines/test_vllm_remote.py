@@ -27,12 +27,18 @@ class FakeVLLM:
     def __init__(self) -> None:
         self.bodies: list[dict] = []
         self.aborted: list[list[str]] = []
+        self.peers: set = set()  # the client connections requests came on
         self.mode = "ok"
         self.status, self.message = 400, "prompt too long"  # mode "bad": the HTTP error answered
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.bodies.append(body)
+        self.peers.add(request.transport.get_extra_info("peername"))
+        if self.mode == "ok" and body.get("stream") is False:  # a whole answer
+            return web.json_response({
+                "choices": [{"index": 0, "text": "Hello", "token_ids": [5, 6], "finish_reason": "length"}],
+                "prompt_token_ids": [1, 2, 3], "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
         if self.mode == "bad":
             error = {"message": self.message, "type": "BadRequestError", "param": None, "code": self.status}
             return web.json_response({"error": error}, status=self.status)
@@ -51,6 +57,7 @@ class FakeVLLM:
         await resp.write(b'data: {"choices": [{"index": 0, "text": "lo", "finish_reason": "length"}]}\n\n')
         await resp.write(b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}\n\n')
         await resp.write(b"data: [DONE]\n\n")
+        await asyncio.sleep(0.05)  # the body's end comes a moment after [DONE], as from vLLM's server
         return resp
 
     async def abort(self, request: web.Request) -> web.Response:
@@ -111,6 +118,23 @@ async def test_streams_deltas_and_sends_token_ids_and_images(engine) -> None:
     assert sent["content_parts"] == [{"type": "image_url", "url": "data:image/png;base64,AAA"}]
     assert sent["sampling_params"]["max_tokens"] == 2
     assert fake.aborted == []  # finished normally: nothing to abort
+
+
+async def test_a_whole_answer_where_nothing_is_sent_before_the_end(engine) -> None:
+    fake, client = engine
+    req = request()
+    req.stream = False
+    deltas = [d async for d in client.generate(req)]
+    assert fake.bodies[-1]["stream"] is False
+    assert [d.text for d in deltas if d.text] == ["Hello"] and deltas[0].finish_reason == "length"
+    assert (deltas[-1].prompt_tokens, deltas[-1].completion_tokens) == (3, 2)
+
+
+async def test_streams_are_read_to_their_end_so_the_connection_is_reused(engine) -> None:
+    fake, client = engine
+    for _ in range(3):
+        assert [d async for d in client.generate(request())]
+    assert len(fake.peers) == 1, fake.peers
 
 
 async def test_max_model_len_is_read_at_start(engine) -> None:

@@ -51,6 +51,7 @@ class EngineRequest(msgspec.Struct):
     timeout_s: float | None = None  # the whole request, first byte to last; None: the engine's default
     affinity: str | None = None  # what the engine's caches know it by (``vlm_gateway.routing.affinity_key``)
     chat: ChatInput | None = None  # chat requests to pools with an engine that renders itself; else None
+    stream: bool = True  # False: nothing is sent before the end, so the engine answers in one body (less work)
 
 
 class Candidate(msgspec.Struct):

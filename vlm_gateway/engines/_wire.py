@@ -38,6 +38,7 @@ async def sse_data(stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
             continue
         data = line[5:].strip()
         if data == b"[DONE]":
+            await stream.read()  # to the end of the body, so the connection goes back to the pool for reuse
             return
         yield data
 

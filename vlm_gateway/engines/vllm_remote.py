@@ -133,8 +133,9 @@ class VLLMServer:
             "sampling_params": request.sampling,
             "return_token_ids": True,
             "output_mode": "text",
-            # prompt logprobs come only in a whole (non-streamed) answer
-            "stream": request.sampling.prompt_logprobs is None,
+            # a whole answer where nothing is sent before the end (fewer writes and parses on both sides);
+            # prompt logprobs come only in a whole answer
+            "stream": request.stream and request.sampling.prompt_logprobs is None,
             "stream_options": {"include_usage": True},
         }
         if request.images:
