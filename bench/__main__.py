@@ -196,6 +196,8 @@ async def measure(engine: Child, gateway: Child, engine_url: str, gateway_url: s
     try:
         targets = {"direct": engine_url, "gateway": gateway_url}
         for case in cases(image_url):
+            if args.case and not any(c.lower() in case.name.lower() for c in args.case):
+                continue
             rows[case.name] = await run_case(case, targets, meter, args, seeds)
         memory["after the cases"] = rss_mib(gateway.proc.pid)
         if args.rss_requests:
@@ -217,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=200, help="requests per target and level (≥ 4×conc)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument("--case", nargs="*", default=[], help="only the cases whose name contains one of these")
     parser.add_argument("--rss-requests", type=int, default=10_000, help="requests for the RSS growth check")
     args = parser.parse_args(argv)
     logs = Path(tempfile.mkdtemp(prefix="vlm-bench-"))

@@ -59,6 +59,10 @@ class LoadedImage(msgspec.Struct, frozen=True):
     sha256: str
 
 
+# Data URIs and bytes up to this size are decoded and hashed on the event loop (tens of microseconds).
+INLINE_BYTES = 64 * 1024
+
+
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -138,10 +142,10 @@ class ImageLoader:
             if len(src.data) > self.settings.max_image_bytes:
                 raise ImageError(f"image is too large ({len(src.data)} bytes; the limit is "
                                  f"{self.settings.max_image_bytes})", code="image_too_large")
-            return src.data, await self._in_thread(_digest, src.data)
+            return src.data, await self._in_thread(_digest, src.data, size=len(src.data))
         if is_data_uri(src.url):
             self._stats["data_uris"] += 1
-            return await self._in_thread(_decode_uri, src.url, self.settings.max_image_bytes)
+            return await self._in_thread(_decode_uri, src.url, self.settings.max_image_bytes, size=len(src.url))
         scheme = src.url.split(":", 1)[0].lower() if ":" in src.url else ""
         if scheme not in ("http", "https"):
             raise ImageError(
@@ -151,8 +155,12 @@ class ImageLoader:
         if len(src.url) > MAX_URL_CHARS:
             raise ImageError(f"image URL is too long (over {MAX_URL_CHARS} characters)", code="invalid_image_url")
         data = await self._fetcher.fetch(src.url)
-        return data, await self._in_thread(_digest, data)
+        return data, await self._in_thread(_digest, data, size=len(data))
 
-    async def _in_thread(self, fn: Any, *args: Any) -> Any:
+    async def _in_thread(self, fn: Any, *args: Any, size: int | None = None) -> Any:
+        """``fn(*args)`` in a worker thread, or at once when ``size`` (bytes of work) is small: a hop to a
+        thread costs more than decoding or hashing a few kilobytes."""
+        if size is not None and size <= INLINE_BYTES:
+            return fn(*args)
         async with self._threads:
             return await asyncio.to_thread(fn, *args)
