@@ -27,9 +27,12 @@ layers; the published modeling code reads ``hidden_states[layer_idx]``, the same
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import shutil
 from pathlib import Path
+from types import ModuleType
 
 from . import _common as c
 from ._tokenizer import train_sentencepiece
@@ -66,28 +69,22 @@ def added_tokens() -> list[str]:
     return out
 
 
-def _hd_size(width: int, height: int, num_crops: int) -> tuple[int, int]:
-    import math
+@functools.cache
+def _image_processing() -> ModuleType:
+    """The checkpoint's own ``image_processing_phi3_v.py`` (loaded from ``CODE_DIR``; it is not a package)."""
+    from vlm_gateway.engines import cpu_compat
 
-    transposed = width < height
-    if transposed:
-        width, height = height, width
-    ratio = width / height
-    scale = 1
-    while scale * math.ceil(scale / ratio) <= num_crops:
-        scale += 1
-    scale -= 1
-    new_w = int(scale * CROP_SIZE)
-    new_h = int(new_w / ratio)
-    padded_h = math.ceil(new_h / CROP_SIZE) * CROP_SIZE
-    return (padded_h, new_w) if transposed else (new_w, padded_h)
+    cpu_compat.apply()  # it imports transformers, which imports torchvision
+    spec = importlib.util.spec_from_file_location("_tiny_phi3_v_image_processing", CODE_DIR / CODE_FILES[1])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tokens_for_image(width: int, height: int, num_crops: int = NUM_CROPS) -> int:
-    """``<|image|>`` tokens for a ``width`` x ``height`` image (the published ``calc_num_image_tokens``)."""
-    w, h = _hd_size(width, height, num_crops)
-    h_crops, w_crops = h // CROP_SIZE, w // CROP_SIZE
-    return (h_crops * w_crops + 1) * 144 + 1 + (h_crops + 1) * 12
+    """``<|image|>`` tokens for a ``width`` x ``height`` image (the processor's ``calc_num_image_tokens``)."""
+    code = _image_processing()
+    return code.num_tokens_for_padded(*code.hd_size(width, height, num_crops))
 
 
 # chat_template of microsoft/Phi-3.5-vision-instruct (tokenizer_config.json)
