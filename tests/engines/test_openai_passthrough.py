@@ -76,6 +76,11 @@ class FakeOpenAI:
             return web.json_response({"error": error}, status=self.status)
         chunk = chat_chunk if chat else completion_chunk
         logprobs = "logprobs" in body
+        if body.get("stream") is False:  # a whole answer: the chunks' text in one choice, as OpenAI sends it
+            whole = chunk("Hello", "stop", logprobs=logprobs)
+            if chat:
+                whole["choices"][0]["message"] = {"role": "assistant", **whole["choices"][0].pop("delta")}
+            return web.json_response({**whole, **({} if self.mode == "no_usage" else {"usage": USAGE["usage"]})})
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
 
@@ -238,6 +243,23 @@ async def test_prompt_logprobs_are_rejected(served, make) -> None:
     with pytest.raises(EngineRejected, match="prompt logprobs are not available"):
         await collect(server, make(SamplingParams(prompt_logprobs=1)))
     assert fake.bodies == []
+
+
+async def test_a_whole_answer_where_nothing_is_sent_before_the_end(served) -> None:
+    fake, server = served
+    for make, path_key in ((chat_request, "messages"), (completion_request, "prompt")):
+        request = make(SamplingParams(logprobs=1))
+        request.stream = False
+        deltas = await collect(server, request)
+        body = fake.bodies[-1]
+        assert path_key in body and body["stream"] is False and "stream_options" not in body
+        assert [(d.text, d.finish_reason) for d in deltas] == [("Hello", "stop"), ("", None)]
+        assert deltas[0].logprobs[0].token == "Hello"
+        assert (deltas[-1].prompt_tokens, deltas[-1].completion_tokens) == (7, 2)
+    fake.mode = "no_usage"
+    request = chat_request()
+    request.stream = False
+    assert (await collect(server, request))[-1].completion_tokens == 1  # the estimate: one piece of text
 
 
 # --- streamed deltas ---

@@ -67,7 +67,8 @@ def test_chat_goes_upstream_with_the_gateways_image_and_usage_comes_back(client,
     assert body["model"] == "pass" and body["choices"][0]["message"]["content"] == "Hello"
     assert body["usage"]["prompt_tokens"] == 7 and body["usage"]["completion_tokens"] == 2
     sent = fake.bodies[-1]
-    assert sent["model"] == "m" and sent["max_tokens"] == 4 and sent["stream"] is True
+    # nothing streams to the client: the upstream is asked for a whole answer
+    assert sent["model"] == "m" and sent["max_tokens"] == 4 and sent["stream"] is False
     assert "stop_token_ids" not in sent
     system, user = sent["messages"]
     # LLaVA's template reads list content only: the family's reshaping applies upstream too
@@ -84,12 +85,13 @@ def test_images_first_families_send_the_image_first(client, upstream) -> None:
     assert [p["type"] for p in fake.bodies[-1]["messages"][1]["content"]] == ["image_url", "text"]
 
 
-def test_streamed_chat_and_usage(client) -> None:
+def test_streamed_chat_and_usage(client, upstream) -> None:
     r = client.post("/v1/chat/completions", json=chat(stream=True, stream_options={"include_usage": True}))
     assert r.status_code == 200
     events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
     assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"]) == "Hello"
     assert events[-1]["usage"]["prompt_tokens"] == 7 and events[-1]["usage"]["total_tokens"] == 9
+    assert upstream[0].bodies[-1]["stream"] is True
 
 
 def test_tools_are_shown_upstream_and_calls_read_by_the_gateway(client, upstream) -> None:

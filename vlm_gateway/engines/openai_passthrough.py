@@ -4,13 +4,14 @@
 The gateway has already authenticated, limited and loaded/sized the images; this server renders the
 prompt itself. A chat request goes to ``POST {url}/chat/completions`` with the client's messages (after the
 family's reshaping, images as data URIs); a completions request goes to ``POST {url}/completions`` with the
-gateway's token ids as the prompt (text only: images need the server's own chat template). Output is always
-streamed. The gateway's sampling parameters are mapped to OpenAI's names (vLLM's structured outputs to
+gateway's token ids as the prompt (text only: images need the server's own chat template). Output is
+streamed when the client streams, else one whole answer (``EngineRequest.stream``). The gateway's sampling parameters are mapped to OpenAI's names (vLLM's structured outputs to
 ``response_format`` where OpenAI has one); vLLM-only extras are sent only when asked for.
 
-Usage comes from the stream's last chunk (``stream_options.include_usage``). A server that sends none gets
-an estimate: the gateway's own prompt length (one placeholder per image, so it undercounts image tokens) and
-one completion token per streamed piece of text (servers stream one token per chunk).
+Usage comes from the stream's last chunk (``stream_options.include_usage``) or the whole answer. A server
+that sends none gets an estimate: the gateway's own prompt length (one placeholder per image, so it
+undercounts image tokens) and one completion token per piece of text (servers stream one token per chunk;
+a whole answer counts as one).
 
 There is no abort endpoint: closing the iterator early closes the HTTP response, and OpenAI-compatible
 servers abort a request whose client went away. Failures are raised as ``vlm_gateway.engines.errors``.
@@ -61,7 +62,8 @@ class _Delta(msgspec.Struct):
 
 class _ChatChoice(msgspec.Struct):
     index: int = 0
-    delta: _Delta | None = None
+    delta: _Delta | None = None  # a stream's chunk
+    message: _Delta | None = None  # a whole answer
     finish_reason: str | None = None
     logprobs: _ChatLogprobs | None = None
 
@@ -150,7 +152,8 @@ class OpenAIServer:
             ) as resp:  # leaving it early closes the connection: the server aborts the request
                 if resp.status != 200:
                     raise http_error(resp.status, await resp.read())
-                async for data in sse_data(resp.content):
+                payloads = sse_data(resp.content) if body["stream"] else _one(await resp.read())
+                async for data in payloads:
                     chunk = decoder.decode(data)
                     if chunk.error is not None:
                         raise engine_error(status_of(chunk.error.code), chunk.error.message)
@@ -172,7 +175,9 @@ class OpenAIServer:
         if request.sampling.prompt_logprobs is not None:
             raise EngineRejected("prompt logprobs are not available from this model's engine "
                                  "(an OpenAI-compatible server)")
-        body: dict[str, Any] = {"model": self._model, "stream": True, "stream_options": {"include_usage": True}}
+        body: dict[str, Any] = {"model": self._model, "stream": request.stream}  # a whole answer, or a stream
+        if request.stream:
+            body["stream_options"] = {"include_usage": True}
         if request.chat is None:
             if request.images:
                 raise EngineRejected("this model's engine (an OpenAI-compatible server) takes images in chat "
@@ -225,11 +230,17 @@ def _sampling(s: SamplingParams, *, chat: bool) -> dict[str, Any]:
     return out
 
 
+async def _one(whole: bytes) -> AsyncIterator[bytes]:
+    """A whole answer, read like a stream of one chunk."""
+    yield whole
+
+
 def _deltas(chunk: _ChatChunk | _CompletionChunk) -> list[EngineDelta]:
     """A chunk's deltas, one per choice that says something, then its usage."""
     if isinstance(chunk, _ChatChunk):
-        deltas = [EngineDelta(c.index, (c.delta.content if c.delta else None) or "", finish_reason=c.finish_reason,
-                              logprobs=_chat_logprobs(c.logprobs)) for c in chunk.choices]
+        deltas = [EngineDelta(c.index, ((c.delta or c.message).content if c.delta or c.message else None) or "",
+                              finish_reason=c.finish_reason, logprobs=_chat_logprobs(c.logprobs))
+                  for c in chunk.choices]
     else:
         deltas = [EngineDelta(c.index, c.text or "", finish_reason=c.finish_reason,
                               logprobs=_completion_logprobs(c.logprobs)) for c in chunk.choices]
