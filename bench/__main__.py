@@ -74,6 +74,7 @@ class Case(msgspec.Struct):
     name: str
     body: Callable[[int, int], Body]  # (run seed, max_tokens) -> (request index -> body)
     stream: bool = False
+    chain: int = 1  # requests a worker sends in sequence: a conversation's turns, each after the last answer
 
 
 def cases(image_url: str) -> list[Case]:
@@ -110,7 +111,7 @@ def cases(image_url: str) -> list[Case]:
     return [Case("64x48 PNG data URI", small), Case("64x48 PNG data URI, streamed",
                                                      lambda s, n: small(s, n, True), stream=True),
             Case("1024x768 JPEG data URI, detail high", large), Case("5-turn conversation, image every turn",
-                                                                   conversation),
+                                                                   conversation, chain=5),
             Case("http URL image (loopback)", url), Case("2 images per request", two)]
 
 
@@ -165,7 +166,7 @@ async def run_case(case: Case, targets: dict[str, str], meter: CpuMeter, args: a
         for name, url in targets.items():
             meter.start()
             result = await closed_loop(name, url + PATH, case.body(next(seeds), args.max_tokens), conc, n,
-                                       stream=case.stream)
+                                       stream=case.stream, chain=case.chain)
             spent = meter.stop()
             result.cpu_ms = {proc: 1000 * s / max(result.requests, 1) for proc, s in spent.items()}
             results.append(result)

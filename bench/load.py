@@ -70,32 +70,34 @@ async def _first_text(resp: aiohttp.ClientResponse, start: float) -> float | Non
 
 
 async def closed_loop(name: str, url: str, body: Callable[[int], bytes], concurrency: int, requests: int,
-                      headers: dict[str, str] | None = None, stream: bool = False) -> Result:
+                      headers: dict[str, str] | None = None, stream: bool = False, chain: int = 1) -> Result:
     """Send ``requests`` POSTs to ``url`` from ``concurrency`` workers; latency of each, wall time of all
-    (``stream``: the bodies ask for SSE, and time to first text is measured too)."""
+    (``stream``: the bodies ask for SSE, and time to first text is measured too). A worker takes ``chain``
+    consecutive requests at a time and sends them one after another (the turns of one conversation)."""
     latencies: list[float] = []
     firsts: list[float] = []
     errors = 0
-    counter = iter(range(requests))
+    counter = iter(range(0, requests, chain))
     hdrs = {"Content-Type": "application/json", **(headers or {})}
     timeout = aiohttp.ClientTimeout(total=600)
 
     async def worker(session: aiohttp.ClientSession) -> None:
         nonlocal errors
-        for i in counter:
-            start = time.perf_counter()
-            async with session.post(url, data=body(i), headers=hdrs) as resp:
-                if resp.status != 200:
-                    await resp.read()
-                    errors += 1
-                    continue
-                if stream:
-                    first = await _first_text(resp, start)
-                    if first is not None:
-                        firsts.append(first)
-                else:
-                    await resp.read()
-            latencies.append(time.perf_counter() - start)
+        for first_of_chain in counter:
+            for i in range(first_of_chain, min(first_of_chain + chain, requests)):
+                start = time.perf_counter()
+                async with session.post(url, data=body(i), headers=hdrs) as resp:
+                    if resp.status != 200:
+                        await resp.read()
+                        errors += 1
+                        continue
+                    if stream:
+                        first = await _first_text(resp, start)
+                        if first is not None:
+                            firsts.append(first)
+                    else:
+                        await resp.read()
+                latencies.append(time.perf_counter() - start)
 
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:

@@ -34,6 +34,7 @@ from vlm_gateway.batches import BatchService, build_batch_store, with_batches
 from vlm_gateway.engines import Engine
 from vlm_gateway.errors import error_response
 from vlm_gateway.files.store import build_file_store
+from vlm_gateway.images.features import Preprocessor, load_preprocessor
 from vlm_gateway.images.load import ImageLoader
 from vlm_gateway.jobs import build_jobs
 from vlm_gateway.jobs.runner import classify, make_runner
@@ -75,9 +76,9 @@ def engine_pool(model: Model, session: aiohttp.ClientSession, redis=None, redis_
                 args = ["--max-model-len", str(model.context_length), *args]
             process = EmbeddedVLLM(model.checkpoint, served_name=model.id, args=args, env=group.env, port=group.port)
             processes.append(process)
-            servers.append(VLLMServer(process.url, session))
+            servers.append(VLLMServer(process.url, session, image_cache=group.engine_image_cache))
         elif group.kind == "remote":
-            servers += [VLLMServer(url, session) for url in group.urls]
+            servers += [VLLMServer(url, session, image_cache=group.engine_image_cache) for url in group.urls]
         else:
             key = os.environ.get(group.api_key_env) if group.api_key_env else None
             servers += [OpenAIServer(url, session, model=group.model or model.id, api_key=key) for url in group.urls]
@@ -88,6 +89,13 @@ def engine_pool(model: Model, session: aiohttp.ClientSession, redis=None, redis_
     for process in processes:
         process.ready = functools.partial(pool.server_up, process.url)
     return pool
+
+
+def preprocessor(model: Model) -> Preprocessor | None:
+    """How the gateway makes the model's image input, where its family and engine settings let it."""
+    if not model.family.image_processor or model.engine.preprocess != "gateway":
+        return None
+    return load_preprocessor(model.family.image_processor, model.checkpoint, model.engine.preprocess_max_bytes)
 
 
 def create_app(settings: Settings, engine_factory: EngineFactory | None = None) -> Litestar:
@@ -115,6 +123,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
             await limiter.refresh()
             tokenizers = {m.id: Tokenizer(m.tokenizer) for m in registry.models}
             await asyncio.gather(*(asyncio.to_thread(t.load) for t in tokenizers.values()))
+            preprocessors = {m.id: await asyncio.to_thread(preprocessor, m) for m in registry.models}
             factory = engine_factory or functools.partial(engine_pool, redis=redis,
                                                           redis_prefix=settings.limits.redis_prefix)
             engines = {m.id: factory(m, session) for m in registry.models}
@@ -127,6 +136,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
                 models=registry,
                 engines=engines,
                 tokenizers=tokenizers,
+                preprocessors=preprocessors,
                 images=images,
                 limiter=limiter,
                 files=app.state.files,

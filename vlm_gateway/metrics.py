@@ -6,6 +6,7 @@ middleware (``http_metrics``: ``vlm_gateway_requests_total`` …). The rest is t
 - per model: requests by outcome, time in the gateway before the engine, time to first token, prompt /
   image / completion tokens, requests in the engine now, engine readiness;
 - images: loader events (downloads, cache hits and misses by layer, failures…) and bytes downloaded;
+- images sent to engines as the gateway-made model input: with their tensors, or by key;
 - routing: affinity hits, new keys, spills over the load bound, failovers to another server; each
   pool server's health;
 - 429s by key name and code (never the secret);
@@ -75,6 +76,9 @@ ROUTING = Counter(f"{PREFIX}_routing_decisions", "Engine server choices: affinit
                   "that routing).", ["decision"])
 FAILOVERS = Counter(f"{PREFIX}_engine_failovers", "Requests retried on another server of the pool before their "
                     "first token (the first refused the connection, answered 503 or died).")
+ENGINE_IMAGE_INPUTS = Counter(f"{PREFIX}_engine_image_inputs", "Images sent to vLLM servers as the model's "
+                              "input made by the gateway: data (the tensors), key (the server holds them), "
+                              "resent (the server had dropped them: sent again).", ["server", "sent"])
 LOOP_LAG = Gauge(f"{PREFIX}_event_loop_lag_seconds", "How late the event loop ran a timer (read when "
                  "scraped).", multiprocess_mode="max")
 

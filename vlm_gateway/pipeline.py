@@ -2,9 +2,11 @@
 
     1. resolve model     ModelRegistry → Model (family, limits)
     2. admit             (API keys and rate limits: gateway/limits/, issue 5)
-    3. load images       gateway/images/ → data URIs, checked and sized by `detail`
+    3. load images       gateway/images/ → data URIs, checked and sized by `detail` (and, for families
+                         whose processor the gateway runs, the model's input: images/features.py)
     4. render prompt     gateway/prompts/ + templates/ → prompt text with the family's image markers
-    5. tokenize          the model's tokenizer → token ids
+    5. tokenize          the model's tokenizer → token ids (each image's placeholder expanded to its
+                         tokens where the gateway made the image's input)
     6. generate          engines/ → async stream of EngineDelta
     7. shape response    gateway/responses.py (JSON) or gateway/streaming.py (SSE)
 
@@ -24,7 +26,7 @@ from typing import Literal
 import msgspec
 
 from vlm_gateway import metrics
-from vlm_gateway.engines import Engine, EngineDelta, EngineRequest, SamplingParams
+from vlm_gateway.engines import Engine, EngineDelta, EngineRequest, PlacedImage, SamplingParams
 from vlm_gateway.engines.errors import EngineError
 from vlm_gateway.errors import (
     ContextLengthExceeded,
@@ -35,6 +37,7 @@ from vlm_gateway.errors import (
     from_engine_error,
 )
 from vlm_gateway.files import FileStore
+from vlm_gateway.images.features import Preprocessor, expand
 from vlm_gateway.images.inputs import ImageInput, chat_image_sources, completion_image_sources, detail_rule
 from vlm_gateway.images.load import ImageLoader, ImageSource, LoadedImage
 from vlm_gateway.limits import Limiter, Permit
@@ -67,6 +70,7 @@ class Services(msgspec.Struct):
     images: ImageLoader
     limiter: Limiter
     files: FileStore | None = None  # uploaded files (/v1/files), for images sent by file_id
+    preprocessors: dict[str, Preprocessor | None] = {}  # by model id: where the gateway makes image input
 
 
 class Echo(msgspec.Struct):
@@ -136,7 +140,12 @@ async def _load_images(svc: Services, model: Model, caller: Caller, inputs: list
                                             param=image.param)
 
     sources = await asyncio.gather(*(source(image) for image in inputs))
-    return await svc.images.load(list(sources), detail_rule(model.family.detail))
+    return await svc.images.load(list(sources), detail_rule(model.family.detail), svc.preprocessors.get(model.id))
+
+
+def image_token_id(tokenizer: Tokenizer, model: Model) -> int | None:
+    ids = tokenizer.token_ids((model.family.image_token,))
+    return ids[0] if ids else None
 
 
 # --- steps 1–5 ----------------------------------------------------------------------------------
@@ -207,7 +216,8 @@ async def _prepare_chat(svc: Services, req: ChatCompletionRequest, model: Model,
 
     images, (prompt_text, token_ids) = await asyncio.gather(                 # 3. load images (concurrently)
         _load_images(svc, model, caller, sources), prompt_ids())
-    prepared = _prepared(model, req.model, [token_ids], images, sampling, "chatcmpl", "messages", permit)
+    prepared = _prepared(model, req.model, [token_ids], images, sampling, "chatcmpl", "messages", permit,
+                         image_token_id(tokenizer, model))
     prepared.prompt_text = prompt_text
     if model.engine_renders:  # a server of the pool renders the chat itself
         prepared.engine_requests[0].chat = upstream_chat(messages, plan.prompt_tools, [i.url for i in images])
@@ -264,7 +274,8 @@ async def _prepare_completion(svc: Services, req: CompletionRequest, model: Mode
 
     images, *token_ids = await asyncio.gather(                              # 3. load images, 5. tokenize
         _load_images(svc, model, caller, sources), *(ids(p) for p in prompts))
-    prepared = _prepared(model, req.model, token_ids, images, sampling, "cmpl", "prompt", permit)
+    prepared = _prepared(model, req.model, token_ids, images, sampling, "cmpl", "prompt", permit,
+                         image_token_id(tokenizer, model))
     if req.echo:
         prepared.echo = [Echo(p if isinstance(p, str) else tokenizer.decode(p), tokenizer.decode(ids[:1]))
                          for p, ids in zip(prompts, token_ids, strict=True)]
@@ -272,7 +283,8 @@ async def _prepare_completion(svc: Services, req: CompletionRequest, model: Mode
 
 
 def _prepared(model: Model, name: str, prompts: list[list[int]], loaded: list[LoadedImage], sampling,
-              prefix: str, param: Literal["messages", "prompt"], permit: Permit) -> Prepared:
+              prefix: str, param: Literal["messages", "prompt"], permit: Permit,
+              image_token_id: int | None = None) -> Prepared:
     if not all(prompts):
         raise InvalidRequest("the prompt is empty", param=param)
     request_id = f"{prefix}-{uuid.uuid4().hex}"
@@ -280,6 +292,9 @@ def _prepared(model: Model, name: str, prompts: list[list[int]], loaded: list[Lo
     requests = [EngineRequest(request_id if len(prompts) == 1 else f"{request_id}-{k}", ids, images, sampling,
                               timeout_s=permit.timeout_s, affinity=affinity_key(hashes, ids))
                 for k, ids in enumerate(prompts)]
+    if loaded and image_token_id is not None and all(image.features for image in loaded):
+        for request in requests:
+            _place_features(request, loaded, image_token_id)
     return Prepared(
         model=model,
         model_name=name,
@@ -290,6 +305,19 @@ def _prepared(model: Model, name: str, prompts: list[list[int]], loaded: list[Lo
         tally=Tally(sent_tokens=sum(map(len, prompts)), image_count=len(images)),
         permit=permit,
     )
+
+
+def _place_features(request: EngineRequest, loaded: list[LoadedImage], image_token_id: int) -> None:
+    """The images as the model's input made by the gateway, each placeholder expanded to its tokens (as
+    the engine's processor would have): engines that take input so send no images. A prompt whose
+    placeholders do not match its images keeps them for the engine to judge."""
+    features = [image.features for image in loaded if image.features is not None]
+    try:
+        ids, offsets = expand(request.token_ids, image_token_id, features)
+    except ValueError:
+        return
+    request.token_ids = ids
+    request.features = [PlacedImage(offset, f) for offset, f in zip(offsets, features, strict=True)]
 
 
 # --- step 6 -------------------------------------------------------------------------------------

@@ -51,6 +51,15 @@ class EngineSettings(msgspec.Struct, forbid_unknown_fields=True):
     request_timeout_s: float = 600.0
     routing: Literal["affinity", "least_loaded"] = "affinity"  # pools of several servers: vlm_gateway/routing
     slow_start_s: float = 30.0  # a server back in rotation gets its full share of requests over this time
+    # "gateway": images of families with an ``image_processor`` go to vLLM servers as the model's input, made
+    # by the gateway from the checkpoint's preprocessor_config.json (vlm_gateway/images/features.py); set
+    # "engine" for an engine started with other processor arguments or --no-mm-device-do-normalize
+    preprocess: Literal["gateway", "engine"] = "gateway"
+    preprocess_max_bytes: int = 1024 * 1024  # a larger input is not made: that request sends its images
+    # with "gateway": an image a vLLM server was already sent goes by its key alone (vLLM's default `lru`
+    # multimodal processor cache, one API server); false for engines with --api-server-count > 1 or
+    # --mm-processor-cache-gb 0, where a key alone fails the request
+    engine_image_cache: bool = True
 
 
 class ModelSettings(msgspec.Struct, forbid_unknown_fields=True):

@@ -1,7 +1,8 @@
 """Engines: what generates tokens. The gateway talks to them only through ``Engine``.
 
 An engine takes an ``EngineRequest`` (token ids already rendered and tokenized by the gateway, with
-the family's image placeholder token once per image, plus the images as URLs or data URIs) and
+the family's image placeholder token once per image, plus the images as URLs or data URIs; or, where the
+gateway preprocesses the family's images, the token ids expanded and each image as ``ImageFeatures``) and
 yields ``EngineDelta`` Structs. It knows nothing about HTTP routes or OpenAI shapes; a failure is
 raised as one of ``vlm_gateway.engines.errors`` (mapped to OpenAI errors by the gateway).
 """
@@ -43,6 +44,22 @@ class ChatInput(msgspec.Struct):
     tools: list[dict[str, Any]] | None = None  # OpenAI tool definitions the prompt shows the model
 
 
+class ImageFeatures(msgspec.Struct, frozen=True):
+    """One image as the model's own input, made by the gateway (``vlm_gateway.images.features``): what the
+    engine's image processor would have made of it, so the engine only unpacks it."""
+
+    key: str  # names these tensors in the engine's caches (vLLM's mm_hash): same key, same tensors
+    tokens: int  # the image's placeholder tokens in the expanded prompt
+    data: str  # base64 of vLLM's msgpack-encoded MultiModalKwargsItem
+
+
+class PlacedImage(msgspec.Struct, frozen=True):
+    """An image's features and where its tokens start in the (expanded) prompt."""
+
+    offset: int
+    features: ImageFeatures
+
+
 class EngineRequest(msgspec.Struct):
     request_id: str
     token_ids: list[int]
@@ -52,6 +69,9 @@ class EngineRequest(msgspec.Struct):
     affinity: str | None = None  # what the engine's caches know it by (``vlm_gateway.routing.affinity_key``)
     chat: ChatInput | None = None  # chat requests to pools with an engine that renders itself; else None
     stream: bool = True  # False: nothing is sent before the end, so the engine answers in one body (less work)
+    # The images preprocessed by the gateway, in order; ``token_ids`` are then already expanded. Engines that
+    # take features (vLLM token-in) send these instead of ``images``; the others send ``images``.
+    features: list[PlacedImage] | None = None
 
 
 class Candidate(msgspec.Struct):

@@ -5,8 +5,9 @@ The gateway has already authenticated, limited and loaded/sized the images; this
 prompt itself. A chat request goes to ``POST {url}/chat/completions`` with the client's messages (after the
 family's reshaping, images as data URIs); a completions request goes to ``POST {url}/completions`` with the
 gateway's token ids as the prompt (text only: images need the server's own chat template). Output is
-streamed when the client streams, else one whole answer (``EngineRequest.stream``). The gateway's sampling parameters are mapped to OpenAI's names (vLLM's structured outputs to
-``response_format`` where OpenAI has one); vLLM-only extras are sent only when asked for.
+streamed when the client streams, else one whole answer (``EngineRequest.stream``). The gateway's sampling
+parameters are mapped to OpenAI's names (vLLM's structured outputs to ``response_format`` where OpenAI
+has one); vLLM-only extras are sent only when asked for.
 
 Usage comes from the stream's last chunk (``stream_options.include_usage``) or the whole answer. A server
 that sends none gets an estimate: the gateway's own prompt length (one placeholder per image, so it

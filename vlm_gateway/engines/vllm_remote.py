@@ -2,30 +2,71 @@
 engine pool: ``vlm_gateway.engines.pool`` routes, checks health and fails over).
 
 The gateway has already rendered and tokenized the prompt, so it calls vLLM's token-in endpoint
-``POST /inference/v1/generate`` with ``token_ids`` (the family's image placeholder token once per
-image) and ``content_parts`` (the images); vLLM's own processor expands each placeholder. Output is
-always streamed from the engine (``output_mode="text"``, so vLLM detokenizes); a caller that stops
-iterating aborts the request at ``/inference/v1/abort_requests``. Its health is ``GET /health``, its
-context length ``max_model_len`` at ``GET /v1/models``. Failures are raised as
-``vlm_gateway.engines.errors``.
+``POST /inference/v1/generate`` with ``token_ids`` and the images, one of two ways:
+
+- ``features``: where the gateway made each image's model input (``EngineRequest.features``, the ids
+  already expanded), vLLM's ``MultiModalKwargsItem`` per image under its key. vLLM's API server then
+  decodes, hashes and processes no image. An image this server was already sent goes by its key alone
+  (``kwargs_data`` null: vLLM's engine takes it from its own cache); when the engine has dropped it
+  since (a restart, its cache's eviction), it answers 500 before any output, and the request is sent
+  once more with every image's data.
+- ``content_parts``: the images as data URIs, the family's placeholder token once per image; vLLM's
+  processor expands each placeholder.
+
+vLLM detokenizes (``output_mode="text"``). A caller that stops iterating aborts the request at
+``/inference/v1/abort_requests``. Its health is ``GET /health``, its context length ``max_model_len`` at
+``GET /v1/models``. Failures are raised as ``vlm_gateway.engines.errors``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import msgspec
 
+from vlm_gateway import metrics
 from vlm_gateway.engines import Candidate, EngineDelta, EngineRequest, Probe, TokenLogprob
 from vlm_gateway.engines._wire import ErrorBody, engine_error, http_error, sse_data, status_of
-from vlm_gateway.engines.errors import EngineDown, EngineTimeout, EngineUnreachable
+from vlm_gateway.engines.errors import EngineCrashed, EngineDown, EngineTimeout, EngineUnreachable
 
 log = logging.getLogger("vlm_gateway.engine")
 
 PROBE_TIMEOUT_S = 5.0
+# What the gateway assumes a server still holds of the image inputs it was sent: well under vLLM's
+# default multimodal processor cache (4 GiB, LRU), which other clients of the server share.
+HELD_ENTRIES = 4096
+HELD_BYTES = 1024**3
+
+
+class Held:
+    """Keys of the image inputs one server was sent, newest last, within ``HELD_ENTRIES`` and
+    ``HELD_BYTES`` (of tensor data as sent)."""
+
+    def __init__(self, entries: int = HELD_ENTRIES, max_bytes: int = HELD_BYTES) -> None:
+        self._keys: OrderedDict[str, int] = OrderedDict()
+        self._entries, self._max_bytes, self._bytes = entries, max_bytes, 0
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._keys
+
+    def add(self, key: str, size: int) -> None:
+        if key in self._keys:
+            self._keys.move_to_end(key)
+            return
+        self._keys[key] = size
+        self._bytes += size
+        while len(self._keys) > self._entries or self._bytes > self._max_bytes:
+            self._bytes -= self._keys.popitem(last=False)[1]
+
+    def drop(self, keys: list[str]) -> None:
+        for key in keys:
+            self._bytes -= self._keys.pop(key, 0)
 
 
 class _Usage(msgspec.Struct):
@@ -102,9 +143,10 @@ _ENCODE = msgspec.json.Encoder()
 class VLLMServer:
     """One stock vLLM server started with ``--enable-scale-out`` (a ``Server`` of an engine pool)."""
 
-    def __init__(self, url: str, session: aiohttp.ClientSession) -> None:
+    def __init__(self, url: str, session: aiohttp.ClientSession, image_cache: bool = True) -> None:
         self.url = url.rstrip("/")
         self._session = session
+        self._held = Held() if image_cache else None  # image inputs sent by key once sent with data
 
     async def probe(self) -> Probe:
         try:
@@ -127,7 +169,55 @@ class VLLMServer:
         return models.data[0].max_model_len if models and models.data else None
 
     async def generate(self, request: EngineRequest, deadline: float, total_s: float) -> AsyncIterator[EngineDelta]:
-        body = {
+        by_key = self._by_key(request)
+        started = False
+        try:
+            async with contextlib.aclosing(self._generate(request, deadline, total_s, by_key)) as deltas:
+                async for delta in deltas:
+                    started = True
+                    yield delta
+        except EngineCrashed:
+            if started or not by_key or self._held is None:
+                raise
+            # The engine had dropped an input sent by key (vLLM answers a cache miss with a 500 before
+            # any output): send every image's data once more.
+            self._held.drop(by_key)
+            metrics.ENGINE_IMAGE_INPUTS.labels(self.url, "resent").inc(len(by_key))
+            async with contextlib.aclosing(self._generate(request, deadline, total_s, [])) as deltas:
+                async for delta in deltas:
+                    yield delta
+
+    def _by_key(self, request: EngineRequest) -> list[str]:
+        """The keys of the request's image inputs this server holds (sent by key alone)."""
+        if not request.features or self._held is None:
+            return []
+        return [p.features.key for p in request.features if p.features.key in self._held]
+
+    def _features(self, request: EngineRequest, by_key: list[str]) -> dict[str, Any]:
+        """vLLM's ``features``: each image's data, or null where the engine has it: held from an earlier
+        request, or sent earlier in this one (a conversation resends its image every turn)."""
+        placed = request.features or []
+        data: list[str | None] = []
+        seen = set(by_key)
+        for p in placed:
+            data.append(None if p.features.key in seen else p.features.data)
+            seen.add(p.features.key)
+        sent = sum(d is not None for d in data)
+        metrics.ENGINE_IMAGE_INPUTS.labels(self.url, "data").inc(sent)
+        metrics.ENGINE_IMAGE_INPUTS.labels(self.url, "key").inc(len(placed) - sent)
+        return {"mm_hashes": {"image": [p.features.key for p in placed]},
+                "mm_placeholders": {"image": [{"offset": p.offset, "length": p.features.tokens} for p in placed]},
+                "kwargs_data": {"image": data}}
+
+    def _sent(self, request: EngineRequest) -> None:
+        """The engine took the request: it holds every image input the request carried."""
+        if self._held is not None and request.features:
+            for p in request.features:
+                self._held.add(p.features.key, len(p.features.data))
+
+    async def _generate(self, request: EngineRequest, deadline: float, total_s: float,
+                        by_key: list[str]) -> AsyncIterator[EngineDelta]:
+        body: dict[str, Any] = {
             "request_id": request.request_id,
             "token_ids": request.token_ids,
             "sampling_params": request.sampling,
@@ -138,7 +228,9 @@ class VLLMServer:
             "stream": request.stream and request.sampling.prompt_logprobs is None,
             "stream_options": {"include_usage": True},
         }
-        if request.images:
+        if request.features:
+            body["features"] = self._features(request, by_key)
+        elif request.images:
             body["content_parts"] = [{"type": "image_url", "url": url} for url in request.images]
         finished = False
         try:
@@ -151,9 +243,13 @@ class VLLMServer:
                 if resp.status != 200:
                     raise http_error(resp.status, await resp.read())
                 chunks = _sse_chunks(resp.content) if body["stream"] else _whole(resp)
+                first = True
                 async for chunk in chunks:
                     if chunk.error is not None:
                         raise engine_error(status_of(chunk.error.code), chunk.error.message)
+                    if first:
+                        self._sent(request)
+                        first = False
                     for delta in _deltas(chunk):
                         yield delta
                 finished = True

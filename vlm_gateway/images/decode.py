@@ -18,7 +18,9 @@ from typing import Any, TypeVar
 import msgspec
 from PIL import Image, UnidentifiedImageError
 
+from vlm_gateway.engines import ImageFeatures
 from vlm_gateway.errors import ImageError
+from vlm_gateway.images.features import Preprocessor, image_features
 from vlm_gateway.images.resize import DetailRule, target_size
 
 #: Pillow format names accepted (JPEGs with an MPF marker come back as "MPO": reported as jpeg).
@@ -42,6 +44,7 @@ class SizedImage(msgspec.Struct, frozen=True):
     format: str  # of the bytes in ``url``: "png" after a resize, else the source format
     sha256: str  # of the bytes in ``url``
     resized: bool
+    features: ImageFeatures | None = None  # the model's input made from it, when a preprocessor was given
 
 
 class ImageInfo(msgspec.Struct, frozen=True):
@@ -81,14 +84,14 @@ def _normalise_mode(im: Image.Image) -> Image.Image:
     return im.convert("RGBA" if alpha else "RGB")
 
 
-def _resize(im: Image.Image, size: tuple[int, int]) -> bytes:
+def _resize(im: Image.Image, size: tuple[int, int]) -> tuple[Image.Image, bytes]:
     im = _normalise_mode(im)
     upscale = size[0] > im.width
     resample = Image.Resampling.BICUBIC if upscale else Image.Resampling.LANCZOS
     out = im.resize(size, resample, reducing_gap=None if upscale else 3.0)
     buf = io.BytesIO()
     out.save(buf, "PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return buf.getvalue()
+    return out, buf.getvalue()
 
 
 def _header(im: Image.Image, max_pixels: int) -> tuple[str, int, int]:
@@ -102,18 +105,22 @@ def _header(im: Image.Image, max_pixels: int) -> tuple[str, int, int]:
     return fmt, width, height
 
 
-def _process(data: bytes, detail: str, rule: DetailRule, max_pixels: int) -> SizedImage:
+def _process(data: bytes, sha256: str, detail: str, rule: DetailRule, max_pixels: int,
+             pre: Preprocessor | None) -> SizedImage:
     with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
         fmt, width, height = _header(im, max_pixels)
         size = target_size(width, height, detail, rule)
         if size == (width, height):
             im.load()  # first frame only: proves the data decodes (truncation, corruption)
-            return SizedImage(_data_uri(fmt, data), width, height, fmt, hashlib.sha256(data).hexdigest(), False)
+            features = image_features(im, sha256, pre, exif=True) if pre else None
+            return SizedImage(_data_uri(fmt, data), width, height, fmt, sha256, False, features)
         if im.format in ("JPEG", "MPO") and size[0] < width:
             im.draft(None, size)  # DCT scaling: decode at ≥ the target size, much faster
         im.load()
-        out = _resize(im, size)
-    return SizedImage(_data_uri("png", out), size[0], size[1], "png", hashlib.sha256(out).hexdigest(), True)
+        resized, out = _resize(im, size)
+    digest = hashlib.sha256(out).hexdigest()
+    features = image_features(resized, digest, pre, exif=False) if pre else None
+    return SizedImage(_data_uri("png", out), size[0], size[1], "png", digest, True, features)
 
 
 def _identify(data: bytes, max_pixels: int) -> ImageInfo:
@@ -143,13 +150,15 @@ def _checked(fn: Callable[..., T], *args: Any) -> T:
         ) from None
 
 
-def prepare(data: bytes, detail: str, rule: DetailRule, max_pixels: int) -> SizedImage:
-    """Validate, decode and (if the detail rule asks) resize one image. Blocking: call it in a thread.
+def prepare(data: bytes, sha256: str, detail: str, rule: DetailRule, max_pixels: int,
+            pre: Preprocessor | None = None) -> SizedImage:
+    """Validate, decode and (if the detail rule asks) resize one image (``sha256``: of ``data``), and with
+    ``pre`` make the model's input from it (``vlm_gateway.images.features``). Blocking: call it in a thread.
 
     Raises :class:`ImageError` (``param`` unset) for anything that is not an allowed, intact image of at
     most ``max_pixels`` pixels.
     """
-    return _checked(_process, data, detail, rule, max_pixels)
+    return _checked(_process, data, sha256, detail, rule, max_pixels, pre)
 
 
 def identify(data: bytes, max_pixels: int) -> ImageInfo:

@@ -17,10 +17,12 @@ from typing import Any, Literal
 import aiohttp
 import msgspec
 
+from vlm_gateway.engines import ImageFeatures
 from vlm_gateway.errors import GatewayError, ImageError
 from vlm_gateway.images.cache import LRUCache, SingleFlight, Stats
 from vlm_gateway.images.datauri import decode_data_uri, describe_url, is_data_uri
 from vlm_gateway.images.decode import SizedImage, prepare
+from vlm_gateway.images.features import Preprocessor
 from vlm_gateway.images.fetch import Fetcher
 from vlm_gateway.images.guard import Resolver
 from vlm_gateway.images.resize import DetailRule
@@ -49,7 +51,8 @@ class LoadedImage(msgspec.Struct, frozen=True):
     """An image ready for the engine.
 
     ``url`` is a data URI: the original bytes unchanged when no resize was needed, else a PNG.
-    ``width``/``height``/``format``/``sha256`` describe the bytes in ``url``.
+    ``width``/``height``/``format``/``sha256`` describe the bytes in ``url``; ``features`` is the model's
+    input made from them, when the load was asked for a preprocessor.
     """
 
     url: str
@@ -57,7 +60,10 @@ class LoadedImage(msgspec.Struct, frozen=True):
     height: int
     format: str
     sha256: str
+    features: ImageFeatures | None = None
 
+
+_Key = tuple[str, str, DetailRule, Preprocessor | None]  # content hash, detail, size rule, preprocessor
 
 # Data URIs and bytes up to this size are decoded and hashed on the event loop (tens of microseconds).
 INLINE_BYTES = 64 * 1024
@@ -82,11 +88,11 @@ class ImageLoader:
         self.settings = settings
         self._stats = Stats()
         self._fetcher = Fetcher(settings, session, redis=redis, resolver=resolver, stats=self._stats)
-        self._results: LRUCache[tuple[str, str, DetailRule], SizedImage] = LRUCache(
+        self._results: LRUCache[_Key, SizedImage] = LRUCache(
             settings.cache_entries, settings.cache_ttl_s, max_bytes=settings.cache_max_bytes,
-            sizeof=lambda p: len(p.url),
+            sizeof=lambda p: len(p.url) + (len(p.features.data) if p.features else 0),
         )
-        self._decoding: SingleFlight[tuple[str, str, DetailRule], SizedImage] = SingleFlight()
+        self._decoding: SingleFlight[_Key, SizedImage] = SingleFlight()
         self._threads = asyncio.Semaphore(threads or max(2, os.cpu_count() or 2))
 
     async def close(self) -> None:
@@ -97,10 +103,12 @@ class ImageLoader:
         """Counters: memory/Redis hits and misses, downloads, shared fetches, result-cache hits…"""
         return self._stats.snapshot()
 
-    async def load(self, sources: list[ImageSource], rule: DetailRule) -> list[LoadedImage]:
-        """Load all images of one request concurrently, in order; the first failure is raised.
+    async def load(self, sources: list[ImageSource], rule: DetailRule,
+                   pre: Preprocessor | None = None) -> list[LoadedImage]:
+        """Load all images of one request concurrently, in order; the first failure is raised. With
+        ``pre``, each comes with the model's input made from it (cached with it).
         (How many images a request may hold is the pipeline's check, made once with its ``param``.)"""
-        tasks = [asyncio.ensure_future(self._load_one(src, rule)) for src in sources]
+        tasks = [asyncio.ensure_future(self._load_one(src, rule, pre)) for src in sources]
         if not tasks:
             return []
         try:
@@ -116,10 +124,10 @@ class ImageLoader:
                 raise task.exception()  # type: ignore[misc]
         return [task.result() for task in tasks]
 
-    async def _load_one(self, src: ImageSource, rule: DetailRule) -> LoadedImage:
+    async def _load_one(self, src: ImageSource, rule: DetailRule, pre: Preprocessor | None) -> LoadedImage:
         try:
             data, digest = await self._bytes(src)
-            key = (digest, src.detail, rule)
+            key = (digest, src.detail, rule, pre)
             done = self._results.get(key)
             if done is not None:
                 self._stats["result_hits"] += 1
@@ -129,10 +137,11 @@ class ImageLoader:
         except GatewayError as exc:
             # a fresh error per source: shared downloads/decodes must not share exception objects
             raise ImageError(exc.message, param=src.param, code=exc.code) from None
-        return LoadedImage(done.url, done.width, done.height, done.format, done.sha256)
+        return LoadedImage(done.url, done.width, done.height, done.format, done.sha256, done.features)
 
-    async def _prepare(self, key: tuple[str, str, DetailRule], data: bytes) -> SizedImage:
-        done = await self._in_thread(prepare, data, key[1], key[2], self.settings.max_pixels)
+    async def _prepare(self, key: _Key, data: bytes) -> SizedImage:
+        digest, detail, rule, pre = key
+        done = await self._in_thread(prepare, data, digest, detail, rule, self.settings.max_pixels, pre)
         self._results.put(key, done)
         return done
 

@@ -63,6 +63,9 @@ class Family(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     engine_args: tuple[str, ...] = ()  # vLLM arguments every engine of the family needs (--trust-remote-code)
     no_embedded_engine: str = ""  # why the installed vLLM cannot serve the family, and the fix (start-up error)
     string_content_as_parts: bool = False  # request step: the template reads list content only
+    # the gateway turns the family's images into the model's input itself (a ``vlm_gateway.images.features``
+    # kind, with the checkpoint's numbers); "": the engine's processor does
+    image_processor: Literal["", "merged_patches"] = ""
     tools: ToolFormat | None = None  # how the template writes tool calls and the model answers with them
     directory: str = ""  # the templates folder this family was loaded from (set by ``load_families``)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import math
 
@@ -13,7 +14,7 @@ from PIL import Image
 
 from tests.gateway.images import imagedata as img
 from vlm_gateway.errors import ImageError
-from vlm_gateway.images.decode import prepare
+from vlm_gateway.images import decode
 from vlm_gateway.images.load import DetailRule, ImageLoader, ImageSource
 from vlm_gateway.images.resize import effective_detail, target_size
 from vlm_gateway.settings import ImageSettings
@@ -22,6 +23,10 @@ RULE = DetailRule()
 MAX = ImageSettings().max_pixels
 FORMATS = [("PNG", "png"), ("JPEG", "jpeg"), ("GIF", "gif"), ("BMP", "bmp"), ("TIFF", "tiff"), ("PPM", "ppm"),
            ("WEBP", "webp")]
+
+
+def prepare(data: bytes, detail: str, rule: DetailRule, max_pixels: int) -> decode.SizedImage:
+    return decode.prepare(data, hashlib.sha256(data).hexdigest(), detail, rule, max_pixels)
 
 
 def payload(url: str) -> bytes:

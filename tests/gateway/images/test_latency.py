@@ -88,5 +88,5 @@ async def test_big_fetched_image_is_hashed_and_decoded_off_the_loop(big_jpeg, se
 
 
 def test_the_spy_notices_a_call_on_the_loop_thread(threads):
-    load_module.prepare(img.encode("PNG"), "auto", DetailRule(), 50_000_000)
+    load_module.prepare(img.encode("PNG"), "0" * 64, "auto", DetailRule(), 50_000_000)
     assert ("prepare", True) in threads

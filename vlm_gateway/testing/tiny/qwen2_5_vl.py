@@ -10,7 +10,6 @@ the image size after Qwen's ``smart_resize`` (multiples of 28, 3136 <= h*w <= 12
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from . import _common as c
@@ -69,22 +68,10 @@ CHAT_TEMPLATE = (
 )
 
 
-def smart_resize(height: int, width: int, factor: int = PATCH_SIZE * MERGE_SIZE) -> tuple[int, int]:
-    h = max(factor, round(height / factor) * factor)
-    w = max(factor, round(width / factor) * factor)
-    if h * w > MAX_PIXELS:
-        beta = math.sqrt((height * width) / MAX_PIXELS)
-        h = max(factor, math.floor(height / beta / factor) * factor)
-        w = max(factor, math.floor(width / beta / factor) * factor)
-    elif h * w < MIN_PIXELS:
-        beta = math.sqrt(MIN_PIXELS / (height * width))
-        h = math.ceil(height * beta / factor) * factor
-        w = math.ceil(width * beta / factor) * factor
-    return h, w
-
-
 def tokens_for_image(width: int, height: int) -> int:
-    h, w = smart_resize(height, width)
+    from vlm_gateway.images.features import smart_resize
+
+    h, w = smart_resize(height, width, PATCH_SIZE * MERGE_SIZE, MIN_PIXELS, MAX_PIXELS)
     return (h // PATCH_SIZE) * (w // PATCH_SIZE) // (MERGE_SIZE * MERGE_SIZE)
 
 
