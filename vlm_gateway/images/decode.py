@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from vlm_gateway.engines import ImageFeatures
 from vlm_gateway.errors import ImageError
@@ -110,17 +110,37 @@ def _process(data: bytes, sha256: str, detail: str, rule: DetailRule, max_pixels
     with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
         fmt, width, height = _header(im, max_pixels)
         size = target_size(width, height, detail, rule)
+        if pre is not None and pre.takes(*size):
+            return _for_model(im, data, sha256, fmt, size, pre)
         if size == (width, height):
             im.load()  # first frame only: proves the data decodes (truncation, corruption)
-            features = image_features(im, sha256, pre, exif=True) if pre else None
-            return SizedImage(_data_uri(fmt, data), width, height, fmt, sha256, False, features)
+            return SizedImage(_data_uri(fmt, data), width, height, fmt, sha256, False)
         if im.format in ("JPEG", "MPO") and size[0] < width:
             im.draft(None, size)  # DCT scaling: decode at ≥ the target size, much faster
         im.load()
-        resized, out = _resize(im, size)
+        _, out = _resize(im, size)
+    return SizedImage(_data_uri("png", out), size[0], size[1], "png", hashlib.sha256(out).hexdigest(), True)
+
+
+def _for_model(im: Image.Image, data: bytes, sha256: str, fmt: str, size: tuple[int, int],
+               pre: Preprocessor) -> SizedImage:
+    """The image at the size the model's processor wants (``pre.size_for`` of the ``detail`` size, as the
+    engine would see it: EXIF orientation applied), and the model's input made from those pixels. The
+    bytes go unchanged where they are that already; else one resize, here, to a PNG."""
+    if im.format in ("JPEG", "MPO"):
+        im.draft(None, pre.size_for(*size))  # DCT scaling, to no less than the size wanted
+    im.load()
+    oriented = im if im.getexif().get(ExifTags.Base.Orientation, 1) == 1 else ImageOps.exif_transpose(im)
+    if oriented.size != im.size:  # a quarter turn: the detail size turns with it
+        size = (size[1], size[0])
+    grid = pre.size_for(*size)
+    if grid == oriented.size:  # the engine would turn the bytes as they are the same way
+        return SizedImage(_data_uri(fmt, data), oriented.width, oriented.height, fmt, sha256, False,
+                          image_features(oriented, sha256, pre))
+    resized, out = _resize(oriented, grid)
     digest = hashlib.sha256(out).hexdigest()
-    features = image_features(resized, digest, pre, exif=False) if pre else None
-    return SizedImage(_data_uri("png", out), size[0], size[1], "png", digest, True, features)
+    return SizedImage(_data_uri("png", out), grid[0], grid[1], "png", digest, True,
+                      image_features(resized, digest, pre))
 
 
 def _identify(data: bytes, max_pixels: int) -> ImageInfo:

@@ -2,22 +2,24 @@
 
 Sent as images, every request costs vLLM's API server a base64 and Pillow decode, a hash and its
 Hugging Face image processor per image, the same work the gateway's loader has just done. For families
-whose processor is plain pixel arithmetic (``[<family>.features]`` in ``templates/families.toml``), the
+whose processor is plain pixel arithmetic (``image_processor`` in ``templates/families.toml``), the
 loader instead turns the sized image into the processor's tensors once per content hash, here, and the
 engine client sends them as vLLM's ``MultiModalKwargsItem`` under a hash key: the engine's frontend only
 unpacks them, and an engine that already holds the key is sent the key alone
 (``vlm_gateway.engines.vllm_remote``).
 
-An image whose tensors would exceed ``Preprocessor.max_bytes`` gets none: its request goes to the engine
-as images (a 1024x768 photo is about 100 KB as JPEG but 4.7 MB as Qwen's patches, more to move and
-parse than the engine's own processing costs).
+An image whose tensors would exceed ``Preprocessor.max_bytes`` gets none and is loaded as without a
+processor: its request goes to the engine as images (a 1024x768 photo is about 100 KB as JPEG but 4.7 MB
+as Qwen's patches, more to move and parse than the engine's own processing costs).
 
 The one kind so far, ``merged_patches``, is Qwen2-VL's and Qwen2.5-VL's processor, computed as it is
 with vLLM 0.32's defaults (``mm_device_do_normalize``: the pixels travel as raw 0-255 bytes and the
-vision tower normalises them): the image in RGB (transparency on white, EXIF orientation applied where
-vLLM would apply it), resized (bicubic) to ``smart_resize``'s multiple of ``patch_size * merge_size``
-inside the checkpoint's pixel bounds, and cut into ``[t*h*w, 3*temporal*patch*patch]`` patches in
-merge-window order. ``tests/e2e/test_features.py`` checks the tensors against vLLM's own render.
+vision tower normalises them): the image in RGB (transparency on white), at ``smart_resize``'s
+multiple of ``patch_size * merge_size`` inside the checkpoint's pixel bounds, cut into
+``[t*h*w, 3*temporal*patch*patch]`` patches in merge-window order. The loader resizes the image to that
+size itself (``Preprocessor.size_for``, one resize with Pillow), so the bytes it would send and the input
+it makes are the same pixels: vLLM's processor, which resizes with torchvision, has nothing left to
+resize. ``tests/e2e/test_features.py`` checks the tensors against vLLM's own render.
 
 Preprocessing is the checkpoint's (``preprocessor_config.json``); an engine started with different
 processor arguments or with ``--no-mm-device-do-normalize`` needs ``preprocess = "engine"`` in the
@@ -34,7 +36,7 @@ from typing import Literal
 
 import msgspec
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from vlm_gateway.engines import ImageFeatures
 from vlm_gateway.errors import ImageError
@@ -55,6 +57,17 @@ class Preprocessor(msgspec.Struct, frozen=True):
     min_pixels: int = 56 * 56
     max_pixels: int = 28 * 28 * 1280
     max_bytes: int = 1024 * 1024  # larger inputs are not made: the image goes to the engine as it is
+
+    def size_for(self, width: int, height: int) -> tuple[int, int]:
+        """The (width, height) the processor resizes an image of this size to."""
+        factor = self.patch_size * self.merge_size
+        h, w = smart_resize(height, width, factor, self.min_pixels, self.max_pixels)
+        return w, h
+
+    def takes(self, width: int, height: int) -> bool:
+        """Is the input for an image of this size within ``max_bytes``?"""
+        w, h = self.size_for(width, height)
+        return w * h * 3 * self.temporal_patch_size <= self.max_bytes
 
     @property
     def key(self) -> str:
@@ -118,9 +131,9 @@ def _tensor(array: np.ndarray, dtype: str) -> list:
 
 def _merged_patches(im: Image.Image, pre: Preprocessor) -> tuple[dict, int, tuple[int, int, int]] | None:
     p, m, t = pre.patch_size, pre.merge_size, pre.temporal_patch_size
-    height, width = smart_resize(im.height, im.width, p * m, pre.min_pixels, pre.max_pixels)
-    if height * width * 3 * t > pre.max_bytes:
+    if not pre.takes(im.width, im.height):
         return None
+    width, height = pre.size_for(im.width, im.height)
     if (width, height) != im.size:
         im = im.resize((width, height), Image.Resampling.BICUBIC)
     pixels = np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)  # C, H, W
@@ -138,13 +151,10 @@ def _merged_patches(im: Image.Image, pre: Preprocessor) -> tuple[dict, int, tupl
     return item, gh * gw // (m * m), (1, gh, gw)
 
 
-def image_features(im: Image.Image, sha256: str, pre: Preprocessor, *, exif: bool) -> ImageFeatures | None:
-    """The engine's input for one decoded image (the pixels the engine would otherwise have been sent,
-    named by ``sha256`` of their bytes), or None when it would be larger than ``pre.max_bytes``. ``exif``:
-    apply the EXIF orientation, as vLLM does to the bytes it receives (not to a PNG the loader wrote,
-    which carries none). Blocking: call it in a thread."""
-    if exif:
-        im = ImageOps.exif_transpose(im)
+def image_features(im: Image.Image, sha256: str, pre: Preprocessor) -> ImageFeatures | None:
+    """The engine's input for one decoded image, as the engine shows it (EXIF orientation applied), named
+    by ``sha256`` of the bytes it came from; None when it would be larger than ``pre.max_bytes``.
+    Blocking: call it in a thread."""
     made = _merged_patches(_rgb(im), pre)
     if made is None:
         return None

@@ -24,6 +24,7 @@ from PIL import Image
 from tests.gateway.images import imagedata as img
 from vlm_gateway.engines import ImageFeatures
 from vlm_gateway.errors import ImageError
+from vlm_gateway.images import decode
 from vlm_gateway.images.features import Preprocessor, expand, image_features, load_preprocessor, smart_resize
 from vlm_gateway.images.load import DetailRule, ImageLoader, ImageSource
 from vlm_gateway.settings import ImageSettings
@@ -87,7 +88,7 @@ def reference_patches(pixels: np.ndarray, p: int = 14, m: int = 2, t: int = 2) -
 def test_patches_are_in_qwen_order_as_raw_bytes() -> None:
     rng = np.random.default_rng(1)
     pixels = rng.integers(0, 256, (56, 84, 3), dtype=np.uint8)  # already a multiple of 28: no resize
-    features = image_features(Image.fromarray(pixels), "0" * 64, PRE, exif=False)
+    features = image_features(Image.fromarray(pixels), "0" * 64, PRE)
     assert features is not None and features.tokens == (4 * 6) // 4
     item = decode_item(features)
     values, field = item["pixel_values"]
@@ -101,7 +102,7 @@ def test_patches_are_in_qwen_order_as_raw_bytes() -> None:
 def test_an_image_off_the_grid_is_resized_bicubic_to_the_size_rule() -> None:
     rng = np.random.default_rng(2)
     im = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
-    features = image_features(im, "0" * 64, PRE, exif=False)
+    features = image_features(im, "0" * 64, PRE)
     values, _ = decode_item(features)["pixel_values"]
     expected = reference_patches(np.asarray(im.resize((56, 56), Image.Resampling.BICUBIC)))
     assert np.array_equal(values, expected) and features.tokens == 4
@@ -109,38 +110,52 @@ def test_an_image_off_the_grid_is_resized_bicubic_to_the_size_rule() -> None:
 
 def test_transparency_is_painted_on_white_as_vllm_does() -> None:
     rgba = Image.new("RGBA", (56, 56), (200, 10, 10, 0))  # fully transparent
-    values, _ = decode_item(image_features(rgba, "0" * 64, PRE, exif=False))["pixel_values"]
+    values, _ = decode_item(image_features(rgba, "0" * 64, PRE))["pixel_values"]
     assert (values == 255).all()
     grey = Image.new("L", (56, 56), 77)
-    values, _ = decode_item(image_features(grey, "0" * 64, PRE, exif=False))["pixel_values"]
+    values, _ = decode_item(image_features(grey, "0" * 64, PRE))["pixel_values"]
     assert (values == 77).all()
 
 
-def test_exif_orientation_is_applied_to_bytes_sent_as_they_are() -> None:
+def test_exif_orientation_is_applied_as_the_engine_applies_it() -> None:
     im = Image.new("RGB", (84, 56), "red")
     exif = Image.Exif()
     exif[0x0112] = 6  # rotated 90°: shown 56 wide, 84 high
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", exif=exif)
-    loaded = Image.open(io.BytesIO(buf.getvalue()))
-    grid = lambda f: decode_item(f)["image_grid_thw"][0].tolist()  # noqa: E731
-    assert grid(image_features(loaded, "0" * 64, PRE, exif=True)) == [1, 6, 4]
-    assert grid(image_features(loaded, "0" * 64, PRE, exif=False)) == [1, 4, 6]
+    data = img.encode("JPEG", (84, 56), exif=exif)
+    sized = decode.prepare(data, hashlib.sha256(data).hexdigest(), "auto", DetailRule(), 10**8, PRE)
+    assert (sized.width, sized.height, sized.resized) == (56, 84, False)  # on the grid once turned: as sent
+    assert decode_item(sized.features)["image_grid_thw"][0].tolist() == [1, 6, 4]
+    assert im.size == (84, 56)
+
+
+def test_the_loader_resizes_once_to_the_processors_size() -> None:
+    """The engine is sent pixels already at its processor's size, so its own resize (torchvision) has
+    nothing to do, and the gateway's input is made from the very pixels it sends."""
+    data = img.noise("PNG", (300, 200))
+    sized = decode.prepare(data, hashlib.sha256(data).hexdigest(), "auto", DetailRule(), 10**8, PRE)
+    assert (sized.width, sized.height, sized.resized) == (308, 196, True)
+    sent = np.asarray(Image.open(io.BytesIO(base64.b64decode(sized.url.split(",")[1]))).convert("RGB"))
+    values, _ = decode_item(sized.features)["pixel_values"]
+    assert np.array_equal(values, reference_patches(sent))
+    assert sized.features.key.endswith(sized.sha256)  # named by the bytes sent
 
 
 def test_keys_differ_by_content_processor_and_size() -> None:
     im = Image.new("RGB", (56, 56))
-    a = image_features(im, "a" * 64, PRE, exif=False)
-    assert a.key == image_features(im, "a" * 64, PRE, exif=False).key
-    assert a.key != image_features(im, "b" * 64, PRE, exif=False).key
-    assert a.key != image_features(im, "a" * 64, Preprocessor("merged_patches", min_pixels=6272), exif=False).key
+    a = image_features(im, "a" * 64, PRE)
+    assert a.key == image_features(im, "a" * 64, PRE).key
+    assert a.key != image_features(im, "b" * 64, PRE).key
+    assert a.key != image_features(im, "a" * 64, Preprocessor("merged_patches", min_pixels=6272)).key
     assert len(a.key) != 64  # never mistaken for one of vLLM's own hashes
 
 
 def test_inputs_over_the_byte_bound_are_not_made() -> None:
     big = Image.new("RGB", (1024, 768))
-    assert image_features(big, "0" * 64, PRE, exif=False) is None  # 4.7 MB of patches
-    assert image_features(big, "0" * 64, Preprocessor("merged_patches", max_bytes=8 << 20), exif=False)
+    assert image_features(big, "0" * 64, PRE) is None  # 4.7 MB of patches
+    assert image_features(big, "0" * 64, Preprocessor("merged_patches", max_bytes=8 << 20))
+    data = img.encode("JPEG", (1024, 768))  # loaded as without a processor: the bytes as they came
+    sized = decode.prepare(data, hashlib.sha256(data).hexdigest(), "high", DetailRule(), 10**8, PRE)
+    assert (sized.features, sized.resized, sized.format) == (None, False, "jpeg")
 
 
 def test_expand_repeats_each_placeholder_to_its_image_tokens() -> None:
@@ -173,7 +188,7 @@ async def session():
 
 async def test_the_loader_makes_the_input_once_per_image_and_processor(session) -> None:
     loader = ImageLoader(ImageSettings(), session)
-    uri = img.data_uri(img.encode("PNG", (70, 50)))  # sent as it is: the input is named by its bytes' hash
+    uri = img.data_uri(img.encode("PNG", (84, 56)))  # on the grid, sent as it is: named by its bytes' hash
     rule = DetailRule(min_pixels=3136)
     plain = await loader.load([ImageSource(uri)], rule)
     first = await loader.load([ImageSource(uri)], rule, PRE)
