@@ -46,6 +46,7 @@ from vlm_gateway.pipeline import Services
 from vlm_gateway.playground import playground_routes
 from vlm_gateway.responses_api.background import with_responses
 from vlm_gateway.responses_api.store import ResponseStore
+from vlm_gateway.sampling import load_defaults
 from vlm_gateway.settings import Settings
 from vlm_gateway.state import state_backend
 from vlm_gateway.tokenize import Tokenizer
@@ -124,6 +125,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
             tokenizers = {m.id: Tokenizer(m.tokenizer) for m in registry.models}
             await asyncio.gather(*(asyncio.to_thread(t.load) for t in tokenizers.values()))
             preprocessors = {m.id: await asyncio.to_thread(preprocessor, m) for m in registry.models}
+            defaults = {m.id: await asyncio.to_thread(load_defaults, m.checkpoint) for m in registry.models}
             factory = engine_factory or functools.partial(engine_pool, redis=redis,
                                                           redis_prefix=settings.limits.redis_prefix)
             engines = {m.id: factory(m, session) for m in registry.models}
@@ -137,6 +139,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
                 engines=engines,
                 tokenizers=tokenizers,
                 preprocessors=preprocessors,
+                sampling_defaults=defaults,
                 images=images,
                 limiter=limiter,
                 files=app.state.files,

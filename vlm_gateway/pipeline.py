@@ -48,7 +48,7 @@ from vlm_gateway.prompts.raw_completions import map_image_markers
 from vlm_gateway.prompts.render import render_chat
 from vlm_gateway.prompts.upstream import upstream_chat
 from vlm_gateway.routing import affinity_key
-from vlm_gateway.sampling import chat_sampling, completion_sampling
+from vlm_gateway.sampling import NO_DEFAULTS, SamplingDefaults, chat_sampling, completion_sampling
 from vlm_gateway.schemas.openai import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -71,6 +71,7 @@ class Services(msgspec.Struct):
     limiter: Limiter
     files: FileStore | None = None  # uploaded files (/v1/files), for images sent by file_id
     preprocessors: dict[str, Preprocessor | None] = {}  # by model id: where the gateway makes image input
+    sampling_defaults: dict[str, SamplingDefaults] = {}  # by model id: its generation_config.json
 
 
 class Echo(msgspec.Struct):
@@ -201,7 +202,8 @@ async def _prepare_chat(svc: Services, req: ChatCompletionRequest, model: Model,
     sources = chat_image_sources(messages)
     _check_image_count(svc, model, len(sources), "messages")
     tokenizer = svc.tokenizers[model.id]
-    sampling = chat_sampling(req, tokenizer.token_ids(model.family.stop))
+    sampling = chat_sampling(req, tokenizer.token_ids(model.family.stop),
+                             svc.sampling_defaults.get(model.id, NO_DEFAULTS))
     family_tools = model.family.tools
     plan = plan_tools(req.tools, req.tool_choice, req.parallel_tool_calls, family_format=family_tools)
     if plan.structured_outputs is not None:                                 # a forced tool call
@@ -263,7 +265,8 @@ async def _prepare_completion(svc: Services, req: CompletionRequest, model: Mode
     if sources and (len(prompts) != 1 or not isinstance(prompts[0], str)):
         raise InvalidRequest("images go with one string prompt that marks where each image goes", param="images")
     tokenizer = svc.tokenizers[model.id]
-    sampling = completion_sampling(req, tokenizer.token_ids(model.family.stop))
+    sampling = completion_sampling(req, tokenizer.token_ids(model.family.stop),
+                                   svc.sampling_defaults.get(model.id, NO_DEFAULTS))
 
     async def ids(prompt: str | list[int]) -> list[int]:                    # 4. prompt: markers → native
         if not isinstance(prompt, str):

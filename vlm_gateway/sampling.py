@@ -1,9 +1,20 @@
-"""OpenAI sampling fields → the engine's SamplingParams."""
+"""OpenAI sampling fields → the engine's SamplingParams, on top of the model's own defaults.
+
+A checkpoint's ``generation_config.json`` sets default sampling (Qwen2.5-VL: temperature 0.1, top_k 1,
+top_p 0.001, repetition_penalty 1.05). vLLM applies those on its OpenAI routes but not on the token-in
+endpoint the gateway calls, so the gateway applies them itself (``SamplingDefaults``, read once per
+model, the fields vLLM reads): a field the request leaves out takes the model's value.
+"""
 
 from __future__ import annotations
 
+import json
+
+import msgspec
+
 from vlm_gateway.engines import SamplingParams
 from vlm_gateway.errors import InvalidRequest
+from vlm_gateway.prompts.families import checkpoint_file
 from vlm_gateway.schemas.openai import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -35,40 +46,77 @@ def _structured(fmt: ResponseFormat | None) -> dict | None:
     return None
 
 
+class SamplingDefaults(msgspec.Struct, frozen=True):
+    """A model's default sampling (its ``generation_config.json``, the fields vLLM reads from it)."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    max_tokens: int | None = None  # its max_new_tokens
+
+
+NO_DEFAULTS = SamplingDefaults()
+
+
+def load_defaults(checkpoint: str) -> SamplingDefaults:
+    """The checkpoint's ``generation_config.json`` defaults (none when it has no such file)."""
+    try:
+        config = json.loads(checkpoint_file(checkpoint, "generation_config.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return NO_DEFAULTS
+    if "max_new_tokens" in config:
+        config["max_tokens"] = config["max_new_tokens"]
+    fields = {f: config[f] for f in SamplingDefaults.__struct_fields__ if config.get(f) is not None}
+    return msgspec.convert(fields, SamplingDefaults)
+
+
+def _or(value, default):
+    return default if value is None else value
+
+
 def _sampling(req: ChatCompletionRequest | CompletionRequest, max_tokens: int | None, stop_token_ids: list[int],
-              structured: dict | None = None) -> SamplingParams:
+              defaults: SamplingDefaults, structured: dict | None = None) -> SamplingParams:
     """The fields chat and completions share. ``stop_token_ids`` are the family's end tokens; with
     ``ignore_eos`` they are ignored too (they are EOS in all but name)."""
     return SamplingParams(
-        max_tokens=max_tokens,
-        temperature=req.temperature,
-        top_p=req.top_p,
+        max_tokens=_or(max_tokens, defaults.max_tokens),
+        temperature=_or(req.temperature, defaults.temperature),
+        top_p=_or(req.top_p, defaults.top_p),
+        top_k=_or(req.top_k, defaults.top_k),
+        min_p=_or(req.min_p, defaults.min_p),
+        repetition_penalty=_or(req.repetition_penalty, defaults.repetition_penalty),
         n=req.n,
         stop=_stops(req.stop),
         stop_token_ids=None if req.ignore_eos else stop_token_ids or None,
         seed=req.seed,
-        presence_penalty=req.presence_penalty,
-        frequency_penalty=req.frequency_penalty,
+        presence_penalty=_or(req.presence_penalty, defaults.presence_penalty),
+        frequency_penalty=_or(req.frequency_penalty, defaults.frequency_penalty),
         structured_outputs=structured,
         min_tokens=req.min_tokens,
         ignore_eos=req.ignore_eos,
     )
 
 
-def chat_sampling(req: ChatCompletionRequest, stop_token_ids: list[int]) -> SamplingParams:
+def chat_sampling(req: ChatCompletionRequest, stop_token_ids: list[int],
+                  defaults: SamplingDefaults = NO_DEFAULTS) -> SamplingParams:
     if req.top_logprobs and not req.logprobs:
         raise InvalidRequest("top_logprobs needs logprobs set to true", param="top_logprobs")
-    params = _sampling(req, req.max_completion_tokens or req.max_tokens, stop_token_ids,
+    params = _sampling(req, req.max_completion_tokens or req.max_tokens, stop_token_ids, defaults,
                        _structured(req.response_format))
     if req.logprobs:
         params.logprobs = req.top_logprobs or 0
     return params
 
 
-def completion_sampling(req: CompletionRequest, stop_token_ids: list[int]) -> SamplingParams:
+def completion_sampling(req: CompletionRequest, stop_token_ids: list[int],
+                        defaults: SamplingDefaults = NO_DEFAULTS) -> SamplingParams:
     """Completions' ``logprobs`` is the number of alternatives (0: the chosen tokens' own); with
     ``echo`` the prompt's tokens get theirs too."""
-    params = _sampling(req, req.max_tokens, stop_token_ids)
+    params = _sampling(req, req.max_tokens, stop_token_ids, defaults)
     params.logprobs = req.logprobs
     if req.echo and req.logprobs is not None:
         params.prompt_logprobs = req.logprobs

@@ -224,8 +224,11 @@ def _sampling(s: SamplingParams, *, chat: bool) -> dict[str, Any]:
             out["response_format"] = {"type": "json_object"}
         else:
             out["structured_outputs"] = structured
-    if s.min_tokens > 0:  # vLLM extras: sent only when asked for
+    if s.min_tokens > 0:  # vLLM extras (SGLang's too): sent only when set (by the request or the model)
         out["min_tokens"] = s.min_tokens
+    for name in ("top_k", "min_p", "repetition_penalty"):
+        if (value := getattr(s, name)) is not None:
+            out[name] = value
     if s.ignore_eos:
         out["ignore_eos"] = True
     return out

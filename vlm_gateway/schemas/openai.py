@@ -16,6 +16,8 @@ PosInt = Annotated[int, Meta(ge=1)]
 Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
 Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
+TopK = Annotated[int, Meta(ge=-1)]  # vLLM's: -1 or 0 means all tokens
+RepetitionPenalty = Annotated[float, Meta(gt=0.0, le=2.0)]
 Detail = Literal["auto", "low", "high", "original"]  # "original": as sent, within the model's limits (= high)
 
 
@@ -155,6 +157,9 @@ class ChatCompletionRequest(Struct):
     return_token_ids: bool = False  # the prompt ids the engine saw, images expanded
     min_tokens: NonNegInt = 0
     ignore_eos: bool = False
+    top_k: TopK | None = None  # these three default to the checkpoint's generation_config.json
+    min_p: Probability | None = None
+    repetition_penalty: RepetitionPenalty | None = None
 
 
 class ImageRef(Struct):
@@ -196,6 +201,9 @@ class CompletionRequest(Struct):
     return_token_ids: bool = False
     min_tokens: NonNegInt = 0
     ignore_eos: bool = False
+    top_k: TopK | None = None
+    min_p: Probability | None = None
+    repetition_penalty: RepetitionPenalty | None = None
 
 
 # --- responses ----------------------------------------------------------------------------------

@@ -1,0 +1,44 @@
+"""The model's own default sampling (its generation_config.json), under the request's fields."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+
+from vlm_gateway.sampling import NO_DEFAULTS, SamplingDefaults, chat_sampling, completion_sampling, load_defaults
+from vlm_gateway.schemas.openai import ChatCompletionRequest, CompletionRequest
+
+QWEN = {"do_sample": True, "repetition_penalty": 1.05, "temperature": 0.1, "top_k": 1, "top_p": 0.001,
+        "eos_token_id": [1, 2], "max_new_tokens": 64}
+
+
+def chat(**fields) -> ChatCompletionRequest:
+    return msgspec.convert({"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields},
+                           ChatCompletionRequest)
+
+
+def test_the_checkpoints_generation_config_is_read(tmp_path) -> None:
+    (tmp_path / "generation_config.json").write_text(json.dumps(QWEN))
+    assert load_defaults(str(tmp_path)) == SamplingDefaults(temperature=0.1, top_p=0.001, top_k=1,
+                                                            repetition_penalty=1.05, max_tokens=64)
+    assert load_defaults(str(tmp_path / "missing")) == NO_DEFAULTS
+
+
+def test_fields_the_request_leaves_out_take_the_models_values(tmp_path) -> None:
+    (tmp_path / "generation_config.json").write_text(json.dumps(QWEN))
+    defaults = load_defaults(str(tmp_path))
+    params = chat_sampling(chat(), [7], defaults)
+    assert (params.temperature, params.top_p, params.top_k, params.repetition_penalty, params.max_tokens) == (
+        0.1, 0.001, 1, 1.05, 64)
+    params = chat_sampling(chat(temperature=0.7, top_k=-1, repetition_penalty=1.0, max_tokens=5), [7], defaults)
+    assert (params.temperature, params.top_p, params.top_k, params.repetition_penalty, params.max_tokens) == (
+        0.7, 0.001, -1, 1.0, 5)
+    params = completion_sampling(msgspec.convert({"model": "m", "prompt": "x", "temperature": 0},
+                                                 CompletionRequest), [7], defaults)
+    assert (params.temperature, params.top_k, params.max_tokens) == (0, 1, 16)  # completions: OpenAI's 16
+
+
+def test_no_defaults_send_nothing_extra() -> None:
+    sent = msgspec.json.decode(msgspec.json.encode(chat_sampling(chat(), [7])))
+    assert not {"temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_tokens"} & sent.keys()
