@@ -11,11 +11,13 @@ level, 8 output tokens, straight at vLLM's own ``/v1/chat/completions`` and thro
 - 2 images per request.
 
 For each: requests/s, p50 and p99 latency, TTFT (streamed), and CPU ms per request of the gateway process
-and of vLLM's API server process (``/proc/PID/stat`` before and after). Then the gateway's RSS after start,
+and of vLLM's API server process (``/proc/PID/stat`` before and after), as medians of ``--repeat`` runs
+in which direct and gateway take turns (the ratio to direct is taken per turn, then its median). Then the gateway's RSS after start,
 after the cases, and after ``--rss-requests`` more requests. Every run uses images no earlier run sent, so
 no path gains from another's caches. Times are only compared within this one run.
 
-    python -m bench [--family qwen2_5_vl] [--requests 200] [--concurrency 1 16] [--rss-requests 10000]
+    python -m bench [--family qwen2_5_vl] [--requests 200] [--concurrency 1 16] [--repeat 3]
+                    [--rss-requests 10000] [--case NAME ...]
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from statistics import median
 
 import msgspec
 from aiohttp import web
@@ -163,27 +166,36 @@ async def run_case(case: Case, targets: dict[str, str], meter: CpuMeter, args: a
     for conc in args.concurrency:
         n = max(args.requests, 4 * conc)
         n += -n % 5  # whole conversations
-        for name, url in targets.items():
-            meter.start()
-            result = await closed_loop(name, url + PATH, case.body(next(seeds), args.max_tokens), conc, n,
-                                       stream=case.stream, chain=case.chain)
-            spent = meter.stop()
-            result.cpu_ms = {proc: 1000 * s / max(result.requests, 1) for proc, s in spent.items()}
-            results.append(result)
-            print(f"  {case.name}: {name} c={conc}: {result.rps:.2f} req/s", file=sys.stderr)
+        for rep in range(args.repeat):  # direct and gateway take turns: slow spells of the box hit both
+            for name, url in targets.items():
+                meter.start()
+                result = await closed_loop(name, url + PATH, case.body(next(seeds), args.max_tokens), conc, n,
+                                           stream=case.stream, chain=case.chain)
+                spent = meter.stop()
+                result.cpu_ms = {proc: 1000 * s / max(result.requests, 1) for proc, s in spent.items()}
+                results.append(result)
+                print(f"  {case.name}: {name} c={conc} #{rep + 1}: {result.rps:.2f} req/s", file=sys.stderr)
     return results
 
 
 def table(case: str, results: list[Result]) -> list[str]:
-    lines = ["", f"{case}:", f"{'target':<9}{'conc':>5}{'reqs':>6}{'err':>5}{'req/s':>9}{'x direct':>9}{'p50 ms':>9}"
-             f"{'p99 ms':>9}{'ttft ms':>9}{'gw cpu ms':>11}{'vllm api cpu ms':>17}"]
-    direct = {r.concurrency: r for r in results if r.name == "direct"}
-    for r in sorted(results, key=lambda r: (r.concurrency, r.name != "direct")):
-        ttft = f"{r.ttft_p50_ms:.1f}" if r.ttft_p50_ms is not None else "-"
-        gw = f"{r.cpu_ms['gateway']:.2f}" if r.name != "direct" else "-"
-        lines.append(f"{r.name:<9}{r.concurrency:>5}{r.requests:>6}{r.errors:>5}{r.rps:>9.2f}"
-                     f"{r.rps / direct[r.concurrency].rps:>9.2f}{r.p50_ms:>9.1f}{r.p99_ms:>9.1f}{ttft:>9}"
-                     f"{gw:>11}{r.cpu_ms['vllm-api']:>17.2f}")
+    """One row per target and concurrency: medians over the repeats; "x direct" is the median of each
+    repeat's ratio to the direct run beside it, with the lowest and highest."""
+    lines = ["", f"{case}:", f"{'target':<9}{'conc':>5}{'reqs':>6}{'err':>5}{'req/s':>9}{'x direct':>9}"
+             f"{'(min-max)':>12}{'p50 ms':>9}{'p99 ms':>9}{'ttft ms':>9}{'gw cpu ms':>11}{'vllm api cpu ms':>17}"]
+    for conc in sorted({r.concurrency for r in results}):
+        direct = [r for r in results if r.name == "direct" and r.concurrency == conc]
+        for name in ("direct", "gateway"):
+            runs = [r for r in results if r.name == name and r.concurrency == conc]
+            ratios = [r.rps / d.rps for r, d in zip(runs, direct, strict=True)]
+            ttfts = [r.ttft_p50_ms for r in runs if r.ttft_p50_ms is not None]
+            ttft = f"{median(ttfts):.1f}" if ttfts else "-"
+            gw = f"{median([r.cpu_ms['gateway'] for r in runs]):.2f}" if name != "direct" else "-"
+            spread = f"{min(ratios):.2f}-{max(ratios):.2f}" if name != "direct" else ""
+            lines.append(f"{name:<9}{conc:>5}{sum(r.requests for r in runs):>6}{sum(r.errors for r in runs):>5}"
+                         f"{median([r.rps for r in runs]):>9.2f}{median(ratios):>9.2f}{spread:>12}"
+                         f"{median([r.p50_ms for r in runs]):>9.1f}{median([r.p99_ms for r in runs]):>9.1f}{ttft:>9}"
+                         f"{gw:>11}{median([r.cpu_ms['vllm-api'] for r in runs]):>17.2f}")
     return lines
 
 
@@ -221,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--case", nargs="*", default=[], help="only the cases whose name contains one of these")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per target and level, taking turns")
     parser.add_argument("--rss-requests", type=int, default=10_000, help="requests for the RSS growth check")
     args = parser.parse_args(argv)
     logs = Path(tempfile.mkdtemp(prefix="vlm-bench-"))

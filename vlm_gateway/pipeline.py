@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Literal
 
@@ -37,6 +36,7 @@ from vlm_gateway.errors import (
     from_engine_error,
 )
 from vlm_gateway.files import FileStore
+from vlm_gateway.ids import new_id
 from vlm_gateway.images.features import Preprocessor, expand
 from vlm_gateway.images.inputs import ImageInput, chat_image_sources, completion_image_sources, detail_rule
 from vlm_gateway.images.load import ImageLoader, ImageSource, LoadedImage
@@ -290,7 +290,7 @@ def _prepared(model: Model, name: str, prompts: list[list[int]], loaded: list[Lo
               image_token_id: int | None = None) -> Prepared:
     if not all(prompts):
         raise InvalidRequest("the prompt is empty", param=param)
-    request_id = f"{prefix}-{uuid.uuid4().hex}"
+    request_id = f"{prefix}-{new_id()}"
     images, hashes = [image.url for image in loaded], [image.sha256 for image in loaded]
     requests = [EngineRequest(request_id if len(prompts) == 1 else f"{request_id}-{k}", ids, images, sampling,
                               timeout_s=permit.timeout_s, affinity=affinity_key(hashes, ids))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import OrderedDict
 from typing import Any
 
 from vlm_gateway.errors import InvalidRequest
@@ -16,6 +17,9 @@ from vlm_gateway.prompts.families import checkpoint_file
 
 # Texts up to this many characters are tokenized on the event loop (well under a millisecond).
 INLINE_CHARS = 4096
+# Rendered prompts seen recently, by text: the same question about different images renders to the same
+# text (each image is the same placeholder), so its ids are looked up, not computed again.
+CACHED_TEXTS = 2048
 
 
 class Tokenizer:
@@ -26,6 +30,7 @@ class Tokenizer:
         self._tok: Any = None
         self._ids: dict[tuple[str, ...], list[int]] = {}
         self._lock = threading.Lock()
+        self._recent: OrderedDict[tuple[str, bool], tuple[int, ...]] = OrderedDict()  # short texts' ids
 
     def load(self) -> Any:
         """The ``tokenizers.Tokenizer``; ``FileNotFoundError`` when the checkpoint has no tokenizer.json."""
@@ -44,10 +49,19 @@ class Tokenizer:
     async def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """Token ids of ``text``. Rendered chat prompts carry their own BOS (the family data says
         whether the tokenizer must add it); raw completion prompts get the tokenizer's, as vLLM does.
-        A short text is encoded at once (a hop to a thread costs more than it); a long one in a thread."""
-        if len(text) <= INLINE_CHARS:
-            return self.encode_sync(text, add_special_tokens)
-        return await asyncio.to_thread(self.encode_sync, text, add_special_tokens)
+        A short text is encoded at once (a hop to a thread costs more than it), or found among the
+        recently encoded; a long one is encoded in a thread."""
+        if len(text) > INLINE_CHARS:
+            return await asyncio.to_thread(self.encode_sync, text, add_special_tokens)
+        key = (text, add_special_tokens)
+        ids = self._recent.get(key)
+        if ids is None:
+            ids = self._recent[key] = tuple(self.encode_sync(text, add_special_tokens))
+            if len(self._recent) > CACHED_TEXTS:
+                self._recent.popitem(last=False)
+        else:
+            self._recent.move_to_end(key)
+        return list(ids)
 
     def decode(self, ids: list[int]) -> str:
         """Token ids as text, special tokens included (what ``echo`` shows of a prompt sent as ids)."""

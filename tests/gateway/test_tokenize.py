@@ -47,3 +47,27 @@ def test_gateway_import_path_loads_no_torch() -> None:
             "{'torch', 'transformers', 'vllm'} or m.endswith('cpu_compat')); print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+async def test_recent_texts_are_looked_up_not_encoded_again(tiny_checkpoint, monkeypatch) -> None:
+    """The same question about another image renders to the same text: its ids come from the recent
+    texts (a copy each time), separately for with and without special tokens, within a bound."""
+    from vlm_gateway import tokenize
+
+    tok = Tokenizer(str(tiny_checkpoint))
+    calls: list[str] = []
+    encode = tok.encode_sync
+    monkeypatch.setattr(tok, "encode_sync", lambda text, special=False: calls.append(text) or encode(text, special))
+    monkeypatch.setattr(tokenize, "CACHED_TEXTS", 2)
+    first = await tok.encode("USER: <image>\nhi ASSISTANT:")
+    first.append(-1)  # callers get a copy
+    assert await tok.encode("USER: <image>\nhi ASSISTANT:") == first[:-1]
+    assert await tok.encode("USER: <image>\nhi ASSISTANT:", True) != first[:-1]
+    assert len(calls) == 2
+    await tok.encode("a")
+    await tok.encode("b")  # the bound: the two oldest texts are gone
+    await tok.encode("USER: <image>\nhi ASSISTANT:")
+    assert len(calls) == 5
+    await tok.encode("x" * (tokenize.INLINE_CHARS + 1))  # long texts are not kept
+    await tok.encode("x" * (tokenize.INLINE_CHARS + 1))
+    assert len(calls) == 7
