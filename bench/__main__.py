@@ -13,8 +13,9 @@ level, 8 output tokens, straight at vLLM's own ``/v1/chat/completions`` and thro
 For each: requests/s, p50 and p99 latency, TTFT (streamed), and CPU ms per request of the gateway process
 and of vLLM's API server process (``/proc/PID/stat`` before and after), as medians of ``--repeat`` runs
 in which direct and gateway take turns (the ratio to direct is taken per turn, then its median). Then the
-gateway's RSS after start, after the cases, and after ``--rss-requests`` more requests. Every run uses images no earlier run sent, so
-no path gains from another's caches. Times are only compared within this one run.
+gateway's RSS after start, after the cases, and after ``--rss-requests`` more requests. Every run uses
+images no earlier run sent, so no path gains from another's caches. Times are only compared within this
+one run.
 
     python -m bench [--family qwen2_5_vl] [--requests 200] [--concurrency 1 16] [--repeat 3]
                     [--rss-requests 10000] [--case NAME ...]
