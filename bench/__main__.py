@@ -10,15 +10,17 @@ level, 8 output tokens, straight at vLLM's own ``/v1/chat/completions`` and thro
 - an http URL image served on 127.0.0.1 (640x480 PNG, the same URL every time);
 - 2 images per request.
 
-For each: requests/s, p50 and p99 latency, TTFT (streamed), and CPU ms per request of the gateway process
-and of vLLM's API server process (``/proc/PID/stat`` before and after), as medians of ``--repeat`` runs
-in which direct and gateway take turns (the ratio to direct is taken per turn, then its median). Then the
-gateway's RSS after start, after the cases, and after ``--rss-requests`` more requests. Every run uses
-images no earlier run sent, so no path gains from another's caches. Times are only compared within this
-one run.
+With ``--litellm``, LiteLLM's proxy in front of the same vLLM is a third target (``bench/litellm.py``).
+
+For each: requests/s, p50 and p99 latency, TTFT (streamed), and CPU ms per request of the front process
+(the gateway, LiteLLM) and of vLLM's API server process (``/proc/PID/stat`` before and after), as medians
+of ``--repeat`` runs in which the targets take turns (the ratio to direct is taken per turn, then its
+median). Then the gateway's RSS after start, after the cases, and after ``--rss-requests`` more requests.
+Every run uses images no earlier run sent, so no path gains from another's caches. Times are only
+compared within this one run.
 
     python -m bench [--family qwen2_5_vl] [--requests 200] [--concurrency 1 16] [--repeat 3]
-                    [--rss-requests 10000] [--case NAME ...]
+                    [--rss-requests 10000] [--case NAME ...] [--litellm]
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import msgspec
 from aiohttp import web
 from PIL import Image
 
+from bench import litellm as litellm_bench
 from bench.load import Result, closed_loop
 from bench.procs import CpuMeter, rss_mib
 from tests.helpers import PYTHON, Child, free_port, png_data_uri
@@ -159,23 +162,35 @@ async def image_server() -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{port}/photo.png"
 
 
-async def run_case(case: Case, targets: dict[str, str], meter: CpuMeter, args: argparse.Namespace,
+class Target(msgspec.Struct):
+    """Where a case's requests go: vLLM itself, or a front (the gateway, LiteLLM) in front of it."""
+
+    name: str
+    url: str
+    headers: dict[str, str] = {}
+    front: str | None = None  # the process whose CPU is the front's (a CpuMeter name)
+
+
+async def run_case(case: Case, targets: list[Target], meter: CpuMeter, args: argparse.Namespace,
                    seeds: iter) -> list[Result]:
-    for url in targets.values():  # warm up every path (connections, compiled paths)
-        await closed_loop("warm-up", url + PATH, case.body(next(seeds), args.max_tokens), 2, 4, stream=case.stream)
+    for target in targets:  # warm up every path (connections, compiled paths)
+        await closed_loop("warm-up", target.url + PATH, case.body(next(seeds), args.max_tokens), 2, 4,
+                          target.headers, stream=case.stream)
     results = []
     for conc in args.concurrency:
         n = max(args.requests, 4 * conc)
         n += -n % 5  # whole conversations
-        for rep in range(args.repeat):  # direct and gateway take turns: slow spells of the box hit both
-            for name, url in targets.items():
+        for rep in range(args.repeat):  # the targets take turns: slow spells of the box hit them all
+            for target in targets:
                 meter.start()
-                result = await closed_loop(name, url + PATH, case.body(next(seeds), args.max_tokens), conc, n,
-                                           stream=case.stream, chain=case.chain)
+                result = await closed_loop(target.name, target.url + PATH, case.body(next(seeds), args.max_tokens),
+                                           conc, n, target.headers, stream=case.stream, chain=case.chain)
                 spent = meter.stop()
                 result.cpu_ms = {proc: 1000 * s / max(result.requests, 1) for proc, s in spent.items()}
+                if target.front:
+                    result.cpu_ms["front"] = result.cpu_ms[target.front]
                 results.append(result)
-                print(f"  {case.name}: {name} c={conc} #{rep + 1}: {result.rps:.2f} req/s", file=sys.stderr)
+                print(f"  {case.name}: {target.name} c={conc} #{rep + 1}: {result.rps:.2f} req/s", file=sys.stderr)
     return results
 
 
@@ -183,32 +198,38 @@ def table(case: str, results: list[Result]) -> list[str]:
     """One row per target and concurrency: medians over the repeats; "x direct" is the median of each
     repeat's ratio to the direct run beside it, with the lowest and highest."""
     lines = ["", f"{case}:", f"{'target':<9}{'conc':>5}{'reqs':>6}{'err':>5}{'req/s':>9}{'x direct':>9}"
-             f"{'(min-max)':>12}{'p50 ms':>9}{'p99 ms':>9}{'ttft ms':>9}{'gw cpu ms':>11}{'vllm api cpu ms':>17}"]
+             f"{'(min-max)':>12}{'p50 ms':>9}{'p99 ms':>9}{'ttft ms':>9}{'front cpu ms':>14}{'vllm api cpu ms':>17}"]
+    names = list(dict.fromkeys(r.name for r in results))
     for conc in sorted({r.concurrency for r in results}):
         direct = [r for r in results if r.name == "direct" and r.concurrency == conc]
-        for name in ("direct", "gateway"):
+        for name in names:
             runs = [r for r in results if r.name == name and r.concurrency == conc]
             ratios = [r.rps / d.rps for r, d in zip(runs, direct, strict=True)]
             ttfts = [r.ttft_p50_ms for r in runs if r.ttft_p50_ms is not None]
             ttft = f"{median(ttfts):.1f}" if ttfts else "-"
-            gw = f"{median([r.cpu_ms['gateway'] for r in runs]):.2f}" if name != "direct" else "-"
+            gw = f"{median([r.cpu_ms['front'] for r in runs]):.2f}" if "front" in runs[0].cpu_ms else "-"
             spread = f"{min(ratios):.2f}-{max(ratios):.2f}" if name != "direct" else ""
             lines.append(f"{name:<9}{conc:>5}{sum(r.requests for r in runs):>6}{sum(r.errors for r in runs):>5}"
                          f"{median([r.rps for r in runs]):>9.2f}{median(ratios):>9.2f}{spread:>12}"
                          f"{median([r.p50_ms for r in runs]):>9.1f}{median([r.p99_ms for r in runs]):>9.1f}{ttft:>9}"
-                         f"{gw:>11}{median([r.cpu_ms['vllm-api'] for r in runs]):>17.2f}")
+                         f"{gw:>14}{median([r.cpu_ms['vllm-api'] for r in runs]):>17.2f}")
     return lines
 
 
-async def measure(engine: Child, gateway: Child, engine_url: str, gateway_url: str,
-                  args: argparse.Namespace) -> tuple[dict[str, list[Result]], dict[str, float]]:
+async def measure(engine: Child, gateway: Child, engine_url: str, gateway_url: str, args: argparse.Namespace,
+                  litellm: tuple[Child, str, dict[str, str]] | None = None,
+                  ) -> tuple[dict[str, list[Result]], dict[str, float]]:
     runner, image_url = await image_server()
-    meter = CpuMeter({"gateway": gateway.proc.pid, "vllm-api": engine.proc.pid})
+    pids = {"gateway": gateway.proc.pid, "vllm-api": engine.proc.pid}
+    targets = [Target("direct", engine_url), Target("gateway", gateway_url, front="gateway")]
+    if litellm is not None:
+        pids["litellm"] = litellm[0].proc.pid
+        targets.append(Target("litellm", litellm[1], litellm[2], front="litellm"))
+    meter = CpuMeter(pids)
     seeds = iter(range(1, 1 << 30))
     memory = {"after start": rss_mib(gateway.proc.pid)}
     rows = {}
     try:
-        targets = {"direct": engine_url, "gateway": gateway_url}
         for case in cases(image_url):
             if args.case and not any(c.lower() in case.name.lower() for c in args.case):
                 continue
@@ -236,17 +257,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--case", nargs="*", default=[], help="only the cases whose name contains one of these")
     parser.add_argument("--repeat", type=int, default=3, help="runs per target and level, taking turns")
     parser.add_argument("--rss-requests", type=int, default=10_000, help="requests for the RSS growth check")
+    parser.add_argument("--litellm", action="store_true", help="LiteLLM's proxy as a third target (its own venv; "
+                        "needs LITELLM_MASTER_KEY)")
     args = parser.parse_args(argv)
     logs = Path(tempfile.mkdtemp(prefix="vlm-bench-"))
+    if args.litellm:
+        litellm_bench.ensure_venv()  # before anything is measured: installing takes the CPU for minutes
     print(f"starting the engine and the gateway (logs in {logs})", file=sys.stderr)
     engine, gateway, engine_url, gateway_url, start_s = start_stack(args.family, logs)
+    litellm = None
     try:
-        rows, memory = asyncio.run(measure(engine, gateway, engine_url, gateway_url, args))
+        if args.litellm:
+            litellm = litellm_bench.start(engine_url, MODEL, logs)
+        rows, memory = asyncio.run(measure(engine, gateway, engine_url, gateway_url, args, litellm))
     finally:
+        if litellm is not None:
+            litellm[0].stop()
         gateway.stop()
         engine.stop()
     lines = [f"family {args.family}; {os.cpu_count()} CPUs; engine (vLLM, CPU) ready after {start_s:.1f} s; "
-             f"{args.max_tokens} output tokens; cpu ms = CPU per request of that process"]
+             f"{args.max_tokens} output tokens; {args.repeat} turns per target; cpu ms = CPU per request of that "
+             "process (front: the gateway or LiteLLM)"]
     for case, results in rows.items():
         lines += table(case, results)
     lines += ["", "gateway RSS: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in memory.items())]
