@@ -145,7 +145,7 @@ async def test_a_key_the_engine_does_not_hold_is_sent_again_with_its_data(gatewa
                             features=[PlacedImage(offsets[0], features)])
     async with aiohttp.ClientSession() as session:
         server = VLLMServer(gateway.engines[EMBEDDED_FAMILY], session)
-        server._held.add(features.key, len(features.data))  # as if sent before: vLLM has never seen it
+        server._held.put(features.key, len(features.data))  # as if sent before: vLLM has never seen it
         deltas = [d async for d in server.generate(request, time.monotonic() + 120, 120)]
     assert sum(len(d.token_ids) for d in deltas) == 3
     assert next(d.image_tokens for d in deltas if d.image_tokens is not None) == features.tokens

@@ -14,7 +14,7 @@ from vlm_gateway import metrics
 from vlm_gateway.engines import EngineRequest, ImageFeatures, PlacedImage, SamplingParams
 from vlm_gateway.engines.errors import EngineCrashed
 from vlm_gateway.engines.pool import EnginePool
-from vlm_gateway.engines.vllm_remote import Held, VLLMServer
+from vlm_gateway.engines.vllm_remote import VLLMServer
 
 
 class CachingVLLM(FakeVLLM):
@@ -166,16 +166,3 @@ async def test_requests_without_features_still_send_images(served) -> None:
     assert [d async for d in engine.generate(req)]
     assert "features" not in fake.bodies[-1] and fake.bodies[-1]["content_parts"]
     await engine.close()
-
-
-def test_held_keys_are_bounded_by_count_and_bytes() -> None:
-    held = Held(entries=3, max_bytes=100)
-    for key in "abc":
-        held.add(key, 10)
-    held.add("a", 10)  # used again: now the newest
-    held.add("d", 10)
-    assert [k in held for k in "abcd"] == [True, False, True, True]
-    held.add("e", 90)  # over the byte bound: the oldest go until it fits
-    assert [k in held for k in "acde"] == [False, False, True, True]
-    held.drop(["e", "x"])
-    assert "e" not in held

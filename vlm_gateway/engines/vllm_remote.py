@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -34,6 +34,7 @@ from vlm_gateway import metrics
 from vlm_gateway.engines import Candidate, EngineDelta, EngineRequest, Probe, TokenLogprob
 from vlm_gateway.engines._wire import ErrorBody, engine_error, http_error, sse_data, status_of
 from vlm_gateway.engines.errors import EngineCrashed, EngineDown, EngineTimeout, EngineUnreachable
+from vlm_gateway.images.cache import LRUCache
 
 log = logging.getLogger("vlm_gateway.engine")
 
@@ -44,29 +45,9 @@ HELD_ENTRIES = 4096
 HELD_BYTES = 1024**3
 
 
-class Held:
-    """Keys of the image inputs one server was sent, newest last, within ``HELD_ENTRIES`` and
-    ``HELD_BYTES`` (of tensor data as sent)."""
-
-    def __init__(self, entries: int = HELD_ENTRIES, max_bytes: int = HELD_BYTES) -> None:
-        self._keys: OrderedDict[str, int] = OrderedDict()
-        self._entries, self._max_bytes, self._bytes = entries, max_bytes, 0
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._keys
-
-    def add(self, key: str, size: int) -> None:
-        if key in self._keys:
-            self._keys.move_to_end(key)
-            return
-        self._keys[key] = size
-        self._bytes += size
-        while len(self._keys) > self._entries or self._bytes > self._max_bytes:
-            self._bytes -= self._keys.popitem(last=False)[1]
-
-    def drop(self, keys: list[str]) -> None:
-        for key in keys:
-            self._bytes -= self._keys.pop(key, 0)
+def held_inputs() -> LRUCache[str, int]:
+    """Keys of the image inputs one server was sent (their size as sent), newest last, within bounds."""
+    return LRUCache(HELD_ENTRIES, math.inf, max_bytes=HELD_BYTES, sizeof=lambda size: size)
 
 
 class _Usage(msgspec.Struct):
@@ -146,7 +127,7 @@ class VLLMServer:
     def __init__(self, url: str, session: aiohttp.ClientSession, image_cache: bool = True) -> None:
         self.url = url.rstrip("/")
         self._session = session
-        self._held = Held() if image_cache else None  # image inputs sent by key once sent with data
+        self._held = held_inputs() if image_cache else None  # image inputs sent by key once sent with data
 
     async def probe(self) -> Probe:
         try:
@@ -181,7 +162,8 @@ class VLLMServer:
                 raise
             # The engine had dropped an input sent by key (vLLM answers a cache miss with a 500 before
             # any output): send every image's data once more.
-            self._held.drop(by_key)
+            for key in by_key:
+                self._held.discard(key)
             metrics.ENGINE_IMAGE_INPUTS.labels(self.url, "resent").inc(len(by_key))
             async with contextlib.aclosing(self._generate(request, deadline, total_s, [])) as deltas:
                 async for delta in deltas:
@@ -191,7 +173,7 @@ class VLLMServer:
         """The keys of the request's image inputs this server holds (sent by key alone)."""
         if not request.features or self._held is None:
             return []
-        return [p.features.key for p in request.features if p.features.key in self._held]
+        return [p.features.key for p in request.features if self._held.get(p.features.key) is not None]
 
     def _features(self, request: EngineRequest, by_key: list[str]) -> dict[str, Any]:
         """vLLM's ``features``: each image's data, or null where the engine has it: held from an earlier
@@ -213,7 +195,7 @@ class VLLMServer:
         """The engine took the request: it holds every image input the request carried."""
         if self._held is not None and request.features:
             for p in request.features:
-                self._held.add(p.features.key, len(p.features.data))
+                self._held.put(p.features.key, len(p.features.data))
 
     async def _generate(self, request: EngineRequest, deadline: float, total_s: float,
                         by_key: list[str]) -> AsyncIterator[EngineDelta]:

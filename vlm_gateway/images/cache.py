@@ -63,6 +63,11 @@ class LRUCache(Generic[K, V]):
         ):
             self._drop(next(iter(self._items)))
 
+    def discard(self, key: K) -> None:
+        """Forget ``key`` (nothing happens if absent)."""
+        if key in self._items:
+            self._drop(key)
+
     def _drop(self, key: K) -> None:
         _expires, size, _value = self._items.pop(key)
         self.total_bytes -= size

@@ -38,6 +38,14 @@ def test_lru_byte_bound_and_oversized_values():
     assert cache.total_bytes == 2
 
 
+def test_lru_discard():
+    cache: LRUCache[str, bytes] = LRUCache(10, 60)
+    cache.put("a", b"123")
+    cache.discard("a")
+    cache.discard("never there")
+    assert cache.get("a") is None and len(cache) == 0 and cache.total_bytes == 0
+
+
 def test_lru_ttl():
     clock = Clock()
     cache: LRUCache[str, bytes] = LRUCache(10, 5, clock=clock)
