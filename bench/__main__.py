@@ -136,6 +136,7 @@ def start_stack(family: str, logs: Path) -> tuple[Child, Child, str, str, float]
     config = logs / "gateway.toml"
     config.write_text(f'port = {port}\nlog_level = "warning"\n[images]\nallow_loopback = true\n'
                       f'[[models]]\nid = "{MODEL}"\ncheckpoint = "{checkpoint}"\ncontext_length = 4096\n'
+                      'generation_config = true\n'  # the same default sampling as vLLM's own chat route
                       f'engine = {{ kind = "remote", urls = ["{engine_url}"] }}\n')
     gateway = Child("gateway", [PYTHON, "-m", "vlm_gateway.cli", "serve", "--config", str(config)], logs)
     url = f"http://127.0.0.1:{port}"

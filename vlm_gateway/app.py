@@ -125,7 +125,8 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
             tokenizers = {m.id: Tokenizer(m.tokenizer) for m in registry.models}
             await asyncio.gather(*(asyncio.to_thread(t.load) for t in tokenizers.values()))
             preprocessors = {m.id: await asyncio.to_thread(preprocessor, m) for m in registry.models}
-            defaults = {m.id: await asyncio.to_thread(load_defaults, m.checkpoint) for m in registry.models}
+            defaults = {m.id: await asyncio.to_thread(load_defaults, m.checkpoint)
+                        for m in registry.models if m.generation_config}
             factory = engine_factory or functools.partial(engine_pool, redis=redis,
                                                           redis_prefix=settings.limits.redis_prefix)
             engines = {m.id: factory(m, session) for m in registry.models}

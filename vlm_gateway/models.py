@@ -24,6 +24,7 @@ class Model(msgspec.Struct, frozen=True):
     created: int
     engine: EngineSettings  # the pool's settings and first servers
     engines: tuple[EngineSettings, ...]  # every server group of the pool, ``engine`` first
+    generation_config: bool = False  # apply the checkpoint's default sampling (settings.ModelSettings)
 
     @property
     def engine_renders(self) -> bool:
@@ -58,6 +59,7 @@ def _resolve(entry: ModelSettings, created: int, families: dict[str, Family]) ->
         created=created,
         engine=entry.engine,
         engines=(entry.engine, *entry.engines),
+        generation_config=entry.generation_config,
     )
 
 

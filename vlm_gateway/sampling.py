@@ -2,8 +2,10 @@
 
 A checkpoint's ``generation_config.json`` sets default sampling (Qwen2.5-VL: temperature 0.1, top_k 1,
 top_p 0.001, repetition_penalty 1.05). vLLM applies those on its OpenAI routes but not on the token-in
-endpoint the gateway calls, so the gateway applies them itself (``SamplingDefaults``, read once per
-model, the fields vLLM reads): a field the request leaves out takes the model's value.
+endpoint the gateway calls. With ``generation_config = true`` in a model's settings the gateway applies
+them itself (``SamplingDefaults``, read once per model, the fields vLLM reads): a field the request
+leaves out takes the model's value. Off by default: OpenAI's defaults (temperature 1), which the
+project's random-weight test models need to stop by themselves.
 """
 
 from __future__ import annotations

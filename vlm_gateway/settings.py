@@ -72,6 +72,9 @@ class ModelSettings(msgspec.Struct, forbid_unknown_fields=True):
     context_length: int | None = None  # None: what the engine reports (its max_model_len)
     images_before_text: bool | None = None  # defaults to the family's rule
     owned_by: str = "vlm-gateway"
+    # true: fields a request leaves out take the checkpoint's generation_config.json defaults, as on vLLM's
+    # own chat route (Qwen2.5-VL: top_k 1, top_p 0.001, repetition_penalty 1.05); false: OpenAI's defaults
+    generation_config: bool = False
     engine: EngineSettings = msgspec.field(default_factory=EngineSettings)
     engines: list[EngineSettings] = []  # more servers in the same pool, of any kind (see EngineSettings)
 
