@@ -111,7 +111,9 @@ def test_a_conversations_image_travels_once_and_answers_match_vllm(gateway, http
     messages: list[dict] = []
     for turn in range(3):
         messages += chat(uri, f"Turn {turn}: what changed?")
-        body = {"model": MODEL, "messages": messages, "max_tokens": 4, "temperature": 0, "return_token_ids": True}
+        # greedy on both sides, and no repetition penalty: vLLM's chat route would apply the checkpoint's
+        body = {"model": MODEL, "messages": messages, "max_tokens": 4, "temperature": 0, "repetition_penalty": 1.0,
+                "return_token_ids": True}
         ours = http.post("/v1/chat/completions", json=body)
         assert ours.status_code == 200, ours.text
         direct = httpx.post(gateway.engines[EMBEDDED_FAMILY] + "/v1/chat/completions", json=body, timeout=120)
