@@ -151,3 +151,20 @@ async def test_a_key_the_engine_does_not_hold_is_sent_again_with_its_data(gatewa
         deltas = [d async for d in server.generate(request, time.monotonic() + 120, 120)]
     assert sum(len(d.token_ids) for d in deltas) == 3
     assert next(d.image_tokens for d in deltas if d.image_tokens is not None) == features.tokens
+
+
+def test_render_shows_the_expanded_ids_vllm_renders(gateway, http: httpx.Client) -> None:
+    """The gateway's render route shows the ids it sends: each image already expanded into its own tokens,
+    at the places vLLM's own render route puts them."""
+    uri = "data:image/png;base64," + base64.b64encode(IMAGES["on the grid"]).decode()
+    body = {"model": MODEL, "messages": chat(uri) + [{"role": "assistant", "content": "A square."}]
+            + chat(uri, "And this one?")}
+    ours = http.post("/v1/chat/completions/render", json=body)
+    assert ours.status_code == 200, ours.text
+    theirs = httpx.post(gateway.engines[EMBEDDED_FAMILY] + "/v1/chat/completions/render", json=body, timeout=120)
+    assert theirs.status_code == 200, theirs.text
+    ours, theirs = ours.json(), theirs.json()
+    assert ours["images_expanded"] is True and ours["token_ids"] == theirs["token_ids"]
+    placed = [(p["offset"], p["length"]) for p in ours["features"]["mm_placeholders"]]
+    assert placed == [(p["offset"], p["length"]) for p in theirs["features"]["mm_placeholders"]["image"]]
+    assert ours["image_tokens"] == sum(length for _, length in placed) and ours["token_count"] == len(ours["token_ids"])

@@ -27,13 +27,14 @@ async def render_chat_completion(request: Request[Any, Any, Any],
         engine_request = prepared.engine_requests[0]
         ids = engine_request.token_ids
         family = prepared.model.family
-        features = None
-        if prepared.image_count:
-            found = svc.tokenizers[prepared.model.id].token_ids((family.image_token,))
-            token_id = found[0] if found else None
-            features = RenderFeatures(image_token=family.image_token, image_token_id=token_id,
-                                      mm_placeholders=[PlaceholderRange(i, 1) for i, t in enumerate(ids)
-                                                       if token_id is not None and t == token_id])
+        found = svc.tokenizers[prepared.model.id].token_ids((family.image_token,))
+        token_id = found[0] if found else None
+        if engine_request.features is not None:  # the gateway made the images' inputs: ids already expanded
+            placed = [PlaceholderRange(p.offset, p.features.tokens) for p in engine_request.features]
+        else:  # one placeholder id per image, which the engine expands
+            placed = [PlaceholderRange(i, 1) for i, t in enumerate(ids) if token_id is not None and t == token_id]
+        features = RenderFeatures(image_token=family.image_token, image_token_id=token_id,
+                                  mm_placeholders=placed) if prepared.image_count else None
         body = RenderedChat(
             request_id=prepared.response_id,
             model=prepared.model_name,
@@ -41,9 +42,8 @@ async def render_chat_completion(request: Request[Any, Any, Any],
             token_ids=list(ids),
             token_count=len(ids),
             image_count=prepared.image_count,
-            image_tokens=len(features.mm_placeholders) if features and features.image_token_id is not None
-            else prepared.image_count,
-            images_expanded=False,
+            image_tokens=sum(p.length for p in placed) if placed else prepared.image_count,
+            images_expanded=engine_request.features is not None,
             features=features,
             max_tokens=prepared.sampling.max_tokens,
         )

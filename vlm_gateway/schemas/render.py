@@ -16,7 +16,7 @@ class PlaceholderRange(Struct):
     """Where one image stands in ``token_ids`` (vLLM's ``PlaceholderRange``)."""
 
     offset: int  # index of the image's placeholder token in ``token_ids``
-    length: int  # ids it takes there: 1, the engine expands it (see ``RenderedChat.images_expanded``)
+    length: int  # ids it takes there: 1 when the engine expands it, else the image's own tokens
 
 
 class RenderFeatures(Struct):
@@ -31,10 +31,12 @@ class RenderedChat(Struct):
     """A chat request rendered as the gateway would send it to the engine; nothing is generated.
 
     ``token_ids`` are exactly the ids sent to the engine: the rendered ``prompt`` tokenized with the
-    model's tokenizer (special tokens as the family says), holding ONE placeholder id per image. The
-    engine (vLLM) expands each placeholder into the image's embeddings, so ``images_expanded`` is false
-    and ``image_tokens`` counts the placeholder ids; a generated answer's
-    ``usage.prompt_tokens_details.image_tokens`` reports the expanded count.
+    model's tokenizer (special tokens as the family says). Where the gateway preprocesses the images itself
+    (``engines.preprocess = "gateway"``, families with a gateway image processor) each image's placeholder
+    is already expanded into the image's own tokens: ``images_expanded`` is true and ``image_tokens`` equals
+    a generated answer's ``usage.prompt_tokens_details.image_tokens``. Otherwise ``token_ids`` hold ONE
+    placeholder id per image, which the engine (vLLM) expands: ``images_expanded`` is false and
+    ``image_tokens`` counts the placeholder ids.
     """
 
     request_id: str  # chatcmpl-…: the id the request would have had (not reserved; nothing runs)
@@ -43,8 +45,8 @@ class RenderedChat(Struct):
     token_ids: list[int]
     token_count: int  # len(token_ids)
     image_count: int
-    image_tokens: int  # ids in token_ids that stand for images (one placeholder each, see above)
-    images_expanded: bool  # False: each image is one unexpanded placeholder id in token_ids
+    image_tokens: int  # ids in token_ids that stand for images (see above)
+    images_expanded: bool  # True: token_ids hold each image's own tokens; False: one placeholder id each
     features: RenderFeatures | None  # None when the request has no image
     max_tokens: int | None  # the completion budget the request would run with (None: up to the context)
     object: Literal["chat.completion.render"] = "chat.completion.render"

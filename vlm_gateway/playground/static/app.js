@@ -298,7 +298,10 @@
         ? `Token ids as sent to the engine: each image is one ${r.features ? r.features.image_token : "image"} ` +
           `placeholder id (${r.image_tokens} in all), which the engine expands into the image's own tokens; ` +
           "an answer's usage counts them expanded."
-        : "Token ids as sent to the engine.";
+        : r.image_count
+          ? `Token ids as sent to the engine: the gateway has already expanded each image into its own tokens ` +
+            `(${r.image_tokens} in all), as an answer's usage counts them.`
+          : "Token ids as sent to the engine.";
       $("prompt-view").hidden = false;
     } catch (err) {
       showError(err);
