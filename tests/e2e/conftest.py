@@ -147,9 +147,11 @@ def _tree_peak_rss_mib(pid: int) -> float:
     return total
 
 
-def family_gateway(family: str, tiny_dir: Path, logs: Path, aliases: tuple[str, ...] = ()):
-    """Start ``vlm-gateway serve`` for ``family`` with an embedded engine; yield a FamilyGateway; record the
-    engine's start time and the gateway tree's peak RSS in ``logs/families-report.json``."""
+def family_gateway(family: str, tiny_dir: Path, logs: Path, aliases: tuple[str, ...] = (),
+                   engine_args: tuple[str, ...] = ()):
+    """Start ``vlm-gateway serve`` for ``family`` with an embedded engine (``engine_args``: more vLLM arguments);
+    yield a FamilyGateway; record the engine's start time and the gateway tree's peak RSS in
+    ``logs/families-report.json``."""
     import json
     import time
 
@@ -159,7 +161,7 @@ def family_gateway(family: str, tiny_dir: Path, logs: Path, aliases: tuple[str, 
     config.write_text("\n".join([
         f"port = {port}", "", "[images]", "allow_loopback = true", "", "[[models]]", f'id = "{model_id(family)}"',
         f'checkpoint = "{checkpoint}"', "context_length = 4096", f"aliases = {json.dumps(list(aliases))}",
-        f'engine = {{ kind = "embedded", port = {engine_port} }}', ""]))
+        f'engine = {{ kind = "embedded", port = {engine_port}, args = {json.dumps(list(engine_args))} }}', ""]))
     started = time.monotonic()
     child = Child(f"gateway-{family}", [PYTHON, "-m", "vlm_gateway.cli", "serve", "--config", str(config)], logs)
     url = f"http://127.0.0.1:{port}"

@@ -70,19 +70,25 @@ def test_family_flag_applies_to_the_command_line_models() -> None:
     assert [(m.id, m.family) for m in out.models] == [("cfg", None), ("/a", "llava_1_5"), ("/b", "llava_1_5")]
 
 
-def test_a_family_vllm_cannot_serve_is_refused_an_embedded_engine(tmp_path, tiny_dir: Path) -> None:
-    from vlm_gateway.testing.tiny import ensure_tiny
-
-    mllama = ensure_tiny("llama3_2_vision", tiny_dir)
-    line = _serve(tmp_path, "--model", str(mllama), "--port", "0")
-    assert f"model '{mllama.name}': vLLM 0.32 cannot serve Llama 3.2 Vision" in line
-    assert 'Fix: run it on a vLLM 0.10.2 server (GPU) and give the model engine = { kind = "openai"' in line
-    # behind an OpenAI engine (a vLLM 0.10.2 server elsewhere) the same checkpoint passes the start-up checks
+def test_a_family_vllm_cannot_serve_is_refused_an_embedded_engine(tmp_path, tiny_checkpoint: Path) -> None:
+    """A family whose data says the installed vLLM cannot serve it (``no_embedded_engine``; none does today, it
+    is how a family vLLM drops is kept servable elsewhere) is refused an embedded engine, not another kind."""
+    templates = tmp_path / "templates"
+    shutil.copytree(ROOT / "vlm_gateway" / "templates", templates)
+    families = templates / "families.toml"
+    reason = 'this vLLM cannot serve LLaVA-1.5. Fix: give the model engine = { kind = \\"openai\\" }'
+    families.write_text(families.read_text().replace("[llava_1_5]\n", f'[llava_1_5]\nno_embedded_engine = "{reason}"\n', 1))
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'templates_dir = "{templates}"\n\n[[models]]\nid = "m"\ncheckpoint = "{tiny_checkpoint}"\n')
+    line = _serve(tmp_path, "--config", str(config), "--port", "0")
+    assert 'model \'m\': this vLLM cannot serve LLaVA-1.5. Fix: give the model engine = { kind = "openai" }' in line
+    # behind an OpenAI engine the same checkpoint passes the start-up checks
     from vlm_gateway.cli import _check_models
     from vlm_gateway.settings import EngineSettings, ModelSettings, Settings
 
     engine = EngineSettings(kind="openai", urls=[REMOTE + "/v1"])
-    _check_models(Settings(models=[ModelSettings(id="m", checkpoint=str(mllama), engine=engine)]), set())
+    _check_models(Settings(templates_dir=str(templates),
+                           models=[ModelSettings(id="m", checkpoint=str(tiny_checkpoint), engine=engine)]), set())
 
 
 def test_checkpoint_without_tokenizer(tmp_path, tiny_checkpoint: Path) -> None:
