@@ -33,7 +33,7 @@ class EngineSettings(msgspec.Struct, forbid_unknown_fields=True):
     ``embedded``: the gateway starts and supervises a vLLM server on this machine (``args`` are extra
     vLLM engine arguments). ``remote``: vLLM servers started with ``--enable-scale-out`` at ``urls``
     (the gateway sends them token ids). ``openai``: OpenAI-compatible chat servers at ``urls`` (base URLs
-    ending in ``/v1``: stock vLLM without scale-out, vLLM 0.10 for Llama 3.2 Vision, SGLang, a hosted
+    ending in ``/v1``: stock vLLM without scale-out, an older vLLM, SGLang, a hosted
     API), which render the prompt themselves; ``model`` is their model name (default: the model's id),
     ``api_key_env`` the environment variable that holds their API key.
 
