@@ -55,6 +55,10 @@ log = logging.getLogger("vlm_gateway")
 
 EngineFactory = Callable[[Model, aiohttp.ClientSession], Engine]
 
+# Idle connections are dropped after this, before servers drop them (uvicorn and vLLM: 5 s), so a request is
+# rarely sent on a connection the server is closing (``vlm_gateway.engines._wire.post`` retries that case).
+ENGINE_KEEPALIVE_S = 4.0
+
 
 def engine_pool(model: Model, session: aiohttp.ClientSession, redis=None, redis_prefix: str = "vlm:") -> Engine:
     """The model's pool (``vlm_gateway.engines.pool``): each ``engine``/``engines`` entry's servers —
@@ -104,7 +108,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=ENGINE_KEEPALIVE_S)
         # no cookies: a cookie set by one image host must not travel with later fetches
         async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as session:
             redis = None

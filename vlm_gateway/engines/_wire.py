@@ -1,5 +1,5 @@
-"""What every HTTP engine client shares: reading server-sent events, and an engine's error answer as one
-of ``vlm_gateway.engines.errors`` by whose fault it is."""
+"""What every HTTP engine client shares: sending a request, reading server-sent events, and an engine's error
+answer as one of ``vlm_gateway.engines.errors`` by whose fault it is."""
 
 from __future__ import annotations
 
@@ -28,6 +28,21 @@ class _ErrorResponse(msgspec.Struct):
 
 
 _DECODE_ERROR = msgspec.json.Decoder(_ErrorResponse)
+
+
+async def post(session: aiohttp.ClientSession, url: str, data: bytes, headers: dict[str, str],
+               timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+    """POST ``data`` and return the response once its headers are in (use it as ``async with``).
+
+    A server closes a connection that stood idle for its keep-alive time (uvicorn, hence vLLM: 5 s). A
+    request sent on it at that moment fails with ``ServerDisconnectedError`` before any answer: the server
+    read none of it. So it is sent once more (the pool then has a live connection or opens one). The
+    gateway's connector drops idle connections before servers do (``ENGINE_KEEPALIVE_S`` in ``vlm_gateway/app.py``), which makes
+    this rare; an engine that really went away fails the second try too, and the pool fails over."""
+    try:
+        return await session.post(url, data=data, headers=headers, timeout=timeout)
+    except aiohttp.ServerDisconnectedError:
+        return await session.post(url, data=data, headers=headers, timeout=timeout)
 
 
 async def sse_data(stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:

@@ -28,7 +28,7 @@ import aiohttp
 import msgspec
 
 from vlm_gateway.engines import Candidate, EngineDelta, EngineRequest, Probe, SamplingParams, TokenLogprob
-from vlm_gateway.engines._wire import ErrorBody, engine_error, http_error, sse_data, status_of
+from vlm_gateway.engines._wire import ErrorBody, engine_error, http_error, post, sse_data, status_of
 from vlm_gateway.engines.errors import EngineDown, EngineRejected, EngineTimeout, EngineUnreachable
 
 PROBE_TIMEOUT_S = 5.0
@@ -145,11 +145,10 @@ class OpenAIServer:
         decoder = _DECODE_CHAT if request.chat is not None else _DECODE_COMPLETION
         usage_seen, pieces = False, 0
         try:
-            async with self._session.post(
-                self.url + path,
-                data=_ENCODE.encode(body),
-                headers={"Content-Type": "application/json", "X-Request-Id": request.request_id, **self._auth},
-                timeout=aiohttp.ClientTimeout(total=max(deadline - time.monotonic(), 0.001), sock_connect=5),
+            async with await post(
+                self._session, self.url + path, _ENCODE.encode(body),
+                {"Content-Type": "application/json", "X-Request-Id": request.request_id, **self._auth},
+                aiohttp.ClientTimeout(total=max(deadline - time.monotonic(), 0.001), sock_connect=5),
             ) as resp:  # leaving it early closes the connection: the server aborts the request
                 if resp.status != 200:
                     raise http_error(resp.status, await resp.read())

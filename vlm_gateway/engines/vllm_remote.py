@@ -32,7 +32,7 @@ import msgspec
 
 from vlm_gateway import metrics
 from vlm_gateway.engines import Candidate, EngineDelta, EngineRequest, Probe, TokenLogprob
-from vlm_gateway.engines._wire import ErrorBody, engine_error, http_error, sse_data, status_of
+from vlm_gateway.engines._wire import ErrorBody, engine_error, http_error, post, sse_data, status_of
 from vlm_gateway.engines.errors import EngineCrashed, EngineDown, EngineTimeout, EngineUnreachable
 from vlm_gateway.images.cache import LRUCache
 
@@ -216,11 +216,10 @@ class VLLMServer:
             body["content_parts"] = [{"type": "image_url", "url": url} for url in request.images]
         finished = False
         try:
-            async with self._session.post(
-                self.url + "/inference/v1/generate",
-                data=_ENCODE.encode(body),
-                headers={"Content-Type": "application/json", "X-Request-Id": request.request_id},
-                timeout=aiohttp.ClientTimeout(total=max(deadline - time.monotonic(), 0.001), sock_connect=5),
+            async with await post(
+                self._session, self.url + "/inference/v1/generate", _ENCODE.encode(body),
+                {"Content-Type": "application/json", "X-Request-Id": request.request_id},
+                aiohttp.ClientTimeout(total=max(deadline - time.monotonic(), 0.001), sock_connect=5),
             ) as resp:
                 if resp.status != 200:
                     raise http_error(resp.status, await resp.read())
