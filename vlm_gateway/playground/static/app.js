@@ -91,24 +91,39 @@
 
   // --- models ------------------------------------------------------------------------------------
 
+  // Each key stroke reloads the list; only the latest load fills it (an earlier answer may come last), and
+  // it clears only the error a load showed (never, say, a refused request's message shown meanwhile).
+  let modelLoads = 0;
+  let modelsFailed = false;
+
   async function loadModels() {
     const select = $("model");
+    const load = ++modelLoads;
+    let list = null;
+    let failure = null;
+    try {
+      list = await (await call("GET", "/v1/models")).json();
+    } catch (err) {
+      failure = err;
+    }
+    if (load !== modelLoads) return;
     const wanted = select.value || localStorage.getItem(MODEL_STORE) || "";
     select.textContent = "";
-    try {
-      const list = await (await call("GET", "/v1/models")).json();
-      for (const m of list.data) {
-        const option = new Option(m.family ? `${m.id} · ${m.family}` : m.id, m.id);
-        option.title = `up to ${m.max_images} image(s)` + (m.context_length ? `, ${m.context_length} tokens` : "");
-        select.add(option);
-      }
-      if (!list.data.length) select.add(new Option("(no models)", ""));
-      if ([...select.options].some((o) => o.value === wanted)) select.value = wanted;
-      clearError();
-    } catch (err) {
+    if (failure) {
       select.add(new Option("(no models: see the error)", ""));
-      showError(err);
+      showError(failure);
+      modelsFailed = true;
+      return;
     }
+    for (const m of list.data) {
+      const option = new Option(m.family ? `${m.id} · ${m.family}` : m.id, m.id);
+      option.title = `up to ${m.max_images} image(s)` + (m.context_length ? `, ${m.context_length} tokens` : "");
+      select.add(option);
+    }
+    if (!list.data.length) select.add(new Option("(no models)", ""));
+    if ([...select.options].some((o) => o.value === wanted)) select.value = wanted;
+    if (modelsFailed) clearError();
+    modelsFailed = false;
   }
 
   // --- images ------------------------------------------------------------------------------------
