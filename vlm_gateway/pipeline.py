@@ -140,8 +140,17 @@ async def _load_images(svc: Services, model: Model, caller: Caller, inputs: list
         return await svc.files.image_source(caller, image.file_id, detail=image.detail,  # type: ignore[arg-type]
                                             param=image.param)
 
-    sources = await asyncio.gather(*(source(image) for image in inputs))
+    if any(image.file_id is not None for image in inputs):
+        sources = await asyncio.gather(*(source(image) for image in inputs))
+    else:  # URLs only: nothing to look up, so no task per image
+        sources = [ImageSource(image.url or "", image.detail, image.param) for image in inputs]  # type: ignore[arg-type]
     return await svc.images.load(list(sources), detail_rule(model.family.detail), svc.preprocessors.get(model.id))
+
+
+def _outcome_read(task: asyncio.Future) -> None:
+    """A done callback for a task whose outcome no one awaits (no "exception never retrieved")."""
+    if not task.cancelled():
+        task.exception()
 
 
 def image_token_id(tokenizer: Tokenizer, model: Model) -> int | None:
@@ -212,12 +221,16 @@ async def _prepare_chat(svc: Services, req: ChatCompletionRequest, model: Model,
                                  "(\"required\" or a named function)", param="response_format")
         sampling.structured_outputs = plan.structured_outputs
 
-    async def prompt_ids() -> tuple[str, list[int]]:
-        prompt = render_chat(model.family, messages, tools=plan.prompt_tools)  # 4. render prompt
-        return prompt.text, await tokenizer.encode(prompt.text, model.family.add_special_tokens)  # 5. tokenize
-
-    images, (prompt_text, token_ids) = await asyncio.gather(                 # 3. load images (concurrently)
-        _load_images(svc, model, caller, sources), prompt_ids())
+    loading = asyncio.ensure_future(_load_images(svc, model, caller, sources)) if sources else None  # 3. load images
+    try:                                                                    # (concurrently with 4 and 5)
+        prompt_text = render_chat(model.family, messages, tools=plan.prompt_tools).text  # 4. render prompt
+        token_ids = await tokenizer.encode(prompt_text, model.family.add_special_tokens)  # 5. tokenize
+        images = await loading if loading is not None else []
+    except BaseException:
+        if loading is not None:  # the prompt failed: stop loading its images, and drop their outcome
+            loading.cancel()
+            loading.add_done_callback(_outcome_read)
+        raise
     prepared = _prepared(model, req.model, [token_ids], images, sampling, "chatcmpl", "messages", permit,
                          image_token_id(tokenizer, model))
     prepared.prompt_text = prompt_text

@@ -108,9 +108,9 @@ class ImageLoader:
         """Load all images of one request concurrently, in order; the first failure is raised. With
         ``pre``, each comes with the model's input made from it (cached with it).
         (How many images a request may hold is the pipeline's check, made once with its ``param``.)"""
+        if len(sources) <= 1:  # nothing to overlap: no task to create
+            return [await self._load_one(src, rule, pre) for src in sources]
         tasks = [asyncio.ensure_future(self._load_one(src, rule, pre)) for src in sources]
-        if not tasks:
-            return []
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         finally:

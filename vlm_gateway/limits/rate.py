@@ -137,7 +137,10 @@ class Limiter:
         return self._enabled
 
     async def refresh(self) -> bool:
-        self._enabled = await self._call(self.keys.count()) > 0
+        if self.keys.state is None:  # config keys only: nothing to ask (and no task per request)
+            self._enabled = self.keys.config_keys > 0
+        else:
+            self._enabled = await self._call(self.keys.count()) > 0
         return self._enabled
 
     async def _call(self, op: Awaitable[T]) -> T:

@@ -12,11 +12,13 @@ not tools are offered, so a history with calls renders the same under ``tool_cho
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
 import msgspec
 
 from vlm_gateway.errors import InvalidRequest
+from vlm_gateway.images.cache import LRUCache
 from vlm_gateway.prompts.convert import (
     check_text,
     count_images,
@@ -40,6 +42,18 @@ class RenderedPrompt(msgspec.Struct, frozen=True):
     image_count: int
 
 
+class _Rendered(msgspec.Struct, frozen=True):
+    prompt: RenderedPrompt
+    dates: tuple[tuple[str, str], ...]  # what each ``strftime_now(format)`` call printed
+
+
+_KEY = msgspec.json.Encoder()
+MAX_KEY_BYTES = 16 * 1024  # longer conversations are rendered every time rather than kept (≤ ~32 MiB in all)
+RENDERED: LRUCache[tuple[bytes, datetime | None], _Rendered] = LRUCache(1024, math.inf, sizeof=lambda r: len(r.prompt.text))
+"""Recent renderings by their input (family, template variables, tools, generation prompt, ``now``);
+for the event loop's thread only."""
+
+
 def render_chat(
     family: Family,
     messages: list[ChatMessage],
@@ -54,25 +68,42 @@ def render_chat(
     Raises ``PromptRefused`` when the template rejects the conversation and ``InvalidRequest`` when
     the messages are empty, text (tool specs and call arguments included) holds an image
     placeholder, a tool call's arguments are no JSON object, or the template leaves an image out.
+
+    A prompt is rendered once per distinct input: the same template variables (images are bare
+    ``{"type": "image"}`` parts, so the same question about another image is the same input) are
+    answered from ``RENDERED`` while every date the template printed still reads the same.
     """
     if not messages:
         raise InvalidRequest("messages must hold at least one message", param="messages")
+    variables = to_template_messages(messages)
+    tool_variables = template_tools(tools)
+    key = (_KEY.encode((family.directory, family.name, add_generation_prompt, variables, tool_variables)), now)
+    done = RENDERED.get(key)
+    if done is not None and all(strftime_at(now)(fmt) == printed for fmt, printed in done.dates):
+        return done.prompt
     check_text(family, messages, tools)
     image_count = count_images(messages)
-    variables = to_template_messages(messages)
     if family.marker_rule == "text":
         variables = write_markers_into_text(variables, family)
+    dates: list[tuple[str, str]] = []
+    clock = strftime_at(now)
+
+    def strftime_now(fmt: str) -> str:
+        printed = clock(fmt)
+        dates.append((fmt, printed))
+        return printed
+
     text = get_template(family.template, family.directory).render(
         messages=variables,
         add_generation_prompt=add_generation_prompt,
-        tools=template_tools(tools),
+        tools=tool_variables,
         tool_format=family.tools,
         documents=None,
         bos_token=family.bos_token,
         eos_token=family.eos_token,
         image_placeholder=family.image_placeholder,
         default_system_prompt=family.default_system_prompt,
-        strftime_now=strftime_at(now),
+        strftime_now=strftime_now,
     )
     placed = count_placeholders(family, text)
     if placed != image_count:
@@ -81,4 +112,7 @@ def render_chat(
             "this model takes images in user, assistant and tool messages only",
             param="messages",
         )
-    return RenderedPrompt(text, image_count)
+    prompt = RenderedPrompt(text, image_count)
+    if len(key[0]) <= MAX_KEY_BYTES:
+        RENDERED.put(key, _Rendered(prompt, tuple(dates)))
+    return prompt

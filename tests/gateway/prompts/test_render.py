@@ -102,3 +102,41 @@ def test_system_parts_text() -> None:
 def test_empty_conversation_is_invalid() -> None:
     with pytest.raises(InvalidRequest, match="at least one"):
         render_chat(get_family("qwen2_5_vl"), [])
+
+
+def test_the_same_question_about_another_image_is_rendered_once(monkeypatch) -> None:
+    from vlm_gateway.prompts import render
+
+    family = get_family("qwen2_5_vl")
+    question = f"What is this? {datetime.now().timestamp()}"  # not rendered by another test
+    compiled = []
+    real = render.get_template
+    monkeypatch.setattr(render, "get_template", lambda *a: compiled.append(a) or real(*a))
+    first = render_chat(family, [ChatMessage("user", [URL_IMAGE, TextPart(question)])])
+    other_image = ImageUrlPart(ImageUrl("https://example.com/dog.png"))
+    assert render_chat(family, [ChatMessage("user", [other_image, TextPart(question)])]) == first
+    assert len(compiled) == 1
+    render_chat(family, [ChatMessage("user", [URL_IMAGE, TextPart(question + "?")])])  # another question
+    render_chat(family, [ChatMessage("user", [URL_IMAGE, TextPart(question)])], add_generation_prompt=False)
+    assert len(compiled) == 3
+
+
+def test_a_kept_rendering_follows_the_date(monkeypatch) -> None:
+    from vlm_gateway.prompts import render
+
+    today = [datetime(2025, 1, 15, 23, 59)]
+    monkeypatch.setattr(render, "strftime_at", lambda now: lambda fmt: (now or today[0]).strftime(fmt))
+    family = get_family("llama3_2_vision")
+    messages = [ChatMessage("user", f"hi {datetime.now().timestamp()}")]
+    assert "Today Date: 15 Jan 2025\n" in render_chat(family, messages).text
+    assert "Today Date: 15 Jan 2025\n" in render_chat(family, messages).text
+    today[0] = datetime(2025, 1, 16, 0, 1)
+    assert "Today Date: 16 Jan 2025\n" in render_chat(family, messages).text
+    assert "Today Date: 15 Jan 2025\n" in render_chat(family, messages, now=NOW).text
+
+
+def test_a_refused_conversation_is_refused_every_time() -> None:
+    family = get_family("qwen2_5_vl")
+    for _ in range(2):
+        with pytest.raises(InvalidRequest):
+            render_chat(family, [ChatMessage("user", "look: <|image_pad|>")])
