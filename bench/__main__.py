@@ -43,7 +43,7 @@ from PIL import Image
 
 from bench import litellm as litellm_bench
 from bench.load import Result, closed_loop
-from bench.procs import CpuMeter, rss_mib
+from bench.procs import CpuMeter, descendants, rss_mib
 from tests.helpers import PYTHON, Child, free_port, png_data_uri
 from vlm_gateway.engines.vllm_launch import server_command, server_env
 from vlm_gateway.testing.tiny import ensure_tiny
@@ -199,7 +199,8 @@ def table(case: str, results: list[Result]) -> list[str]:
     """One row per target and concurrency: medians over the repeats; "x direct" is the median of each
     repeat's ratio to the direct run beside it, with the lowest and highest."""
     lines = ["", f"{case}:", f"{'target':<9}{'conc':>5}{'reqs':>6}{'err':>5}{'req/s':>9}{'x direct':>9}"
-             f"{'(min-max)':>12}{'p50 ms':>9}{'p99 ms':>9}{'ttft ms':>9}{'front cpu ms':>14}{'vllm api cpu ms':>17}"]
+             f"{'(min-max)':>12}{'p50 ms':>9}{'p99 ms':>9}{'ttft ms':>9}{'front cpu ms':>14}{'vllm api cpu ms':>17}"
+             f"{'vllm core cpu ms':>18}"]
     names = list(dict.fromkeys(r.name for r in results))
     for conc in sorted({r.concurrency for r in results}):
         direct = [r for r in results if r.name == "direct" and r.concurrency == conc]
@@ -213,7 +214,8 @@ def table(case: str, results: list[Result]) -> list[str]:
             lines.append(f"{name:<9}{conc:>5}{sum(r.requests for r in runs):>6}{sum(r.errors for r in runs):>5}"
                          f"{median([r.rps for r in runs]):>9.2f}{median(ratios):>9.2f}{spread:>12}"
                          f"{median([r.p50_ms for r in runs]):>9.1f}{median([r.p99_ms for r in runs]):>9.1f}{ttft:>9}"
-                         f"{gw:>14}{median([r.cpu_ms['vllm-api'] for r in runs]):>17.2f}")
+                         f"{gw:>14}{median([r.cpu_ms['vllm-api'] for r in runs]):>17.2f}"
+                         f"{median([r.cpu_ms['vllm-core'] for r in runs]):>18.2f}")
     return lines
 
 
@@ -221,7 +223,8 @@ async def measure(engine: Child, gateway: Child, engine_url: str, gateway_url: s
                   litellm: tuple[Child, str, dict[str, str]] | None = None,
                   ) -> tuple[dict[str, list[Result]], dict[str, float]]:
     runner, image_url = await image_server()
-    pids = {"gateway": gateway.proc.pid, "vllm-api": engine.proc.pid}
+    pids: dict[str, int | list[int]] = {"gateway": gateway.proc.pid, "vllm-api": engine.proc.pid,
+                                        "vllm-core": descendants(engine.proc.pid)}  # engine core, workers
     targets = [Target("direct", engine_url), Target("gateway", gateway_url, front="gateway")]
     if litellm is not None:
         pids["litellm"] = litellm[0].proc.pid

@@ -40,7 +40,6 @@ from vlm_gateway.jobs import build_jobs
 from vlm_gateway.jobs.runner import classify, make_runner
 from vlm_gateway.limits import KeyStore, Limiter
 from vlm_gateway.looplag import LoopLag
-from vlm_gateway.metrics import arrival_middleware
 from vlm_gateway.models import Model, ModelRegistry
 from vlm_gateway.pipeline import Services
 from vlm_gateway.playground import playground_routes
@@ -176,10 +175,9 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
         route_handlers=[chat_completions, completions, list_models, health, vision, fal_run, vlmrun_generate,
                         vlmrun_status, *QUEUE_ROUTES, *file_routes(settings), *RESPONSES_ROUTES, *BATCH_ROUTES,
                         render_chat_completion, metrics_endpoint, *playground_routes(settings)],
-        middleware=[http_metrics().middleware, arrival_middleware],
+        middleware=[http_metrics, require_api_key],  # outermost first
         lifespan=[lifespan],
         exception_handlers={Exception: error_response},
-        guards=[require_api_key],
         openapi_config=openapi_config(),  # /schema: Swagger UI from local files (works offline)
         request_max_body_size=settings.max_request_bytes,
         debug=False,

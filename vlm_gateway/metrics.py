@@ -1,7 +1,7 @@
 """Prometheus metrics: defined once here, observed where each fact is known, served at ``GET /metrics``.
 
-HTTP requests (route template, method, status, duration, in progress) come from Litestar's Prometheus
-middleware (``http_metrics``: ``vlm_gateway_requests_total`` …). The rest is the gateway's own:
+HTTP requests by route template, method and status (count, duration, 5xx, in progress) are observed by
+the ``http_metrics`` middleware (``vlm_gateway/api/metrics.py``). The rest is observed where it happens:
 
 - per model: requests by outcome, time in the gateway before the engine, time to first token, prompt /
   image / completion tokens, requests in the engine now, engine readiness;
@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextvars
 import os
 import time
-from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -41,6 +40,13 @@ from prometheus_client import (
 PREFIX = "vlm_gateway"
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
+_HTTP = ["method", "path", "status_code", "app_name"]  # path: the route's template
+HTTP_REQUESTS = Counter(f"{PREFIX}_requests", "HTTP requests by route, method and status.", _HTTP)
+HTTP_SECONDS = Histogram(f"{PREFIX}_request_duration_seconds", "HTTP requests' duration, to the end of the "
+                         "response's body.", _HTTP)
+HTTP_ERRORS = Counter(f"{PREFIX}_requests_error", "HTTP requests answered with a 5xx status.", _HTTP)
+HTTP_IN_PROGRESS = Gauge(f"{PREFIX}_requests_in_progress", "HTTP requests being answered now.",
+                         ["method", "path", "app_name"], multiprocess_mode="livesum")
 MODEL_REQUESTS = Counter(f"{PREFIX}_model_requests", "Requests that reached a model's pipeline, by outcome "
                          "(ok, or the error code).", ["model", "outcome"])
 BEFORE_ENGINE = Histogram(f"{PREFIX}_before_engine_seconds", "Time from the request's arrival to its engine "
@@ -82,24 +88,13 @@ ENGINE_IMAGE_INPUTS = Counter(f"{PREFIX}_engine_image_inputs", "Images sent to v
 LOOP_LAG = Gauge(f"{PREFIX}_event_loop_lag_seconds", "How late the event loop ran a timer (read when "
                  "scraped).", multiprocess_mode="max")
 
-#: The current HTTP request's arrival (``time.monotonic()``), set by ``arrival_middleware``; the pipeline
-#: reads it for the before-engine and first-token times. Unset (jobs): measured from the pipeline's start.
+#: The current HTTP request's arrival (``time.monotonic()``), set by the ``http_metrics`` middleware; the
+#: pipeline reads it for the before-engine and first-token times. Unset (jobs): measured from the pipeline's start.
 ARRIVED: contextvars.ContextVar[float] = contextvars.ContextVar("vlm_gateway_arrived")
 
 
 def arrived() -> float:
     return ARRIVED.get(time.monotonic())
-
-
-def arrival_middleware(app: Any) -> Any:
-    """ASGI middleware: note when each HTTP request arrived (``ARRIVED``)."""
-
-    async def middleware(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            ARRIVED.set(time.monotonic())
-        await app(scope, receive, send)
-
-    return middleware
 
 
 def exposition() -> tuple[bytes, str]:

@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import signal
+import subprocess
+import sys
 
 from aiohttp import web
 
 from bench.load import closed_loop, percentile
-from bench.procs import CpuMeter, cpu_s, rss_mib
+from bench.procs import CpuMeter, cpu_s, descendants, rss_mib
 
 
 async def serve(delay_first_s: float):
@@ -68,3 +71,23 @@ def test_cpu_meter_sees_this_process_work() -> None:
     spent = meter.stop()
     assert spent["me"] >= 0.05
     assert rss_mib(os.getpid()) > 10
+
+
+def test_cpu_meter_sums_a_group_of_processes_found_below_a_parent() -> None:
+    spin = "import hashlib\nwhile True: hashlib.sha256(b'x' * 100000).digest()"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {spin!r}])"],
+        start_new_session=True)
+    try:
+        children: list[int] = []
+        while not children:
+            children = descendants(parent.pid)
+        meter = CpuMeter({"below": children, "parent": parent.pid})
+        meter.start()
+        while sum(cpu_s(pid) for pid in children) - meter._before["below"] < 0.05:
+            pass  # until the kernel has counted some of the child's CPU time
+        spent = meter.stop()
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait()
+    assert parent.pid not in children and spent["below"] >= 0.05 > spent["parent"]

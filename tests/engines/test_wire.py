@@ -33,10 +33,9 @@ async def raw_server(answers: list[bytes | None]):
 
 async def test_a_request_the_server_dropped_unanswered_is_sent_again() -> None:
     server, url, seen = await raw_server([None, OK])
-    async with server, aiohttp.ClientSession() as session:
-        async with await post(session, url + "/x", b"{}", {"Content-Type": "application/json"},
-                              aiohttp.ClientTimeout(total=10)) as resp:
-            assert resp.status == 200 and await resp.json() == {}
+    async with server, aiohttp.ClientSession() as session, await post(
+            session, url + "/x", b"{}", {"Content-Type": "application/json"}, aiohttp.ClientTimeout(total=10)) as resp:
+        assert resp.status == 200 and await resp.json() == {}
     assert len(seen) == 2  # the same request, twice
 
 

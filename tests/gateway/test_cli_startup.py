@@ -77,7 +77,8 @@ def test_a_family_vllm_cannot_serve_is_refused_an_embedded_engine(tmp_path, tiny
     shutil.copytree(ROOT / "vlm_gateway" / "templates", templates)
     families = templates / "families.toml"
     reason = 'this vLLM cannot serve LLaVA-1.5. Fix: give the model engine = { kind = \\"openai\\" }'
-    families.write_text(families.read_text().replace("[llava_1_5]\n", f'[llava_1_5]\nno_embedded_engine = "{reason}"\n', 1))
+    families.write_text(
+        families.read_text().replace("[llava_1_5]\n", f'[llava_1_5]\nno_embedded_engine = "{reason}"\n', 1))
     config = tmp_path / "gateway.toml"
     config.write_text(f'templates_dir = "{templates}"\n\n[[models]]\nid = "m"\ncheckpoint = "{tiny_checkpoint}"\n')
     line = _serve(tmp_path, "--config", str(config), "--port", "0")

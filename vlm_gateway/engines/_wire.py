@@ -37,8 +37,9 @@ async def post(session: aiohttp.ClientSession, url: str, data: bytes, headers: d
     A server closes a connection that stood idle for its keep-alive time (uvicorn, hence vLLM: 5 s). A
     request sent on it at that moment fails with ``ServerDisconnectedError`` before any answer: the server
     read none of it. So it is sent once more (the pool then has a live connection or opens one). The
-    gateway's connector drops idle connections before servers do (``ENGINE_KEEPALIVE_S`` in ``vlm_gateway/app.py``), which makes
-    this rare; an engine that really went away fails the second try too, and the pool fails over."""
+    gateway's connector drops idle connections before servers do (``ENGINE_KEEPALIVE_S`` in
+    ``vlm_gateway/app.py``), which makes this rare; an engine that really went away fails the second
+    try too, and the pool fails over."""
     try:
         return await session.post(url, data=data, headers=headers, timeout=timeout)
     except aiohttp.ServerDisconnectedError:

@@ -48,8 +48,9 @@ class _Rendered(msgspec.Struct, frozen=True):
 
 
 _KEY = msgspec.json.Encoder()
-MAX_KEY_BYTES = 16 * 1024  # longer conversations are rendered every time rather than kept (≤ ~32 MiB in all)
-RENDERED: LRUCache[tuple[bytes, datetime | None], _Rendered] = LRUCache(1024, math.inf, sizeof=lambda r: len(r.prompt.text))
+MAX_KEY_BYTES = 16 * 1024  # longer conversations are rendered every time (the cache stays under ~32 MiB)
+RENDERED: LRUCache[tuple[bytes, datetime | None], _Rendered] = LRUCache(
+    1024, math.inf, sizeof=lambda r: len(r.prompt.text))
 """Recent renderings by their input (family, template variables, tools, generation prompt, ``now``);
 for the event loop's thread only."""
 

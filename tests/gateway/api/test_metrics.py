@@ -55,6 +55,8 @@ def test_metrics_count_what_requests_did(client) -> None:
     assert chat(client, model="nope").status_code == 404
     assert chat(client, secret=CAROL).status_code == 200
     assert chat(client, secret=CAROL).status_code == 429
+    refused = chat(client, secret="vlm-not-a-key")  # refused before the route runs
+    assert refused.status_code == 401 and refused.json()["error"]["type"] == "authentication_error"
     after = scrape(client)
 
     def moved(name: str, **labels: str) -> float:
@@ -64,7 +66,11 @@ def test_metrics_count_what_requests_did(client) -> None:
     assert moved("vlm_gateway_requests_total", path=route, status_code="200") == 2
     assert moved("vlm_gateway_requests_total", path=route, status_code="404") == 1
     assert moved("vlm_gateway_requests_total", path=route, status_code="429") == 1
-    assert moved("vlm_gateway_request_duration_seconds_count", path=route) == 4
+    assert moved("vlm_gateway_requests_total", path=route, status_code="401") == 1
+    assert moved("vlm_gateway_request_duration_seconds_count", path=route) == 5
+    assert moved("vlm_gateway_requests_error_total", path=route) == 0
+    assert value(after, "vlm_gateway_requests_in_progress", path=route) == 0
+    assert moved("vlm_gateway_requests_total", path="/metrics") == 0  # scrapes are not counted
     assert moved("vlm_gateway_model_requests_total", model="m", outcome="ok") == 2
     assert moved("vlm_gateway_images_total", model="m") == 2
     # the scripted engine reports prompt ids + 99 per image and 2 completion tokens

@@ -85,7 +85,7 @@ async def gw(request):
     from vlm_gateway.jobs import default_classify as default
 
     app = Litestar(route_handlers=QUEUE_ROUTES, exception_handlers={Exception: error_response},
-                   guards=[require_api_key])
+                   middleware=[require_api_key])
     limiter = make_limiter(MemoryState())
     app.state.services = SimpleNamespace(models=AnyModel(), limiter=limiter)
     async with aiohttp.ClientSession() as session:  # what the app's lifespan does, on this task
