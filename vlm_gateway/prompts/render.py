@@ -47,7 +47,7 @@ class _Rendered(msgspec.Struct, frozen=True):
     dates: tuple[tuple[str, str], ...]  # what each ``strftime_now(format)`` call printed
 
 
-_KEY = msgspec.json.Encoder()
+_KEY = msgspec.msgpack.Encoder()  # floats as floats: NaN and null stay apart
 MAX_KEY_BYTES = 16 * 1024  # longer conversations are rendered every time (the cache stays under ~32 MiB)
 RENDERED: LRUCache[tuple[bytes, datetime | None], _Rendered] = LRUCache(
     1024, math.inf, sizeof=lambda r: len(r.prompt.text))

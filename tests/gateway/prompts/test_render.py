@@ -140,3 +140,16 @@ def test_a_refused_conversation_is_refused_every_time() -> None:
     for _ in range(2):
         with pytest.raises(InvalidRequest):
             render_chat(family, [ChatMessage("user", "look: <|image_pad|>")])
+
+
+def test_renderings_are_kept_apart_by_every_value_templates_print() -> None:
+    from vlm_gateway.schemas.openai import FunctionCall, ToolCall
+
+    family = get_family("qwen2_5_vl")
+
+    def with_arguments(arguments: str) -> str:
+        call = ToolCall("call_1", FunctionCall("lookup", arguments))
+        return render_chat(family, [ChatMessage("user", "go"), ChatMessage("assistant", None, tool_calls=[call])]).text
+
+    texts = [with_arguments(a) for a in ('{"x": null}', '{"x": NaN}', '{"x": 1}', '{"x": 1.0}', '{"x": "1"}')]
+    assert len(set(texts)) == 5, texts
