@@ -13,7 +13,8 @@ level, 8 output tokens, straight at vLLM's own ``/v1/chat/completions`` and thro
 With ``--litellm``, LiteLLM's proxy in front of the same vLLM is a third target (``bench/litellm.py``).
 
 For each: requests/s, p50 and p99 latency, TTFT (streamed), and CPU ms per request of the front process
-(the gateway, LiteLLM) and of vLLM's API server process (``/proc/PID/stat`` before and after), as medians
+(the gateway, LiteLLM), of vLLM's API server process and of the processes below it (its engine core and
+worker, which poll while they wait, so their CPU is not all work) (``/proc/PID/stat`` before and after), as medians
 of ``--repeat`` runs in which the targets take turns (the ratio to direct is taken per turn, then its
 median). Then the gateway's RSS after start, after the cases, and after ``--rss-requests`` more requests.
 Every run uses images no earlier run sent, so no path gains from another's caches. Times are only

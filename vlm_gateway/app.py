@@ -73,6 +73,7 @@ def engine_pool(model: Model, session: aiohttp.ClientSession, redis=None, redis_
     servers: list = []
     processes: list[EmbeddedVLLM] = []
     for group in model.engines:
+        image_cache = group.engine_image_cache and model.family.engine_keeps_images
         if group.kind == "embedded":
             args = ["--limit-mm-per-prompt", json.dumps({"image": model.max_images}), *model.family.engine_args,
                     *group.args]
@@ -80,9 +81,9 @@ def engine_pool(model: Model, session: aiohttp.ClientSession, redis=None, redis_
                 args = ["--max-model-len", str(model.context_length), *args]
             process = EmbeddedVLLM(model.checkpoint, served_name=model.id, args=args, env=group.env, port=group.port)
             processes.append(process)
-            servers.append(VLLMServer(process.url, session, image_cache=group.engine_image_cache))
+            servers.append(VLLMServer(process.url, session, image_cache=image_cache))
         elif group.kind == "remote":
-            servers += [VLLMServer(url, session, image_cache=group.engine_image_cache) for url in group.urls]
+            servers += [VLLMServer(url, session, image_cache=image_cache) for url in group.urls]
         else:
             key = os.environ.get(group.api_key_env) if group.api_key_env else None
             servers += [OpenAIServer(url, session, model=group.model or model.id, api_key=key) for url in group.urls]

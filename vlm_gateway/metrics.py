@@ -82,9 +82,9 @@ ROUTING = Counter(f"{PREFIX}_routing_decisions", "Engine server choices: affinit
                   "that routing).", ["decision"])
 FAILOVERS = Counter(f"{PREFIX}_engine_failovers", "Requests retried on another server of the pool before their "
                     "first token (the first refused the connection, answered 503 or died).")
-ENGINE_IMAGE_INPUTS = Counter(f"{PREFIX}_engine_image_inputs", "Images sent to vLLM servers as the model's "
-                              "input made by the gateway: data (the tensors), key (the server holds them), "
-                              "resent (the server had dropped them: sent again).", ["server", "sent"])
+ENGINE_IMAGE_INPUTS = Counter(f"{PREFIX}_engine_image_inputs", "Images sent to vLLM servers: data (the image, "
+                              "or the model's input made by the gateway), key (the server holds it: sent by key "
+                              "alone), resent (the server had dropped it: sent again).", ["server", "sent"])
 LOOP_LAG = Gauge(f"{PREFIX}_event_loop_lag_seconds", "How late the event loop ran a timer (read when "
                  "scraped).", multiprocess_mode="max")
 

@@ -25,7 +25,7 @@ from typing import Literal
 import msgspec
 
 from vlm_gateway import metrics
-from vlm_gateway.engines import Engine, EngineDelta, EngineRequest, PlacedImage, SamplingParams
+from vlm_gateway.engines import Engine, EngineDelta, EngineRequest, ImageKey, PlacedImage, SamplingParams
 from vlm_gateway.engines.errors import EngineError
 from vlm_gateway.errors import (
     ContextLengthExceeded,
@@ -306,7 +306,8 @@ def _prepared(model: Model, name: str, prompts: list[list[int]], loaded: list[Lo
     request_id = f"{prefix}-{new_id()}"
     images, hashes = [image.url for image in loaded], [image.sha256 for image in loaded]
     requests = [EngineRequest(request_id if len(prompts) == 1 else f"{request_id}-{k}", ids, images, sampling,
-                              timeout_s=permit.timeout_s, affinity=affinity_key(hashes, ids))
+                              timeout_s=permit.timeout_s, affinity=affinity_key(hashes, ids),
+                              image_keys=[ImageKey(i.sha256, i.width * i.height) for i in loaded] or None)
                 for k, ids in enumerate(prompts)]
     if loaded and image_token_id is not None and all(image.features for image in loaded):
         for request in requests:

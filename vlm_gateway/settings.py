@@ -56,9 +56,9 @@ class EngineSettings(msgspec.Struct, forbid_unknown_fields=True):
     # "engine" for an engine started with other processor arguments or --no-mm-device-do-normalize
     preprocess: Literal["gateway", "engine"] = "gateway"
     preprocess_max_bytes: int = 1024 * 1024  # a larger input is not made: that request sends its images
-    # with "gateway": an image a vLLM server was already sent goes by its key alone (vLLM's default `lru`
-    # multimodal processor cache, one API server); false for engines with --api-server-count > 1 or
-    # --mm-processor-cache-gb 0, where a key alone fails the request
+    # an image (or, with "gateway", its input) a vLLM server was already sent goes by its key alone (vLLM's
+    # default `lru` multimodal processor cache, one API server); false for engines with --api-server-count > 1
+    # or --mm-processor-cache-gb 0, where a key alone fails the request
     engine_image_cache: bool = True
 
 

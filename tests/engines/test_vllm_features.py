@@ -1,7 +1,9 @@
-"""Images as the gateway-made model input (vLLM's ``features``) against a scripted token-in endpoint that
-keeps a multimodal cache as vLLM's engine does: data under a key is kept, a key sent alone that it does
-not hold fails the request with a 500 before any output (vLLM's answer to a cache miss). tests/e2e
-drives real vLLM servers (test_features.py)."""
+"""Images as the gateway-made model input (vLLM's ``features``) and as images under their keys (vLLM's
+``content_parts`` with a ``uuid``) against a scripted token-in endpoint that keeps a multimodal cache as
+vLLM does: data under a key is kept; a key sent alone that it does not hold fails the request before any
+output, as vLLM 0.32 answers a cache miss (features: a 500; content parts: a 400 "Cache miss for image at
+index N but data is not provided.", where even a repeat within the request must carry its data).
+tests/e2e drives real vLLM servers (test_features.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ from aiohttp import web
 
 from tests.engines.test_vllm_remote import FakeVLLM, serve_fake
 from vlm_gateway import metrics
-from vlm_gateway.engines import EngineRequest, ImageFeatures, PlacedImage, SamplingParams
-from vlm_gateway.engines.errors import EngineCrashed
+from vlm_gateway.engines import EngineRequest, ImageFeatures, ImageKey, PlacedImage, SamplingParams
+from vlm_gateway.engines.errors import EngineCacheMiss, EngineCrashed
 from vlm_gateway.engines.pool import EnginePool
 from vlm_gateway.engines.vllm_remote import VLLMServer
 
@@ -37,6 +39,15 @@ class CachingVLLM(FakeVLLM):
                     return web.json_response({"error": error}, status=500)
                 seen.add(key)
             self.cache |= seen
+        parts = body.get("content_parts") or []
+        for i, part in enumerate(parts):
+            if part.get("url") is None and part.get("uuid") not in self.cache:
+                self.bodies.append(body)
+                self.misses += 1
+                error = {"message": f"Cache miss for image at index {i} but data is not provided.",
+                         "type": "BadRequestError", "param": None, "code": 400}
+                return web.json_response({"error": error}, status=400)
+        self.cache |= {part["uuid"] for part in parts if "uuid" in part}
         return await super().generate(_Replayed(request, body))
 
 
@@ -165,4 +176,69 @@ async def test_requests_without_features_still_send_images(served) -> None:
     req.features = None
     assert [d async for d in engine.generate(req)]
     assert "features" not in fake.bodies[-1] and fake.bodies[-1]["content_parts"]
+    await engine.close()
+
+
+def keyed(*names: str) -> EngineRequest:
+    """A request whose images go as images, each known by its bytes' hash."""
+    return EngineRequest("r", [1, 9, 2], [f"data:image/png;base64,{n}" for n in names], SamplingParams(max_tokens=2),
+                         image_keys=[ImageKey(f"sha-{n}", 64 * 48) for n in names])
+
+
+def sent_parts(body: dict) -> list[tuple[str | None, str]]:
+    return [(part["url"], part["uuid"]) for part in body["content_parts"]]
+
+
+async def test_images_go_with_their_key_and_by_key_alone_once_the_server_holds_them(served) -> None:
+    fake, url, session = served
+    engine = await pool(url, session)
+    before = inputs("key", url), inputs("data", url)
+    for req in (keyed("A"), keyed("A", "B"), keyed("B", "A")):
+        assert [d async for d in engine.generate(req)]
+    assert [sent_parts(b) for b in fake.bodies] == [
+        [("data:image/png;base64,A", "vlmgw-img-sha-A")],
+        [(None, "vlmgw-img-sha-A"), ("data:image/png;base64,B", "vlmgw-img-sha-B")],
+        [(None, "vlmgw-img-sha-B"), (None, "vlmgw-img-sha-A")]]
+    assert (inputs("key", url) - before[0], inputs("data", url) - before[1]) == (3, 2)
+    assert fake.misses == 0
+    await engine.close()
+
+
+async def test_an_image_repeated_in_one_request_carries_its_data_each_time_until_held(served) -> None:
+    fake, url, session = served
+    engine = await pool(url, session)
+    for _ in range(2):
+        assert [d async for d in engine.generate(keyed("A", "A"))]
+    assert [sent_parts(b) for b in fake.bodies] == [[("data:image/png;base64,A", "vlmgw-img-sha-A")] * 2,
+                                                    [(None, "vlmgw-img-sha-A")] * 2]
+    assert fake.misses == 0
+    await engine.close()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_server_that_dropped_an_image_is_sent_it_again(served, stream) -> None:
+    fake, url, session = served
+    engine = await pool(url, session)
+    assert [d async for d in engine.generate(keyed("A"))]
+    fake.cache.clear()  # the server restarted
+    resent = inputs("resent", url)
+    req = keyed("A", "B")
+    req.stream = stream
+    deltas = [d async for d in engine.generate(req)]
+    assert [d.text for d in deltas if d.text] == (["Hel", "lo"] if stream else ["Hello"])
+    assert fake.misses == 1 and inputs("resent", url) - resent == 1
+    assert [sent_parts(b) for b in fake.bodies[-2:]] == [
+        [(None, "vlmgw-img-sha-A"), ("data:image/png;base64,B", "vlmgw-img-sha-B")],
+        [("data:image/png;base64,A", "vlmgw-img-sha-A"), ("data:image/png;base64,B", "vlmgw-img-sha-B")]]
+    await engine.close()
+
+
+async def test_a_cache_miss_with_every_image_sent_is_the_engines_failure(served) -> None:
+    """Never the client's 400: an engine that misses what it was just sent fails (a 502 to the client)."""
+    fake, url, session = served
+    engine = await pool(url, session)
+    fake.mode, fake.status, fake.message = "bad", 400, "Cache miss for image at index 0 but data is not provided."
+    with pytest.raises(EngineCacheMiss):
+        [d async for d in engine.generate(keyed("A"))]
+    assert len(fake.bodies) == 1
     await engine.close()

@@ -63,6 +63,14 @@ class PlacedImage(msgspec.Struct, frozen=True):
     features: ImageFeatures
 
 
+class ImageKey(msgspec.Struct, frozen=True):
+    """An image of ``EngineRequest.images`` by the sha256 of its bytes, and its pixels (what an engine's
+    processed copy of it grows with)."""
+
+    sha256: str
+    pixels: int
+
+
 class EngineRequest(msgspec.Struct):
     request_id: str
     token_ids: list[int]
@@ -75,6 +83,9 @@ class EngineRequest(msgspec.Struct):
     # The images preprocessed by the gateway, in order; ``token_ids`` are then already expanded. Engines that
     # take features (vLLM token-in) send these instead of ``images``; the others send ``images``.
     features: list[PlacedImage] | None = None
+    # What each of ``images`` is known by, for engines that keep images they were sent and take them by key
+    # alone the next time; None: not known.
+    image_keys: list[ImageKey] | None = None
 
 
 class Candidate(msgspec.Struct):

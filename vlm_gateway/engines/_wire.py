@@ -9,12 +9,15 @@ from collections.abc import AsyncIterator
 import aiohttp
 import msgspec
 
-from vlm_gateway.engines.errors import EngineCrashed, EngineDown, EngineError, EngineRejected
+from vlm_gateway.engines.errors import EngineCacheMiss, EngineCrashed, EngineDown, EngineError, EngineRejected
 
 # vLLM's messages for a prompt that does not fit: "The decoder prompt (length N) is longer than the maximum
 # model length of M", "This model's maximum context length is M tokens...", "Input length (N) exceeds
 # model's maximum context length (M)".
 _CONTEXT_MESSAGE = re.compile(r"maximum (?:context|model) length", re.IGNORECASE)
+# vLLM's message for an image sent by its uuid alone that its processor cache no longer holds (a 400):
+# "Cache miss for image at index 0 but data is not provided."
+_CACHE_MISS = re.compile(r"cache miss for \w+ at index \d+", re.IGNORECASE)
 
 
 class ErrorBody(msgspec.Struct):
@@ -75,6 +78,8 @@ def status_of(code: int | str | None) -> int | None:
 
 def engine_error(status: int | None, message: str) -> EngineError:
     """An engine's error (its HTTP status, or the code of an error chunk; None: unknown) by whose fault it is."""
+    if _CACHE_MISS.search(message):
+        return EngineCacheMiss(message)
     if (status is None or status < 500) and _CONTEXT_MESSAGE.search(message):
         return EngineRejected(message, "context_length_exceeded")
     if status in (400, 413, 422):

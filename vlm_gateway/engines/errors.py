@@ -7,6 +7,7 @@ maps these by whose fault they are (``vlm_gateway.errors.from_engine_error``).
     │   └── EngineUnreachable  the connection was refused: the server is not there (out of rotation at once)
     ├── EngineTimeout      the request ran past its time limit
     └── EngineCrashed      the engine's own failure (a 5xx, or an error inside the stream)
+        └── EngineCacheMiss    it no longer holds an image input sent by key alone (the sender resends it)
 """
 
 from __future__ import annotations
@@ -43,4 +44,8 @@ class EngineTimeout(EngineError):
 
 
 class EngineCrashed(EngineError):
+    pass
+
+
+class EngineCacheMiss(EngineCrashed):
     pass

@@ -11,7 +11,10 @@ The gateway has already rendered and tokenized the prompt, so it calls vLLM's to
   since (a restart, its cache's eviction), it answers 500 before any output, and the request is sent
   once more with every image's data.
 - ``content_parts``: the images as data URIs, the family's placeholder token once per image; vLLM's
-  processor expands each placeholder.
+  processor expands each placeholder. Each image goes with its key as ``uuid`` (vLLM hashes no image),
+  and an image this server was already sent goes by its key alone (``url`` null: vLLM's processor cache
+  has it, so its API server decodes and processes nothing); a cache miss is a 400 before any output,
+  and the request is sent once more with every image's data.
 
 vLLM detokenizes (``output_mode="text"``). A caller that stops iterating aborts the request at
 ``/inference/v1/abort_requests``. Its health is ``GET /health``, its context length ``max_model_len`` at
@@ -43,6 +46,9 @@ PROBE_TIMEOUT_S = 5.0
 # default multimodal processor cache (4 GiB, LRU), which other clients of the server share.
 HELD_ENTRIES = 4096
 HELD_BYTES = 1024**3
+# An image sent as such is held as vLLM's processed tensors: float32 RGB, doubled by Qwen's temporal patch.
+HELD_BYTES_PER_PIXEL = 3 * 4 * 2
+IMAGE_KEY = "vlmgw-img-"  # + the sha256 of the image's bytes: the ``uuid`` vLLM keeps a sent image under
 
 
 def held_inputs() -> LRUCache[str, int]:
@@ -160,8 +166,8 @@ class VLLMServer:
         except EngineCrashed:
             if started or not by_key or self._held is None:
                 raise
-            # The engine had dropped an input sent by key (vLLM answers a cache miss with a 500 before
-            # any output): send every image's data once more.
+            # The engine had dropped an input sent by key (vLLM answers a cache miss before any output: a
+            # 500 for features, a 400 "Cache miss" for content parts): send every image's data once more.
             for key in by_key:
                 self._held.discard(key)
             metrics.ENGINE_IMAGE_INPUTS.labels(self.url, "resent").inc(len(by_key))
@@ -169,11 +175,22 @@ class VLLMServer:
                 async for delta in deltas:
                     yield delta
 
+    def _inputs(self, request: EngineRequest) -> list[tuple[str, int]]:
+        """Each image input of the request as (key, the size the server's copy is taken to have), in order:
+        the gateway-made inputs (``features``), else the images by their bytes' hash (``image_keys``)."""
+        if request.features:
+            return [(p.features.key, len(p.features.data)) for p in request.features]
+        return [(IMAGE_KEY + k.sha256, k.pixels * HELD_BYTES_PER_PIXEL) for k in request.image_keys or ()]
+
     def _by_key(self, request: EngineRequest) -> list[str]:
         """The keys of the request's image inputs this server holds (sent by key alone)."""
-        if not request.features or self._held is None:
+        if self._held is None:
             return []
-        return [p.features.key for p in request.features if self._held.get(p.features.key) is not None]
+        return [key for key, _size in self._inputs(request) if self._held.get(key) is not None]
+
+    def _count(self, sent: int, by_key: int) -> None:
+        metrics.ENGINE_IMAGE_INPUTS.labels(self.url, "data").inc(sent)
+        metrics.ENGINE_IMAGE_INPUTS.labels(self.url, "key").inc(by_key)
 
     def _features(self, request: EngineRequest, by_key: list[str]) -> dict[str, Any]:
         """vLLM's ``features``: each image's data, or null where the engine has it: held from an earlier
@@ -185,17 +202,29 @@ class VLLMServer:
             data.append(None if p.features.key in seen else p.features.data)
             seen.add(p.features.key)
         sent = sum(d is not None for d in data)
-        metrics.ENGINE_IMAGE_INPUTS.labels(self.url, "data").inc(sent)
-        metrics.ENGINE_IMAGE_INPUTS.labels(self.url, "key").inc(len(placed) - sent)
+        self._count(sent, len(placed) - sent)
         return {"mm_hashes": {"image": [p.features.key for p in placed]},
                 "mm_placeholders": {"image": [{"offset": p.offset, "length": p.features.tokens} for p in placed]},
                 "kwargs_data": {"image": data}}
 
+    def _content_parts(self, request: EngineRequest, by_key: list[str]) -> list[dict[str, Any]]:
+        """vLLM's ``content_parts``: each image as a data URI with its key as ``uuid`` (vLLM then hashes no
+        image), or the key alone (``url`` null) where the server holds it from an earlier request. Unlike
+        ``features``, a repeat within one request carries its data again: vLLM looks every keyed image up
+        before it processes any."""
+        if not request.image_keys:
+            return [{"type": "image_url", "url": url} for url in request.images]
+        held = set(by_key)
+        keys = [IMAGE_KEY + k.sha256 for k in request.image_keys]
+        self._count(sum(key not in held for key in keys), sum(key in held for key in keys))
+        return [{"type": "image_url", "url": None if key in held else url, "uuid": key}
+                for key, url in zip(keys, request.images, strict=True)]
+
     def _sent(self, request: EngineRequest) -> None:
         """The engine took the request: it holds every image input the request carried."""
-        if self._held is not None and request.features:
-            for p in request.features:
-                self._held.put(p.features.key, len(p.features.data))
+        if self._held is not None:
+            for key, size in self._inputs(request):
+                self._held.put(key, size)
 
     async def _generate(self, request: EngineRequest, deadline: float, total_s: float,
                         by_key: list[str]) -> AsyncIterator[EngineDelta]:
@@ -213,7 +242,7 @@ class VLLMServer:
         if request.features:
             body["features"] = self._features(request, by_key)
         elif request.images:
-            body["content_parts"] = [{"type": "image_url", "url": url} for url in request.images]
+            body["content_parts"] = self._content_parts(request, by_key)
         finished = False
         try:
             async with await post(

@@ -62,6 +62,9 @@ class Family(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     detail: FamilyDetail
     engine_args: tuple[str, ...] = ()  # vLLM arguments every engine of the family needs (--trust-remote-code)
     no_embedded_engine: str = ""  # why the installed vLLM cannot serve the family, and the fix (start-up error)
+    # false: vLLM keeps no multimodal processor cache for the family (it turns it off for encoder-decoder
+    # models), so every image is sent with its data, never by key alone
+    engine_keeps_images: bool = True
     string_content_as_parts: bool = False  # request step: the template reads list content only
     # the gateway turns the family's images into the model's input itself (a ``vlm_gateway.images.features``
     # kind, with the checkpoint's numbers); "": the engine's processor does
