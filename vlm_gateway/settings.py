@@ -89,7 +89,8 @@ class ImageSettings(msgspec.Struct, forbid_unknown_fields=True):
     allow_hosts: list[str] = []
     deny_hosts: list[str] = []
     cache_entries: int = 256
-    cache_max_bytes: int = 256 * 1024 * 1024  # per in-memory cache (fetched bytes; sized results)
+    cache_max_bytes: int = 256 * 1024 * 1024  # per in-memory cache (fetched bytes; sized results); a quarter
+    # of it for the data URIs seen lately (their text, so a resent one is neither decoded nor hashed again)
     cache_ttl_s: int = 3600
 
 

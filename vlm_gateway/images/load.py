@@ -93,6 +93,11 @@ class ImageLoader:
             sizeof=lambda p: len(p.url) + (len(p.features.data) if p.features else 0),
         )
         self._decoding: SingleFlight[_Key, SizedImage] = SingleFlight()
+        # the digest of each data URI decoded lately (a URI is looked up by its text: no base64 decoding, no
+        # hashing), so an image a client resends (every turn of a conversation) costs a dict lookup
+        self._uri_digests: LRUCache[str, tuple[str, int]] = LRUCache(
+            settings.cache_entries, settings.cache_ttl_s, max_bytes=settings.cache_max_bytes // 4,
+            sizeof=lambda known: known[1])
         self._threads = asyncio.Semaphore(threads or max(2, os.cpu_count() or 2))
 
     async def close(self) -> None:
@@ -126,6 +131,13 @@ class ImageLoader:
 
     async def _load_one(self, src: ImageSource, rule: DetailRule, pre: Preprocessor | None) -> LoadedImage:
         try:
+            known = self._uri_digests.get(src.url) if src.data is None else None
+            done = self._results.get((known[0], src.detail, rule, pre)) if known is not None else None
+            if done is not None:
+                self._stats["data_uris"] += 1
+                self._stats["known_data_uris"] += 1
+                self._stats["result_hits"] += 1
+                return LoadedImage(done.url, done.width, done.height, done.format, done.sha256, done.features)
             data, digest = await self._bytes(src)
             key = (digest, src.detail, rule, pre)
             done = self._results.get(key)
@@ -154,7 +166,10 @@ class ImageLoader:
             return src.data, await self._in_thread(_digest, src.data, size=len(src.data))
         if is_data_uri(src.url):
             self._stats["data_uris"] += 1
-            return await self._in_thread(_decode_uri, src.url, self.settings.max_image_bytes, size=len(src.url))
+            data, digest = await self._in_thread(_decode_uri, src.url, self.settings.max_image_bytes,
+                                                 size=len(src.url))
+            self._uri_digests.put(src.url, (digest, len(src.url)))
+            return data, digest
         scheme = src.url.split(":", 1)[0].lower() if ":" in src.url else ""
         if scheme not in ("http", "https"):
             raise ImageError(

@@ -28,6 +28,21 @@ async def test_data_uris_load_in_order(session):
     assert await loader.load([], DetailRule()) == []
 
 
+async def test_a_resent_data_uri_is_neither_decoded_nor_hashed_again(session, monkeypatch):
+    from vlm_gateway.images import load
+
+    decoded = []
+    real = load._decode_uri
+    monkeypatch.setattr(load, "_decode_uri", lambda *a: decoded.append(a[0]) or real(*a))
+    loader = ImageLoader(ImageSettings(), session)
+    uri = img.data_uri(img.encode("PNG", (100, 60)))
+    first = await loader.load([ImageSource(uri)], DetailRule())
+    assert await loader.load([ImageSource(uri)], DetailRule()) == first  # the same image, known by its text
+    await loader.load([ImageSource(uri, "low")], DetailRule(low_max_side=50))  # another sizing: decoded again
+    assert decoded == [uri, uri]
+    assert loader.stats()["known_data_uris"] == 1
+
+
 async def test_bad_image_names_its_part(session):
     loader = ImageLoader(ImageSettings(), session)
     sources = [ImageSource(img.data_uri(img.encode("PNG")), param="messages[0].content[0].image_url"),
