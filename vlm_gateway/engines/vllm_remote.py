@@ -215,8 +215,9 @@ class VLLMServer:
         if not request.image_keys:
             return [{"type": "image_url", "url": url} for url in request.images]
         held = set(by_key)
-        keys = [IMAGE_KEY + k.sha256 for k in request.image_keys]
-        self._count(sum(key not in held for key in keys), sum(key in held for key in keys))
+        keys = [key for key, _size in self._inputs(request)]
+        alone = sum(key in held for key in keys)
+        self._count(len(keys) - alone, alone)
         return [{"type": "image_url", "url": None if key in held else url, "uuid": key}
                 for key, url in zip(keys, request.images, strict=True)]
 

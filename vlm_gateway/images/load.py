@@ -131,25 +131,30 @@ class ImageLoader:
 
     async def _load_one(self, src: ImageSource, rule: DetailRule, pre: Preprocessor | None) -> LoadedImage:
         try:
-            known = self._uri_digests.get(src.url) if src.data is None else None
-            done = self._results.get((known[0], src.detail, rule, pre)) if known is not None else None
-            if done is not None:
-                self._stats["data_uris"] += 1
-                self._stats["known_data_uris"] += 1
-                self._stats["result_hits"] += 1
-                return LoadedImage(done.url, done.width, done.height, done.format, done.sha256, done.features)
-            data, digest = await self._bytes(src)
-            key = (digest, src.detail, rule, pre)
-            done = self._results.get(key)
-            if done is not None:
-                self._stats["result_hits"] += 1
-            else:
-                self._stats["result_misses"] += 1
-                done, _shared = await self._decoding.run(key, lambda: self._prepare(key, data))
+            done = self._known(src, rule, pre)
+            if done is None:
+                data, digest = await self._bytes(src)
+                key = (digest, src.detail, rule, pre)
+                done = self._results.get(key)
+                if done is not None:
+                    self._stats["result_hits"] += 1
+                else:
+                    self._stats["result_misses"] += 1
+                    done, _shared = await self._decoding.run(key, lambda: self._prepare(key, data))
         except GatewayError as exc:
             # a fresh error per source: shared downloads/decodes must not share exception objects
             raise ImageError(exc.message, param=src.param, code=exc.code) from None
         return LoadedImage(done.url, done.width, done.height, done.format, done.sha256, done.features)
+
+    def _known(self, src: ImageSource, rule: DetailRule, pre: Preprocessor | None) -> SizedImage | None:
+        """The result for a data URI decoded lately, found by its text (nothing decoded or hashed), else None."""
+        known = self._uri_digests.get(src.url) if src.data is None else None
+        done = self._results.get((known[0], src.detail, rule, pre)) if known is not None else None
+        if done is not None:
+            self._stats["data_uris"] += 1
+            self._stats["known_data_uris"] += 1
+            self._stats["result_hits"] += 1
+        return done
 
     async def _prepare(self, key: _Key, data: bytes) -> SizedImage:
         digest, detail, rule, pre = key

@@ -79,15 +79,15 @@ def render_chat(
     variables = to_template_messages(messages)
     tool_variables = template_tools(tools)
     key = (_KEY.encode((family.directory, family.name, add_generation_prompt, variables, tool_variables)), now)
+    clock = strftime_at(now)
     done = RENDERED.get(key)
-    if done is not None and all(strftime_at(now)(fmt) == printed for fmt, printed in done.dates):
+    if done is not None and all(clock(fmt) == printed for fmt, printed in done.dates):
         return done.prompt
     check_text(family, messages, tools)
     image_count = count_images(messages)
     if family.marker_rule == "text":
         variables = write_markers_into_text(variables, family)
     dates: list[tuple[str, str]] = []
-    clock = strftime_at(now)
 
     def strftime_now(fmt: str) -> str:
         printed = clock(fmt)
