@@ -96,3 +96,51 @@ def test_server_command_and_env():
 def test_offline_only_for_local_checkpoints(tmp_path):
     assert server_env({}, model_path=str(tmp_path))["HF_HUB_OFFLINE"] == "1"
     assert "HF_HUB_OFFLINE" not in server_env({}, model_path="Qwen/Qwen2.5-VL-3B-Instruct")
+
+
+SPIN_CHECK = """
+import time
+import vlm_gateway.engines.cpu_compat as c
+print(c.apply()["vllm-shm-spin"])
+from vllm.distributed.device_communicators import shm_broadcast as m
+calls = []
+m.sched_yield = lambda: calls.append("yield")
+time.sleep = lambda s: calls.append(("sleep", s))
+class Poller:
+    def poll(self, timeout):
+        calls.append(("poll", timeout))
+        return []
+cond = object.__new__(m.SpinCondition)
+cond.is_reader, cond.busy_loop_s, cond.poller = True, 1.0, Poller()
+cond.read_cancel_socket = cond.local_notify_socket = object()
+cond.last_read = time.monotonic()
+cond.wait(timeout_ms=7)  # within the busy second
+cond.last_read = time.monotonic() - 5
+cond.wait(timeout_ms=7)  # idle: wait on the notification socket
+print(calls)
+"""
+
+
+def test_shm_queue_reader_sleeps_instead_of_spinning():
+    # A lazily fixed process (child_env, as vLLM's engine core and worker are) with the launcher's setting.
+    env = cpu_compat.child_env({k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    r = run_py(SPIN_CHECK, env={**env, cpu_compat.SPIN_SLEEP_ENV: "100"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    state, calls = r.stdout.strip().splitlines()[-2:]
+    assert state == "patched"
+    assert calls == "[('sleep', 0.0001), ('poll', 7)]"
+
+    # Without the setting vLLM's own loop is left alone.
+    r = run_py(SPIN_CHECK, env={k: v for k, v in env.items() if k != cpu_compat.SPIN_SLEEP_ENV})
+    assert r.returncode == 0, r.stderr[-3000:]
+    state, calls = r.stdout.strip().splitlines()[-2:]
+    assert state == "not-needed"
+    assert calls == "['yield', ('poll', 7)]"
+
+
+def test_cpu_defaults_make_idle_engine_threads_sleep():
+    if not CPU_ENV:
+        return
+    env = server_env({})
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env[cpu_compat.SPIN_SLEEP_ENV] == "100"
+    assert server_env({"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"  # an operator's choice wins

@@ -21,6 +21,14 @@ load (``libc10_cuda.so`` missing), and:
 * vLLM's Llama 4 vision patch embedding fails on CPU (``onednn_mm`` needs a contiguous input:
   ``RuntimeError: Expected a.stride(-1) == 1``); ``Llama4UnfoldConvolution.forward`` is patched on import
   of ``vllm.model_executor.models.mllama4`` to add ``.contiguous()`` (CPU platform only).
+* vLLM's shared-memory message queue (engine core ⇄ worker) keeps its reader busy for a second after
+  each message: ``SpinCondition.wait`` calls ``sched_yield()`` in a loop. Under load the engine core
+  waits for the worker like this during every forward pass and the worker for the next step between
+  them, so on a small CPU box the two take all the cores the HTTP fronts need (measured on 2 cores: the
+  engine's processes held 1.6-2 cores at any load). Where ``VLMGW_VLLM_SPIN_SLEEP_US`` is set (the
+  CPU defaults of :mod:`vlm_gateway.engines.vllm_launch` set it), the busy reader sleeps that long
+  between looks instead (CPU platform only). Nothing else changes: a reader still re-checks the buffer
+  itself in that second (it does not depend on a notification), and waits on its socket after it.
 
 The fixes are no-ops where the extensions load (GPU builds, matching CPU wheels) or the packages are
 absent. Entry points:
@@ -44,6 +52,7 @@ import importlib.util
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 __all__ = ["apply", "install_import_hook", "hook_dir", "child_env"]
@@ -172,6 +181,42 @@ def _patch_llama4_unfold(module) -> None:
     cls._vlm_cpu_compat = True
 
 
+_SHM = "vllm.distributed.device_communicators.shm_broadcast"
+SPIN_SLEEP_ENV = "VLMGW_VLLM_SPIN_SLEEP_US"
+
+
+def _patch_shm_spin(module) -> None:
+    """``SpinCondition.wait`` sleeps ``$VLMGW_VLLM_SPIN_SLEEP_US`` between looks while busy (CPU only)."""
+    from vllm.platforms import current_platform
+
+    cls = getattr(module, "SpinCondition", None)
+    sleep_s = float(os.environ.get(SPIN_SLEEP_ENV) or 0) / 1e6
+    if cls is None or sleep_s <= 0 or not current_platform.is_cpu() or getattr(cls, "_vlm_cpu_compat", False):
+        return
+    idle_wait = cls.wait
+
+    def wait(self, timeout_ms: int | None = None) -> None:
+        if time.monotonic() <= self.last_read + self.busy_loop_s:
+            time.sleep(sleep_s)  # stock: sched_yield(), which keeps a core busy
+        else:
+            idle_wait(self, timeout_ms)  # past the busy second: poll the notification socket, as stock
+
+    cls.wait = wait
+    cls._vlm_cpu_compat = True
+
+
+def _fix_vllm_shm_spin() -> str:
+    if not os.environ.get(SPIN_SLEEP_ENV):
+        return "not-needed"
+    if _SHM in sys.modules:  # a class attribute: it can still be patched
+        _patch_shm_spin(sys.modules[_SHM])
+    elif importlib.util.find_spec("vllm") is None:
+        return "absent"
+    else:
+        _add_post_import_patch(_SHM, _patch_shm_spin)
+    return "patched"
+
+
 def _fix_vllm_llama4() -> str:
     if _MLLAMA4 in sys.modules:
         return "too-late"
@@ -236,6 +281,7 @@ def apply() -> dict[str, str]:
                 "torchaudio": _fix_torchaudio(torch),
                 "torchcodec": _fix_torchcodec(torch),
                 "vllm-llama4": _fix_vllm_llama4(),
+                "vllm-shm-spin": _fix_vllm_shm_spin(),
             }
         return _result
 
@@ -244,7 +290,7 @@ class _LazyApply:
     """``sys.meta_path`` entry that runs :func:`apply` right before torchvision/torchaudio load."""
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname.partition(".")[0] in ("torchvision", "torchaudio", "torchcodec") or fullname == _MLLAMA4:
+        if fullname.partition(".")[0] in ("torchvision", "torchaudio", "torchcodec") or fullname in (_MLLAMA4, _SHM):
             apply()  # also takes this hook off sys.meta_path
             for finder in sys.meta_path:  # a patch apply() just added for this very module
                 if isinstance(finder, _PostImportPatch) and finder.name == fullname:
@@ -253,7 +299,7 @@ class _LazyApply:
 
 
 def install_import_hook() -> None:
-    """Run :func:`apply` lazily, before the first import of torchvision/torchaudio/torchcodec/mllama4."""
+    """Run :func:`apply` lazily, before the first import of torchvision/torchaudio/torchcodec/mllama4/shm_broadcast."""
     if _result is None and not any(isinstance(f, _LazyApply) for f in sys.meta_path):
         sys.meta_path.insert(0, _LazyApply())
 

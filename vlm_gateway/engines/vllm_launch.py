@@ -32,6 +32,14 @@ CPU_ENV = {
     # "auto" pins each engine's worker to core 0 (reserving the rest), so several engines on a small
     # box would all share one core; let the OS schedule instead.
     "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+    # Idle threads sleep instead of spinning. Stock, the worker's OpenMP threads spin after each parallel
+    # region (libgomp) and the engine core and worker spin on their shared-memory queue (vLLM's
+    # sched_yield loop; cpu_compat makes it sleep this many µs between looks). On a 2-core box the
+    # engine's processes then held 1.6-2 cores whatever the load, and the HTTP fronts got what was left;
+    # with both set they take the 0.8 core they use, and stock vLLM served 64x48 images at c=16 at
+    # 133-156 req/s instead of 81-132 (bench/README.md, 2026-12-07).
+    "OMP_WAIT_POLICY": "PASSIVE",
+    cpu_compat.SPIN_SLEEP_ENV: "100",
 }
 # A local checkpoint needs no hub: never let a missing file turn into network lookups.
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
