@@ -9,10 +9,15 @@ engine iterator, which aborts the engine request.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import msgspec
 from litestar.response import Stream
+from litestar.response.base import ASGIResponse
+from litestar.response.streaming import ASGIStreamingResponse
+from litestar.types import Receive, Send
 from msgspec import UNSET
 
 from vlm_gateway.engines import EngineDelta
@@ -170,13 +175,56 @@ def completion_events(prepared: Prepared, deltas: AsyncIterator[EngineDelta], *,
 Events = Callable[..., AsyncIterator[bytes]]
 
 
+class _EventStreamBody(ASGIStreamingResponse):
+    __slots__ = ()
+
+    async def send_body(self, send: Send, receive: Receive) -> None:
+        """Each chunk as one body event while a plain task watches for the client going away; if it
+        goes, this task is cancelled inside the iterator, whose ``finally`` aborts the engine request."""
+        streaming = asyncio.current_task()
+        assert streaming is not None
+        done = False
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not done:
+                streaming.cancel()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            async for chunk in self.iterator:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})  # type: ignore[typeddict-item]
+            done = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not watcher.done() or watcher.cancelled():
+                raise  # not the client's going: the server is stopping
+            streaming.uncancel()  # the client went away: the response is over, nothing failed
+        finally:
+            done = True
+            watcher.cancel()
+
+
+class EventStream(Stream):
+    """A ``text/event-stream`` response: Litestar's ``Stream``, sent without its per-response anyio task
+    group and cancel scope (a tenth of the gateway's instructions for a streamed answer of 8 tokens)."""
+
+    def __init__(self, events: AsyncIterator[bytes], headers: dict[str, str]) -> None:
+        super().__init__(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers})
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
+        response = super().to_asgi_response(*args, **kwargs)
+        response.__class__ = _EventStreamBody  # same slots; only send_body differs
+        return response
+
+
 async def stream_response(svc: Services, prepared: Prepared, events: Events, options: StreamOptions | None,
-                          return_token_ids: bool) -> Stream:
+                          return_token_ids: bool) -> EventStream:
     """The SSE response for a prepared request. The first delta is awaited before answering, so an
     engine error that comes before any output still gets its own HTTP status."""
     deltas = generate(svc, prepared)
     first = await anext(deltas)
     body = events(prepared, prepend(first, deltas), include_usage=bool(options and options.include_usage),
                   return_token_ids=return_token_ids)
-    headers = {"Cache-Control": "no-cache", **prepared.permit.headers}
-    return Stream(body, media_type="text/event-stream", headers=headers)
+    return EventStream(body, prepared.permit.headers)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
+import pytest
 
 from vlm_gateway.engines import EngineDelta, EngineRequest, SamplingParams
 from vlm_gateway.errors import EngineFailed
 from vlm_gateway.limits import Permit
 from vlm_gateway.pipeline import Prepared
-from vlm_gateway.streaming import DONE, chat_events, completion_events
+from vlm_gateway.streaming import DONE, EventStream, chat_events, completion_events
 from vlm_gateway.usage import Tally
 
 
@@ -114,3 +117,79 @@ def test_usage_counts_the_image_tokens_the_engine_placed() -> None:
     assert estimated.usage().prompt_tokens_details.image_tokens == 56 - 9
     assert told.usage().prompt_tokens_details.image_tokens == 50
     assert Tally(sent_tokens=3, image_count=0).usage().prompt_tokens_details.image_tokens == 0
+
+
+class _Client:
+    """An ASGI client side: records what is sent; ``receive`` waits until told the client went away (uvicorn
+    also answers ``http.disconnect`` once the response is complete)."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+        self.gone = asyncio.Event()
+
+    async def send(self, message: dict) -> None:
+        self.sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            self.gone.set()
+
+    async def receive(self) -> dict:
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    def body(self) -> list[tuple[bytes, bool]]:
+        return [(m["body"], m["more_body"]) for m in self.sent if m["type"] == "http.response.body"]
+
+
+async def _serve(events, client: _Client) -> None:
+    response = EventStream(events, {"X-Test": "1"}).to_asgi_response(None, request=None)  # type: ignore[arg-type]
+    await response({"type": "http"}, client.receive, client.send)  # type: ignore[arg-type]
+
+
+async def test_event_stream_sends_each_event_then_ends() -> None:
+    async def gen():
+        for part in (b"data: 1\n\n", b"data: 2\n\n"):
+            yield part
+            await asyncio.sleep(0)
+
+    client = _Client()
+    await _serve(gen(), client)
+    start = client.sent[0]
+    assert start["status"] == 200 and (b"content-type", b"text/event-stream; charset=utf-8") in start["headers"]
+    assert (b"cache-control", b"no-cache") in start["headers"] and (b"x-test", b"1") in start["headers"]
+    assert client.body() == [(b"data: 1\n\n", True), (b"data: 2\n\n", True), (b"", False)]
+
+
+async def test_event_stream_client_gone_closes_the_events() -> None:
+    closed, never = [], asyncio.Event()
+
+    async def gen():
+        try:
+            yield b"data: 1\n\n"
+            await never.wait()  # the engine's next token, which the client no longer waits for
+            yield b"data: 2\n\n"
+        finally:
+            closed.append(True)
+
+    client = _Client()
+    serving = asyncio.create_task(_serve(gen(), client))
+    while not client.body():
+        await asyncio.sleep(0)
+    client.gone.set()
+    await serving  # ends without an error: the client went away, nothing failed
+    assert closed == [True] and client.body() == [(b"data: 1\n\n", True)]
+    assert not serving.cancelled()
+
+
+async def test_event_stream_server_stop_propagates() -> None:
+    started, never = asyncio.Event(), asyncio.Event()
+
+    async def gen():
+        started.set()
+        await never.wait()
+        yield b"data: 1\n\n"
+
+    serving = asyncio.create_task(_serve(gen(), _Client()))
+    await started.wait()
+    serving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await serving

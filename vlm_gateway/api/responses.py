@@ -21,6 +21,7 @@ from vlm_gateway.api import ERRORS, caller, services, success
 from vlm_gateway.responses_api import background, run
 from vlm_gateway.responses_api.store import ResponseStore
 from vlm_gateway.schemas.responses import ResponseDeleted, ResponseObject, ResponsesRequest
+from vlm_gateway.streaming import EventStream
 
 
 def response_store(connection: ASGIConnection[Any, Any, Any, Any]) -> ResponseStore:
@@ -38,7 +39,7 @@ async def create_response(request: Request[Any, Any, Any], data: JSONBody[Respon
                                                 who))
     if req.stream:
         body, headers = await run.stream(svc, store, turn, who)
-        return Stream(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers})
+        return EventStream(body, headers)
     response, headers = await run.complete(svc, store, turn, who)
     return Response(response, headers=headers)
 
