@@ -142,5 +142,5 @@ def test_cpu_defaults_make_idle_engine_threads_sleep():
     if not CPU_ENV:
         return
     env = server_env({})
-    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env[cpu_compat.SPIN_SLEEP_ENV] == "100"
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env[cpu_compat.SPIN_SLEEP_ENV] == "30"
     assert server_env({"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"  # an operator's choice wins

@@ -36,10 +36,10 @@ CPU_ENV = {
     # region (libgomp) and the engine core and worker spin on their shared-memory queue (vLLM's
     # sched_yield loop; cpu_compat makes it sleep this many µs between looks). On a 2-core box the
     # engine's processes then held 1.6-2 cores whatever the load, and the HTTP fronts got what was left;
-    # with both set they take the 0.8 core they use, and stock vLLM served 64x48 images at c=16 at
-    # 133-156 req/s instead of 81-132 (bench/README.md, 2026-12-07).
+    # with both set they take the 0.8 core they use (bench/README.md, "2026-12-06, night"). 30 µs: in
+    # alternating runs, 10 and 100 µs gave longer c=1 latencies (41 and 45-52 ms p50 against 30-32).
     "OMP_WAIT_POLICY": "PASSIVE",
-    cpu_compat.SPIN_SLEEP_ENV: "100",
+    cpu_compat.SPIN_SLEEP_ENV: "30",
 }
 # A local checkpoint needs no hub: never let a missing file turn into network lookups.
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
