@@ -34,10 +34,10 @@ import aiohttp
 import msgspec
 
 from vlm_gateway import metrics
+from vlm_gateway.cache import LRUCache
 from vlm_gateway.engines import Candidate, EngineDelta, EngineRequest, Probe, TokenLogprob
 from vlm_gateway.engines._wire import ErrorBody, engine_error, http_error, post, sse_data, status_of
 from vlm_gateway.engines.errors import EngineCrashed, EngineDown, EngineTimeout, EngineUnreachable
-from vlm_gateway.images.cache import LRUCache
 
 log = logging.getLogger("vlm_gateway.engine")
 

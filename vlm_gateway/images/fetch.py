@@ -17,8 +17,8 @@ from typing import Any
 import aiohttp
 
 from vlm_gateway import metrics
+from vlm_gateway.cache import LRUCache, SingleFlight, Stats
 from vlm_gateway.errors import ImageError
-from vlm_gateway.images.cache import LRUCache, SingleFlight, Stats
 from vlm_gateway.images.datauri import describe_url
 from vlm_gateway.images.guard import Resolver, guarded_request
 from vlm_gateway.settings import ImageSettings

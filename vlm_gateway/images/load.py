@@ -17,9 +17,9 @@ from typing import Any, Literal
 import aiohttp
 import msgspec
 
+from vlm_gateway.cache import LRUCache, SingleFlight, Stats
 from vlm_gateway.engines import ImageFeatures
 from vlm_gateway.errors import GatewayError, ImageError
-from vlm_gateway.images.cache import LRUCache, SingleFlight, Stats
 from vlm_gateway.images.datauri import decode_data_uri, describe_url, is_data_uri
 from vlm_gateway.images.decode import SizedImage, prepare
 from vlm_gateway.images.features import Preprocessor

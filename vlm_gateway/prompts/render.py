@@ -17,8 +17,8 @@ from datetime import datetime
 
 import msgspec
 
+from vlm_gateway.cache import LRUCache
 from vlm_gateway.errors import InvalidRequest
-from vlm_gateway.images.cache import LRUCache
 from vlm_gateway.prompts.convert import (
     check_text,
     count_images,

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from vlm_gateway.images.cache import LRUCache, SingleFlight, Stats
+from vlm_gateway.cache import LRUCache, SingleFlight, Stats
 
 
 class Clock:
