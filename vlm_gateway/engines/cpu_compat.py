@@ -25,7 +25,7 @@ load (``libc10_cuda.so`` missing), and:
   each message: ``SpinCondition.wait`` calls ``sched_yield()`` in a loop. Under load the engine core
   waits for the worker like this during every forward pass and the worker for the next step between
   them, so on a small CPU box the two take all the cores the HTTP fronts need (measured on 2 cores: the
-  engine's processes held 1.6-2 cores at any load). Where ``VLMGW_VLLM_SPIN_SLEEP_US`` is set (the
+  engine's processes held 1.5-1.7 cores under load). Where ``VLMGW_VLLM_SPIN_SLEEP_US`` is set (the
   CPU defaults of :mod:`vlm_gateway.engines.vllm_launch` set it), the busy reader sleeps that long
   between looks instead (CPU platform only). Nothing else changes: a reader still re-checks the buffer
   itself in that second (it does not depend on a notification), and waits on its socket after it.

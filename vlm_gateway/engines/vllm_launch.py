@@ -35,7 +35,7 @@ CPU_ENV = {
     # Idle threads sleep instead of spinning. Stock, the worker's OpenMP threads spin after each parallel
     # region (libgomp) and the engine core and worker spin on their shared-memory queue (vLLM's
     # sched_yield loop; cpu_compat makes it sleep this many µs between looks). On a 2-core box the
-    # engine's processes then held 1.6-2 cores whatever the load, and the HTTP fronts got what was left;
+    # engine's processes then held 1.5-1.7 cores under load, and the HTTP fronts got what was left;
     # with both set they take the 0.8 core they use (bench/README.md, "2026-12-06, night"). 30 µs: in
     # alternating runs, 10 and 100 µs gave longer c=1 latencies (41 and 45-52 ms p50 against 30-32).
     "OMP_WAIT_POLICY": "PASSIVE",
