@@ -202,13 +202,12 @@ class _EventStreamBody(ASGIStreamingResponse):
                 raise  # not the client's going: the server is stopping
             streaming.uncancel()  # the client went away: the response is over, nothing failed
         finally:
-            done = True
-            watcher.cancel()
+            watcher.cancel()  # before it can run again: a finished response's disconnect cancels nothing
 
 
 class EventStream(Stream):
     """A ``text/event-stream`` response: Litestar's ``Stream``, sent without its per-response anyio task
-    group and cancel scope (a tenth of the gateway's instructions for a streamed answer of 8 tokens)."""
+    group and cancel scope (8 % of the gateway's instructions for a streamed answer of 8 tokens)."""
 
     def __init__(self, events: AsyncIterator[bytes], headers: dict[str, str]) -> None:
         super().__init__(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers})
