@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gc
 import importlib.util
 import json
 import logging
@@ -23,6 +24,8 @@ from vlm_gateway.settings import EngineSettings, ModelSettings, Settings, Settin
 DEFAULT_TINY_FAMILY = "qwen2_5_vl"
 TINY_EXTRA = ("torch", "transformers", "safetensors", "numpy")  # what building a tiny checkpoint imports
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
+# The serving process collects its youngest generation every this many new objects (CPython: 700).
+GC_YOUNG_THRESHOLD = 10_000
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -182,6 +185,16 @@ def _check_models(settings: Settings, from_cli: set[int]) -> None:
                 "`checkpoint`", "`checkpoint` (or `tokenizer`)"))
 
 
+def settle_heap(app: object = None) -> None:
+    """Once the gateway is up (a start-up hook): what it loaded to serve (modules, the app, tokenizers,
+    templates) leaves the garbage collector's scans, and the youngest generation is collected less often.
+    A request leaves few cycles behind, yet the collector was 6-7 % of the gateway's CPU under load
+    (perf, against a scripted engine at 260 req/s); with this it is under 0.1 % (bench/README.md)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
 def serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
@@ -207,6 +220,7 @@ def serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
+    app.on_startup.append(settle_heap)  # after the lifespan has loaded everything
     print(f"vlm-gateway on http://{settings.host}:{settings.port}/v1 serving "
           + ", ".join(m.id for m in settings.models), file=sys.stderr)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), access_log=False)

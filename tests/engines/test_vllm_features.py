@@ -101,13 +101,21 @@ def inputs(kind: str, url: str) -> float:
 async def test_features_replace_images_with_keys_placeholders_and_data(served) -> None:
     fake, url, session = served
     engine = await pool(url, session)
-    req = request(image("a", 3), image("b", 2))
-    assert [d.text async for d in engine.generate(req)][:2] == ["Hel", "lo"]
-    sent = fake.bodies[-1]
-    assert "content_parts" not in sent and sent["token_ids"] == req.token_ids
-    assert sent["features"] == {"mm_hashes": {"image": ["k-a", "k-b"]},
-                                "mm_placeholders": {"image": [{"offset": 1, "length": 3}, {"offset": 4, "length": 2}]},
-                                "kwargs_data": {"image": ["DATA-a", "DATA-b"]}}
+    for stream in (True, False):
+        req = request(image("a", 3), image("b", 2), stream=stream)
+        deltas = [d async for d in engine.generate(req)]
+        assert "".join(d.text for d in deltas).startswith("Hel")
+        sent = fake.bodies[-1]
+        assert "content_parts" not in sent and sent["token_ids"] == req.token_ids
+        assert sent["features"] == {
+            "mm_hashes": {"image": ["k-a", "k-b"]},
+            "mm_placeholders": {"image": [{"offset": 1, "length": 3}, {"offset": 4, "length": 2}]},
+            "kwargs_data": {"image": ["DATA-a", "DATA-b"] if stream else [None, None]}}
+        # the gateway placed the images: vLLM is not asked to echo the prompt (the scripted engine's
+        # echo, [1, 2, 3], is not taken), and the first delta carries the request's own ids and placements
+        assert sent["return_token_ids"] is False
+        assert deltas[0].prompt_token_ids == req.token_ids and deltas[0].image_tokens == 5
+        assert all(d.prompt_token_ids is None and d.image_tokens is None for d in deltas[1:])
     await engine.close()
 
 

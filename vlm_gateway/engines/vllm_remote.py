@@ -233,7 +233,8 @@ class VLLMServer:
             "request_id": request.request_id,
             "token_ids": request.token_ids,
             "sampling_params": request.sampling,
-            "return_token_ids": True,
+            # where the gateway placed the images itself it knows the prompt vLLM would echo back
+            "return_token_ids": not request.features,
             "output_mode": "text",
             # a whole answer where nothing is sent before the end (fewer writes and parses on both sides);
             # prompt logprobs come only in a whole answer
@@ -260,6 +261,8 @@ class VLLMServer:
                         raise engine_error(status_of(chunk.error.code), chunk.error.message)
                     if first:
                         self._sent(request)
+                        if request.features:
+                            _echo_placed(chunk, request)
                         first = False
                     for delta in _deltas(chunk):
                         yield delta
@@ -287,6 +290,15 @@ class VLLMServer:
                 pass
         except (TimeoutError, aiohttp.ClientError):
             log.warning("could not abort request %s on %s", request_id, self.url)
+
+
+def _echo_placed(chunk: _Chunk, request: EngineRequest) -> None:
+    """The first chunk as vLLM's ``return_token_ids`` would have made it for a request whose images the
+    gateway placed (``features``): its prompt ids and placeholders are the request's own, so vLLM is not
+    asked to encode them (a prompt of thousands of ids for a large image) nor the gateway to parse them."""
+    placed = request.features or []
+    chunk.prompt_token_ids = request.token_ids
+    chunk.mm_placeholders = {"image": [_Placeholder(p.offset, p.features.tokens) for p in placed]}
 
 
 async def _sse_chunks(stream: aiohttp.StreamReader) -> AsyncIterator[_Chunk]:
