@@ -116,6 +116,10 @@ async def test_features_replace_images_with_keys_placeholders_and_data(served) -
         assert sent["return_token_ids"] is False
         assert deltas[0].prompt_token_ids == req.token_ids and deltas[0].image_tokens == 5
         assert all(d.prompt_token_ids is None and d.image_tokens is None for d in deltas[1:])
+        # streamed, the gateway counts the usage (vLLM sends no usage chunk); whole, vLLM's answer has it
+        assert sent["stream_options"] == {"include_usage": not stream}
+        usage = [(d.prompt_tokens, d.completion_tokens) for d in deltas if d.prompt_tokens is not None]
+        assert usage == [(len(req.token_ids), 2) if stream else (3, 2)]
     await engine.close()
 
 

@@ -54,8 +54,10 @@ class FakeVLLM:
         if self.mode == "error_chunk":  # vLLM validates the prompt inside the stream (stream=true)
             error = {"message": self.message, "type": "BadRequestError", "param": None, "code": self.status}
             await resp.write(b"data: " + msgspec.json.encode({"error": error}) + b"\n\n")
-        await resp.write(b'data: {"choices": [{"index": 0, "text": "lo", "finish_reason": "length"}]}\n\n')
-        await resp.write(b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}\n\n')
+        last = {"choices": [{"index": 0, "text": "lo", "token_ids": [6], "finish_reason": "length"}]}
+        await resp.write(b"data: " + msgspec.json.encode(last) + b"\n\n")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await resp.write(b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}\n\n')
         await resp.write(b"data: [DONE]\n\n")
         await asyncio.sleep(0.05)  # the body's end comes a moment after [DONE], as from vLLM's server
         return resp

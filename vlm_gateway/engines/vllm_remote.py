@@ -239,8 +239,11 @@ class VLLMServer:
             # a whole answer where nothing is sent before the end (fewer writes and parses on both sides);
             # prompt logprobs come only in a whole answer
             "stream": request.stream and request.sampling.prompt_logprobs is None,
-            "stream_options": {"include_usage": True},
         }
+        # A streamed answer ends with a chunk for usage alone. Where the gateway placed the images the
+        # prompt is the request's own, so it counts the usage itself and vLLM sends one chunk less.
+        own_usage = bool(request.features) and body["stream"]
+        body["stream_options"] = {"include_usage": not own_usage}
         if request.features:
             body["features"] = self._features(request, by_key)
         elif request.images:
@@ -255,7 +258,7 @@ class VLLMServer:
                 if resp.status != 200:
                     raise http_error(resp.status, await resp.read())
                 chunks = _sse_chunks(resp.content) if body["stream"] else _whole(resp)
-                first = True
+                first, generated = True, 0
                 async for chunk in chunks:
                     if chunk.error is not None:
                         raise engine_error(status_of(chunk.error.code), chunk.error.message)
@@ -265,7 +268,10 @@ class VLLMServer:
                             _echo_placed(chunk, request)
                         first = False
                     for delta in _deltas(chunk):
+                        generated += len(delta.token_ids)
                         yield delta
+                if own_usage:  # as vLLM counts it: the prompt's ids, and every token id it streamed
+                    yield EngineDelta(prompt_tokens=len(request.token_ids), completion_tokens=generated)
                 finished = True
         except aiohttp.ClientConnectorError as exc:
             raise EngineUnreachable(f"engine connection failed: {exc}") from exc
