@@ -16,9 +16,11 @@ The gateway has already rendered and tokenized the prompt, so it calls vLLM's to
   has it, so its API server decodes and processes nothing); a cache miss is a 400 before any output,
   and the request is sent once more with every image's data.
 
-vLLM detokenizes (``output_mode="text"``). A caller that stops iterating aborts the request at
-``/inference/v1/abort_requests``. Its health is ``GET /health``, its context length ``max_model_len`` at
-``GET /v1/models``. Failures are raised as ``vlm_gateway.engines.errors``.
+vLLM detokenizes (``output_mode="text"``). With ``features`` the prompt is the gateway's own, so vLLM is
+asked neither to echo it (``return_token_ids``) nor, streamed, for a usage chunk: the gateway has both.
+A caller that stops iterating aborts the request at ``/inference/v1/abort_requests``. Its health is
+``GET /health``, its context length ``max_model_len`` at ``GET /v1/models``. Failures are raised as
+``vlm_gateway.engines.errors``.
 """
 
 from __future__ import annotations
