@@ -24,7 +24,7 @@ from vlm_gateway.settings import EngineSettings, ModelSettings, Settings, Settin
 DEFAULT_TINY_FAMILY = "qwen2_5_vl"
 TINY_EXTRA = ("torch", "transformers", "safetensors", "numpy")  # what building a tiny checkpoint imports
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
-# The serving process collects its youngest generation every this many new objects (CPython: 700).
+# The serving process collects its youngest generation every this many new objects (CPython 3.11: 700).
 GC_YOUNG_THRESHOLD = 10_000
 
 
