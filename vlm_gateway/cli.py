@@ -185,7 +185,7 @@ def _check_models(settings: Settings, from_cli: set[int]) -> None:
                 "`checkpoint`", "`checkpoint` (or `tokenizer`)"))
 
 
-def settle_heap(app: object = None) -> None:
+def settle_heap() -> None:
     """Once the gateway is up (a start-up hook): what it loaded to serve (modules, the app, tokenizers,
     templates) leaves the garbage collector's scans, and the youngest generation is collected less often.
     A request leaves few cycles behind, yet the collector was 6-7 % of the gateway's CPU under load
