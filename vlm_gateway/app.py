@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 import aiohttp
 from litestar import Litestar
@@ -46,9 +47,12 @@ from vlm_gateway.playground import playground_routes
 from vlm_gateway.responses_api.background import with_responses
 from vlm_gateway.responses_api.store import ResponseStore
 from vlm_gateway.sampling import load_defaults
-from vlm_gateway.settings import Settings
+from vlm_gateway.settings import EngineSettings, Settings
 from vlm_gateway.state import state_backend
 from vlm_gateway.tokenize import Tokenizer
+
+if TYPE_CHECKING:
+    from vlm_gateway.engines.vllm_embedded import EmbeddedVLLM
 
 log = logging.getLogger("vlm_gateway")
 
@@ -59,6 +63,16 @@ EngineFactory = Callable[[Model, aiohttp.ClientSession], Engine]
 ENGINE_KEEPALIVE_S = 4.0
 
 
+def embedded_engine(model: Model, group: EngineSettings) -> EmbeddedVLLM:
+    """The supervised vLLM server of a model's ``embedded`` engine group (not started)."""
+    from vlm_gateway.engines.vllm_embedded import EmbeddedVLLM
+
+    args = ["--limit-mm-per-prompt", json.dumps({"image": model.max_images}), *model.family.engine_args, *group.args]
+    if model.context_length is not None:  # else vLLM's default: the checkpoint's own context length
+        args = ["--max-model-len", str(model.context_length), *args]
+    return EmbeddedVLLM(model.checkpoint, served_name=model.id, args=args, env=group.env, port=group.port)
+
+
 def engine_pool(model: Model, session: aiohttp.ClientSession, redis=None, redis_prefix: str = "vlm:") -> Engine:
     """The model's pool (``vlm_gateway.engines.pool``): each ``engine``/``engines`` entry's servers —
     a supervised vLLM on this machine (embedded), stock vLLM servers spoken to in token ids (remote), or
@@ -66,7 +80,6 @@ def engine_pool(model: Model, session: aiohttp.ClientSession, redis=None, redis_
     by one owner table."""
     from vlm_gateway.engines.openai_passthrough import OpenAIServer
     from vlm_gateway.engines.pool import EnginePool
-    from vlm_gateway.engines.vllm_embedded import EmbeddedVLLM
     from vlm_gateway.engines.vllm_remote import VLLMServer
     from vlm_gateway.routing.owners import MemoryOwners, RedisOwners
 
@@ -75,11 +88,7 @@ def engine_pool(model: Model, session: aiohttp.ClientSession, redis=None, redis_
     for group in model.engines:
         image_cache = group.engine_image_cache and model.family.engine_keeps_images
         if group.kind == "embedded":
-            args = ["--limit-mm-per-prompt", json.dumps({"image": model.max_images}), *model.family.engine_args,
-                    *group.args]
-            if model.context_length is not None:  # else vLLM's default: the checkpoint's own context length
-                args = ["--max-model-len", str(model.context_length), *args]
-            process = EmbeddedVLLM(model.checkpoint, served_name=model.id, args=args, env=group.env, port=group.port)
+            process = embedded_engine(model, group)
             processes.append(process)
             servers.append(VLLMServer(process.url, session, image_cache=image_cache))
         elif group.kind == "remote":

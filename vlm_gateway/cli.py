@@ -19,6 +19,7 @@ from pathlib import Path
 
 import msgspec
 
+from vlm_gateway import workers
 from vlm_gateway.settings import EngineSettings, ModelSettings, Settings, SettingsError, load_settings
 
 DEFAULT_TINY_FAMILY = "qwen2_5_vl"
@@ -33,6 +34,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="TOML settings file (else $VLM_GATEWAY_CONFIG)")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--workers", type=int, help="gateway processes on the port (default 1; more need redis_url)")
     p.add_argument("--model", action="append", default=[], metavar="PATH_OR_ID",
                    help="serve this checkpoint (repeatable); its family is read from its config.json")
     p.add_argument("--engine-url", action="append", default=[], metavar="URL",
@@ -197,7 +199,8 @@ def settle_heap() -> None:
 
 def serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers))
+                 if v is not None}
     settings = msgspec.structs.replace(settings, **overrides)
     if settings.log_level.lower() not in LOG_LEVELS:
         raise SettingsError(f"invalid configuration: log_level {settings.log_level!r} is not a log level. Fix: set "
@@ -205,6 +208,7 @@ def serve(args: argparse.Namespace) -> int:
     configured = len(settings.models)
     settings = _with_cli_models(settings, args.model, args.engine_url, args.family)
     _check_port(settings.host, settings.port)  # first: fast, and the most common mistake
+    workers.check(settings)
     if not settings.models:
         settings = _with_tiny_default(settings)
     _check_models(settings, set(range(configured, len(settings.models))))
@@ -214,11 +218,15 @@ def serve(args: argparse.Namespace) -> int:
         if conflict := vllm_conflict():
             raise SettingsError(conflict)
 
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.workers > 1:
+        workers.serve(settings)
+        return 0
+
     import uvicorn
 
     from vlm_gateway.app import create_app
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     app.on_startup.append(settle_heap)  # after the lifespan has loaded everything
     print(f"vlm-gateway on http://{settings.host}:{settings.port}/v1 serving "

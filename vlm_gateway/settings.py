@@ -98,6 +98,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8000
     redis_url: str = ""  # empty: in-process state (single replica)
+    workers: int = 1  # gateway processes on one port (vlm_gateway/workers.py); more than 1 needs redis_url
     max_request_bytes: int = 10 * 1024 * 1024
     cache_dir: str = ""  # tiny checkpoints etc.; defaults to ~/.cache/vlm-gateway
     templates_dir: str = ""  # families.toml + <family>.jinja; defaults to the package's own templates/

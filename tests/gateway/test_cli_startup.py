@@ -174,3 +174,15 @@ def test_offline_default_without_the_tiny_extra(tmp_path) -> None:
     line = _serve(tmp_path, "--port", "0", code=code)
     assert "the offline default needs the tiny extra" in line and "torch" in line
     assert "pip install 'vlm-gateway[tiny]'" in line and "configure a model" in line
+
+
+def test_workers_need_redis(tmp_path, tiny_checkpoint: Path) -> None:
+    line = _serve(tmp_path, "--model", str(tiny_checkpoint), "--engine-url", REMOTE, "--port", "0", "--workers", "2")
+    assert line.startswith("vlm-gateway: workers = 2 needs redis_url"), line
+    assert "Fix: set redis_url (or VLM_GATEWAY_REDIS_URL), or serve with workers = 1" in line
+
+
+def test_workers_must_be_positive(tmp_path, tiny_checkpoint: Path) -> None:
+    env = _env(tmp_path, VLM_GATEWAY_WORKERS="0")
+    line = _serve(tmp_path, "--model", str(tiny_checkpoint), "--engine-url", REMOTE, "--port", "0", env=env)
+    assert line == "vlm-gateway: invalid configuration: workers = 0. Fix: set workers to 1 or more"
