@@ -48,7 +48,7 @@ from vlm_gateway.responses_api.background import with_responses
 from vlm_gateway.responses_api.store import ResponseStore
 from vlm_gateway.sampling import load_defaults
 from vlm_gateway.settings import EngineSettings, Settings
-from vlm_gateway.state import state_backend
+from vlm_gateway.state import redis_client, state_backend
 from vlm_gateway.tokenize import Tokenizer
 
 if TYPE_CHECKING:
@@ -122,12 +122,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
         async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as session:
             redis = None
             if settings.redis_url:
-                from redis.asyncio import Redis
-
-                # Reads wait up to 30 s (redis-py's own default is 5): a loop that stood still longer than
-                # that would time out replies that had arrived. The limiter bounds its calls itself
-                # (state_timeout_s, ``limits.rate.bounded``); blocking job reads are shorter than this.
-                redis = Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=5)
+                redis = redis_client(settings.redis_url)
             lag = LoopLag()
             lag.start()
             app.state.lag = lag
