@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 EXTRA  ?= cpu
 
-.PHONY: install run test test-fast bench lint clean
+.PHONY: install run test test-fast bench bench-workers lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ test-fast: install
 
 bench: install
 	$(PY) -m bench $(ARGS)
+
+bench-workers: install
+	$(PY) -m bench.workers $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check vlm_gateway tests bench
