@@ -15,7 +15,9 @@ the ``http_metrics`` middleware (``vlm_gateway/api/metrics.py``). The rest is ob
 
 Several worker processes: set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory shared by them
 (prometheus-client's multiprocess mode); ``/metrics`` then sums every process's files. Gauges say how
-they combine (``livesum``: in-flight requests; ``max``: values every process reads alike).
+they combine over the live processes (``livesum``: in-flight requests; ``livemostrecent``: values read when
+scraped, so the answering worker's; ``livemax``: a server in rotation in any worker); a worker that died
+(uvicorn replaces it) is forgotten at the next scrape.
 
 This module imports nothing of the gateway: every layer may record into it.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 import contextvars
 import os
 import time
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -61,7 +64,7 @@ IMAGES = Counter(f"{PREFIX}_images", "Images in requests that reached the engine
 ENGINE_IN_FLIGHT = Gauge(f"{PREFIX}_engine_in_flight", "Requests in the model's engine now.", ["model"],
                          multiprocess_mode="livesum")
 ENGINE_READY = Gauge(f"{PREFIX}_engine_ready", "1 when the model's engine takes requests (read when scraped).",
-                     ["model"], multiprocess_mode="max")
+                     ["model"], multiprocess_mode="livemostrecent")
 IMAGE_EVENTS = Counter(f"{PREFIX}_image_loader_events", "Image loader events: downloads, download_failures, "
                        "memory_hits/misses (fetched bytes by URL), redis_hits/misses, result_hits/misses (sized "
                        "images by content hash), data_uris, shared_fetches…", ["event"])
@@ -69,13 +72,13 @@ IMAGE_BYTES = Counter(f"{PREFIX}_image_download_bytes", "Bytes downloaded from i
 RATE_LIMITED = Counter(f"{PREFIX}_rate_limited", "Requests refused with 429, by key name and code.",
                        ["key", "code"])
 JOBS_QUEUED = Gauge(f"{PREFIX}_jobs_unfinished", "Jobs queued or running (read when scraped).",
-                    multiprocess_mode="max")
+                    multiprocess_mode="livemostrecent")
 JOBS_OLDEST = Gauge(f"{PREFIX}_jobs_oldest_age_seconds", "Age of the oldest unfinished job (read when "
-                    "scraped).", multiprocess_mode="max")
+                    "scraped).", multiprocess_mode="livemostrecent")
 WEBHOOKS = Counter(f"{PREFIX}_webhook_deliveries", "Webhook delivery attempts by outcome (ok, retry, "
                    "give_up).", ["outcome"])
 ENGINE_SERVER_UP = Gauge(f"{PREFIX}_engine_server_up", "1 while a server of the model's pool is in rotation "
-                         "(health checks, failed requests).", ["model", "server"], multiprocess_mode="max")
+                         "(health checks, failed requests).", ["model", "server"], multiprocess_mode="livemax")
 ROUTING = Counter(f"{PREFIX}_routing_decisions", "Engine server choices: affinity (the server that holds the "
                   "key's caches), new (a key seen first: the pool's least-owning server), moved (its server "
                   "left the pool), spilled (its server was over the load bound), least_loaded (no key, or "
@@ -86,7 +89,7 @@ ENGINE_IMAGE_INPUTS = Counter(f"{PREFIX}_engine_image_inputs", "Images sent to v
                               "or the model's input made by the gateway), key (the server holds it: sent by key "
                               "alone), resent (the server had dropped it: sent again).", ["server", "sent"])
 LOOP_LAG = Gauge(f"{PREFIX}_event_loop_lag_seconds", "How late the event loop ran a timer (read when "
-                 "scraped).", multiprocess_mode="max")
+                 "scraped).", multiprocess_mode="livemostrecent")
 
 #: The current HTTP request's arrival (``time.monotonic()``), set by the ``http_metrics`` middleware; the
 #: pipeline reads it for the before-engine and first-token times. Unset (jobs): measured from the pipeline's start.
@@ -97,10 +100,24 @@ def arrived() -> float:
     return ARRIVED.get(time.monotonic())
 
 
+def _forget_dead(path: Path) -> None:
+    """Drop the live gauges of worker processes that are gone (prometheus-client's ``mark_process_dead``,
+    which a gunicorn hook would call; uvicorn has none). Counters and histograms keep what they counted."""
+    for file in path.glob("gauge_live*_*.db"):
+        pid = int(file.stem.rsplit("_", 1)[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, str(path))
+        except PermissionError:  # alive, another user's
+            pass
+
+
 def exposition() -> tuple[bytes, str]:
     """The metrics in Prometheus' text format: this process's, or every worker's in multiprocess mode."""
     registry = REGISTRY
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if path := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        _forget_dead(Path(path))
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     return generate_latest(registry), CONTENT_TYPE_LATEST

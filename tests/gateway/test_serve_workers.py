@@ -127,16 +127,32 @@ def test_two_workers_answer_on_one_port_as_one_gateway(two_workers) -> None:
     assert (ok, limited) == (sent + 20, 10), scrape
 
 
-def test_a_killed_worker_is_replaced(two_workers) -> None:
-    child, url, _config, _metrics = two_workers
+def test_a_killed_worker_is_replaced_and_its_gauges_forgotten(two_workers) -> None:
+    child, url, _config, metrics_dir = two_workers
+    close = {"Connection": "close"}
     before = workers_of(child.proc.pid)
-    os.kill(min(before), signal.SIGKILL)
+
+    def gauges(pid: int) -> list[Path]:
+        return list(metrics_dir.glob(f"gauge_live*_{pid}.db"))
+
+    def both_answered() -> bool:
+        with ThreadPoolExecutor(6) as pool:
+            assert set(pool.map(lambda _: httpx.post(url + "/v1/chat/completions", json=CHAT, headers=close,
+                                                     timeout=60).status_code, range(12))) == {200}
+        served = served_by(metrics_dir)
+        return all(served.get(pid, 0) > 0 and gauges(pid) for pid in before)
+
+    wait_for(both_answered, 60, "both workers answering")
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
     after = wait_for(lambda: (w := workers_of(child.proc.pid)) - before and len(w) == 2 and w, 60, "a new worker")
-    assert len(after & before) == 1
+    assert after & before == before - {victim}
     for _ in range(6):
-        r = httpx.post(url + "/v1/chat/completions", json={**CHAT, "max_tokens": 2}, headers={"Connection": "close"},
-                       timeout=60)
+        r = httpx.post(url + "/v1/chat/completions", json={**CHAT, "max_tokens": 2}, headers=close, timeout=60)
         assert r.status_code == 200, r.text
+    assert httpx.get(url + "/metrics", headers=close).status_code == 200
+    # the dead worker's in-flight and read-when-scraped gauges are gone; what it counted stays counted
+    assert gauges(victim) == [] and served_by(metrics_dir)[victim] > 0
 
 
 def test_embedded_engines_start_once_for_every_worker(tiny_checkpoint: Path) -> None:
