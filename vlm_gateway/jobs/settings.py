@@ -47,7 +47,7 @@ class WebhookSettings(msgspec.Struct, forbid_unknown_fields=True):
 class JobSettings(msgspec.Struct, forbid_unknown_fields=True):
     """The queue (memory, or Redis when ``Settings.redis_url`` is set) and its workers.
 
-    * ``concurrency``: jobs one replica runs at a time.
+    * ``concurrency``: jobs one replica (one worker process, with ``workers`` > 1) runs at a time.
     * ``visibility_timeout_s``: a job (or a pending webhook) whose worker stopped heartbeating for this
       long is taken over by another worker; ``heartbeat_s`` must be well below it.
     * ``max_attempts``: runs of one job (the first plus reclaims after crashes) before it is failed.
