@@ -220,8 +220,7 @@ def serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.workers > 1:
-        workers.serve(settings)
-        return 0
+        return workers.serve(settings)
 
     import uvicorn
 

@@ -131,14 +131,21 @@ def _metrics_dir() -> Iterator[None]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def serve(settings: Settings) -> None:
-    """Serve ``settings.workers`` processes on ``settings.host:settings.port`` until stopped."""
+def serve(settings: Settings) -> int:
+    """Serve ``settings.workers`` processes on ``settings.host:settings.port`` until stopped; the exit code
+    (uvicorn's start-up failure code when a worker could not start its app)."""
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
 
     check(settings)
     with _metrics_dir(), _Engines(settings) as engines:
         os.environ[SETTINGS_ENV] = msgspec.json.encode(engines.settings).decode()
+        config = uvicorn.Config("vlm_gateway.workers:app", factory=True, workers=settings.workers, host=settings.host,
+                                port=settings.port, log_level=settings.log_level.lower(), access_log=False)
         print(f"vlm-gateway on http://{settings.host}:{settings.port}/v1 serving "
               + ", ".join(m.id for m in settings.models) + f" ({settings.workers} workers)", file=sys.stderr)
-        uvicorn.run("vlm_gateway.workers:app", factory=True, workers=settings.workers, host=settings.host,
-                    port=settings.port, log_level=settings.log_level.lower(), access_log=False)
+        supervisor = Multiprocess(config, sockets=[config.bind_socket()])  # what uvicorn.run does, keeping hold
+        supervisor.run()  # of the supervisor to read how its workers ended
+        failed = any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes)
+        return STARTUP_FAILURE if failed else 0

@@ -171,3 +171,15 @@ def test_embedded_engines_start_once_for_every_worker(tiny_checkpoint: Path) -> 
     assert model.engine == EngineSettings(kind="remote", urls=[process.url], routing="least_loaded")
     assert model.engines == [other]
     assert engines.settings.workers == 3 and engines.settings.redis_url == TEST_REDIS_URL
+
+
+def test_a_worker_that_cannot_start_stops_the_gateway(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """Nothing answers at ``redis_url``: each worker's start-up fails, and so does ``serve`` (not exit 0)."""
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'redis_url = "redis://127.0.0.1:{free_port()}/0"\n'
+                      f'[[models]]\nid = "m"\ncheckpoint = "{tiny_checkpoint}"\n'
+                      'engine = { kind = "remote", urls = ["http://127.0.0.1:9"] }\n')
+    proc = subprocess.run([PYTHON, "-m", "vlm_gateway.cli", "serve", "--config", str(config), "--port",
+                           str(free_port()), "--workers", "2"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "rate limiter state is unavailable" in proc.stderr
