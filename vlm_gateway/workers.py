@@ -13,8 +13,9 @@ worker). What they share lives where replicas share it:
 - embedded engines: started once, here in the supervising process, and handed to the workers as remote
   servers on loopback (N workers never start N engines). The supervisor restarts one that exits.
 
-What stays per worker is a cache: images loaded and sized, and which images an engine was sent (a worker
-that did not send one sends it again; ``vlm_gateway.engines.vllm_remote``).
+What stays per worker: caches (images loaded and sized; which images an engine was sent: a worker that did
+not send one sends it again, ``vlm_gateway.engines.vllm_remote``), each pool's count of requests in flight
+per server (least-loaded routing and the load bound see their own worker's), and ``jobs.concurrency``.
 """
 
 from __future__ import annotations
@@ -40,9 +41,6 @@ if TYPE_CHECKING:
     from vlm_gateway.engines.vllm_embedded import EmbeddedVLLM
 
 SETTINGS_ENV = "_VLM_GATEWAY_WORKER_SETTINGS"  # outside the VLM_GATEWAY_ prefix: not a settings override
-
-log = logging.getLogger("vlm_gateway.workers")
-
 
 def check(settings: Settings) -> None:
     """``SettingsError`` where several workers would not behave as one gateway."""
@@ -118,7 +116,8 @@ class _Engines:
 
 @contextlib.contextmanager
 def _metrics_dir() -> Iterator[None]:
-    """A directory for prometheus-client's multiprocess files, unless one is set; emptied for this run."""
+    """A directory for prometheus-client's multiprocess files: a fresh temporary one, removed at exit,
+    unless ``PROMETHEUS_MULTIPROC_DIR`` is set."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         yield
         return
