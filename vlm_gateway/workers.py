@@ -131,13 +131,12 @@ def _metrics_dir() -> Iterator[None]:
 
 
 def serve(settings: Settings) -> int:
-    """Serve ``settings.workers`` processes on ``settings.host:settings.port`` until stopped; the exit code
-    (uvicorn's start-up failure code when a worker could not start its app)."""
+    """Serve ``settings.workers`` processes on ``settings.host:settings.port`` until stopped (``check``ed
+    settings); the exit code (uvicorn's start-up failure code when a worker could not start its app)."""
     import uvicorn
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
 
-    check(settings)
     with _metrics_dir(), _Engines(settings) as engines:
         os.environ[SETTINGS_ENV] = msgspec.json.encode(engines.settings).decode()
         config = uvicorn.Config("vlm_gateway.workers:app", factory=True, workers=settings.workers, host=settings.host,
