@@ -20,38 +20,28 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
-import httpx
-
 from bench.procs import CpuMeter, descendants
 from tests.fake_engine import FakeEngine
-from tests.helpers import PYTHON, TEST_REDIS_URL, free_port, png_data_uri
+from tests.helpers import PYTHON, TEST_REDIS_URL, Child, free_port, png_data_uri
 from vlm_gateway.testing.tiny import ensure_tiny
 
 
-def start_gateway(workers: int, engine_url: str, checkpoint: Path, logs: Path, prefix: str):
+def start_gateway(workers: int, engine_url: str, checkpoint: Path, logs: Path, prefix: str) -> tuple[Child, str]:
     port = free_port()
     config = logs / f"workers-{workers}.toml"
     config.write_text(f'redis_url = "{TEST_REDIS_URL}"\nlog_level = "warning"\n[limits]\nredis_prefix = "{prefix}:"\n'
                       f'[[models]]\nid = "m"\ncheckpoint = "{checkpoint}"\ncontext_length = 4096\n'
                       f'engine = {{ kind = "remote", urls = ["{engine_url}"] }}\n')
-    log = open(logs / f"workers-{workers}.log", "w")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen([PYTHON, "-m", "vlm_gateway.cli", "serve", "--config", str(config), "--port", str(port),
-                             "--workers", str(workers)], stdout=log, stderr=subprocess.STDOUT)
+    child = Child(f"workers-{workers}", [PYTHON, "-m", "vlm_gateway.cli", "serve", "--config", str(config), "--port",
+                                         str(port), "--workers", str(workers)], logs)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            up = httpx.get(url + "/health").json()["model_loaded"]
-            if up and (workers == 1 or len(descendants(proc.pid)) > workers):  # the workers and a resource tracker
-                return proc, url
-        except (httpx.HTTPError, ValueError):
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"gateway with {workers} workers did not start: {logs / f'workers-{workers}.log'}")
+    # up, and with several workers all of them (and multiprocessing's resource tracker) started
+    child.wait_http(url + "/health", 120, ok=lambda r: r.status_code == 200 and r.json()["model_loaded"]
+                    and (workers == 1 or len(descendants(child.proc.pid)) > workers))
+    return child, url
 
 
 def wrk(url: str, script: Path, concurrency: int, seconds: int) -> tuple[int, float, str]:
@@ -92,8 +82,8 @@ def main() -> int:
                 wrk(url, script, args.concurrency, 3)  # warm-up
             for turn in range(args.repeat):
                 for n in (list(results) if turn % 2 == 0 else list(results)[::-1]):
-                    proc, url = gateways[n]
-                    meter = CpuMeter({"gateway": [proc.pid, *descendants(proc.pid)]})
+                    child, url = gateways[n]
+                    meter = CpuMeter({"gateway": [child.proc.pid, *descendants(child.proc.pid)]})
                     meter.start()
                     requests, rps, p50 = wrk(url, script, args.concurrency, args.seconds)
                     cpu_ms = 1000 * meter.stop()["gateway"] / requests
@@ -101,9 +91,8 @@ def main() -> int:
                     print(f"turn {turn + 1}, {n} worker(s): {rps:.0f} req/s, p50 {p50}, "
                           f"gateway CPU {cpu_ms:.2f} ms/req", flush=True)
         finally:
-            for proc, _url in gateways.values():
-                proc.terminate()
-                proc.wait()
+            for child, _url in gateways.values():
+                child.stop()
     one, many = results[1], results[args.workers]
     kind = "streamed" if args.stream else "whole answers"
     ratios = ", ".join(f"{b / a:.2f}" for a, b in zip(one, many, strict=True))

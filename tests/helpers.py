@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
@@ -60,6 +61,23 @@ def require_redis():
         client.close()
         no_redis(exc)
     return client
+
+
+@contextlib.contextmanager
+def redis_namespace(name: str) -> Iterator[str]:
+    """Settings TOML that points a gateway at the test Redis with every key (limits, jobs, files, batches)
+    under a prefix no other test uses; those keys are deleted on exit. Skips (fails under ``CI``) without
+    a Redis."""
+    redis = require_redis()
+    prefix = f"vlmtest-{name}-{uuid.uuid4().hex[:8]}"
+    try:
+        yield (f'redis_url = "{TEST_REDIS_URL}"\n[limits]\nredis_prefix = "{prefix}:limits:"\n'
+               f'[jobs]\nkey_prefix = "{prefix}:{{jobs}}:"\n[files]\nkey_prefix = "{prefix}:{{files}}:"\n'
+               f'[batches]\nkey_prefix = "{prefix}:{{batches}}:"\n')
+    finally:
+        for key in redis.scan_iter(f"{prefix}:*"):
+            redis.delete(key)
+        redis.close()
 
 
 def png_bytes(width: int = 64, height: int = 48, color: tuple[int, int, int] = (200, 30, 30)) -> bytes:

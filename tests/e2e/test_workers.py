@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import psutil
 import pytest
 
 from tests.e2e.conftest import ENGINE_START_TIMEOUT_S
-from tests.helpers import PYTHON, TEST_REDIS_URL, Child, free_port, png_data_uri, require_redis
+from tests.helpers import PYTHON, Child, free_port, png_data_uri, redis_namespace
 from vlm_gateway.testing.tiny import ensure_tiny
 
 pytestmark = pytest.mark.engine
@@ -34,39 +33,33 @@ def vllm_servers(root: int) -> list[psutil.Process]:
 
 
 def test_two_workers_share_one_embedded_engine(tiny_dir: Path, logs: Path) -> None:
-    redis = require_redis()
-    prefix = f"vlmtest-workers-e2e-{uuid.uuid4().hex[:8]}"
     checkpoint = ensure_tiny("llava_1_5", tiny_dir)
     port = free_port()
     config = logs / "gateway-workers.toml"
-    config.write_text(f'redis_url = "{TEST_REDIS_URL}"\n[limits]\nredis_prefix = "{prefix}:limits:"\n'
-                      f'[jobs]\nkey_prefix = "{prefix}:{{jobs}}:"\n[files]\nkey_prefix = "{prefix}:{{files}}:"\n'
-                      f'[batches]\nkey_prefix = "{prefix}:{{batches}}:"\n'
-                      f'[[models]]\nid = "tiny-llava"\ncheckpoint = "{checkpoint}"\ncontext_length = 4096\n')
-    child = Child("gateway-workers", [PYTHON, "-m", "vlm_gateway.cli", "serve", "--config", str(config), "--port",
-                                      str(port), "--workers", "2"], logs)
     url = f"http://127.0.0.1:{port}"
-    try:
-        child.wait_http(url + "/health", ENGINE_START_TIMEOUT_S,
-                        ok=lambda r: r.status_code == 200 and r.json()["model_loaded"])
-        (engine,) = vllm_servers(child.proc.pid)  # one engine for both workers
-        assert engine.ppid() == child.proc.pid  # the supervisor's, not a worker's
 
-        def ask(i: int) -> openai.types.chat.ChatCompletion:
-            with openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0) as client:
-                image = {"type": "image_url", "image_url": {"url": png_data_uri(64, 48, (i * 40 % 256, 90, 20))}}
-                return client.chat.completions.create(model="tiny-llava", max_tokens=3, messages=[
-                    {"role": "user", "content": [image, {"type": "text", "text": "What is this?"}]}])
+    def ask(i: int) -> openai.types.chat.ChatCompletion:
+        with openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0) as client:
+            image = {"type": "image_url", "image_url": {"url": png_data_uri(64, 48, (i * 40 % 256, 90, 20))}}
+            return client.chat.completions.create(model="tiny-llava", max_tokens=3, messages=[
+                {"role": "user", "content": [image, {"type": "text", "text": "What is this?"}]}])
 
-        with ThreadPoolExecutor(4) as pool:
-            replies = list(pool.map(ask, range(8)))
-        assert all(r.usage.completion_tokens == 3 and r.usage.prompt_tokens_details.image_tokens > 0
-                   for r in replies), replies
-    finally:
-        child.stop(sig=signal.SIGTERM)
-        for key in redis.scan_iter(f"{prefix}:*"):
-            redis.delete(key)
-        redis.close()
+    with redis_namespace("workers-e2e") as redis_settings:
+        config.write_text(f'{redis_settings}[[models]]\nid = "tiny-llava"\ncheckpoint = "{checkpoint}"\n'
+                          'context_length = 4096\n')
+        child = Child("gateway-workers", [PYTHON, "-m", "vlm_gateway.cli", "serve", "--config", str(config),
+                                          "--port", str(port), "--workers", "2"], logs)
+        try:
+            child.wait_http(url + "/health", ENGINE_START_TIMEOUT_S,
+                            ok=lambda r: r.status_code == 200 and r.json()["model_loaded"])
+            (engine,) = vllm_servers(child.proc.pid)  # one engine for both workers
+            assert engine.ppid() == child.proc.pid  # the supervisor's, not a worker's
+            with ThreadPoolExecutor(4) as pool:
+                replies = list(pool.map(ask, range(8)))
+            assert all(r.usage.completion_tokens == 3 and r.usage.prompt_tokens_details.image_tokens > 0
+                       for r in replies), replies
+        finally:
+            child.stop(sig=signal.SIGTERM)
     deadline = time.monotonic() + 30
     while engine.is_running() and engine.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
         time.sleep(0.2)

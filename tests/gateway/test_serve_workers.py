@@ -13,7 +13,6 @@ import re
 import signal
 import subprocess
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from tests.fake_engine import FakeEngine
-from tests.helpers import PYTHON, TEST_REDIS_URL, Child, free_port, require_redis
+from tests.helpers import PYTHON, TEST_REDIS_URL, Child, free_port, redis_namespace
 from vlm_gateway.app import embedded_engine
 from vlm_gateway.models import ModelRegistry
 from vlm_gateway.settings import EngineSettings, ModelSettings, Settings
@@ -66,16 +65,12 @@ def wait_for(predicate, timeout_s: float, what: str):
 
 @pytest.fixture
 def two_workers(tmp_path: Path, tiny_checkpoint: Path):
-    redis = require_redis()
-    prefix = f"vlmtest-workers-{uuid.uuid4().hex[:8]}"
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     config = tmp_path / "gateway.toml"
-    with FakeEngine(hold_s=0.05, served_name="m") as engine:
+    with redis_namespace("workers") as redis_settings, FakeEngine(hold_s=0.05, served_name="m") as engine:
         config.write_text(
-            f'redis_url = "{TEST_REDIS_URL}"\nlog_level = "warning"\n'
-            f'[limits]\nredis_prefix = "{prefix}:limits:"\n[jobs]\nkey_prefix = "{prefix}:{{jobs}}:"\n'
-            f'[files]\nkey_prefix = "{prefix}:{{files}}:"\n[batches]\nkey_prefix = "{prefix}:{{batches}}:"\n'
+            f'log_level = "warning"\n{redis_settings}'
             f'[[models]]\nid = "m"\ncheckpoint = "{tiny_checkpoint}"\ncontext_length = 4096\n'
             f'engine = {{ kind = "remote", urls = ["{engine.url}"] }}\n')
         port = free_port()
@@ -89,9 +84,6 @@ def two_workers(tmp_path: Path, tiny_checkpoint: Path):
             yield child, url, config, metrics_dir
         finally:
             child.stop()
-            for key in redis.scan_iter(f"{prefix}:*"):
-                redis.delete(key)
-            redis.close()
 
 
 def test_two_workers_answer_on_one_port_as_one_gateway(two_workers) -> None:
