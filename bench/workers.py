@@ -6,6 +6,10 @@ leaves the cores to the gateway; the two gateways take turns ``--repeat`` times.
 
     make bench-workers
     make bench-workers ARGS="--stream --concurrency 256"
+    make bench-workers ARGS="--workers 1 --stream --concurrency 16 --tokens 8 --token-gap-ms 5"
+
+(``--tokens``/``--token-gap-ms``: the engine streams one chunk per token, as vLLM does, a step apart; with
+``--workers 1`` only the one gateway runs, which measures its own CPU per streamed request.)
 
 Prints, per turn, req/s, p50 latency and the gateway's CPU ms per request (all its processes), then the
 medians and the N-worker / 1-worker ratio of each turn.
@@ -61,6 +65,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--hold-ms", type=float, default=5, help="the scripted engine's time per answer")
     parser.add_argument("--stream", action="store_true")
+    parser.add_argument("--tokens", type=int, default=1, help="streamed: the engine's chunks, one per token")
+    parser.add_argument("--token-gap-ms", type=float, default=0, help="streamed: the engine's time per token")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt install wrk")
@@ -74,7 +80,8 @@ def main() -> int:
     script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n'
                       'wrk.headers["Content-Type"] = "application/json"\n')
     results: dict[int, list[float]] = {1: [], args.workers: []}
-    with FakeEngine(hold_s=args.hold_ms / 1000, served_name="m") as engine:
+    with FakeEngine(hold_s=args.hold_ms / 1000, served_name="m", tokens=args.tokens,
+                    token_gap_s=args.token_gap_ms / 1000) as engine:
         gateways = {n: start_gateway(n, engine.url, checkpoint, logs, f"bench-workers-{n}-{uuid.uuid4().hex[:6]}")
                     for n in results}
         try:

@@ -17,8 +17,10 @@ from aiohttp import web
 
 class FakeEngine:
     def __init__(self, hold_s: float = 0.2, text: str = "ok", max_model_len: int = 4096,
-                 served_name: str = "fake") -> None:
+                 served_name: str = "fake", tokens: int = 1, token_gap_s: float = 0.0) -> None:
         self.hold_s = hold_s
+        self.tokens = tokens  # streamed: one chunk per token, token_gap_s apart (as an engine's steps)
+        self.token_gap_s = token_gap_s
         self.text = text
         self.max_model_len = max_model_len
         self.served_name = served_name
@@ -38,18 +40,29 @@ class FakeEngine:
             self.max_running = max(self.max_running, self.running)
         try:
             ids = list(body["token_ids"])
-            choice = {"index": 0, "text": self.text, "token_ids": [1], "finish_reason": "length"}
-            usage = {"prompt_tokens": len(ids), "completion_tokens": 1}
+            choice = {"index": 0, "text": self.text * self.tokens, "token_ids": [1] * self.tokens,
+                      "finish_reason": "length"}
+            usage = {"prompt_tokens": len(ids), "completion_tokens": self.tokens}
             if not body.get("stream", True):  # a whole answer, as vLLM gives one
                 await asyncio.sleep(self.hold_s)
                 return web.json_response({"choices": [choice], "prompt_token_ids": ids, "usage": usage})
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
             await asyncio.sleep(self.hold_s)
-            chunks = [{"choices": [choice], "prompt_token_ids": ids}, {"choices": [], "usage": usage}]
-            for chunk in chunks:
-                await response.write(b"data: " + msgspec.json.encode(chunk) + b"\n\n")
-            await response.write(b"data: [DONE]\n\n")
+            steps = [{"index": 0, "text": self.text, "token_ids": [1], "finish_reason": None}
+                     for _ in range(self.tokens - 1)] + [{**choice, "text": self.text, "token_ids": [1]}]
+            chunks = [{"choices": [step]} for step in steps]
+            chunks[0]["prompt_token_ids"] = ids
+            if body.get("stream_options", {}).get("include_usage", True):
+                chunks.append({"choices": [], "usage": usage})
+            try:
+                for i, chunk in enumerate(chunks):
+                    if i and self.token_gap_s and chunk["choices"]:
+                        await asyncio.sleep(self.token_gap_s)
+                    await response.write(b"data: " + msgspec.json.encode(chunk) + b"\n\n")
+                await response.write(b"data: [DONE]\n\n")
+            except ConnectionResetError:  # the gateway went away mid-answer (its client did)
+                pass
             return response
         finally:
             with self._lock:
