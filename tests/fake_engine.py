@@ -49,9 +49,9 @@ class FakeEngine:
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
             await asyncio.sleep(self.hold_s)
-            steps = [{"index": 0, "text": self.text, "token_ids": [1], "finish_reason": None}
-                     for _ in range(self.tokens - 1)] + [{**choice, "text": self.text, "token_ids": [1]}]
-            chunks = [{"choices": [step]} for step in steps]
+            step = {"index": 0, "text": self.text, "token_ids": [1], "finish_reason": None}
+            steps = [step] * (self.tokens - 1) + [{**step, "finish_reason": "length"}]
+            chunks = [{"choices": [one]} for one in steps]
             chunks[0]["prompt_token_ids"] = ids
             if body.get("stream_options", {}).get("include_usage", True):
                 chunks.append({"choices": [], "usage": usage})
