@@ -31,14 +31,16 @@ from vlm_gateway.schemas.seeds import (
 @post("/vision", status_code=200, opt={"error_shape": "seed"}, responses=SEED_ERRORS)
 async def vision(request: Request[Any, Any, Any], data: JSONBody[VisionRequest]) -> VisionCompletion:
     req = data
-    out, _ = await complete_chat(services(request), seeds.vision_to_chat(req), caller(request))
+    with seeds.errors_named_for(seeds.VISION_FIELDS):
+        out, _ = await complete_chat(services(request), seeds.vision_to_chat(req), caller(request))
     return seeds.vision_response(out)
 
 
 @post("/run/{model:path}", status_code=200, responses=ERRORS)
 async def fal_run(request: Request[Any, Any, Any], model: FromPath[str], data: JSONBody[FalRequest]) -> FalResponse:
     req = data
-    out, _ = await complete_chat(services(request), seeds.fal_to_chat(model.lstrip("/"), req), caller(request))
+    with seeds.errors_named_for(seeds.FAL_FIELDS):
+        out, _ = await complete_chat(services(request), seeds.fal_to_chat(model.lstrip("/"), req), caller(request))
     return seeds.fal_response(out)
 
 
@@ -60,7 +62,8 @@ async def vlmrun_generate(request: Request[Any, Any, Any], data: JSONBody[VlmRun
                                                         metadata={"created_at": created_at})
         return VlmRunResponse(id=job.id, status="pending", created_at=created_at, domain=req.domain,
                               metadata=req.metadata)
-    out, _ = await complete_chat(services(request), chat, caller(request))
+    with seeds.errors_named_for(seeds.VLMRUN_FIELDS, len(req.images)):
+        out, _ = await complete_chat(services(request), chat, caller(request))
     return seeds.vlmrun_response(req, f"vlmrun-{uuid.uuid4().hex}", created_at, out)
 
 

@@ -47,17 +47,20 @@ async def _completion(svc: Services, job: Job) -> Any:
 
 
 async def _fal(svc: Services, job: Job) -> Any:
-    return seeds.fal_response(await _run_chat(svc, job, seeds.fal_to_chat(job.model, _decode(job, FalRequest))))
+    with seeds.errors_named_for(seeds.FAL_FIELDS):
+        return seeds.fal_response(await _run_chat(svc, job, seeds.fal_to_chat(job.model, _decode(job, FalRequest))))
 
 
 async def _vision(svc: Services, job: Job) -> Any:
     req = _decode(job, VisionRequest, model=job.model)
-    return seeds.vision_response(await _run_chat(svc, job, seeds.vision_to_chat(req)))
+    with seeds.errors_named_for(seeds.VISION_FIELDS):
+        return seeds.vision_response(await _run_chat(svc, job, seeds.vision_to_chat(req)))
 
 
 async def _vlmrun(svc: Services, job: Job) -> Any:
     req = _decode(job, VlmRunRequest)
-    out = await _run_chat(svc, job, seeds.vlmrun_to_chat(req, job.model))
+    with seeds.errors_named_for(seeds.VLMRUN_FIELDS, len(req.images)):
+        out = await _run_chat(svc, job, seeds.vlmrun_to_chat(req, job.model))
     created = job.metadata.get("created_at") or seeds.now_iso()
     return seeds.vlmrun_response(req, job.id, created, out)
 

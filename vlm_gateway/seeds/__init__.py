@@ -7,14 +7,18 @@ back into its own response; there is no second code path.
 from __future__ import annotations
 
 import json
+import re
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 
 import msgspec
 
-from vlm_gateway.errors import InvalidRequest
+from vlm_gateway.errors import GatewayError, InvalidRequest
 from vlm_gateway.schemas.openai import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -41,6 +45,43 @@ from vlm_gateway.schemas.seeds import (
 def _one_image_chat(model: str, image_url: str, prompt: str, **sampling) -> ChatCompletionRequest:
     content = [ImageUrlPart(ImageUrl(image_url)), TextPart(prompt)]
     return ChatCompletionRequest(model=model, messages=[ChatMessage("user", content)], **sampling)
+
+
+_PART = re.compile(r"messages\[0\]\.content\[(\d+)\]")
+
+
+@dataclass(frozen=True)
+class SeedFields:
+    """Where an adapter put a seed body's fields in its chat request (one user message: the images, then
+    the prompt), so that an error the pipeline raises names the field the client sent, not the chat's."""
+
+    image: str  # the field of the images: one (``image_url``) or a list (``images``: ``images[k]``)
+    prompt: str
+    whole: str  # what a param naming the whole conversation (``messages``: too long, too many images) becomes
+    listed: bool = False
+
+    def name(self, param: str, images: int) -> str:
+        if (part := _PART.match(param)) is not None:
+            k = int(part[1])
+            if k >= images:
+                return self.prompt
+            return f"{self.image}[{k}]" if self.listed else self.image
+        return self.whole if re.match(r"messages\b", param) else param
+
+
+VISION_FIELDS = FAL_FIELDS = SeedFields(image="image_url", prompt="prompt", whole="prompt")
+VLMRUN_FIELDS = SeedFields(image="images", prompt="config.prompt", whole="images", listed=True)
+
+
+@contextmanager
+def errors_named_for(fields: SeedFields, images: int = 1) -> Iterator[None]:
+    """Rename the ``param`` of a ``GatewayError`` raised inside to the seed body's own field."""
+    try:
+        yield
+    except GatewayError as exc:
+        if exc.param is not None:
+            exc.param = fields.name(exc.param, images)
+        raise
 
 
 # --- FastVLM ------------------------------------------------------------------------------------

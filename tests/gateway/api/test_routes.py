@@ -228,6 +228,23 @@ def test_fal_run_route(client) -> None:
     assert r.status_code == 200 and r.json() == {"output": "Hi there", "partial": False}
 
 
+@pytest.mark.parametrize("route,body,param", [
+    ("/run/m", {"image_url": "ftp://example.com/a.png", "prompt": "Describe"}, "image_url"),
+    ("/v1/image/generate", {"images": ["ftp://example.com/a.png"], "domain": "image.caption", "model": "m"},
+     "images[0]"),
+    ("/v1/image/generate", {"images": [png_data_uri(), png_data_uri(color=(1, 2, 3))], "domain": "image.caption",
+                            "model": "m"}, "images"),  # model m takes one image
+])
+def test_seed_errors_name_the_seed_field(client, route, body, param) -> None:
+    r = client.post(route, json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param, r.text
+    if route == "/run/m":  # queued, the stored error is the one the route would have sent
+        job = client.post("/queue/m", json=body).json()
+        poll(client, f"/queue/requests/{job['request_id']}/status")
+        assert client.get(f"/queue/requests/{job['request_id']}").json()["error"]["param"] == param
+
+
 def test_completions_with_markers(client, engines) -> None:
     r = client.post("/v1/completions", json={"model": "m", "prompt": "USER: <image>\nWhat? ASSISTANT:",
                                               "images": [png_data_uri()], "max_tokens": 3})
