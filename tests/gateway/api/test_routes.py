@@ -112,6 +112,12 @@ def test_alias_and_seed_prefix_routes(client) -> None:
     assert r.status_code == 200 and r.json()["model"] == "alias"  # the name the client asked for
     models = client.get("/models").json()
     assert {m["id"] for m in models["data"]} == {"m", "alias", "cold"} and models["object"] == "list"
+    for name in ("m", "alias"):  # one card, by id or alias, as in the list (the SDK's models.retrieve)
+        assert client.get(f"/v1/models/{name}").json() == next(m for m in models["data"] if m["id"] == name)
+    missing = client.get("/v1/models/org/no-such")  # ids may hold slashes: the whole rest is the name
+    assert missing.status_code == 404
+    assert (missing.json()["error"]["code"], missing.json()["error"]["param"]) == ("model_not_found", "model")
+    assert "`org/no-such`" in missing.json()["error"]["message"]
 
 
 def test_stream_sse_format(client) -> None:
