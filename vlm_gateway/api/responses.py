@@ -4,23 +4,24 @@
 - ``GET    /v1/responses/{id}``            a stored response (its status, while a background one runs)
 - ``DELETE /v1/responses/{id}``            {"id", "object": "response", "deleted": true}
 - ``POST   /v1/responses/{id}/cancel``     a background response that is queued or running → cancelled
+- ``GET    /v1/responses/{id}/input_items`` the items it was given (a cursor page; see responses_api/items.py)
 
 Every route acts for ``caller(request)`` only: another key's response is a 404, as an unknown id is.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Request, Response, delete, get, post
 from litestar.connection import ASGIConnection
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import Stream
 
 from vlm_gateway.api import ERRORS, caller, services, success
-from vlm_gateway.responses_api import background, run
+from vlm_gateway.responses_api import background, items, run
 from vlm_gateway.responses_api.store import ResponseStore
-from vlm_gateway.schemas.responses import ResponseDeleted, ResponseObject, ResponsesRequest
+from vlm_gateway.schemas.responses import InputItemList, ResponseDeleted, ResponseObject, ResponsesRequest
 from vlm_gateway.streaming import EventStream
 
 
@@ -59,4 +60,16 @@ async def cancel_response(request: Request[Any, Any, Any], response_id: FromPath
     return await background.cancel(response_store(request), response_id, caller(request))
 
 
-RESPONSES_ROUTES = [create_response, retrieve_response, delete_response, cancel_response]
+@get("/v1/responses/{response_id:str}/input_items", responses=ERRORS)
+async def list_input_items(
+        request: Request[Any, Any, Any], response_id: FromPath[str], after: FromQuery[str | None] = None,
+        limit: FromQuery[int] = 20, order: FromQuery[str] = "desc",
+        include: Annotated[list[str] | None, QueryParameter(name="include[]")] = None) -> InputItemList:
+    """``include[]`` is how the OpenAI SDK sends a list; ``include`` (repeated) is read too."""
+    record = await response_store(request).get(response_id, caller(request))
+    image_urls = items.check_include([*(include or []), *request.query_params.getall("include", [])])
+    return items.page(items.listed_items(response_id, record.history, image_urls), after=after, limit=limit,
+                      order=order)
+
+
+RESPONSES_ROUTES = [create_response, retrieve_response, delete_response, cancel_response, list_input_items]

@@ -248,6 +248,46 @@ class ResponseDeleted(Struct):
     deleted: bool = True
 
 
+# --- GET /v1/responses/{id}/input_items ---------------------------------------------------------
+
+ListedContent = Union[InputText, InputImage, InputFile, OutputText]
+
+
+class ListedMessage(Struct, tag_field="type", tag="message", kw_only=True):
+    id: str  # msg_...
+    role: Literal["user", "system", "developer", "assistant"]
+    content: list[ListedContent]  # input_* parts; output_text for an assistant's
+    status: ItemStatus = "completed"
+
+
+class ListedFunctionCall(Struct, tag_field="type", tag="function_call", kw_only=True):
+    id: str  # fc_...
+    call_id: str
+    name: str
+    arguments: str
+    status: ItemStatus = "completed"
+
+
+class ListedFunctionCallOutput(Struct, tag_field="type", tag="function_call_output", kw_only=True):
+    id: str  # fco_...
+    call_id: str
+    output: str | list[ToolOutputContent]
+    status: ItemStatus = "completed"
+
+
+ListedItem = Union[ListedMessage, ListedFunctionCall, ListedFunctionCallOutput]
+
+
+class InputItemList(Struct, kw_only=True):
+    """One cursor page of the items a response was given (``after=last_id`` for the next while ``has_more``)."""
+
+    object: Literal["list"] = "list"
+    data: list[ListedItem]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
 # --- streaming events ---------------------------------------------------------------------------
 
 class ResponseCreated(Struct, tag_field="type", tag="response.created", kw_only=True):

@@ -3,6 +3,7 @@ uvicorn (scripted engine): what real clients send and how strictly they read the
 
 from __future__ import annotations
 
+import httpx
 import openai
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
@@ -96,3 +97,46 @@ def test_langchain_responses_api(base_url, alice, prompt) -> None:
     previous = alice.responses.retrieve(second.response_metadata["id"]).previous_response_id
     assert previous == first.response_metadata["id"]
     assert prompt().count("My name is Ada.") == 1 and "Name?" in prompt()
+
+
+def test_input_items_list_the_conversation(alice, base_url) -> None:
+    """``responses.input_items.list``: what the response was given, the earlier turns of
+    ``previous_response_id`` (with their outputs) included, instructions not; newest first by default;
+    a cursor page; image URLs only when ``include`` asks; another key's response is a 404."""
+    image = png_data_uri()
+    first = alice.responses.create(model="m", instructions="Be brief.", input=[{"role": "user", "content": [
+        {"type": "input_text", "text": "What is this?"}, {"type": "input_image", "image_url": image}]}])
+    follow = alice.responses.create(model="m", previous_response_id=first.id, input=[
+        {"type": "function_call", "call_id": "call_1", "name": "look", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_1", "output": "a cat"},
+        {"role": "developer", "content": "Answer in French."}])
+    listed = list(alice.responses.input_items.list(follow.id, order="asc"))
+    assert [(i.type, getattr(i, "role", None)) for i in listed] == [
+        ("message", "user"), ("message", "assistant"), ("function_call", None), ("function_call_output", None),
+        ("message", "developer")]
+    user, answer, call, output, developer = listed
+    assert [p.type for p in user.content] == ["input_text", "input_image"] and user.content[0].text == "What is this?"
+    assert user.content[1].image_url is None  # not asked for
+    assert answer.content[0].type == "output_text" and answer.content[0].text == first.output_text
+    assert (call.call_id, call.name, call.arguments, output.call_id, output.output) == (
+        "call_1", "look", "{}", "call_1", "a cat")
+    assert developer.content[0].text == "Answer in French."
+    assert len({i.id for i in listed}) == 5
+    newest = alice.responses.input_items.list(follow.id, limit=2)
+    assert [i.id for i in newest.data] == [developer.id, output.id] and newest.has_more
+    assert [i.id for i in alice.responses.input_items.list(follow.id, limit=2, after=output.id).data] == [
+        call.id, answer.id]
+    assert [i.id for i in alice.responses.input_items.list(follow.id)] == [i.id for i in reversed(listed)]
+    with_urls = alice.responses.input_items.list(first.id, include=["message.input_image.image_url"])
+    assert with_urls.data[0].content[1].image_url == image
+    plain = httpx.get(f"{base_url}/responses/{first.id}/input_items", headers={"Authorization": f"Bearer {ALICE}"},
+                      params={"include": "message.input_image.image_url"})  # a plain repeated key works too
+    assert plain.json()["data"][0]["content"][1]["image_url"] == image
+    with pytest.raises(openai.BadRequestError) as bad:
+        alice.responses.input_items.list(first.id, limit=101)
+    assert bad.value.param == "limit"
+    with pytest.raises(openai.NotFoundError) as unknown:
+        alice.responses.input_items.list(first.id, after="msg_nope")
+    assert unknown.value.param == "after"
+    with pytest.raises(openai.NotFoundError):
+        openai.OpenAI(base_url=base_url, api_key=BOB, max_retries=0).responses.input_items.list(first.id)
