@@ -222,8 +222,10 @@ async def stream_response(svc: Services, prepared: Prepared, events: Events, opt
                           return_token_ids: bool) -> EventStream:
     """The SSE response for a prepared request. The first delta is awaited before answering, so an
     engine error that comes before any output still gets its own HTTP status."""
+    include_usage = bool(options and options.include_usage)
+    for request in prepared.engine_requests:
+        request.usage_read = include_usage
     deltas = generate(svc, prepared)
     first = await anext(deltas)
-    body = events(prepared, prepend(first, deltas), include_usage=bool(options and options.include_usage),
-                  return_token_ids=return_token_ids)
+    body = events(prepared, prepend(first, deltas), include_usage=include_usage, return_token_ids=return_token_ids)
     return EventStream(body, prepared.permit.headers)

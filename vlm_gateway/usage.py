@@ -20,6 +20,7 @@ class Tally(msgspec.Struct):
     completion_tokens: int = 0
     prompt_ids: list[int] | None = None  # the prompt as the engine saw it (first delta)
     image_tokens: int | None = None  # as the engine placed them (first delta), when it says
+    cached_tokens: int = 0  # of the prompt tokens, those the engine's prefix cache held (when it says)
 
     def take(self, delta: EngineDelta) -> bool:
         """Record what ``delta`` says about tokens; True when that is all it carries."""
@@ -30,6 +31,7 @@ class Tally(msgspec.Struct):
         if delta.prompt_tokens is not None:  # one per engine stream (several prompts: several)
             self.prompt_tokens = (self.prompt_tokens or 0) + delta.prompt_tokens
             self.completion_tokens += delta.completion_tokens or 0
+            self.cached_tokens += delta.cached_tokens or 0
             return True
         return False
 
@@ -54,4 +56,4 @@ class Tally(msgspec.Struct):
         else:
             image_tokens = max(prompt - (self.sent_tokens - self.image_count), 0)
         return Usage(prompt, self.completion_tokens, prompt + self.completion_tokens,
-                     PromptTokensDetails(cached_tokens=0, image_tokens=image_tokens))
+                     PromptTokensDetails(cached_tokens=self.cached_tokens, image_tokens=image_tokens))

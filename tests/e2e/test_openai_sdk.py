@@ -284,3 +284,25 @@ def test_responses_create_and_stream_with_input_image(client: openai.OpenAI, mod
     follow = client.responses.create(model=model, previous_response_id=created.id, input="And the colors?",
                                      max_output_tokens=4, temperature=0)
     assert follow.usage.input_tokens > created.usage.input_tokens  # the earlier turn is in the prompt
+
+
+@pytest.mark.parametrize("model", [EMBEDDED, REMOTE], ids=["embedded", "remote"])
+def test_a_resent_prompt_reports_its_cached_tokens(client: openai.OpenAI, model: str) -> None:
+    """vLLM's prefix cache, as OpenAI reports prompt caching: ``prompt_tokens_details.cached_tokens``
+    (whole and streamed answers, and the Responses API's ``input_tokens_details``)."""
+    color = (17, 160, 90) if model == EMBEDDED else (90, 17, 160)  # an image no other test sends
+    messages = [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": png_data_uri(640, 480, color)}},
+        {"type": "text", "text": "Describe the picture."}]}]
+    first = client.chat.completions.create(model=model, messages=messages, max_tokens=2)
+    assert first.usage.prompt_tokens_details.cached_tokens == 0  # nothing sent it before
+    again = client.chat.completions.create(model=model, messages=messages, max_tokens=2)
+    cached = again.usage.prompt_tokens_details.cached_tokens
+    assert 0 < cached < again.usage.prompt_tokens == first.usage.prompt_tokens  # the last block is computed
+    streamed = list(client.chat.completions.create(model=model, messages=messages, max_tokens=2, stream=True,
+                                                   stream_options={"include_usage": True}))
+    assert streamed[-1].usage.prompt_tokens_details.cached_tokens == cached
+    response = client.responses.create(model=model, max_output_tokens=2, input=[{"role": "user", "content": [
+        {"type": "input_image", "image_url": messages[0]["content"][0]["image_url"]["url"]},
+        {"type": "input_text", "text": "Describe the picture."}]}])
+    assert response.usage.input_tokens_details.cached_tokens == cached

@@ -83,7 +83,7 @@ def test_server_command_and_env():
     assert cmd[cmd.index("--model") + 1] == "/models/x"
     assert cmd[cmd.index("--port") + 1] == "8123"
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
-    assert "--enable-scale-out" in cmd
+    assert "--enable-scale-out" in cmd and "--enable-prompt-tokens-details" in cmd  # usage reports cache hits
     assert "--max-num-seqs" not in cmd  # vLLM's own default: a lower cap queued requests an idle engine could run
     assert cmd[-4:] == ["--served-model-name", "x", "--max-model-len", "2048"]  # extra args go last
 

@@ -83,13 +83,13 @@ def image(name: str, tokens: int = 2) -> ImageFeatures:
     return ImageFeatures(key=f"k-{name}", tokens=tokens, data=f"DATA-{name}")
 
 
-def request(*images: ImageFeatures, stream: bool = True) -> EngineRequest:
+def request(*images: ImageFeatures, stream: bool = True, usage_read: bool = True) -> EngineRequest:
     ids, placed = [1], []
     for im in images:
         placed.append(PlacedImage(len(ids), im))
         ids += [9] * im.tokens
     req = EngineRequest("r", ids + [2], ["data:image/png;base64,AAA"] * len(images), SamplingParams(max_tokens=2),
-                        features=placed)
+                        features=placed, usage_read=usage_read)
     req.stream = stream
     return req
 
@@ -101,8 +101,8 @@ def inputs(kind: str, url: str) -> float:
 async def test_features_replace_images_with_keys_placeholders_and_data(served) -> None:
     fake, url, session = served
     engine = await pool(url, session)
-    for stream in (True, False):
-        req = request(image("a", 3), image("b", 2), stream=stream)
+    for turn, (stream, usage_read) in enumerate(((True, False), (True, True), (False, True))):
+        req = request(image("a", 3), image("b", 2), stream=stream, usage_read=usage_read)
         deltas = [d async for d in engine.generate(req)]
         assert "".join(d.text for d in deltas).startswith("Hel")
         sent = fake.bodies[-1]
@@ -110,16 +110,18 @@ async def test_features_replace_images_with_keys_placeholders_and_data(served) -
         assert sent["features"] == {
             "mm_hashes": {"image": ["k-a", "k-b"]},
             "mm_placeholders": {"image": [{"offset": 1, "length": 3}, {"offset": 4, "length": 2}]},
-            "kwargs_data": {"image": ["DATA-a", "DATA-b"] if stream else [None, None]}}
+            "kwargs_data": {"image": ["DATA-a", "DATA-b"] if turn == 0 else [None, None]}}  # then held
         # the gateway placed the images: vLLM is not asked to echo the prompt (the scripted engine's
         # echo, [1, 2, 3], is not taken), and the first delta carries the request's own ids and placements
         assert sent["return_token_ids"] is False
         assert deltas[0].prompt_token_ids == req.token_ids and deltas[0].image_tokens == 5
         assert all(d.prompt_token_ids is None and d.image_tokens is None for d in deltas[1:])
-        # streamed, the gateway counts the usage (vLLM sends no usage chunk); whole, vLLM's answer has it
-        assert sent["stream_options"] == {"include_usage": not stream}
-        usage = [(d.prompt_tokens, d.completion_tokens) for d in deltas if d.prompt_tokens is not None]
-        assert usage == [(len(req.token_ids), 2) if stream else (3, 2)]
+        # streamed to a client that does not read the usage, the gateway counts it (vLLM sends no usage
+        # chunk); otherwise vLLM's count comes, with the prompt tokens its prefix cache held
+        own = stream and not usage_read
+        assert sent["stream_options"] == {"include_usage": not own}
+        usage = [(d.prompt_tokens, d.completion_tokens, d.cached_tokens) for d in deltas if d.prompt_tokens is not None]
+        assert usage == [(len(req.token_ids), 2, None) if own else (3, 2, 2)]
     await engine.close()
 
 

@@ -23,6 +23,10 @@ CONTEXT_TOO_LONG = ("This model's maximum context length is 512 tokens. However,
                     "of the input prompt.")
 
 
+# vLLM's usage with --enable-prompt-tokens-details: 2 of the 3 prompt tokens were in its prefix cache
+USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 2}}
+
+
 class FakeVLLM:
     def __init__(self) -> None:
         self.bodies: list[dict] = []
@@ -38,7 +42,7 @@ class FakeVLLM:
         if self.mode == "ok" and body.get("stream") is False:  # a whole answer
             return web.json_response({
                 "choices": [{"index": 0, "text": "Hello", "token_ids": [5, 6], "finish_reason": "length"}],
-                "prompt_token_ids": [1, 2, 3], "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
+                "prompt_token_ids": [1, 2, 3], "usage": USAGE})
         if self.mode == "bad":
             error = {"message": self.message, "type": "BadRequestError", "param": None, "code": self.status}
             return web.json_response({"error": error}, status=self.status)
@@ -57,7 +61,7 @@ class FakeVLLM:
         last = {"choices": [{"index": 0, "text": "lo", "token_ids": [6], "finish_reason": "length"}]}
         await resp.write(b"data: " + msgspec.json.encode(last) + b"\n\n")
         if (body.get("stream_options") or {}).get("include_usage"):
-            await resp.write(b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}\n\n')
+            await resp.write(b"data: " + msgspec.json.encode({"choices": [], "usage": USAGE}) + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         await asyncio.sleep(0.05)  # the body's end comes a moment after [DONE], as from vLLM's server
         return resp
@@ -114,7 +118,7 @@ async def test_streams_deltas_and_sends_token_ids_and_images(engine) -> None:
     assert [d.text for d in deltas[:2]] == ["Hel", "lo"]
     assert deltas[0].prompt_token_ids == [1, 2, 3] and deltas[1].finish_reason == "length"
     assert deltas[0].image_tokens == 2  # where the engine put the image's tokens, summed
-    assert (deltas[-1].prompt_tokens, deltas[-1].completion_tokens) == (3, 2)
+    assert (deltas[-1].prompt_tokens, deltas[-1].completion_tokens, deltas[-1].cached_tokens) == (3, 2, 2)
     sent = fake.bodies[-1]
     assert sent["token_ids"] == [1, 2, 3] and sent["stream"] is True and sent["output_mode"] == "text"
     assert sent["content_parts"] == [{"type": "image_url", "url": "data:image/png;base64,AAA"}]
@@ -129,7 +133,7 @@ async def test_a_whole_answer_where_nothing_is_sent_before_the_end(engine) -> No
     deltas = [d async for d in client.generate(req)]
     assert fake.bodies[-1]["stream"] is False
     assert [d.text for d in deltas if d.text] == ["Hello"] and deltas[0].finish_reason == "length"
-    assert (deltas[-1].prompt_tokens, deltas[-1].completion_tokens) == (3, 2)
+    assert (deltas[-1].prompt_tokens, deltas[-1].completion_tokens, deltas[-1].cached_tokens) == (3, 2, 2)
 
 
 async def test_streams_are_read_to_their_end_so_the_connection_is_reused(engine) -> None:

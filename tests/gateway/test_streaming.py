@@ -53,7 +53,7 @@ def events(raw: list[bytes]) -> list:
 SCRIPT = [
     EngineDelta(0, "Hel", prompt_token_ids=list(range(600))),
     EngineDelta(0, "lo", finish_reason="length"),
-    EngineDelta(prompt_tokens=600, completion_tokens=2),
+    EngineDelta(prompt_tokens=600, completion_tokens=2, cached_tokens=512),  # 512 were in the prefix cache
 ]
 
 
@@ -67,7 +67,7 @@ async def test_chat_stream_role_text_finish_usage() -> None:
     assert out[-1]["choices"] == []
     # 4 ids sent with one image placeholder; the engine saw 600 → 597 image tokens
     assert out[-1]["usage"] == {"prompt_tokens": 600, "completion_tokens": 2, "total_tokens": 602,
-                                "prompt_tokens_details": {"cached_tokens": 0, "image_tokens": 597}}
+                                "prompt_tokens_details": {"cached_tokens": 512, "image_tokens": 597}}
     assert "prompt_token_ids" not in out[1]
 
 

@@ -80,6 +80,10 @@ class EngineRequest(msgspec.Struct):
     affinity: str | None = None  # what the engine's caches know it by (``vlm_gateway.routing.affinity_key``)
     chat: ChatInput | None = None  # chat requests to pools with an engine that renders itself; else None
     stream: bool = True  # False: nothing is sent before the end, so the engine answers in one body (less work)
+    # False: the client never sees this request's usage (a stream without ``stream_options.include_usage``), so
+    # an engine that can count it from the request (the prompt it was sent, the tokens it streamed) need not
+    # be asked for its own count, with the cached tokens only the engine knows
+    usage_read: bool = True
     # The images preprocessed by the gateway, in order; ``token_ids`` are then already expanded. Engines that
     # take features (vLLM token-in) send these instead of ``images``; the others send ``images``.
     features: list[PlacedImage] | None = None
@@ -117,6 +121,7 @@ class EngineDelta(msgspec.Struct):
     image_tokens: int | None = None  # of those, the ones the engine's processor put in for images
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cached_tokens: int | None = None  # of ``prompt_tokens``, those the engine's prefix cache held (when it says)
     logprobs: list[TokenLogprob] | None = None  # one per token of ``text`` (when asked)
     prompt_logprobs: list[TokenLogprob | None] | None = None  # one per prompt token, the first None
 

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import msgspec
 
+from vlm_gateway.engines import EngineDelta
 from vlm_gateway.engines.errors import EngineCacheMiss, EngineCrashed, EngineDown, EngineError, EngineRejected
 
 # vLLM's messages for a prompt that does not fit: "The decoder prompt (length N) is longer than the maximum
@@ -18,6 +19,24 @@ _CONTEXT_MESSAGE = re.compile(r"maximum (?:context|model) length", re.IGNORECASE
 # vLLM's message for an image sent by its uuid alone that its processor cache no longer holds (a 400):
 # "Cache miss for image at index 0 but data is not provided."
 _CACHE_MISS = re.compile(r"cache miss for \w+ at index \d+", re.IGNORECASE)
+
+
+class _PromptDetails(msgspec.Struct):
+    cached_tokens: int | None = None
+
+
+class Usage(msgspec.Struct):
+    """An answer's ``usage`` (OpenAI's and vLLM's shape). ``prompt_tokens_details.cached_tokens``: prompt
+    tokens the engine's prefix cache already held (vLLM: with ``--enable-prompt-tokens-details``)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int | None = None
+    prompt_tokens_details: _PromptDetails | None = None
+
+    def delta(self) -> EngineDelta:
+        details = self.prompt_tokens_details
+        return EngineDelta(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+                           cached_tokens=details.cached_tokens if details is not None else None)
 
 
 class ErrorBody(msgspec.Struct):

@@ -28,16 +28,11 @@ import aiohttp
 import msgspec
 
 from vlm_gateway.engines import Candidate, EngineDelta, EngineRequest, Probe, SamplingParams, TokenLogprob
-from vlm_gateway.engines._wire import ErrorBody, engine_error, http_error, post, sse_data, status_of
+from vlm_gateway.engines._wire import ErrorBody, Usage, engine_error, http_error, post, sse_data, status_of
 from vlm_gateway.engines.errors import EngineDown, EngineRejected, EngineTimeout, EngineUnreachable
 
 PROBE_TIMEOUT_S = 5.0
 _NO_LOGPROB = -9999.0  # vLLM's sentinel when a token has no logprob
-
-
-class _Usage(msgspec.Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int | None = None
 
 
 class _Top(msgspec.Struct):
@@ -71,7 +66,7 @@ class _ChatChoice(msgspec.Struct):
 
 class _ChatChunk(msgspec.Struct):
     choices: list[_ChatChoice] = []
-    usage: _Usage | None = None
+    usage: Usage | None = None
     error: ErrorBody | None = None
 
 
@@ -90,7 +85,7 @@ class _CompletionChoice(msgspec.Struct):
 
 class _CompletionChunk(msgspec.Struct):
     choices: list[_CompletionChoice] = []
-    usage: _Usage | None = None
+    usage: Usage | None = None
     error: ErrorBody | None = None
 
 
@@ -249,8 +244,8 @@ def _deltas(chunk: _ChatChunk | _CompletionChunk) -> list[EngineDelta]:
                               logprobs=_completion_logprobs(c.logprobs)) for c in chunk.choices]
     # e.g. the role-only first chunk of a chat stream
     out = [d for d in deltas if d.text or d.finish_reason or d.logprobs]
-    if (usage := chunk.usage) is not None:
-        out.append(EngineDelta(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens))
+    if chunk.usage is not None:
+        out.append(chunk.usage.delta())
     return out
 
 

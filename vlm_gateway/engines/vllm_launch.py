@@ -56,6 +56,8 @@ CPU_ARGS = [
 ]
 COMMON_ARGS = [
     "--limit-mm-per-prompt", '{"image": 4}',
+    # usage.prompt_tokens_details.cached_tokens in every answer: the prompt tokens vLLM's prefix cache held
+    "--enable-prompt-tokens-details",
     # Compact structured JSON (no free whitespace): vLLM 0.32 reads this per engine, not per request, and
     # only for the xgrammar and guidance backends. Without it a random model fills max_tokens with
     # whitespace between JSON tokens and the output is cut before it parses.

@@ -38,7 +38,7 @@ import msgspec
 from vlm_gateway import metrics
 from vlm_gateway.cache import LRUCache
 from vlm_gateway.engines import Candidate, EngineDelta, EngineRequest, Probe, TokenLogprob
-from vlm_gateway.engines._wire import ErrorBody, engine_error, http_error, post, sse_data, status_of
+from vlm_gateway.engines._wire import ErrorBody, Usage, engine_error, http_error, post, sse_data, status_of
 from vlm_gateway.engines.errors import EngineCrashed, EngineDown, EngineTimeout, EngineUnreachable
 
 log = logging.getLogger("vlm_gateway.engine")
@@ -56,11 +56,6 @@ IMAGE_KEY = "vlmgw-img-"  # + the sha256 of the image's bytes: the ``uuid`` vLLM
 def held_inputs() -> LRUCache[str, int]:
     """Keys of the image inputs one server was sent (their size as sent), newest last, within bounds."""
     return LRUCache(HELD_ENTRIES, math.inf, max_bytes=HELD_BYTES, sizeof=lambda size: size)
-
-
-class _Usage(msgspec.Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int | None = None
 
 
 class _Top(msgspec.Struct):
@@ -106,7 +101,7 @@ class _Chunk(msgspec.Struct):
     choices: list[_Choice] = []
     prompt_token_ids: list[int] | None = None
     mm_placeholders: dict[str, list[_Placeholder]] | None = None  # first chunk: where each image's tokens are
-    usage: _Usage | None = None
+    usage: Usage | None = None
     error: ErrorBody | None = None
     prompt_logprobs: list[dict[int, _PromptLogprob] | None] | None = None
 
@@ -243,8 +238,9 @@ class VLLMServer:
             "stream": request.stream and request.sampling.prompt_logprobs is None,
         }
         # A streamed answer ends with a chunk for usage alone. Where the gateway placed the images the
-        # prompt is the request's own, so it counts the usage itself and vLLM sends one chunk less.
-        own_usage = bool(request.features) and body["stream"]
+        # prompt is the request's own, so where the client does not read the usage (its cached tokens are
+        # vLLM's to say) the gateway counts it itself and vLLM sends one chunk less.
+        own_usage = bool(request.features) and body["stream"] and not request.usage_read
         body["stream_options"] = {"include_usage": not own_usage}
         if request.features:
             body["features"] = self._features(request, by_key)
@@ -359,6 +355,5 @@ def _deltas(chunk: _Chunk) -> list[EngineDelta]:
         for c in chunk.choices
     ]
     if chunk.usage is not None:
-        out.append(EngineDelta(prompt_tokens=chunk.usage.prompt_tokens,
-                               completion_tokens=chunk.usage.completion_tokens))
+        out.append(chunk.usage.delta())
     return out

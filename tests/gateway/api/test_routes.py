@@ -120,8 +120,9 @@ def test_alias_and_seed_prefix_routes(client) -> None:
     assert "`org/no-such`" in missing.json()["error"]["message"]
 
 
-def test_stream_sse_format(client) -> None:
+def test_stream_sse_format(client, engines) -> None:
     r = client.post("/v1/chat/completions", json=chat(stream=True, stream_options={"include_usage": True}))
+    assert engines["m"].requests[-1].usage_read  # the client reads the usage: the engine's own is asked for
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
     events = r.text.split("\n\n")
     assert events[-2:] == ["data: [DONE]", ""]
@@ -129,6 +130,8 @@ def test_stream_sse_format(client) -> None:
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == "Hi there"
     assert chunks[-1]["usage"]["completion_tokens"] == 2
+    client.post("/v1/chat/completions", json=chat(stream=True))
+    assert not engines["m"].requests[-1].usage_read  # no usage chunk: the gateway's own count will do
 
 
 @pytest.mark.parametrize("body,status,param,code", [
