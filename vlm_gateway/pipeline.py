@@ -356,7 +356,7 @@ async def generate(svc: Services, prepared: Prepared) -> AsyncIterator[EngineDel
     in_flight = metrics.ENGINE_IN_FLIGHT.labels(model)
     try:
         engine = svc.engines[prepared.model.id]
-        if not engine.ready:
+        if not engine.ready and not await engine.recheck():
             raise EngineUnavailable(f"the engine for {prepared.model.id} is not up yet; retry shortly",
                                     headers={"Retry-After": "5"})
         limit = prepared.model.context_length or engine.max_model_len

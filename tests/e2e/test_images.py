@@ -30,7 +30,11 @@ def test_detail_low_costs_at_least_4x_fewer_tokens_than_high(http: httpx.Client)
     high_img = high["prompt_tokens_details"]["image_tokens"]
     assert high_img >= 4 * low_img, (low, high)
     assert high["prompt_tokens"] - low["prompt_tokens"] == high_img - low_img
-    assert auto == high  # auto on a large image is high (templates/families.toml)
+    # auto on a large image is high (templates/families.toml): the same prompt, so vLLM's prefix cache holds
+    # what the high request computed
+    cached = auto["prompt_tokens_details"].pop("cached_tokens")
+    assert cached > 0 and high["prompt_tokens_details"].pop("cached_tokens") < cached
+    assert auto == high
 
 
 @pytest.fixture(scope="module")

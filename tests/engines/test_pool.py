@@ -17,6 +17,7 @@ from tests.engines.test_vllm_remote import FakeVLLM, pool_of, serve_fake
 from tests.helpers import TEST_REDIS_URL, require_redis
 from vlm_gateway import metrics
 from vlm_gateway.engines import EngineRequest, SamplingParams
+from vlm_gateway.engines import pool as pool_module
 from vlm_gateway.engines.errors import EngineCrashed, EngineDown
 from vlm_gateway.routing import _score, affinity_key, choose
 from vlm_gateway.routing.owners import MemoryOwners, RedisOwners
@@ -229,3 +230,40 @@ async def test_a_server_back_in_rotation_warms_up_before_taking_its_share(pool) 
     assert back.load(30.0) == pytest.approx(1, abs=0.1)
     back.warming_since -= 15.0  # done
     assert back.load(30.0) == 0 and back.warming_since is None
+
+
+class StartingServer(PoolServer):
+    """A server whose /health answers 503 until ``up`` is set (an engine still loading), counting looks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.looks = False, 0
+
+    async def health(self, request: web.Request) -> web.Response:
+        self.looks += 1
+        return web.Response(status=200 if self.up else 503)
+
+
+async def test_a_request_looks_again_before_it_is_refused_for_an_engine_not_up(monkeypatch) -> None:
+    """An engine that came up since the pool's last periodic look serves the next request at once (with
+    several workers, the one that answered /health may not be the one a request lands on); requests asking
+    together share one look, and while it stays down they look at most every RECHECK_INTERVAL_S."""
+    monkeypatch.setattr(pool_module, "HEALTH_INTERVAL_S", 3600)  # no periodic look during the test
+    monkeypatch.setattr(pool_module, "RECHECK_INTERVAL_S", 3600)
+    fake = StartingServer()
+    runner, url = await serve_fake(fake)
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = pool_of([url], session)
+            await client.start()
+            assert not client.ready and fake.looks == 1
+            assert await asyncio.gather(*(client.recheck() for _ in range(5))) == [False] * 5
+            assert fake.looks == 2  # one look for the five
+            assert not await client.recheck() and fake.looks == 2  # too soon to look again
+            fake.up = True
+            monkeypatch.setattr(pool_module, "RECHECK_INTERVAL_S", 0)
+            assert await client.recheck() and client.ready and fake.looks == 3
+            assert [d async for d in client.generate(request(None))]
+            await client.close()
+    finally:
+        await runner.cleanup()

@@ -134,6 +134,9 @@ class JsonEngine:
 
     async def close(self) -> None: ...
 
+    async def recheck(self) -> bool:
+        return self.ready
+
     async def generate(self, request: EngineRequest):
         self.requests.append(request)
         prompt = len(request.token_ids) + 99 * len(request.images)

@@ -132,6 +132,12 @@ class Engine(Protocol):
     @property
     def ready(self) -> bool: ...
 
+    async def recheck(self) -> bool:
+        """Whether it is ready after looking again now. A request that finds it not ready asks this before
+        it is refused: the engine may have come up since the last periodic look (another worker of this
+        gateway, or a client's health check, may have seen it already)."""
+        ...
+
     @property
     def max_model_len(self) -> int | None:
         """The context length the engine reports (``/v1/models``), once it is up; None until known."""

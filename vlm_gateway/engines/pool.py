@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
@@ -41,6 +42,7 @@ log = logging.getLogger("vlm_gateway.engine")
 
 HEALTH_INTERVAL_S = 2.0
 HEALTH_FAILURES_DOWN = 3
+RECHECK_INTERVAL_S = 0.5  # while no server is up, requests probe again at most this often
 SLOW_START_FLOOR = 0.1
 
 
@@ -93,6 +95,8 @@ class EnginePool:
         self._slow_start_s = slow_start_s
         self._supervised = list(supervised)
         self._monitor: asyncio.Task[None] | None = None
+        self._recheck: asyncio.Future[None] | None = None  # the probe requests share while none is up
+        self._rechecked_at = -math.inf
         for member in self.members:
             metrics.ENGINE_SERVER_UP.labels(model, member.url).set(0)
 
@@ -104,6 +108,21 @@ class EnginePool:
     def max_model_len(self) -> int | None:
         """The smallest context length the servers report (None until one has answered)."""
         return min((m.max_model_len for m in self.members if m.max_model_len), default=None)
+
+    async def recheck(self) -> bool:
+        """Probe every server now if none is up (one probe for all the requests asking at once, and none
+        within ``RECHECK_INTERVAL_S`` of the last), rather than wait for the next periodic look."""
+        if self.ready:
+            return True
+        if self._recheck is None and time.monotonic() - self._rechecked_at >= RECHECK_INTERVAL_S:
+            self._recheck = asyncio.ensure_future(self.check_health())
+            self._recheck.add_done_callback(self._rechecked)
+        if self._recheck is not None:
+            await asyncio.shield(self._recheck)
+        return self.ready
+
+    def _rechecked(self, _: asyncio.Future[None]) -> None:
+        self._recheck, self._rechecked_at = None, time.monotonic()
 
     def server_up(self, url: str) -> bool:
         return any(m.healthy for m in self.members if m.url == url)

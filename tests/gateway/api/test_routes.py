@@ -35,6 +35,9 @@ class ScriptedEngine:
 
     async def close(self) -> None: ...
 
+    async def recheck(self) -> bool:
+        return self.ready
+
     async def generate(self, request: EngineRequest):
         self.requests.append(request)
         expanded = len(request.token_ids) + 99 * len(request.images)

@@ -44,6 +44,9 @@ class ScriptedEngine:
 
     async def close(self) -> None: ...
 
+    async def recheck(self) -> bool:
+        return self.ready
+
     async def generate(self, request: EngineRequest):
         self.requests.append(request)
         finished = False
