@@ -14,9 +14,11 @@ mapped here by whose fault they are (``from_engine_error``):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
@@ -171,6 +173,18 @@ def from_validation(exc: msgspec.ValidationError | msgspec.DecodeError) -> Inval
     match = re.search(r"at `\$(.*?)`", text)
     param = match.group(1).lstrip(".") if match else None
     return InvalidRequest(text, param=param or None, code="invalid_value")
+
+
+@contextlib.contextmanager
+def params_renamed(rename: Callable[[str], str | None]) -> Iterator[None]:
+    """A ``GatewayError`` raised inside names ``rename(param)``: for adapters (the Responses API, the seeds'
+    routes) whose body became a chat request, so the client reads its own field, not the chat's."""
+    try:
+        yield
+    except GatewayError as exc:
+        if exc.param is not None:
+            exc.param = rename(exc.param)
+        raise
 
 
 def from_engine_error(exc: EngineError, param: str | None = None) -> GatewayError:

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import msgspec
 
-from vlm_gateway.errors import GatewayError, InvalidRequest
+from vlm_gateway.errors import InvalidRequest, params_renamed
 from vlm_gateway.schemas.openai import (
     ChatCompletionRequest,
     ChatMessage,
@@ -92,14 +91,9 @@ def _join(name: str, rest: str) -> str:
     return name if name in _WHOLE else name + rest
 
 
-@contextlib.contextmanager
-def renamed(params: dict[str, str]) -> Iterator[None]:
+def renamed(params: dict[str, str]) -> contextlib.AbstractContextManager[None]:
     """Errors raised inside name Responses parameters."""
-    try:
-        yield
-    except GatewayError as exc:
-        exc.param = rename(params, exc.param)
-        raise
+    return params_renamed(lambda param: rename(params, param))
 
 
 def _convert(value: Any, kind: Any, param: str) -> Any:

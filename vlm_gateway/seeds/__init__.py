@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import msgspec
 
-from vlm_gateway.errors import GatewayError, InvalidRequest
+from vlm_gateway.errors import InvalidRequest, params_renamed
 from vlm_gateway.schemas.openai import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -73,15 +72,9 @@ VISION_FIELDS = FAL_FIELDS = SeedFields(image="image_url", prompt="prompt", whol
 VLMRUN_FIELDS = SeedFields(image="images", prompt="config.prompt", whole="images", listed=True)
 
 
-@contextmanager
-def errors_named_for(fields: SeedFields, images: int = 1) -> Iterator[None]:
-    """Rename the ``param`` of a ``GatewayError`` raised inside to the seed body's own field."""
-    try:
-        yield
-    except GatewayError as exc:
-        if exc.param is not None:
-            exc.param = fields.name(exc.param, images)
-        raise
+def errors_named_for(fields: SeedFields, images: int = 1) -> AbstractContextManager[None]:
+    """Errors raised inside name the seed body's own fields."""
+    return params_renamed(lambda param: fields.name(param, images))
 
 
 # --- FastVLM ------------------------------------------------------------------------------------
