@@ -30,6 +30,7 @@ from vlm_gateway.batches.settings import BatchSettings
 from vlm_gateway.batches.store import TERMINAL, BatchRecord, BatchStore
 from vlm_gateway.errors import InvalidRequest, NotFound
 from vlm_gateway.limits.rate import Caller
+from vlm_gateway.paging import check_page
 from vlm_gateway.schemas.batches import (
     Batch,
     BatchCreate,
@@ -148,8 +149,7 @@ class BatchService:
 
     async def page(self, caller: Caller, after: str | None = None, limit: int = 20) -> BatchList:
         """``caller``'s batches, newest first, after the batch ``after``."""
-        if not 1 <= limit <= MAX_LIST:
-            raise InvalidRequest(f"limit must be between 1 and {MAX_LIST}", param="limit", code="invalid_value")
+        check_page(limit, MAX_LIST)
         page = await self.store.page(caller.key_id, after, limit)
         if page is None:
             raise NotFound(f"No batch found with id '{(after or '')[:64]}'.", param="after")

@@ -23,6 +23,7 @@ from vlm_gateway.files.types import PURPOSES, FileBackend, FileContent, FileReco
 from vlm_gateway.images.decode import identify
 from vlm_gateway.images.load import ImageSource
 from vlm_gateway.limits.rate import Caller
+from vlm_gateway.paging import check_page
 from vlm_gateway.schemas.files import FileDeleted, FileList, FileObject
 from vlm_gateway.settings import ImageSettings, Settings, SettingsError
 
@@ -135,10 +136,7 @@ class FileStore:
                    order: str = "desc", after: str | None = None) -> FileList:
         """OpenAI's cursor page: ``caller``'s files (of ``purpose``), newest first unless ``order="asc"``,
         starting after the file ``after``."""
-        if not 1 <= limit <= MAX_LIST:
-            raise InvalidRequest(f"limit must be between 1 and {MAX_LIST}", param="limit", code="invalid_value")
-        if order not in ("asc", "desc"):
-            raise InvalidRequest("order must be 'asc' or 'desc'", param="order", code="invalid_value")
+        check_page(limit, MAX_LIST, order)
         records = [r for r in await self.backend.records(caller.key_id) if purpose is None or r.purpose == purpose]
         if order == "desc":
             records.reverse()

@@ -11,6 +11,7 @@ same item on every read.
 from __future__ import annotations
 
 from vlm_gateway.errors import InvalidRequest, NotFound
+from vlm_gateway.paging import check_page
 from vlm_gateway.schemas.openai import ChatMessage, ContentPart, FilePart, ImageUrlPart
 from vlm_gateway.schemas.responses import (
     InputFile,
@@ -76,10 +77,7 @@ def listed_items(response_id: str, history: list[ChatMessage], image_urls: bool 
 
 def page(items: list[ListedItem], *, after: str | None, limit: int, order: str) -> InputItemList:
     """OpenAI's cursor page: newest first unless ``order="asc"``, starting after the item ``after``."""
-    if not 1 <= limit <= MAX_LIST:
-        raise InvalidRequest(f"limit must be between 1 and {MAX_LIST}", param="limit", code="invalid_value")
-    if order not in ("asc", "desc"):
-        raise InvalidRequest("order must be 'asc' or 'desc'", param="order", code="invalid_value")
+    check_page(limit, MAX_LIST, order)
     ordered = items if order == "asc" else items[::-1]
     if after is not None:
         at = next((i for i, item in enumerate(ordered) if item.id == after), None)
