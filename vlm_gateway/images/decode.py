@@ -105,8 +105,8 @@ def _header(im: Image.Image, max_pixels: int) -> tuple[str, int, int]:
     return fmt, width, height
 
 
-def _process(data: bytes, sha256: str, detail: str, rule: DetailRule, max_pixels: int,
-             pre: Preprocessor | None) -> SizedImage:
+def _process(data: bytes, sha256: str, detail: str, rule: DetailRule, pre: Preprocessor | None,
+             max_pixels: int) -> SizedImage:
     with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
         fmt, width, height = _header(im, max_pixels)
         size = target_size(width, height, detail, rule)
@@ -150,15 +150,19 @@ def _identify(data: bytes, max_pixels: int) -> ImageInfo:
     return ImageInfo(fmt, width, height, _MIME[fmt])
 
 
-def _checked(fn: Callable[..., T], *args: Any) -> T:
-    """Run ``fn`` (Pillow work) with every failure turned into an :class:`ImageError` (``param`` unset)."""
+def _checked(fn: Callable[..., T], max_pixels: int, *args: Any) -> T:
+    """Run ``fn(*args, max_pixels)`` (Pillow work) with every failure turned into an :class:`ImageError`
+    (``param`` unset)."""
     _ensure_bomb_filter()
     try:
-        return fn(*args)
+        return fn(*args, max_pixels)
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"image is too large: {exc}", code="image_too_large") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow's own check (in Image.open, before ours can read the header) fired: its limit is lower than
+        # the setting's. The client is told the limit that applies, not Pillow's internals.
+        limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+        raise ImageError(f"image is too large (over {limit} pixels, the limit)", code="image_too_large") from None
     except UnidentifiedImageError:
         allowed = ", ".join(sorted(set(_MIME) | {"jpg"}))
         raise ImageError(
@@ -178,10 +182,10 @@ def prepare(data: bytes, sha256: str, detail: str, rule: DetailRule, max_pixels:
     Raises :class:`ImageError` (``param`` unset) for anything that is not an allowed, intact image of at
     most ``max_pixels`` pixels.
     """
-    return _checked(_process, data, sha256, detail, rule, max_pixels, pre)
+    return _checked(_process, max_pixels, data, sha256, detail, rule, pre)
 
 
 def identify(data: bytes, max_pixels: int) -> ImageInfo:
     """The checks of :func:`prepare` without the sizing: would the loader accept these bytes, and as what?
     Blocking: call it in a thread. Raises :class:`ImageError` (``param`` unset) as ``prepare`` does."""
-    return _checked(_identify, data, max_pixels)
+    return _checked(_identify, max_pixels, data)

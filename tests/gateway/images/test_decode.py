@@ -97,6 +97,14 @@ def test_pillow_bomb_error_becomes_a_400():
     with pytest.raises(ImageError) as info:
         prepare(img.gif_header_only(65535, 65535), "auto", RULE, 10**12)
     assert info.value.code == "image_too_large"
+    # the client is told the limit that applies (Pillow's, lower than the setting), not Pillow's wording
+    assert info.value.message == f"image is too large (over {Image.MAX_IMAGE_PIXELS} pixels, the limit)"
+
+
+def test_pillow_bomb_error_names_the_setting_when_it_is_the_lower_limit():
+    with pytest.raises(ImageError) as info:
+        prepare(img.gif_header_only(65535, 65535), "auto", RULE, 1_000_000)
+    assert info.value.message == "image is too large (over 1000000 pixels, the limit)"
 
 
 def test_pillow_bomb_warning_becomes_a_400():
@@ -104,7 +112,7 @@ def test_pillow_bomb_warning_becomes_a_400():
     assert Image.MAX_IMAGE_PIXELS < 100_000_000 < 2 * Image.MAX_IMAGE_PIXELS
     with pytest.raises(ImageError) as info:
         prepare(img.png_header_only(10_000, 10_000), "auto", RULE, 10**12)
-    assert info.value.code == "image_too_large"
+    assert info.value.code == "image_too_large" and "DOS" not in info.value.message
 
 
 def test_multi_frame_images_use_the_first_frame():
