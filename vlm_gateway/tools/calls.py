@@ -29,9 +29,11 @@ def _reject_constant(name: str) -> Any:
 
 
 def loads(text: str) -> Any:
-    """Strict JSON (no NaN / Infinity), or ``_NO_VALUE`` for anything that is not."""
+    """JSON without NaN / Infinity, or ``_NO_VALUE`` for anything that is not. Control characters written
+    raw inside strings (a literal newline in code, or what a grammar let through: xgrammar's JSON strings
+    admit them) are taken as the characters they are; :func:`compact` writes them escaped again."""
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, strict=False)
     except (ValueError, RecursionError):
         return _NO_VALUE
 

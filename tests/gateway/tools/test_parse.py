@@ -178,6 +178,21 @@ def test_json_is_checked_with_the_stdlib_parser() -> None:
     assert json.loads(parsed.calls[0].function.arguments) == {"x": 100.0, "y": 0}
 
 
+def test_raw_control_characters_in_strings_are_taken_and_escaped() -> None:
+    """A literal newline in a code argument, or a control character structured output let through:
+    still the call the model wrote, and its ``arguments`` valid JSON for any client."""
+    from vlm_gateway.tools.plan import NAMED_FORMAT, REQUIRED_FORMAT
+
+    hermes_text = '<tool_call>{"name": "get_weather", "arguments": {"city": "Par\nis"}}</tool_call>'
+    required_text = '[{"name":"get_weather","parameters":{"city":":\x03eo"}}]'
+    for form, text in ((fmt("qwen2_5_vl"), hermes_text), (REQUIRED_FORMAT, required_text)):
+        parsed = parse_tool_calls(form, text, TOOLS)
+        assert parsed.content is None and len(parsed.calls) == 1, text
+        assert json.loads(parsed.calls[0].function.arguments)["city"] in ("Par\nis", ":\x03eo")
+    named = parse_tool_calls(NAMED_FORMAT, '{"city": "a\tb"}', TOOLS[:1])
+    assert named.calls[0].function.arguments == '{"city":"a\\tb"}'
+
+
 def test_tool_format_is_validated() -> None:
     import msgspec
 
