@@ -187,13 +187,24 @@ def params_renamed(rename: Callable[[str], str | None]) -> Iterator[None]:
         raise
 
 
+# Sampling fields the client names as the engine does (vLLM's SamplingParams): a rejection of one of
+# these names the client's field. Others (max_tokens, which may be max_completion_tokens; logprobs; the
+# prompt's token ids) are the gateway's translation and are not named.
+SAMPLING_PARAMS_AS_SENT = frozenset({
+    "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "n", "stop", "seed",
+    "presence_penalty", "frequency_penalty", "logit_bias", "min_tokens",
+})
+
+
 def from_engine_error(exc: EngineError, param: str | None = None) -> GatewayError:
     """An engine's failure by whose fault it is: what it rejects is the caller's (400, naming ``param``,
-    the prompt's field, for a context overflow); the rest is the engine's (5xx)."""
+    the prompt's field, for a context overflow, or the sampling field the engine named); the rest is the
+    engine's (5xx)."""
     if isinstance(exc, EngineRejected):
         if exc.kind == "context_length_exceeded":
             return ContextLengthExceeded(exc.message, param=param)
-        return InvalidRequest(exc.message, code="invalid_value")
+        named = exc.param if exc.param in SAMPLING_PARAMS_AS_SENT else None
+        return InvalidRequest(exc.message, param=named, code="invalid_value")
     if isinstance(exc, EngineDown):
         retry = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
         return EngineUnavailable(exc.message, headers=retry)

@@ -35,6 +35,19 @@ def _stops(stop: str | list[str] | None) -> list[str] | None:
     return stops or None
 
 
+def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
+    """OpenAI's token-id strings as ids. Ids past the model's vocabulary are the engine's to refuse (it
+    knows the vocabulary size; a 400 naming ``logit_bias`` either way)."""
+    if not bias:
+        return None
+    ids: dict[int, float] = {}
+    for token, value in bias.items():
+        if not token.isascii() or not token.isdigit():
+            raise InvalidRequest(f"logit_bias keys are token ids; {token!r} is not one", param="logit_bias")
+        ids[int(token)] = value
+    return ids
+
+
 def _structured(fmt: ResponseFormat | None) -> dict | None:
     """vLLM's structured decoding. Compact JSON (no free whitespace between tokens): fewer tokens, and a
     weak model cannot spend its whole budget on indentation."""
@@ -97,6 +110,7 @@ def _sampling(req: ChatCompletionRequest | CompletionRequest, max_tokens: int | 
         seed=req.seed,
         presence_penalty=_or(req.presence_penalty, defaults.presence_penalty),
         frequency_penalty=_or(req.frequency_penalty, defaults.frequency_penalty),
+        logit_bias=_logit_bias(req.logit_bias),
         structured_outputs=structured,
         min_tokens=req.min_tokens,
         ignore_eos=req.ignore_eos,

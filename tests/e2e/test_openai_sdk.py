@@ -164,6 +164,22 @@ def test_logprobs_on_an_image_request(client: openai.OpenAI, model: str) -> None
     assert tokens == [c.token for c in content]
 
 
+@pytest.mark.parametrize("model", [EMBEDDED, REMOTE], ids=["embedded", "remote"])
+def test_logit_bias_steers_the_engine_and_a_bad_one_names_itself(client: openai.OpenAI, model: str) -> None:
+    probe = client.completions.create(model=model, prompt="a", max_tokens=1, extra_body={"return_token_ids": True})
+    a = probe.model_extra["prompt_token_ids"][-1]  # the id of "a" (or "▁a"): 1 in the tiny vocabularies' ~800
+    forced = client.completions.create(model=model, prompt="Hello", max_tokens=3, logit_bias={str(a): 100},
+                                       extra_body={"ignore_eos": True})
+    assert forced.choices[0].text.replace(" ", "") == "aaa"
+    chat = client.chat.completions.create(model=model, messages=image_message(), max_tokens=3,
+                                          logit_bias={str(a): 100}, extra_body={"ignore_eos": True})
+    assert chat.choices[0].message.content.replace(" ", "") == "aaa"
+    for bias in ({"99999999": 1}, {"abc": 1}, {str(a): 101}):  # past the vocabulary (the engine's check), no id
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model=model, messages=image_message(), max_tokens=1, logit_bias=bias)
+        assert info.value.body["param"].startswith("logit_bias"), info.value.body
+
+
 def test_completions_logprobs_echo_and_prompt_forms(client: openai.OpenAI) -> None:
     reply = client.completions.create(model=REMOTE, prompt="Hello there", max_tokens=4, temperature=0, logprobs=3,
                                       extra_body={"ignore_eos": True})

@@ -180,12 +180,13 @@ async def test_chat_sampling_is_mapped_to_openai_names(served) -> None:
     fake, server = served
     sampling = SamplingParams(max_tokens=5, temperature=0.5, top_p=0.9, n=2, stop=["\n"], stop_token_ids=[7],
                               seed=3, presence_penalty=0.1, frequency_penalty=0.2, logprobs=2, min_tokens=1,
-                              ignore_eos=True, structured_outputs={"json": SCHEMA, "disable_any_whitespace": True})
+                              logit_bias={42: -100.0}, ignore_eos=True,
+                              structured_outputs={"json": SCHEMA, "disable_any_whitespace": True})
     await collect(server, chat_request(sampling))
     body = fake.bodies[-1]
     expected = {"max_tokens": 5, "temperature": 0.5, "top_p": 0.9, "n": 2, "stop": ["\n"], "seed": 3,
                 "presence_penalty": 0.1, "frequency_penalty": 0.2, "logprobs": True, "top_logprobs": 2,
-                "min_tokens": 1, "ignore_eos": True,
+                "min_tokens": 1, "ignore_eos": True, "logit_bias": {"42": -100.0},
                 "response_format": {"type": "json_schema",
                                     "json_schema": {"name": "output", "schema": SCHEMA, "strict": True}}}
     assert {k: body[k] for k in expected} == expected

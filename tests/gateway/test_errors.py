@@ -67,6 +67,10 @@ def test_unexpected_exception_is_500_without_details() -> None:
     (EngineRejected("too long", "context_length_exceeded"), "prompt", 400, "invalid_request_error",
      "context_length_exceeded"),
     (EngineRejected("temperature must be non-negative"), None, 400, "invalid_request_error", "invalid_value"),
+    # a sampling field the engine names, which the client named the same: named; the gateway's own fields not
+    (EngineRejected("token_id(s) [9] in logit_bias contain out-of-vocab token ids", param="logit_bias"),
+     "logit_bias", 400, "invalid_request_error", "invalid_value"),
+    (EngineRejected("bad mm_placeholders", param="features"), None, 400, "invalid_request_error", "invalid_value"),
     (EngineDown("no engine is up", retry_after_s=5), None, 503, "service_unavailable", "engine_unavailable"),
     (EngineTimeout("too slow"), None, 504, "timeout", "timeout"),
     (EngineCrashed("engine answered 500: boom"), None, 502, "server_error", "engine_error"),

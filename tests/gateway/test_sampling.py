@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import msgspec
+import pytest
 
+from vlm_gateway.errors import InvalidRequest
 from vlm_gateway.sampling import NO_DEFAULTS, SamplingDefaults, chat_sampling, completion_sampling, load_defaults
 from vlm_gateway.schemas.openai import ChatCompletionRequest, CompletionRequest
 
@@ -42,3 +44,16 @@ def test_fields_the_request_leaves_out_take_the_models_values(tmp_path) -> None:
 def test_no_defaults_send_nothing_extra() -> None:
     sent = msgspec.json.decode(msgspec.json.encode(chat_sampling(chat(), [7])))
     assert not {"temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_tokens"} & sent.keys()
+
+
+def test_logit_bias_keys_become_token_ids() -> None:
+    params = chat_sampling(chat(logit_bias={"5": -100, "700": 2.5}), [7])
+    assert params.logit_bias == {5: -100.0, 700: 2.5}
+    assert msgspec.json.decode(msgspec.json.encode(params))["logit_bias"] == {"5": -100.0, "700": 2.5}
+    assert chat_sampling(chat(logit_bias={}), [7]).logit_bias is None
+    for key in ("x", "-1", "1.5", " 3", "٣"):  # not a token id (the last: an Arabic-Indic digit)
+        with pytest.raises(InvalidRequest) as info:
+            chat_sampling(chat(logit_bias={key: 1}), [7])
+        assert info.value.param == "logit_bias"
+    with pytest.raises(msgspec.ValidationError, match="<= 100.0"):
+        chat(logit_bias={"5": 101})

@@ -30,6 +30,7 @@ class SamplingParams(msgspec.Struct, omit_defaults=True):
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    logit_bias: dict[int, float] | None = None  # token id → added to its logit
     logprobs: int | None = None  # alternatives per generated token (0: the sampled token's own only)
     prompt_logprobs: int | None = None  # the same for each prompt token (a non-streamed engine call)
     structured_outputs: dict[str, Any] | None = None

@@ -42,6 +42,7 @@ class Usage(msgspec.Struct):
 class ErrorBody(msgspec.Struct):
     message: str = "engine error"
     code: int | str | None = None  # vLLM: the HTTP status it would have answered
+    param: str | None = None  # vLLM: the field it refused, by its own name (a SamplingParams field, …)
 
 
 class _ErrorResponse(msgspec.Struct):
@@ -83,26 +84,29 @@ async def sse_data(stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
 
 def http_error(status: int, body: bytes) -> EngineError:
     """An engine's non-200 answer (OpenAI's error shape, or FastAPI's ``detail``)."""
+    param = None
     try:
         parsed = _DECODE_ERROR.decode(body)
         message = parsed.error.message if parsed.error else str(parsed.detail)
+        param = parsed.error.param if parsed.error else None
     except msgspec.DecodeError:
         message = body[:500].decode(errors="replace")
-    return engine_error(status, message)
+    return engine_error(status, message, param)
 
 
 def status_of(code: int | str | None) -> int | None:
     return int(code) if isinstance(code, int) or (isinstance(code, str) and code.isdigit()) else None
 
 
-def engine_error(status: int | None, message: str) -> EngineError:
-    """An engine's error (its HTTP status, or the code of an error chunk; None: unknown) by whose fault it is."""
+def engine_error(status: int | None, message: str, param: str | None = None) -> EngineError:
+    """An engine's error (its HTTP status, or the code of an error chunk; None: unknown) by whose fault it is;
+    ``param``: the field it names, for a rejection."""
     if _CACHE_MISS.search(message):
         return EngineCacheMiss(message)
     if (status is None or status < 500) and _CONTEXT_MESSAGE.search(message):
         return EngineRejected(message, "context_length_exceeded")
     if status in (400, 413, 422):
-        return EngineRejected(message)
+        return EngineRejected(message, param=param)
     if status == 503:
         return EngineDown(message)
     return EngineCrashed(f"engine error: {message}" if status is None else f"engine answered {status}: {message}")

@@ -24,9 +24,13 @@ class EngineError(Exception):
 
 
 class EngineRejected(EngineError):
-    def __init__(self, message: str, kind: RejectKind = "invalid_value") -> None:
+    """``param``: the field the engine named, by the engine's name for it (vLLM's ``SamplingParams``
+    fields, or fields of the request the gateway built); None when it named none."""
+
+    def __init__(self, message: str, kind: RejectKind = "invalid_value", param: str | None = None) -> None:
         super().__init__(message)
         self.kind: RejectKind = kind
+        self.param = param
 
 
 class EngineDown(EngineError):

@@ -151,7 +151,7 @@ class OpenAIServer:
                 async for data in payloads:
                     chunk = decoder.decode(data)
                     if chunk.error is not None:
-                        raise engine_error(status_of(chunk.error.code), chunk.error.message)
+                        raise engine_error(status_of(chunk.error.code), chunk.error.message, chunk.error.param)
                     for delta in _deltas(chunk):
                         usage_seen = usage_seen or delta.prompt_tokens is not None
                         pieces += bool(delta.text)
@@ -199,6 +199,8 @@ def _sampling(s: SamplingParams, *, chat: bool) -> dict[str, Any]:
         out["n"] = s.n
     if s.stop:
         out["stop"] = s.stop
+    if s.logit_bias:
+        out["logit_bias"] = s.logit_bias
     if s.logprobs is not None:
         if not chat:
             out["logprobs"] = s.logprobs

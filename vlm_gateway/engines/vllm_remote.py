@@ -259,7 +259,7 @@ class VLLMServer:
                 first, generated = True, 0
                 async for chunk in chunks:
                     if chunk.error is not None:
-                        raise engine_error(status_of(chunk.error.code), chunk.error.message)
+                        raise engine_error(status_of(chunk.error.code), chunk.error.message, chunk.error.param)
                     if first:
                         self._sent(request)
                         if request.features:

@@ -16,6 +16,8 @@ PosInt = Annotated[int, Meta(ge=1)]
 Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
 Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
+# token id (as JSON object keys are: a string) → a bias added to its logit, as OpenAI bounds it
+LogitBias = dict[str, Annotated[float, Meta(ge=-100.0, le=100.0)]]
 TopK = Annotated[int, Meta(ge=-1)]  # vLLM's: -1 or 0 means all tokens
 RepetitionPenalty = Annotated[float, Meta(gt=0.0, le=2.0)]
 Detail = Literal["auto", "low", "high", "original"]  # "original": as sent, within the model's limits (= high)
@@ -149,6 +151,7 @@ class ChatCompletionRequest(Struct):
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
+    logit_bias: LogitBias | None = None
     user: str | None = None
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None  # None: "auto" with tools, "none" without
@@ -197,6 +200,7 @@ class CompletionRequest(Struct):
     echo: bool = False
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
+    logit_bias: LogitBias | None = None
     user: str | None = None
     return_token_ids: bool = False
     min_tokens: NonNegInt = 0
