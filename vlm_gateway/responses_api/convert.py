@@ -210,6 +210,12 @@ def _response_format(req: ResponsesRequest) -> ResponseFormat | None:
 
 def to_chat(req: ResponsesRequest, previous: list[ChatMessage]) -> Converted:
     """The chat request for ``req``, continuing the ``previous`` conversation (``previous_response_id``)."""
+    if req.conversation is not None:
+        raise InvalidRequest("conversations are not kept here; continue one with previous_response_id",
+                             param="conversation")
+    if req.prompt is not None:
+        raise InvalidRequest("stored prompt templates are not kept here; send instructions and input",
+                             param="prompt")
     built = _Builder()
     if req.instructions:
         built.add(ChatMessage("system", req.instructions), "instructions")

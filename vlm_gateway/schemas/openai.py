@@ -153,6 +153,7 @@ class ChatCompletionRequest(Struct):
     frequency_penalty: Penalty | None = None
     logit_bias: LogitBias | None = None
     user: str | None = None
+    modalities: list[Literal["text"]] | None = None  # the models answer in text: "audio" is refused
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None  # None: "auto" with tools, "none" without
     parallel_tool_calls: bool = True

@@ -186,6 +186,10 @@ def test_function_call_round_trip(client, engine) -> None:
     ({"input": "x", "background": True, "store": False}, 400, "store"),
     ({"input": "x", "background": True, "stream": True}, 400, "stream"),
     ({"input": 5}, 400, "input"),
+    # OpenAI-hosted state the gateway does not keep: refused, not answered without that context
+    ({"input": "x", "conversation": "conv_1"}, 400, "conversation"),
+    ({"input": "x", "conversation": {"id": "conv_1"}}, 400, "conversation"),
+    ({"input": "x", "prompt": {"id": "pmpt_1"}}, 400, "prompt"),
 ])
 def test_errors_name_the_parameter(client, fields, status, param) -> None:
     err = error(client.post("/v1/responses", json={"model": "m", **fields}), status)
