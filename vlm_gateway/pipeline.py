@@ -203,6 +203,9 @@ async def prepare_chat(svc: Services, req: ChatCompletionRequest, caller: Caller
 
 async def _prepare_chat(svc: Services, req: ChatCompletionRequest, model: Model, permit: Permit,
                         caller: Caller) -> Prepared:
+    if req.functions is not None or req.function_call is not None:  # (not silently answered without them)
+        raise InvalidRequest("functions and function_call are OpenAI's deprecated form of tools; send tools "
+                             "and tool_choice", param="functions" if req.functions is not None else "function_call")
     messages = req.messages                                                 # family-data reshaping
     if model.family.string_content_as_parts:
         messages = strings_to_parts(messages)

@@ -6,7 +6,7 @@ a 400 that names the parameter (see ``vlm_gateway.errors.from_validation``).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType, field
@@ -157,6 +157,8 @@ class ChatCompletionRequest(Struct):
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None  # None: "auto" with tools, "none" without
     parallel_tool_calls: bool = True
+    functions: list[dict[str, Any]] | None = None  # OpenAI's deprecated form of tools: refused, naming tools
+    function_call: str | dict[str, Any] | None = None
     # extensions, as vLLM names them
     return_token_ids: bool = False  # the prompt ids the engine saw, images expanded
     min_tokens: NonNegInt = 0

@@ -146,6 +146,8 @@ def test_stream_sse_format(client, engines) -> None:
     (chat(top_logprobs=2), 400, "top_logprobs", None),
     (chat(modalities=["text", "audio"]), 400, "modalities[1]", None),  # no model here speaks
     (chat(logit_bias={"a": 1}), 400, "logit_bias", None),
+    (chat(functions=[{"name": "f", "parameters": {"type": "object"}}]), 400, "functions", None),
+    (chat(function_call="auto"), 400, "function_call", None),
     ({"model": "m", "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}, 400,
      "messages[0].content[0].image_url", None),
