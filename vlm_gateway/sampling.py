@@ -89,6 +89,9 @@ def load_defaults(checkpoint: str) -> SamplingDefaults:
     return msgspec.convert(fields, SamplingDefaults)
 
 
+GREEDY_BELOW = 1e-5  # vLLM's: a temperature under it is greedy sampling
+
+
 def _or(value, default):
     return default if value is None else value
 
@@ -96,8 +99,9 @@ def _or(value, default):
 def _sampling(req: ChatCompletionRequest | CompletionRequest, max_tokens: int | None, stop_token_ids: list[int],
               defaults: SamplingDefaults, structured: dict | None = None) -> SamplingParams:
     """The fields chat and completions share. ``stop_token_ids`` are the family's end tokens; with
-    ``ignore_eos`` they are ignored too (they are EOS in all but name)."""
-    return SamplingParams(
+    ``ignore_eos`` they are ignored too (they are EOS in all but name). Combinations the engine would
+    refuse without naming a field are refused here, naming it."""
+    params = SamplingParams(
         max_tokens=_or(max_tokens, defaults.max_tokens),
         temperature=_or(req.temperature, defaults.temperature),
         top_p=_or(req.top_p, defaults.top_p),
@@ -115,6 +119,13 @@ def _sampling(req: ChatCompletionRequest | CompletionRequest, max_tokens: int | 
         min_tokens=req.min_tokens,
         ignore_eos=req.ignore_eos,
     )
+    if params.n > 1 and params.temperature is not None and params.temperature < GREEDY_BELOW:
+        raise InvalidRequest(f"n={params.n} needs a temperature above 0: greedy sampling has one answer",
+                             param="n")
+    if params.max_tokens is not None and params.min_tokens > params.max_tokens:
+        raise InvalidRequest(f"min_tokens ({params.min_tokens}) is more than max_tokens ({params.max_tokens})",
+                             param="min_tokens")
+    return params
 
 
 def chat_sampling(req: ChatCompletionRequest, stop_token_ids: list[int],

@@ -57,3 +57,17 @@ def test_logit_bias_keys_become_token_ids() -> None:
         assert info.value.param == "logit_bias"
     with pytest.raises(msgspec.ValidationError, match="<= 100.0"):
         chat(logit_bias={"5": 101})
+
+
+def test_combinations_the_engine_refuses_without_a_name_are_refused_naming_the_field() -> None:
+    for fields, param in (({"n": 2, "temperature": 0}, "n"), ({"min_tokens": 5, "max_tokens": 4}, "min_tokens"),
+                          ({"min_tokens": 5, "max_completion_tokens": 4}, "min_tokens")):
+        with pytest.raises(InvalidRequest) as info:
+            chat_sampling(chat(**fields), [7])
+        assert info.value.param == param
+    with pytest.raises(InvalidRequest) as info:
+        completion_sampling(msgspec.convert({"model": "m", "prompt": "x", "n": 3, "temperature": 0},
+                                            CompletionRequest), [7])
+    assert info.value.param == "n"
+    assert chat_sampling(chat(n=2, temperature=0.01, min_tokens=4, max_tokens=4), [7]).n == 2
+    assert chat_sampling(chat(min_tokens=400), [7]).min_tokens == 400  # no max_tokens: the context's rest
