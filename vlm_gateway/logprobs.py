@@ -9,8 +9,24 @@ when it is not among the most likely).
 
 from __future__ import annotations
 
-from vlm_gateway.engines import TokenLogprob
+from collections.abc import Callable
+
+from vlm_gateway.engines import EngineDelta, TokenLogprob
 from vlm_gateway.schemas import openai as api
+
+
+def exact_bytes(delta: EngineDelta, token_bytes: Callable[[int], list[int]]) -> None:
+    """The chosen tokens' ``bytes`` from their ids (``Tokenizer.token_bytes``). vLLM writes them from the
+    token's text, which for a piece of a multi-byte character is empty or U+FFFD: the bytes a client joins
+    to rebuild the text were lost. The chosen token heads its alternatives and gets the same bytes there.
+    Deltas whose ids and entries do not pair up (an engine that sends no ids) keep the engine's."""
+    entries = delta.logprobs
+    if not entries or len(entries) != len(delta.token_ids):
+        return
+    for entry, token_id in zip(entries, delta.token_ids, strict=True):
+        entry.bytes = token_bytes(token_id)
+        if entry.top and entry.top[0].token == entry.token and entry.top[0].logprob == entry.logprob:
+            entry.top[0].bytes = entry.bytes
 
 
 def chat_logprobs(entries: list[TokenLogprob], top: int) -> list[api.TokenLogprob]:

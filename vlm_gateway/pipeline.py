@@ -42,6 +42,7 @@ from vlm_gateway.images.inputs import ImageInput, chat_image_sources, completion
 from vlm_gateway.images.load import ImageLoader, ImageSource, LoadedImage
 from vlm_gateway.limits import Limiter, Permit
 from vlm_gateway.limits.rate import ANONYMOUS, Caller
+from vlm_gateway.logprobs import exact_bytes
 from vlm_gateway.models import Model, ModelRegistry
 from vlm_gateway.prompts.order import reorder_images_first, strings_to_parts
 from vlm_gateway.prompts.raw_completions import map_image_markers
@@ -378,8 +379,11 @@ async def generate(svc: Services, prepared: Prepared) -> AsyncIterator[EngineDel
                     metrics.TIME_TO_FIRST_TOKEN.labels(model).observe(time.monotonic() - started)
                     first = False
                 await permit.check()  # a slot that lapsed while this replica stood still stops here
-                if not tally.take(delta):
-                    yield delta
+                if tally.take(delta):
+                    continue
+                if delta.logprobs:
+                    exact_bytes(delta, svc.tokenizers[model].token_bytes)
+                yield delta
         except EngineError as exc:
             raise from_engine_error(exc, param) from exc
         finally:

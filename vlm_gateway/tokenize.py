@@ -8,6 +8,8 @@ are the unexpanded ones. Only the Rust ``tokenizers`` library is loaded: no torc
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -20,6 +22,23 @@ INLINE_CHARS = 4096
 # Rendered prompts seen recently, by text: the same question about different images renders to the same
 # text (each image is the same placeholder), so its ids are looked up, not computed again.
 CACHED_TEXTS = 2048
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece's byte fallback
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level alphabet (Qwen, Llama 3/4): the character each byte is written as in the vocabulary."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            chars[chr(byte)] = byte
+        else:
+            chars[chr(256 + extra)] = byte
+            extra += 1
+    return chars
+
+
+_BYTE_LEVEL = _byte_level_alphabet()
 
 
 class Tokenizer:
@@ -31,6 +50,8 @@ class Tokenizer:
         self._ids: dict[tuple[str, ...], list[int]] = {}
         self._lock = threading.Lock()
         self._recent: OrderedDict[tuple[str, bool], tuple[int, ...]] = OrderedDict()  # short texts' ids
+        self._bytes: dict[int, list[int]] = {}  # token id → the bytes it stands for
+        self._byte_level: bool | None = None
 
     def load(self) -> Any:
         """The ``tokenizers.Tokenizer``; ``FileNotFoundError`` when the checkpoint has no tokenizer.json."""
@@ -66,6 +87,27 @@ class Tokenizer:
     def decode(self, ids: list[int]) -> str:
         """Token ids as text, special tokens included (what ``echo`` shows of a prompt sent as ids)."""
         return self.load().decode(ids, skip_special_tokens=False)
+
+    def token_bytes(self, token_id: int) -> list[int]:
+        """The bytes token ``token_id`` stands for, as OpenAI's logprobs ``bytes`` give them: a piece of a
+        character for a byte token (where its text alone is empty or U+FFFD). Byte-level vocabularies
+        (GPT-2's alphabet) and SentencePiece ones (``▁`` for a space, ``<0xNN>`` byte fallback) both."""
+        found = self._bytes.get(token_id)
+        if found is None:
+            tok = self.load()
+            if self._byte_level is None:
+                decoder = json.loads(tok.to_str()).get("decoder") or {}
+                kinds = [decoder.get("type"), *(d.get("type") for d in decoder.get("decoders") or [])]
+                self._byte_level = "ByteLevel" in kinds
+            piece = tok.id_to_token(token_id) or ""
+            if self._byte_level and all(c in _BYTE_LEVEL for c in piece):
+                found = [_BYTE_LEVEL[c] for c in piece]
+            elif not self._byte_level and (byte := _BYTE_TOKEN.fullmatch(piece)):
+                found = [int(byte.group(1), 16)]
+            else:  # a special or added token (written as itself), or a SentencePiece piece
+                found = list(piece.encode() if self._byte_level else piece.replace("\u2581", " ").encode())
+            self._bytes[token_id] = found
+        return found
 
     def check_ids(self, ids: list[int], param: str) -> None:
         """A prompt sent as token ids holds only ids of this vocabulary (else a 400 naming ``param``)."""

@@ -9,6 +9,7 @@ import pytest
 
 from tests.e2e.conftest import EMBEDDED_FAMILY, REMOTE_FAMILIES, model_id
 from tests.helpers import png_data_uri
+from vlm_gateway.tokenize import Tokenizer
 
 pytestmark = pytest.mark.engine
 
@@ -149,10 +150,10 @@ def test_logprobs_on_an_image_request(client: openai.OpenAI, model: str) -> None
                                            logprobs=True, top_logprobs=5, extra_body={"ignore_eos": True})
     content = reply.choices[0].logprobs.content
     assert len(content) == 10 == reply.usage.completion_tokens
-    # tokens may be parts of a character (random weights pick any byte token): compare the bytes
+    # tokens may be parts of a character (random weights pick any byte token): their bytes, joined, are
+    # the text's, whole characters included (the engine's own bytes for such a piece are empty)
     text = reply.choices[0].message.content
-    joined = b"".join(bytes(c.bytes) for c in content).decode(errors="replace")
-    assert joined.replace("\ufffd", "") == text.replace("\ufffd", "")
+    assert b"".join(bytes(c.bytes) for c in content).decode(errors="replace") == text
     for entry in content:
         assert entry.logprob <= 0 and len(entry.top_logprobs) == 5
         assert entry.logprob <= max(t.logprob for t in entry.top_logprobs) + 1e-4  # greedy: the best one
@@ -178,6 +179,22 @@ def test_logit_bias_steers_the_engine_and_a_bad_one_names_itself(client: openai.
         with pytest.raises(openai.BadRequestError) as info:
             client.chat.completions.create(model=model, messages=image_message(), max_tokens=1, logit_bias=bias)
         assert info.value.body["param"].startswith("logit_bias"), info.value.body
+
+
+@pytest.mark.parametrize(("model", "family"), [(EMBEDDED, EMBEDDED_FAMILY), (REMOTE, REMOTE_FAMILIES[0])],
+                         ids=["embedded", "remote"])
+def test_logprobs_carry_the_bytes_of_a_piece_of_a_character(client: openai.OpenAI, checkpoints, model: str,
+                                                            family: str) -> None:
+    """A byte token (the first byte of "世", 0xE4: "ä" in Qwen's byte-level alphabet, "<0xE4>" in LLaVA's
+    SentencePiece vocabulary) has no text of its own; its logprob entry still carries its byte."""
+    tokenizer = Tokenizer(str(checkpoints[family]))
+    byte = next(i for i in range(tokenizer.load().get_vocab_size()) if tokenizer.token_bytes(i) == [0xE4])
+    reply = client.chat.completions.create(model=model, messages=image_message(), max_tokens=3, logprobs=True,
+                                           top_logprobs=1, logit_bias={str(byte): 100},
+                                           extra_body={"ignore_eos": True})
+    content = reply.choices[0].logprobs.content
+    assert [c.bytes for c in content] == [[0xE4]] * 3  # vLLM's own: [] (the token's text is empty)
+    assert [c.top_logprobs[0].bytes for c in content] == [[0xE4]] * 3
 
 
 def test_completions_logprobs_echo_and_prompt_forms(client: openai.OpenAI) -> None:

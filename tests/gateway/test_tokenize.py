@@ -71,3 +71,18 @@ async def test_recent_texts_are_looked_up_not_encoded_again(tiny_checkpoint, mon
     await tok.encode("x" * (tokenize.INLINE_CHARS + 1))  # long texts are not kept
     await tok.encode("x" * (tokenize.INLINE_CHARS + 1))
     assert len(calls) == 7
+
+
+@pytest.mark.parametrize("family", ["llava_1_5", "qwen2_5_vl", "gemma3", "llama4", "fastvlm", "phi3_5_vision"])
+def test_token_bytes_rebuild_the_text_byte_for_byte(family: str, tiny_dir) -> None:
+    """Logprobs' ``bytes``: each token's own, so that joined they are the text, characters split across
+    byte tokens included (SentencePiece's ``▁`` is a space, and its pieces start with one)."""
+    from vlm_gateway.testing.tiny import ensure_tiny
+
+    tok = Tokenizer(str(ensure_tiny(family, tiny_dir)))
+    text = "héllo wörld 世界 🙂 ok <tag>"
+    joined = bytes(b for i in tok.encode_sync(text) for b in tok.token_bytes(i))
+    assert joined.decode() in (text, " " + text)
+    singles = [tok.token_bytes(i) for i in range(tok.load().get_vocab_size())]
+    # every byte that is no character alone has a token of its own (byte level, or byte fallback)
+    assert {b[0] for b in singles if len(b) == 1} >= set(range(0x80, 0x100))
