@@ -142,7 +142,13 @@ def chat_sampling(req: ChatCompletionRequest, stop_token_ids: list[int],
 def completion_sampling(req: CompletionRequest, stop_token_ids: list[int],
                         defaults: SamplingDefaults = NO_DEFAULTS) -> SamplingParams:
     """Completions' ``logprobs`` is the number of alternatives (0: the chosen tokens' own); with
-    ``echo`` the prompt's tokens get theirs too."""
+    ``echo`` the prompt's tokens get theirs too. ``suffix`` and ``best_of`` (OpenAI's legacy fields,
+    which vLLM does not serve either) are refused rather than silently dropped."""
+    if req.suffix:
+        raise InvalidRequest("suffix (text to insert before) is not supported", param="suffix")
+    if req.best_of is not None and req.best_of != req.n:
+        raise InvalidRequest("best_of is not supported: ask for n choices (with logprobs to rank them)",
+                             param="best_of")
     params = _sampling(req, req.max_tokens, stop_token_ids, defaults)
     params.logprobs = req.logprobs
     if req.echo and req.logprobs is not None:

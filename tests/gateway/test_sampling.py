@@ -71,3 +71,15 @@ def test_combinations_the_engine_refuses_without_a_name_are_refused_naming_the_f
     assert info.value.param == "n"
     assert chat_sampling(chat(n=2, temperature=0.01, min_tokens=4, max_tokens=4), [7]).n == 2
     assert chat_sampling(chat(min_tokens=400), [7]).min_tokens == 400  # no max_tokens: the context's rest
+
+
+def test_completions_legacy_fields_are_refused_not_dropped() -> None:
+    def completion(**fields) -> CompletionRequest:
+        return msgspec.convert({"model": "m", "prompt": "x", **fields}, CompletionRequest)
+
+    for fields, param in (({"suffix": "end"}, "suffix"), ({"best_of": 3}, "best_of"),
+                          ({"best_of": 2, "n": 1}, "best_of")):
+        with pytest.raises(InvalidRequest) as info:
+            completion_sampling(completion(**fields), [7])
+        assert info.value.param == param
+    assert completion_sampling(completion(suffix="", best_of=2, n=2, temperature=1), [7]).n == 2

@@ -201,6 +201,8 @@ class CompletionRequest(Struct):
     stream_options: StreamOptions | None = None
     logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
     echo: bool = False
+    suffix: str | None = None  # OpenAI's legacy insertion: refused (a 400), not ignored
+    best_of: PosInt | None = None  # the same: refused unless it equals n
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     logit_bias: LogitBias | None = None
