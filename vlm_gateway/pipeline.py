@@ -236,7 +236,7 @@ async def _prepare_chat(svc: Services, req: ChatCompletionRequest, model: Model,
             loading.add_done_callback(_outcome_read)
         raise
     prepared = _prepared(model, req.model, [token_ids], images, sampling, "chatcmpl", "messages", permit,
-                         image_token_id(tokenizer, model))
+                         image_token_id(tokenizer, model), req.prompt_cache_key)
     prepared.prompt_text = prompt_text
     if model.engine_renders:  # a server of the pool renders the chat itself
         prepared.engine_requests[0].chat = upstream_chat(messages, plan.prompt_tools, [i.url for i in images])
@@ -304,13 +304,13 @@ async def _prepare_completion(svc: Services, req: CompletionRequest, model: Mode
 
 def _prepared(model: Model, name: str, prompts: list[list[int]], loaded: list[LoadedImage], sampling,
               prefix: str, param: Literal["messages", "prompt"], permit: Permit,
-              image_token_id: int | None = None) -> Prepared:
+              image_token_id: int | None = None, cache_key: str | None = None) -> Prepared:
     if not all(prompts):
         raise InvalidRequest("the prompt is empty", param=param)
     request_id = f"{prefix}-{new_id()}"
     images, hashes = [image.url for image in loaded], [image.sha256 for image in loaded]
     requests = [EngineRequest(request_id if len(prompts) == 1 else f"{request_id}-{k}", ids, images, sampling,
-                              timeout_s=permit.timeout_s, affinity=affinity_key(hashes, ids),
+                              timeout_s=permit.timeout_s, affinity=affinity_key(hashes, ids, cache_key),
                               image_keys=[ImageKey(i.sha256, i.width * i.height) for i in loaded] or None)
                 for k, ids in enumerate(prompts)]
     if loaded and image_token_id is not None and all(image.features for image in loaded):

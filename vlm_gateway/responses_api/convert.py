@@ -243,6 +243,7 @@ def to_chat(req: ResponsesRequest, previous: list[ChatMessage]) -> Converted:
         response_format=_response_format(req),
         logprobs=logprobs,
         top_logprobs=req.top_logprobs if logprobs else None,
+        prompt_cache_key=req.prompt_cache_key,
     )
     return Converted(chat, built.messages[start:], built.params)
 

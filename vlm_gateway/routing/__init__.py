@@ -1,10 +1,12 @@
 """Which server of an engine pool takes a request: the one that holds its caches, within a load bound;
 a key seen first goes to the server that owns the fewest keys; no key: the least loaded.
 
-``affinity_key`` names what a request's engine-side caches are keyed by: its first image's content hash
-(vLLM's multimodal cache), else the start of its prompt (vLLM's prefix cache: a conversation's turns share
-their first tokens). An owner table (``vlm_gateway.routing.owners``: in memory, or in Redis so that every
-gateway replica agrees) remembers which server a key went to. ``choose`` then routes:
+``affinity_key`` names what a request's engine-side caches are keyed by: the client's own
+``prompt_cache_key`` when it sends one (OpenAI's field for "requests that share a long prefix": a preset's
+system prompt asked about many images), else its first image's content hash (vLLM's multimodal cache), else
+the start of its prompt (vLLM's prefix cache: a conversation's turns share their first tokens). An owner
+table (``vlm_gateway.routing.owners``: in memory, or in Redis so that every gateway replica agrees)
+remembers which server a key went to. ``choose`` then routes:
 
 - the key's owner, while its load stays within the bound ("affinity"): ``LOAD_BOUND`` times the pool's mean
   load, and at least ``LOAD_SLACK`` requests above it, since an engine batches a few more requests at
@@ -38,8 +40,11 @@ LOAD_SLACK = 4
 T = TypeVar("T")
 
 
-def affinity_key(image_hashes: Sequence[str], token_ids: Sequence[int]) -> str:
-    """The first image's content hash, else a hash of the prompt's first ``PREFIX_TOKENS`` tokens."""
+def affinity_key(image_hashes: Sequence[str], token_ids: Sequence[int], cache_key: str | None = None) -> str:
+    """A hash of the client's ``cache_key``, else the first image's content hash, else a hash of the
+    prompt's first ``PREFIX_TOKENS`` tokens."""
+    if cache_key:
+        return "key:" + hashlib.blake2b(cache_key.encode(), digest_size=12).hexdigest()
     if image_hashes:
         return "img:" + image_hashes[0]
     start = ",".join(map(str, token_ids[:PREFIX_TOKENS])).encode()

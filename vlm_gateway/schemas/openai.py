@@ -154,6 +154,7 @@ class ChatCompletionRequest(Struct):
     logit_bias: LogitBias | None = None
     user: str | None = None
     modalities: list[Literal["text"]] | None = None  # the models answer in text: "audio" is refused
+    prompt_cache_key: str | None = None  # requests with the same key go to the same engine (its caches)
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None  # None: "auto" with tools, "none" without
     parallel_tool_calls: bool = True

@@ -140,6 +140,7 @@ class ResponsesRequest(Struct):
     store: bool | None = None  # None: true
     background: bool | None = None
     stream: bool | None = None
+    prompt_cache_key: str | None = None
     # OpenAI-hosted state this gateway does not keep: declared so that a request using them is refused
     # (``responses_api.convert``) rather than answered without the context the client meant to send
     conversation: str | dict[str, Any] | None = None

@@ -110,6 +110,22 @@ def test_chat_completion_shape_and_engine_request(client, engines) -> None:
     assert sent.sampling.max_tokens == 4
 
 
+def test_prompt_cache_key_is_the_engine_affinity(client, engines) -> None:
+    """Requests about different images that share a long prefix route together when the client names it."""
+    sent = []
+    for color, key in (((255, 0, 0), "receipts"), ((0, 255, 0), "receipts"), ((0, 0, 255), None)):
+        image = {"type": "image_url", "image_url": {"url": png_data_uri(color=color)}}
+        body = chat(messages=[{"role": "user", "content": [image, {"type": "text", "text": "What?"}]}])
+        if key:
+            body["prompt_cache_key"] = key
+        assert client.post("/v1/chat/completions", json=body).status_code == 200
+        sent.append(engines["m"].requests[-1].affinity)
+    assert sent[0] == sent[1] != sent[2] and sent[2].startswith("img:")
+    responses = client.post("/v1/responses", json={"model": "m", "input": "What?", "max_output_tokens": 4,
+                                                   "prompt_cache_key": "receipts"})
+    assert responses.status_code == 200 and engines["m"].requests[-1].affinity == sent[0]
+
+
 def test_alias_and_seed_prefix_routes(client) -> None:
     r = client.post("/chat/completions", json=chat(model="alias"))
     assert r.status_code == 200 and r.json()["model"] == "alias"  # the name the client asked for
