@@ -151,9 +151,11 @@ def test_logprobs_on_an_image_request(client: openai.OpenAI, model: str) -> None
     content = reply.choices[0].logprobs.content
     assert len(content) == 10 == reply.usage.completion_tokens
     # tokens may be parts of a character (random weights pick any byte token): their bytes, joined, are
-    # the text's, whole characters included (the engine's own bytes for such a piece are empty)
+    # the text's, whole characters included (the engine's own bytes for such a piece are empty); an
+    # unfinished character at the very end may or may not be in the engine's text as U+FFFD
     text = reply.choices[0].message.content
-    assert b"".join(bytes(c.bytes) for c in content).decode(errors="replace") == text
+    joined = b"".join(bytes(c.bytes) for c in content).decode(errors="replace")
+    assert joined.rstrip("\ufffd") == text.rstrip("\ufffd")
     for entry in content:
         assert entry.logprob <= 0 and len(entry.top_logprobs) == 5
         assert entry.logprob <= max(t.logprob for t in entry.top_logprobs) + 1e-4  # greedy: the best one
