@@ -45,7 +45,7 @@ from vlm_gateway.limits.rate import ANONYMOUS, Caller
 from vlm_gateway.logprobs import exact_bytes
 from vlm_gateway.models import Model, ModelRegistry
 from vlm_gateway.prompts.order import reorder_images_first, strings_to_parts
-from vlm_gateway.prompts.raw_completions import map_image_markers
+from vlm_gateway.prompts.raw_completions import completion_prompts, map_image_markers
 from vlm_gateway.prompts.render import render_chat
 from vlm_gateway.prompts.upstream import upstream_chat
 from vlm_gateway.routing import affinity_key
@@ -255,20 +255,6 @@ async def prepare_completion(svc: Services, req: CompletionRequest, caller: Call
 
 
 MAX_COMPLETION_CHOICES = 128  # prompts x n in one /v1/completions request
-
-
-def completion_prompts(prompt: str | list) -> list[str | list[int]]:
-    """OpenAI's four prompt forms as a list of prompts: a string, strings, token ids, lists of ids."""
-    if isinstance(prompt, str):
-        return [prompt]
-    if all(isinstance(p, str) for p in prompt):
-        return list(prompt)
-    if all(isinstance(p, int) for p in prompt):
-        return [list(prompt)]
-    if all(isinstance(p, list) for p in prompt):
-        return list(prompt)
-    raise InvalidRequest("prompt must be a string, a list of strings, a list of token ids or a list of lists of "
-                         "token ids (not a mix)", param="prompt")
 
 
 async def _prepare_completion(svc: Services, req: CompletionRequest, model: Model, permit: Permit,

@@ -1,11 +1,11 @@
-"""Image markers in raw ``/v1/completions`` prompts.
+"""Raw ``/v1/completions`` prompts: their forms, and their image markers.
 
-A raw prompt is sent as written, except that its image markers become the family's own. Clients may
-write the generic ``<image>`` (mapped to the native placeholder, numbered ``<|image_1|>``,
-``<|image_2|>``... in order for Phi-3.5-vision) or the native placeholder itself (kept). For
-LLaVA and FastVLM the two are the same string. The image token alone, outside its placeholder
-(Qwen's bare ``<|image_pad|>``), is refused: the engine would misread it. The number of markers
-must equal the number of images sent.
+``completion_prompts`` reads OpenAI's four prompt forms. A raw prompt is sent as written, except that its
+image markers become the family's own. Clients may write the generic ``<image>`` (mapped to the native
+placeholder, numbered ``<|image_1|>``, ``<|image_2|>``... in order for Phi-3.5-vision) or the native
+placeholder itself (kept). For LLaVA and FastVLM the two are the same string. The image token alone,
+outside its placeholder (Qwen's bare ``<|image_pad|>``), is refused: the engine would misread it. The
+number of markers must equal the number of images sent.
 """
 
 from __future__ import annotations
@@ -63,3 +63,17 @@ def map_image_markers(family: Family, prompt: str, image_count: int) -> str:
             param="prompt",
         )
     return mapped
+
+
+def completion_prompts(prompt: str | list) -> list[str | list[int]]:
+    """OpenAI's four prompt forms as a list of prompts: a string, strings, token ids, lists of ids."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if all(isinstance(p, str) for p in prompt):
+        return list(prompt)
+    if all(isinstance(p, int) for p in prompt):
+        return [list(prompt)]
+    if all(isinstance(p, list) for p in prompt):
+        return list(prompt)
+    raise InvalidRequest("prompt must be a string, a list of strings, a list of token ids or a list of lists of "
+                         "token ids (not a mix)", param="prompt")

@@ -183,7 +183,8 @@ class CompletionExtraBody(Struct):
 
 TokenIds = Annotated[list[NonNegInt], Meta(min_length=1)]
 # OpenAI's four forms: a string, strings, token ids, lists of token ids. msgspec decodes one array type
-# per union, so a list is decoded loosely here and its form checked by ``prompts.completion_prompts``.
+# per union, so a list is decoded loosely here and its form checked by
+# ``prompts.raw_completions.completion_prompts``.
 Prompt = Union[str, Annotated[list[Union[str, NonNegInt, TokenIds]], Meta(min_length=1)]]
 
 
