@@ -59,15 +59,17 @@ def _prompt_ids(prepared: Prepared, return_token_ids: bool) -> list[int] | msgsp
 
 def assistant_message(prepared: Prepared, text: str, finish: str | None) -> tuple[AssistantMessage, str | None]:
     """The message for one choice's text, with its tool calls read out when the request has tools
-    (``finish_reason`` then says ``tool_calls``); output that is no well-formed call stays text."""
+    (``finish_reason`` then says ``tool_calls``, unless the token limit ended it: ``length``, and a forced
+    call keeps its unfinished arguments); output that is no well-formed call stays text."""
     parsing = prepared.tool_parsing
     if parsing is None:
         return AssistantMessage(text), finish
-    parsed = parse_tool_calls(parsing.format, text, parsing.tools)
+    cut = finish == "length"
+    parsed = parse_tool_calls(parsing.format, text, parsing.tools, cut)
     calls = parsed.calls[:1] if parsing.one_call else parsed.calls
     if not calls:
         return AssistantMessage(text), finish
-    return AssistantMessage(parsed.content, tool_calls=calls), "tool_calls"
+    return AssistantMessage(parsed.content, tool_calls=calls), finish if cut else "tool_calls"
 
 
 async def chat_completion(prepared: Prepared, deltas: AsyncIterator[EngineDelta],

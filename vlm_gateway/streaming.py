@@ -106,7 +106,7 @@ class ToolCalls:
         stream = self.streams.setdefault(delta.index, ToolCallStream(self.parsing.format, self.parsing.tools))
         pieces = [stream.feed(delta.text)] if delta.text else []
         if delta.finish_reason is not None:
-            pieces.append(stream.finish())
+            pieces.append(stream.finish(cut=delta.finish_reason == "length"))
         calls = [c for p in pieces for c in p.calls if not (self.parsing.one_call and c.index > 0)]
         if calls:
             self.called.add(delta.index)
@@ -114,7 +114,7 @@ class ToolCalls:
 
     def finish_reason(self, delta: EngineDelta) -> str | None:
         reason = finish_reason(delta.finish_reason)
-        return "tool_calls" if reason is not None and delta.index in self.called else reason
+        return "tool_calls" if reason not in (None, "length") and delta.index in self.called else reason
 
 
 async def completion_chunks(prepared: Prepared, deltas: AsyncIterator[EngineDelta], *, include_usage: bool = False,

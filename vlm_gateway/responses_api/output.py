@@ -108,11 +108,13 @@ def finished(base: ResponseObject, chat: ChatCompletion) -> ResponseObject:
     status = "incomplete" if choice.finish_reason == "length" else "completed"
     calls = choice.message.tool_calls or []
     output: list[OutputItem] = []
-    if choice.message.content or not calls:
+    if choice.message.content or not calls:  # the last item is the one the token limit cut (as streamed)
         part = OutputText(choice.message.content or "", logprobs=logprobs(choice.logprobs))
-        output.append(OutputMessage(id=new_id("msg"), status=status, content=[part]))
+        output.append(OutputMessage(id=new_id("msg"), status="completed" if calls else status, content=[part]))
     output += [OutputFunctionCall(id=new_id("fc"), call_id=call.id, name=call.function.name,
-                                  arguments=call.function.arguments, status="completed") for call in calls]
+                                  arguments=call.function.arguments,
+                                  status=status if k == len(calls) - 1 else "completed")
+               for k, call in enumerate(calls)]
     return final(base, output, chat.usage, choice.finish_reason)
 
 

@@ -47,6 +47,12 @@ def make_call(name: str, arguments: dict) -> ToolCall:
     return ToolCall(id=new_call_id(), function=FunctionCall(name=name, arguments=compact(arguments)))
 
 
+def cut_call(name: str, text: str) -> ToolCall:
+    """The call of ``name`` that the token limit cut short: its arguments as far as they were written (no
+    JSON yet), as OpenAI and vLLM return a forced call that ran out of tokens (``finish_reason: length``)."""
+    return ToolCall(id=new_call_id(), function=FunctionCall(name=name, arguments=text))
+
+
 def _arguments(value: Any) -> dict | None:
     """An arguments object; a JSON string holding one is accepted too (models sometimes quote it)."""
     if isinstance(value, str):

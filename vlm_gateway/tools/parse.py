@@ -48,10 +48,12 @@ class ToolCallStream:
         self._scanner.feed(text, final=False)
         return self._piece()
 
-    def finish(self) -> StreamPiece:
+    def finish(self, cut: bool = False) -> StreamPiece:
+        """The rest; ``cut``: the token limit ended the output (a forced call stays a call, unfinished)."""
         if self._finished:
             raise RuntimeError("finish() called twice")
         self._finished = True
+        self._scanner.cut = cut
         self._scanner.feed("", final=True)
         self._scanner.content.finish()
         return self._piece()
@@ -63,10 +65,11 @@ class ToolCallStream:
         return StreamPiece(content=self._scanner.content.take(), calls=deltas)
 
 
-def parse_tool_calls(fmt: ToolFormat, text: str, tools: list[Tool] | tuple[Tool, ...]) -> ParsedOutput:
+def parse_tool_calls(fmt: ToolFormat, text: str, tools: list[Tool] | tuple[Tool, ...],
+                     cut: bool = False) -> ParsedOutput:
     """A complete output split into content and calls of the offered ``tools``. ``content`` is None
-    when there are calls and no other text."""
+    when there are calls and no other text. ``cut``: as ``ToolCallStream.finish``."""
     stream = ToolCallStream(fmt, tools)
-    content = stream.feed(text).content + stream.finish().content
+    content = stream.feed(text).content + stream.finish(cut).content
     calls = stream.calls
     return ParsedOutput(content=None if calls and not content else content, calls=calls)

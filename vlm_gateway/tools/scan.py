@@ -16,7 +16,7 @@ Decisions a scanner makes:
 from __future__ import annotations
 
 from vlm_gateway.schemas.openai import ToolCall
-from vlm_gateway.tools.calls import call_from_arguments, call_from_text, calls_from_list
+from vlm_gateway.tools.calls import call_from_arguments, call_from_text, calls_from_list, cut_call
 from vlm_gateway.tools.format import ToolFormat
 
 
@@ -77,6 +77,7 @@ class Scanner:
         self.content = Content()
         self.calls: list[ToolCall] = []
         self.buf = ""
+        self.cut = False  # set before the final feed when the token limit ended the output
 
     def feed(self, text: str, final: bool) -> None:
         raise NotImplementedError
@@ -213,7 +214,8 @@ class JsonScanner(Scanner):
 
 class WholeScanner(Scanner):
     """The whole output is one JSON value (forced by structured output): held until the end, then
-    calls if it is a valid ``json_list`` / ``json_arguments`` value, else content."""
+    calls if it is a valid ``json_list`` / ``json_arguments`` value, else content; a ``json_arguments``
+    output the token limit cut short is still the forced call, its arguments unfinished."""
 
     def __init__(self, fmt: ToolFormat, names: frozenset[str]) -> None:
         super().__init__(fmt, names)
@@ -229,6 +231,8 @@ class WholeScanner(Scanner):
             calls = calls_from_list(text, self.names, self.fmt.arguments_key)
         else:
             call = call_from_arguments(text, next(iter(self.names))) if len(self.names) == 1 else None
+            if call is None and self.cut and len(self.names) == 1:  # the forced call, as far as it got
+                call = cut_call(next(iter(self.names)), text)
             calls = None if call is None else [call]
         if calls is None:
             self.content.text(text)

@@ -30,6 +30,7 @@ class ScriptedEngine:
         self.fail_after = 0
         self.requests: list[EngineRequest] = []
         self.script: list[str] | None = None  # the output's text pieces (default: "Hi", " there")
+        self.finish = "stop"  # the scripted output's finish_reason
 
     async def start(self) -> None: ...
 
@@ -60,7 +61,7 @@ class ScriptedEngine:
             yield EngineDelta(0, "", prompt_token_ids=list(range(expanded)))
             for piece in first:
                 yield EngineDelta(0, piece)
-            yield EngineDelta(0, last, finish_reason="stop")
+            yield EngineDelta(0, last, finish_reason=self.finish)
             yield EngineDelta(prompt_tokens=expanded, completion_tokens=len(self.script))
             return
         yield EngineDelta(0, "Hi", prompt_token_ids=list(range(expanded)), logprobs=lp("Hi"),
@@ -442,7 +443,7 @@ def scripted(engines):
         engines["m"].script = list(pieces)
 
     yield use
-    engines["m"].script = None
+    engines["m"].script, engines["m"].finish = None, "stop"
 
 
 def test_tool_call_parsed_from_the_family_syntax(client, engines, scripted) -> None:
@@ -480,6 +481,32 @@ def test_forced_tool_choice_is_structured_output(client, engines, scripted) -> N
     assert r["choices"][0]["message"]["tool_calls"][0]["function"] == {"name": "get_color",
                                                                       "arguments": '{"color":"red"}'}
     assert engines["m"].requests[-1].sampling.structured_outputs["json"] == TOOLS[0]["function"]["parameters"]
+
+
+def test_a_forced_call_cut_by_the_token_limit_is_still_the_call(client, engines, scripted) -> None:
+    """As OpenAI and vLLM answer: the call with its arguments as far as they got, ``finish_reason: length``
+    (LangChain then reports an invalid tool call, not a silent empty answer), whole, streamed and in
+    the Responses API."""
+    scripted('{"color": ', '"gr')
+    engines["m"].finish = "length"
+    named = {"type": "function", "function": {"name": "get_color"}}
+    choice = client.post("/v1/chat/completions", json=chat(tools=TOOLS, tool_choice=named)).json()["choices"][0]
+    assert choice["finish_reason"] == "length" and choice["message"]["content"] is None
+    assert choice["message"]["tool_calls"][0]["function"] == {"name": "get_color", "arguments": '{"color": "gr'}
+    with client.stream("POST", "/v1/chat/completions", json=chat(tools=TOOLS, tool_choice=named, stream=True)) as r:
+        chunks = [msgspec.json.decode(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    pieces = [t for c in chunks if c["choices"] for t in c["choices"][0]["delta"].get("tool_calls", [])]
+    assert "".join(p["function"].get("arguments", "") for p in pieces) == '{"color": "gr'
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "length"
+    response = client.post("/v1/responses", json={
+        "model": "m", "input": "Color?", "tool_choice": {"type": "function", "name": "get_color"},
+        "tools": [{"type": "function", **TOOLS[0]["function"]}]}).json()
+    assert response["status"] == "incomplete"
+    assert [(o["type"], o["arguments"], o["status"]) for o in response["output"]] == [
+        ("function_call", '{"color": "gr', "incomplete")]
+    scripted('[{"name": "get_color", ', '"parameters": {"co')  # required: no call to name yet; text
+    choice = client.post("/v1/chat/completions", json=chat(tools=TOOLS, tool_choice="required")).json()["choices"][0]
+    assert choice["finish_reason"] == "length" and "tool_calls" not in choice["message"]
 
 
 def test_malformed_call_stays_text(client, scripted) -> None:

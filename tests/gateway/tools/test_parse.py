@@ -193,6 +193,18 @@ def test_raw_control_characters_in_strings_are_taken_and_escaped() -> None:
     assert named.calls[0].function.arguments == '{"city":"a\\tb"}'
 
 
+def test_a_cut_forced_call_keeps_its_unfinished_arguments() -> None:
+    from vlm_gateway.tools.plan import NAMED_FORMAT
+
+    assert parse_tool_calls(NAMED_FORMAT, '{"city": "Par', TOOLS[:1]).calls == []  # not cut: text
+    cut = parse_tool_calls(NAMED_FORMAT, '{"city": "Par', TOOLS[:1], cut=True)
+    assert cut.content is None and calls(cut) == [("get_weather", '{"city": "Par')]
+    whole = parse_tool_calls(NAMED_FORMAT, '{"city": "Paris"}', TOOLS[:1], cut=True)
+    assert calls(whole) == [("get_weather", '{"city":"Paris"}')]  # complete before the limit: as ever
+    hermes = parse_tool_calls(fmt("qwen2_5_vl"), '<tool_call>{"name": "get_weather", "arg', TOOLS, cut=True)
+    assert hermes.calls == []  # the family's own syntax: an unfinished block names no call for sure
+
+
 def test_tool_format_is_validated() -> None:
     import msgspec
 
