@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 from litestar import Litestar
+from litestar.config.cors import CORSConfig
 
 from vlm_gateway.api.auth import require_api_key
 from vlm_gateway.api.batches import BATCH_ROUTES
@@ -112,6 +113,21 @@ def preprocessor(model: Model) -> Preprocessor | None:
     return load_preprocessor(model.family.image_processor, model.checkpoint, model.engine.preprocess_max_bytes)
 
 
+# what a browser page may read of an answer besides the CORS-safelisted headers: the request id and the rate
+# limit state the OpenAI SDK reads (``limits.rate``)
+EXPOSED_HEADERS = ["X-Request-Id", "Retry-After", "retry-after-ms", *(
+    f"x-ratelimit-{what}-{kind}" for kind in ("requests", "tokens") for what in ("limit", "remaining", "reset"))]
+
+
+def cors_config(origins: list[str]) -> CORSConfig | None:
+    """Browser pages of ``origins`` may call the API (preflight answered before authentication: a
+    browser sends no API key with it). Keys travel in the Authorization header, never cookies."""
+    if not origins:
+        return None
+    return CORSConfig(allow_origins=origins, allow_methods=["*"], allow_headers=["*"], allow_credentials=False,
+                      expose_headers=EXPOSED_HEADERS, max_age=600)
+
+
 def create_app(settings: Settings, engine_factory: EngineFactory | None = None) -> Litestar:
     registry = ModelRegistry(settings)
 
@@ -183,6 +199,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
         middleware=[http_metrics, require_api_key],  # outermost first
         lifespan=[lifespan],
         exception_handlers={Exception: error_response},
+        cors_config=cors_config(settings.cors_origins),
         openapi_config=openapi_config(),  # /schema: Swagger UI from local files (works offline)
         request_max_body_size=settings.max_request_bytes,
         debug=False,

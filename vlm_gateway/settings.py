@@ -104,6 +104,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     templates_dir: str = ""  # families.toml + <family>.jinja; defaults to the package's own templates/
     log_level: str = "info"
     playground: bool = True  # serve the /playground page (and redirect / to it); false: both are 404
+    # origins whose web pages may call the API from a browser (CORS), e.g. ["https://app.example.com"];
+    # ["*"]: any; empty: none (the playground is same-origin and needs none)
+    cors_origins: list[str] = []
     models: list[ModelSettings] = []
     images: ImageSettings = msgspec.field(default_factory=ImageSettings)
     limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
