@@ -158,7 +158,7 @@ class ChatCompletionRequest(Struct):
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None  # None: "auto" with tools, "none" without
     parallel_tool_calls: bool = True
-    functions: list[dict[str, Any]] | None = None  # OpenAI's deprecated form of tools: refused, naming tools
+    functions: list[dict[str, Any]] | None = None  # OpenAI's deprecated form of tools: refused (a 400)
     function_call: str | dict[str, Any] | None = None
     # extensions, as vLLM names them
     return_token_ids: bool = False  # the prompt ids the engine saw, images expanded
