@@ -95,8 +95,8 @@ class Tokenizer:
         found = self._bytes.get(token_id)
         if found is None:
             tok = self.load()
-            if self._byte_level is None:
-                decoder = json.loads(tok.to_str()).get("decoder") or {}
+            if self._byte_level is None:  # the decoder's own settings: not the whole vocabulary serialized
+                decoder = json.loads(tok.decoder.__getstate__()) if tok.decoder is not None else {}
                 kinds = [decoder.get("type"), *(d.get("type") for d in decoder.get("decoders") or [])]
                 self._byte_level = "ByteLevel" in kinds
             piece = tok.id_to_token(token_id) or ""
