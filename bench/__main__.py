@@ -31,6 +31,7 @@ import asyncio
 import base64
 import io
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -123,11 +124,13 @@ def cases(image_url: str) -> list[Case]:
             Case("http URL image (loopback)", url), Case("2 images per request", two)]
 
 
-def start_stack(family: str, logs: Path) -> tuple[Child, Child, str, str, float]:
+def start_stack(family: str, logs: Path, engine_args: list[str] | None = None
+                ) -> tuple[Child, Child, str, str, float]:
     checkpoint = ensure_tiny(family, Path.home() / ".cache" / "vlm-gateway" / "tiny")
     engine_port, port = free_port(), free_port()
     args = ["--served-model-name", MODEL, "--disable-uvicorn-access-log",
-            "--limit-mm-per-prompt", '{"image": 8}']  # the conversation's fifth turn holds five images
+            "--limit-mm-per-prompt", '{"image": 8}',  # the conversation's fifth turn holds five images
+            *(engine_args or [])]
     engine = Child("engine", server_command(str(checkpoint), engine_port, args),
                    logs, env=server_env(model_path=str(checkpoint)))
     started = time.monotonic()
@@ -264,12 +267,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-requests", type=int, default=10_000, help="requests for the RSS growth check")
     parser.add_argument("--litellm", action="store_true", help="LiteLLM's proxy as a third target (its own venv; "
                         "needs LITELLM_MASTER_KEY)")
+    parser.add_argument("--engine-args", default="", help="more vLLM flags, one string (they win)")
     args = parser.parse_args(argv)
     logs = Path(tempfile.mkdtemp(prefix="vlm-bench-"))
     if args.litellm:
         litellm_bench.ensure_venv()  # before anything is measured: installing takes the CPU for minutes
     print(f"starting the engine and the gateway (logs in {logs})", file=sys.stderr)
-    engine, gateway, engine_url, gateway_url, start_s = start_stack(args.family, logs)
+    engine, gateway, engine_url, gateway_url, start_s = start_stack(args.family, logs, shlex.split(args.engine_args))
     litellm = None
     try:
         if args.litellm:

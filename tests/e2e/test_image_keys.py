@@ -2,7 +2,8 @@
 key as vLLM's ``uuid``, and by key alone (``url`` null) once the server holds them: a conversation that
 resends its image every turn transfers, decodes and processes it once, and the answers stay vLLM's own.
 A key the server does not hold (its cache dropped it, or it restarted) is answered with a 400 "Cache miss"
-before any output, and the request goes again with the data."""
+before any output, and the request goes again with the data; so is a request whose image vLLM's own
+frontend sent by key to an engine that never got it (a 500)."""
 
 from __future__ import annotations
 
@@ -58,6 +59,24 @@ def test_a_conversations_image_goes_by_key_from_its_second_turn_with_vllms_answe
     assert after.get("data", 0) - before.get("data", 0) == 1
     assert after.get("key", 0) - before.get("key", 0) == 5
     assert after.get("resent", 0) == before.get("resent", 0)
+
+
+def test_the_image_of_a_prompt_vllm_refused_as_too_long_is_taken_by_the_next_request(gateway, http) -> None:
+    """vLLM processes a request's images before it finds the prompt too long once they are expanded (the
+    gateway, counting LLaVA's image as one placeholder, cannot know): its frontend keeps the processed
+    image as if its engine held it, sends it by key with the next request, and the engine, which never got
+    it, answers a 500 before any output (dropping the key). The gateway sends the request again."""
+    image = {"type": "image_url", "image_url": {"url": png_data_uri(96, 72, (int(time.time() * 1000) % 250, 90, 40))}}
+    server = gateway.engines[FAMILY]
+    before = image_inputs(gateway, server)
+    too_long = [{"role": "user", "content": [image, {"type": "text", "text": "lorem ipsum " * 400}]}]  # 576 + ~3600
+    r = http.post("/v1/chat/completions", json={"model": MODEL, "messages": too_long, "max_tokens": 4})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text
+    short = [{"role": "user", "content": [image, {"type": "text", "text": "And this?"}]}]
+    r = http.post("/v1/chat/completions", json={"model": MODEL, "messages": short, "max_tokens": 4})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens_details"]["image_tokens"] == 576
+    assert image_inputs(gateway, server).get("resent", 0) - before.get("resent", 0) == 1
 
 
 async def test_a_key_the_server_does_not_hold_is_sent_again_with_its_image(gateway, checkpoints) -> None:

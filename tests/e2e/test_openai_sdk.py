@@ -322,6 +322,27 @@ def test_responses_create_and_stream_with_input_image(client: openai.OpenAI, mod
 
 
 @pytest.mark.parametrize("model", [EMBEDDED, REMOTE], ids=["embedded", "remote"])
+def test_responses_truncation_auto_fits_a_long_conversation(client: openai.OpenAI, model: str) -> None:
+    """Four turns of an image and about 900 text tokens overflow the 4096-token context. Qwen2.5-VL
+    (embedded): the gateway counts the images' tokens itself (144 each) and drops the oldest turn before
+    sending; LLaVA (remote): vLLM expands each image to 576 tokens and refuses the prompt, which drops a
+    turn, twice."""
+    image = {"type": "input_image", "image_url": png_data_uri(336, 336, (200, 120, 40)), "detail": "high"}
+    items: list[dict] = []
+    for t in range(4):
+        text = {"type": "input_text", "text": f"Turn {t}: " + "lorem ipsum " * 100}
+        items += [{"role": "user", "content": [image, text]}, {"role": "assistant", "content": f"Answer {t}."}]
+    items.append({"role": "user", "content": "And now?"})
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.create(model=model, input=items, max_output_tokens=4)
+    assert err.value.code == "context_length_exceeded" and err.value.param == "input"
+    response = client.responses.create(model=model, input=items, max_output_tokens=4, truncation="auto")
+    assert response.truncation == "auto" and response.status in ("completed", "incomplete")
+    assert 2 * 900 < response.usage.input_tokens <= 4096 - 4  # at least the last two image turns are kept
+    assert response.usage.input_tokens_details.image_tokens > 0
+
+
+@pytest.mark.parametrize("model", [EMBEDDED, REMOTE], ids=["embedded", "remote"])
 def test_a_resent_prompt_reports_its_cached_tokens(client: openai.OpenAI, model: str) -> None:
     """vLLM's prefix cache, as OpenAI reports prompt caching: ``prompt_tokens_details.cached_tokens``
     (whole and streamed answers, and the Responses API's ``input_tokens_details``)."""

@@ -9,7 +9,8 @@ The gateway has already rendered and tokenized the prompt, so it calls vLLM's to
   decodes, hashes and processes no image. An image this server was already sent goes by its key alone
   (``kwargs_data`` null: vLLM's engine takes it from its own cache); when the engine has dropped it
   since (a restart, its cache's eviction), it answers 500 before any output, and the request is sent
-  once more with every image's data.
+  once more with every image's data (as is any request with images that fails before any output: vLLM's
+  frontend may have sent an image by key that its engine never got, see ``VLLMServer.generate``).
 - ``content_parts``: the images as data URIs, the family's placeholder token once per image; vLLM's
   processor expands each placeholder. Each image goes with its key as ``uuid`` (vLLM hashes no image),
   and an image this server was already sent goes by its key alone (``url`` null: vLLM's processor cache
@@ -161,13 +162,18 @@ class VLLMServer:
                     started = True
                     yield delta
         except EngineCrashed:
-            if started or not by_key or self._held is None:
+            inputs = self._inputs(request)
+            if started or not inputs:
                 raise
-            # The engine had dropped an input sent by key (vLLM answers a cache miss before any output: a
-            # 500 for features, a 400 "Cache miss" for content parts): send every image's data once more.
-            for key in by_key:
-                self._held.discard(key)
-            metrics.ENGINE_IMAGE_INPUTS.labels(self.url, "resent").inc(len(by_key))
+            # An image input went by key and the engine no longer held it (vLLM answers a cache miss before
+            # any output: a 500 for features, a 400 "Cache miss" for content parts), or vLLM's own frontend
+            # sent it by key: it keeps the images it processed for a request its engine then never got (a
+            # prompt too long once expanded), and its engine answers the next request with that image with
+            # a 500 and drops the key. Either way: every image's data once more.
+            if self._held is not None:
+                for key in by_key:
+                    self._held.discard(key)
+            metrics.ENGINE_IMAGE_INPUTS.labels(self.url, "resent").inc(len(inputs))
             async with contextlib.aclosing(self._generate(request, deadline, total_s, [])) as deltas:
                 async for delta in deltas:
                     yield delta

@@ -12,6 +12,9 @@ message), then the stored conversation of ``previous_response_id``, then the ``i
 The chat pipeline names what it refuses by chat parameters (``messages[3].content[0].image_url``);
 ``Converted.params`` says where each came from, and ``renamed`` rewrites a raised error's ``param`` so
 the client reads ``input[2].content[0].image_url``.
+
+``truncation: "auto"``: ``without_oldest_turn`` gives the same request less its oldest turn, for a
+conversation too long for the model's context (``run.py`` asks for it while the pipeline says so).
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ LOGPROBS = "message.output_text.logprobs"  # the ``include`` value that asks for
 _ITEM_TYPES = {"message", "function_call", "function_call_output"}
 _WHOLE = {"instructions", "previous_response_id"}  # errors inside these name the field only
 _AT = re.compile(r"at `\$(.*?)`")
+_MESSAGE = re.compile(r"messages\[(\d+)\](.*)", re.DOTALL)
 
 
 class Converted(msgspec.Struct):
@@ -246,6 +250,29 @@ def to_chat(req: ResponsesRequest, previous: list[ChatMessage]) -> Converted:
         prompt_cache_key=req.prompt_cache_key,
     )
     return Converted(chat, built.messages[start:], built.params)
+
+
+def without_oldest_turn(converted: Converted) -> Converted | None:
+    """``converted`` less its oldest turn, or None when only one is left.
+
+    A turn runs from a user message to the next one (the assistant's answer, its tool calls and their
+    results with it), so no call loses its result and templates that want user and assistant turns to
+    alternate still get them. The system messages ahead of the conversation (``instructions``) stay.
+    ``params`` follows the messages that moved, so errors still name the client's fields."""
+    messages = converted.chat.messages
+    start = next((i for i, m in enumerate(messages) if m.role not in ("system", "developer")), len(messages))
+    end = next((i for i in range(start + 1, len(messages)) if messages[i].role == "user"), None)
+    if end is None:
+        return None
+    params: dict[str, str] = {}
+    for key, origin in converted.params.items():
+        found = _MESSAGE.fullmatch(key)
+        if found is None:
+            params[key] = origin
+        elif (i := int(found[1])) < start or i >= end:
+            params[f"messages[{i if i < start else i - (end - start)}]{found[2]}"] = origin
+    chat = msgspec.structs.replace(converted.chat, messages=messages[:start] + messages[end:])
+    return msgspec.structs.replace(converted, chat=chat, params=params)
 
 
 def output_messages(output: list[OutputItem]) -> list[ChatMessage]:

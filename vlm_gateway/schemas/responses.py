@@ -141,6 +141,9 @@ class ResponsesRequest(Struct):
     background: bool | None = None
     stream: bool | None = None
     prompt_cache_key: str | None = None
+    # "auto": a conversation too long for the model's context loses its oldest turns until it fits
+    # (responses_api/convert.py, ``without_oldest_turn``); "disabled": it is a 400 context_length_exceeded
+    truncation: Literal["auto", "disabled"] = "disabled"
     # OpenAI-hosted state this gateway does not keep: declared so that a request using them is refused
     # (``responses_api.convert``) rather than answered without the context the client meant to send
     conversation: str | dict[str, Any] | None = None
@@ -244,7 +247,7 @@ class ResponseObject(Struct, kw_only=True):
     background: bool = False
     metadata: dict[str, str] = {}
     user: str | None = None
-    truncation: Literal["disabled"] = "disabled"
+    truncation: Literal["auto", "disabled"] = "disabled"
 
 
 class ResponseDeleted(Struct):

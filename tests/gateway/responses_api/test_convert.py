@@ -14,7 +14,7 @@ from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import Response, ResponseStreamEvent
 
 from vlm_gateway.errors import ImageError, InvalidRequest
-from vlm_gateway.responses_api.convert import output_messages, rename, renamed, to_chat
+from vlm_gateway.responses_api.convert import output_messages, rename, renamed, to_chat, without_oldest_turn
 from vlm_gateway.responses_api.events import OutputBuilder, response_events
 from vlm_gateway.responses_api.output import base_response, finished
 from vlm_gateway.schemas.openai import (
@@ -156,6 +156,35 @@ def test_pipeline_errors_are_renamed_to_responses_parameters() -> None:
         with pytest.raises(ImageError) as err, renamed(out.params):
             raise ImageError("bad", param=chat_param)
         assert err.value.param == expected
+
+
+def test_truncation_drops_whole_turns_and_keeps_naming_the_client_fields() -> None:
+    out = to_chat(request(instructions="sys", truncation="auto", input=[
+        {"role": "developer", "content": "house rules"},
+        {"role": "user", "content": "first"},
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "42"},
+        {"role": "assistant", "content": "It is 42."},
+        {"role": "user", "content": [{"type": "input_text", "text": "second"},
+                                     {"type": "input_image", "image_url": DATA_URI}]},
+        {"role": "assistant", "content": "A picture."},
+        {"role": "user", "content": "third"},
+    ]), [])
+    shorter = without_oldest_turn(out)
+    assert shorter is not None and shorter.history == out.history  # the stored conversation keeps it all
+    assert [(m.role, m.content if isinstance(m.content, str) else "parts") for m in shorter.chat.messages] == [
+        ("system", "sys"), ("developer", "house rules"), ("user", "parts"), ("assistant", "A picture."),
+        ("user", "third")]  # the first turn went whole: its call, the call's result and the answer
+    for chat_param, expected in {"messages[2].content[1].image_url": "input[5].content[1].image_url",
+                                 "messages[4]": "input[7]", "messages[1]": "input[0]",
+                                 "messages[0]": "instructions", "messages": "input"}.items():
+        with pytest.raises(ImageError) as err, renamed(shorter.params):
+            raise ImageError("bad", param=chat_param)
+        assert err.value.param == expected
+    last = without_oldest_turn(shorter)
+    assert last is not None and [m.content for m in last.chat.messages] == ["sys", "house rules", "third"]
+    assert without_oldest_turn(last) is None  # the last turn is never dropped
+    assert out.chat.messages[2].content == "first"  # the request it came from is unchanged
 
 
 def chat_completion(content: str | None, calls: list[ToolCall] | None = None, finish: str = "stop") -> ChatCompletion:

@@ -118,6 +118,53 @@ def test_failure_before_output_keeps_its_status(client, engine) -> None:
         assert (err["code"], err["param"]) == ("context_length_exceeded", "input")
 
 
+def long_conversation(turns: int = 4) -> list[dict]:
+    items: list[dict] = []
+    for t in range(turns):
+        items += [{"role": "user", "content": f"Question {t}: " + "word " * 40},
+                  {"role": "assistant", "content": f"Answer {t}."}]
+    return [*items, {"role": "user", "content": "Last question?"}]
+
+
+def test_truncation_auto_drops_the_oldest_turns_until_the_conversation_fits(client, engine) -> None:
+    fields = dict(input=long_conversation(), instructions="Be terse.", max_output_tokens=4)
+    ok(create(client, **fields))
+    whole = len(engine.requests[-1].token_ids)
+    engine.max_model_len = whole - 20  # a turn is about 45 tokens: the oldest one has to go
+    err = error(create(client, **fields), 400)  # truncation "disabled", the default
+    assert (err["code"], err["param"]) == ("context_length_exceeded", "input")
+    for stream in (False, True):
+        r = create(client, **fields, truncation="auto", stream=stream)
+        response = Response.model_validate(events(r)[-1]["response"]) if stream else ok(r)
+        prompt = prompt_text(client, engine)
+        assert "Question 0" not in prompt and "Answer 0." not in prompt
+        assert all(text in prompt for text in ("Be terse.", "Question 1", "Answer 1.", "Last question?"))
+        assert response.status == "completed" and response.truncation == "auto"
+        assert response.usage.input_tokens == len(engine.requests[-1].token_ids) <= whole - 20 - 4
+        stored = client.get(f"/v1/responses/{response.id}/input_items", params={"order": "asc"}).json()["data"]
+        assert stored[0]["content"][0]["text"].startswith("Question 0")  # the conversation keeps every turn
+    engine.max_model_len = 12  # the last turn alone does not fit either
+    err = error(create(client, **fields, truncation="auto"), 400)
+    assert (err["code"], err["param"]) == ("context_length_exceeded", "input")
+
+
+def test_truncation_auto_follows_the_engines_count(client, engine, monkeypatch) -> None:
+    """An engine that expands images itself knows the prompt's real length: its refusal drops a turn too."""
+    tokenizer, answer = client.app.state.services.tokenizers["m"], engine.generate
+
+    async def generate(request):
+        if "Question 1" in tokenizer.decode(request.token_ids):
+            raise EngineRejected("The prompt (5000 tokens) is longer than the maximum model length of 4096",
+                                 "context_length_exceeded")
+        async for delta in answer(request):
+            yield delta
+
+    monkeypatch.setattr(engine, "generate", generate)
+    response = ok(create(client, input=long_conversation(), truncation="auto"))
+    assert response.output_text == "Hi there" and "Question 2" in prompt_text(client, engine)
+    assert "Question 1" not in prompt_text(client, engine)
+
+
 def test_store_and_previous_response_id(client, engine) -> None:
     first = ok(create(client, input="My name is Ada.", instructions="Be terse."))
     engine.pieces = ["Noted"]
