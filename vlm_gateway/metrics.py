@@ -87,7 +87,9 @@ FAILOVERS = Counter(f"{PREFIX}_engine_failovers", "Requests retried on another s
                     "first token (the first refused the connection, answered 503 or died).")
 ENGINE_IMAGE_INPUTS = Counter(f"{PREFIX}_engine_image_inputs", "Images sent to vLLM servers: data (the image, "
                               "or the model's input made by the gateway), key (the server holds it: sent by key "
-                              "alone), resent (the server had dropped it: sent again).", ["server", "sent"])
+                              "alone), resent (sent again after a miss: the server had dropped an image sent by "
+                              "key; or vLLM's frontend had sent one by key to an engine without it, and all "
+                              "went again).", ["server", "sent"])
 LOOP_LAG = Gauge(f"{PREFIX}_event_loop_lag_seconds", "How late the event loop ran a timer (read when "
                  "scraped).", multiprocess_mode="livemostrecent")
 

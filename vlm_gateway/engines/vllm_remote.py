@@ -40,7 +40,7 @@ from vlm_gateway import metrics
 from vlm_gateway.cache import LRUCache
 from vlm_gateway.engines import Candidate, EngineDelta, EngineRequest, Probe, TokenLogprob
 from vlm_gateway.engines._wire import ErrorBody, Usage, engine_error, http_error, post, sse_data, status_of
-from vlm_gateway.engines.errors import EngineCrashed, EngineDown, EngineTimeout, EngineUnreachable
+from vlm_gateway.engines.errors import EngineCacheMiss, EngineCrashed, EngineDown, EngineTimeout, EngineUnreachable
 
 log = logging.getLogger("vlm_gateway.engine")
 
@@ -161,10 +161,10 @@ class VLLMServer:
                 async for delta in deltas:
                     started = True
                     yield delta
-        except EngineCrashed:
-            inputs = self._inputs(request)
-            if started or not inputs:
-                raise
+        except EngineCrashed as exc:
+            images = len(request.features or request.images)
+            if started or not images or (not by_key and isinstance(exc, EngineCacheMiss)):
+                raise  # (a miss of an image it was just sent is the engine's failure)
             # An image input went by key and the engine no longer held it (vLLM answers a cache miss before
             # any output: a 500 for features, a 400 "Cache miss" for content parts), or vLLM's own frontend
             # sent it by key: it keeps the images it processed for a request its engine then never got (a
@@ -173,7 +173,7 @@ class VLLMServer:
             if self._held is not None:
                 for key in by_key:
                     self._held.discard(key)
-            metrics.ENGINE_IMAGE_INPUTS.labels(self.url, "resent").inc(len(inputs))
+            metrics.ENGINE_IMAGE_INPUTS.labels(self.url, "resent").inc(len(by_key) or images)
             async with contextlib.aclosing(self._generate(request, deadline, total_s, [])) as deltas:
                 async for delta in deltas:
                     yield delta
