@@ -63,7 +63,7 @@ def base_response(req: ResponsesRequest) -> ResponseObject:
         background=bool(req.background),
         metadata=req.metadata or {},
         user=req.user,
-        truncation=req.truncation,
+        truncation=req.truncation or "disabled",
     )
 
 

@@ -142,8 +142,8 @@ class ResponsesRequest(Struct):
     stream: bool | None = None
     prompt_cache_key: str | None = None
     # "auto": a conversation too long for the model's context loses its oldest turns until it fits
-    # (responses_api/convert.py, ``without_oldest_turn``); "disabled": it is a 400 context_length_exceeded
-    truncation: Literal["auto", "disabled"] = "disabled"
+    # (responses_api/convert.py, ``without_oldest_turn``); "disabled" (or null): a 400 context_length_exceeded
+    truncation: Literal["auto", "disabled"] | None = None
     # OpenAI-hosted state this gateway does not keep: declared so that a request using them is refused
     # (``responses_api.convert``) rather than answered without the context the client meant to send
     conversation: str | dict[str, Any] | None = None
