@@ -292,3 +292,18 @@ def test_pass_through_engine_serves_chat_streaming_and_usage_with_keys_and_limit
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=replicas[1].url + "/v1", api_key="nope", max_retries=0).chat.completions.create(
             model=PASS, messages=messages, max_tokens=1)
+
+
+def test_pass_through_the_image_of_a_prompt_vllm_refused_is_taken_by_the_next_request(replicas, key: str) -> None:
+    """Stock vLLM's chat route processes a request's images before it finds the prompt too long; its frontend
+    then sends that image by key with the next request that has it, to an engine that never got it (a 500
+    before any output, and vLLM forgets the key). The pass-through engine sends such a request once more."""
+    sdk = openai.OpenAI(base_url=replicas[0].url + "/v1", api_key=key, max_retries=0)
+    image = {"type": "image_url", "image_url": {"url": png_data_uri(80, 60, (uuid.uuid4().int % 250, 7, 7))}}
+    too_long = [{"role": "user", "content": [image, {"type": "text", "text": "lorem ipsum " * 400}]}]  # 576 + ~3600
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.chat.completions.create(model=PASS, messages=too_long, max_tokens=4)
+    assert refused.value.code == "context_length_exceeded"
+    short = [{"role": "user", "content": [image, {"type": "text", "text": "And this?"}]}]
+    reply = sdk.chat.completions.create(model=PASS, messages=short, max_tokens=4)
+    assert reply.usage.prompt_tokens > 576  # the image's tokens, expanded by the engine

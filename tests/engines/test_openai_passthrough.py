@@ -57,6 +57,7 @@ class FakeOpenAI:
         self.headers: list[CIMultiDict[str]] = []
         self.mode = "ok"  # ok | no_usage | bad | error_chunk | slow | endless
         self.status, self.message = 400, "bad request"  # mode "bad": the HTTP error answered
+        self.bad_left = 0  # answers still to fail as in mode "bad", whatever the mode
         self.models_status = 200
         self.release = asyncio.Event()  # ends a "slow" answer
         self.disconnected = asyncio.Event()  # an "endless" answer's client went away
@@ -71,7 +72,8 @@ class FakeOpenAI:
         body = await request.json()
         self.bodies.append(body)
         self.headers.append(request.headers.copy())
-        if self.mode == "bad":
+        if self.mode == "bad" or self.bad_left > 0:
+            self.bad_left -= 1
             error = {"message": self.message, "type": "BadRequestError", "param": None, "code": self.status}
             return web.json_response({"error": error}, status=self.status)
         chunk = chat_chunk if chat else completion_chunk
@@ -321,6 +323,23 @@ async def test_http_errors(served, status, message, error, kind) -> None:
     assert type(info.value) is error
     if kind:
         assert info.value.kind == kind
+
+
+async def test_a_request_with_images_that_fails_before_any_output_goes_once_more(served) -> None:
+    """A stock vLLM may have sent an image by key to an engine that never got it: a 500 before any output,
+    after which vLLM has forgotten the key. Once more, and only once; a text-only request is not retried."""
+    fake, server = served
+    fake.status, fake.message, fake.bad_left = 500, "Internal server error", 1
+    deltas = await collect(server, chat_request())
+    assert "".join(d.text for d in deltas) == "Hello" and len(fake.bodies) == 2 and fake.bodies[0] == fake.bodies[1]
+    fake.bad_left = 2
+    with pytest.raises(EngineCrashed, match="Internal server error"):
+        await collect(server, chat_request())
+    assert len(fake.bodies) == 4
+    fake.bad_left = 1
+    with pytest.raises(EngineCrashed):
+        await collect(server, completion_request())
+    assert len(fake.bodies) == 5
 
 
 async def test_error_chunk_mid_stream_is_crashed(served) -> None:

@@ -3,8 +3,9 @@ answer as one of ``vlm_gateway.engines.errors`` by whose fault it is."""
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import msgspec
@@ -80,6 +81,29 @@ async def sse_data(stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
             await stream.read()  # to the end of the body, so the connection goes back to the pool for reuse
             return
         yield data
+
+
+async def once_more_before_output(
+        first: AsyncIterator[EngineDelta],
+        again: Callable[[EngineCrashed], AsyncIterator[EngineDelta] | None]) -> AsyncIterator[EngineDelta]:
+    """``first``'s deltas; where it fails (``EngineCrashed``) before any, those of ``again(error)`` instead
+    (``None``: the error stands). Used for requests with images: vLLM's frontend keeps the images it
+    processed for a request it then refused (a prompt too long once they are expanded) as if its engine had
+    them, and sends them by key with the next request that has them; the engine, which never got them,
+    fails that request before any output and vLLM forgets them, so the same request sent again succeeds."""
+    started = False
+    try:
+        async with contextlib.aclosing(first) as deltas:
+            async for delta in deltas:
+                started = True
+                yield delta
+    except EngineCrashed as exc:
+        retry = None if started else again(exc)
+        if retry is None:
+            raise
+        async with contextlib.aclosing(retry) as deltas:
+            async for delta in deltas:
+                yield delta
 
 
 def http_error(status: int, body: bytes) -> EngineError:

@@ -20,6 +20,7 @@ servers abort a request whose client went away. Failures are raised as ``vlm_gat
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,7 +29,16 @@ import aiohttp
 import msgspec
 
 from vlm_gateway.engines import Candidate, EngineDelta, EngineRequest, Probe, SamplingParams, TokenLogprob
-from vlm_gateway.engines._wire import ErrorBody, Usage, engine_error, http_error, post, sse_data, status_of
+from vlm_gateway.engines._wire import (
+    ErrorBody,
+    Usage,
+    engine_error,
+    http_error,
+    once_more_before_output,
+    post,
+    sse_data,
+    status_of,
+)
 from vlm_gateway.engines.errors import EngineDown, EngineRejected, EngineTimeout, EngineUnreachable
 
 PROBE_TIMEOUT_S = 5.0
@@ -136,6 +146,19 @@ class OpenAIServer:
         return card.max_model_len if card else None
 
     async def generate(self, request: EngineRequest, deadline: float, total_s: float) -> AsyncIterator[EngineDelta]:
+        """A request with images that fails before any output is sent once more (a server that is vLLM may
+        have sent an image by key to an engine that never got it: see ``once_more_before_output``)."""
+        first = self._generate(request, deadline, total_s)
+        if not request.images:
+            deltas = first
+        else:
+            deltas = once_more_before_output(first, lambda exc: self._generate(request, deadline, total_s))
+        async with contextlib.aclosing(deltas) as deltas:
+            async for delta in deltas:
+                yield delta
+
+    async def _generate(self, request: EngineRequest, deadline: float,
+                        total_s: float) -> AsyncIterator[EngineDelta]:
         path, body = self._body(request)
         decoder = _DECODE_CHAT if request.chat is not None else _DECODE_COMPLETION
         usage_seen, pieces = False, 0

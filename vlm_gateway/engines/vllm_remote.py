@@ -39,7 +39,16 @@ import msgspec
 from vlm_gateway import metrics
 from vlm_gateway.cache import LRUCache
 from vlm_gateway.engines import Candidate, EngineDelta, EngineRequest, Probe, TokenLogprob
-from vlm_gateway.engines._wire import ErrorBody, Usage, engine_error, http_error, post, sse_data, status_of
+from vlm_gateway.engines._wire import (
+    ErrorBody,
+    Usage,
+    engine_error,
+    http_error,
+    once_more_before_output,
+    post,
+    sse_data,
+    status_of,
+)
 from vlm_gateway.engines.errors import EngineCacheMiss, EngineCrashed, EngineDown, EngineTimeout, EngineUnreachable
 
 log = logging.getLogger("vlm_gateway.engine")
@@ -155,28 +164,26 @@ class VLLMServer:
 
     async def generate(self, request: EngineRequest, deadline: float, total_s: float) -> AsyncIterator[EngineDelta]:
         by_key = self._by_key(request)
-        started = False
-        try:
-            async with contextlib.aclosing(self._generate(request, deadline, total_s, by_key)) as deltas:
-                async for delta in deltas:
-                    started = True
-                    yield delta
-        except EngineCrashed as exc:
+
+        def again(exc: EngineCrashed) -> AsyncIterator[EngineDelta] | None:
+            """A failure before any output of a request with images: an image input went by key and the
+            engine no longer held it (vLLM answers a cache miss before any output: a 500 for features, a
+            400 "Cache miss" for content parts), or vLLM's own frontend sent one by key (see
+            ``once_more_before_output``). Every image's data once more; a miss of an image that was just
+            sent is the engine's failure."""
             images = len(request.features or request.images)
-            if started or not images or (not by_key and isinstance(exc, EngineCacheMiss)):
-                raise  # (a miss of an image it was just sent is the engine's failure)
-            # An image input went by key and the engine no longer held it (vLLM answers a cache miss before
-            # any output: a 500 for features, a 400 "Cache miss" for content parts), or vLLM's own frontend
-            # sent it by key: it keeps the images it processed for a request its engine then never got (a
-            # prompt too long once expanded), and its engine answers the next request with that image with
-            # a 500 and drops the key. Either way: every image's data once more.
+            if not images or (not by_key and isinstance(exc, EngineCacheMiss)):
+                return None
             if self._held is not None:
                 for key in by_key:
                     self._held.discard(key)
             metrics.ENGINE_IMAGE_INPUTS.labels(self.url, "resent").inc(len(by_key) or images)
-            async with contextlib.aclosing(self._generate(request, deadline, total_s, [])) as deltas:
-                async for delta in deltas:
-                    yield delta
+            return self._generate(request, deadline, total_s, [])
+
+        async with contextlib.aclosing(once_more_before_output(self._generate(request, deadline, total_s, by_key),
+                                                               again)) as deltas:
+            async for delta in deltas:
+                yield delta
 
     def _inputs(self, request: EngineRequest) -> list[tuple[str, int]]:
         """Each image input of the request as (key, the size the server's copy is taken to have), in order:
