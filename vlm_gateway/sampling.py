@@ -32,6 +32,8 @@ def _stops(stop: str | list[str] | None) -> list[str] | None:
     stops = [stop] if isinstance(stop, str) else stop
     if len(stops) > 4:
         raise InvalidRequest("at most 4 stop sequences are allowed", param="stop")
+    if "" in stops:
+        raise InvalidRequest("stop sequences cannot be empty strings", param="stop")
     return stops or None
 
 

@@ -83,3 +83,10 @@ def test_completions_legacy_fields_are_refused_not_dropped() -> None:
             completion_sampling(completion(**fields), [7])
         assert info.value.param == param
     assert completion_sampling(completion(suffix="", best_of=2, n=2, temperature=1), [7]).n == 2
+
+
+@pytest.mark.parametrize("stop", ["", ["a", ""]])
+def test_an_empty_stop_sequence_is_a_400_naming_stop(stop) -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        chat_sampling(chat(stop=stop), [7], NO_DEFAULTS)
+    assert raised.value.param == "stop"
