@@ -171,8 +171,14 @@ def from_validation(exc: msgspec.ValidationError | msgspec.DecodeError) -> Inval
     """A msgspec decode error → 400 naming the parameter (``messages[0].content``)."""
     text = str(exc)
     match = re.search(r"at `\$(.*?)`", text)
-    param = match.group(1).lstrip(".") if match else None
+    param = _field(match.group(1).lstrip(".")) if match else None
     return InvalidRequest(text, param=param or None, code="invalid_value")
+
+
+def _field(path: str) -> str:
+    """msgspec's path to a value as the client names the field: a map's value (``logit_bias[...]``) is
+    the map's."""
+    return path.replace("[...]", "")
 
 
 @contextlib.contextmanager
@@ -196,14 +202,21 @@ SAMPLING_PARAMS_AS_SENT = frozenset({
 })
 
 
-def from_engine_error(exc: EngineError, param: str | None = None) -> GatewayError:
+# vLLM's refusals of a structured output's schema, which name no field ("Failed to transform json schema
+# into a grammar: …", "… features not supported by xgrammar", "Invalid JSON grammar specification").
+_SCHEMA_REFUSED = re.compile(r"grammar|json schema|structured.output", re.IGNORECASE)
+
+
+def from_engine_error(exc: EngineError, param: str | None = None, structured: str | None = None) -> GatewayError:
     """An engine's failure by whose fault it is: what it rejects is the caller's (400, naming ``param``,
-    the prompt's field, for a context overflow, or the sampling field the engine named); the rest is the
-    engine's (5xx)."""
+    the prompt's field, for a context overflow, the sampling field the engine named, or ``structured``,
+    the field a refused schema came from); the rest is the engine's (5xx)."""
     if isinstance(exc, EngineRejected):
         if exc.kind == "context_length_exceeded":
             return ContextLengthExceeded(exc.message, param=param)
         named = exc.param if exc.param in SAMPLING_PARAMS_AS_SENT else None
+        if named is None and structured is not None and _SCHEMA_REFUSED.search(exc.message):
+            named = structured
         return InvalidRequest(exc.message, param=named, code="invalid_value")
     if isinstance(exc, EngineDown):
         retry = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
@@ -218,7 +231,7 @@ def _from_typed_body(problem: dict[str, Any]) -> InvalidRequest:
     the field (``{"message": "Expected `str`, got `int`", "key": "input_file_id", "source": "body"}``)."""
     message = str(problem.get("message") or "invalid request body")
     key = problem.get("key")
-    where = str(key) if key and key != "data" else None
+    where = _field(str(key)) if key and key != "data" else None
     missing = re.search(r"missing required field `(.+?)`", message)
     param = ".".join(p for p in (where, missing.group(1)) if p) if missing else where
     return InvalidRequest(f"{param}: {message}" if param and not missing else message, param=param or None,

@@ -106,6 +106,8 @@ class Prepared(msgspec.Struct):
     echo: list[Echo] | None = None  # completions with ``echo``: one per prompt
     tool_parsing: ToolParsing | None = None  # chat with tools: the output is read for tool calls
     prompt_text: str | None = None  # chat: the rendered prompt (POST /v1/chat/completions/render shows it)
+    structured_param: str | None = None  # the field the structured output came from (an engine's refusal
+    # of its schema names it): response_format, or tools for a forced call
 
     @property
     def image_count(self) -> int:
@@ -238,6 +240,8 @@ async def _prepare_chat(svc: Services, req: ChatCompletionRequest, model: Model,
     prepared = _prepared(model, req.model, [token_ids], images, sampling, "chatcmpl", "messages", permit,
                          image_token_id(tokenizer, model), req.prompt_cache_key)
     prepared.prompt_text = prompt_text
+    if plan.structured_outputs is not None:
+        prepared.structured_param = "tools"
     if model.engine_renders:  # a server of the pool renders the chat itself
         prepared.engine_requests[0].chat = upstream_chat(messages, plan.prompt_tools, [i.url for i in images])
     output_format = plan.output_format(family_tools)
@@ -309,6 +313,7 @@ def _prepared(model: Model, name: str, prompts: list[list[int]], loaded: list[Lo
         response_id=request_id,
         created=int(time.time()),
         prompt_param=param,
+        structured_param="response_format" if sampling.structured_outputs is not None else None,
         tally=Tally(sent_tokens=sum(map(len, prompts)), image_count=len(images)),
         permit=permit,
     )
@@ -371,7 +376,7 @@ async def generate(svc: Services, prepared: Prepared) -> AsyncIterator[EngineDel
                     exact_bytes(delta, svc.tokenizers[model].token_bytes)
                 yield delta
         except EngineError as exc:
-            raise from_engine_error(exc, param) from exc
+            raise from_engine_error(exc, param, prepared.structured_param) from exc
         finally:
             in_flight.dec()
             await stream.aclose()  # type: ignore[attr-defined]

@@ -163,6 +163,7 @@ def test_stream_sse_format(client, engines) -> None:
     (chat(top_logprobs=2), 400, "top_logprobs", None),
     (chat(modalities=["text", "audio"]), 400, "modalities[1]", None),  # no model here speaks
     (chat(logit_bias={"a": 1}), 400, "logit_bias", None),
+    (chat(logit_bias={"5": 500}), 400, "logit_bias", None),  # a map's value is named as the map
     (chat(functions=[{"name": "f", "parameters": {"type": "object"}}]), 400, "functions", None),
     (chat(function_call="auto"), 400, "function_call", None),
     ({"model": "m", "messages": [{"role": "user", "content": [
@@ -539,3 +540,22 @@ def test_tool_result_with_an_image_reaches_the_engine(client, engines) -> None:
     r = client.post("/v1/chat/completions", json=chat(tools=TOOLS, messages=messages))
     assert r.status_code == 200, r.text
     assert len(engines["m"].requests[-1].images) == 1
+
+
+SCHEMA_REFUSED = "Failed to transform json schema into a grammar: Unsupported type \"bogus\""
+
+
+@pytest.mark.parametrize("extra,param", [
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "bogus"}}}},
+     "response_format"),
+    ({"tools": TOOLS, "tool_choice": "required"}, "tools"),  # the call's schema is made of the tools'
+    ({}, None),  # no structured output: the engine's words name nothing of the client's
+])
+def test_a_schema_the_engine_refuses_names_the_field_it_came_from(client, engines, monkeypatch, extra,
+                                                                    param) -> None:
+    monkeypatch.setattr(engines["m"], "fail", EngineRejected(SCHEMA_REFUSED))
+    err = client.post("/v1/chat/completions", json=chat(**extra)).json()["error"]
+    assert (err["param"], err["message"]) == (param, SCHEMA_REFUSED)
+    if extra:
+        monkeypatch.setattr(engines["m"], "fail", EngineRejected("bad value"))
+        assert client.post("/v1/chat/completions", json=chat(**extra)).json()["error"]["param"] is None

@@ -118,6 +118,13 @@ def test_failure_before_output_keeps_its_status(client, engine) -> None:
         assert (err["code"], err["param"]) == ("context_length_exceeded", "input")
 
 
+def test_a_schema_the_engine_refuses_names_text_format(client, engine) -> None:
+    engine.fail = EngineRejected("The provided JSON schema contains features not supported by xgrammar.")
+    fmt = {"type": "json_schema", "name": "x", "schema": {"type": "object", "patternProperties": {"a": {}}}}
+    err = error(create(client, input="x", text={"format": fmt}), 400)
+    assert err["param"] == "text.format"
+
+
 def long_conversation(turns: int = 4) -> list[dict]:
     items: list[dict] = []
     for t in range(turns):
