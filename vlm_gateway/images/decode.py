@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
+import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from vlm_gateway.engines import ImageFeatures
@@ -77,9 +78,34 @@ def _data_uri(fmt: str, data: bytes) -> str:
     return f"data:{_MIME[fmt]};base64,{base64.b64encode(data).decode('ascii')}"
 
 
+_DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # more than 8 bits a channel
+
+
+def _eight_bit(im: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit or float grey image scaled to 8 bits (Pillow's ``convert`` clips these: a mid-grey
+    16-bit PNG would become white). Integers over 255 are read as 16-bit; floats up to 1.0 as 0..1."""
+    values = np.asarray(im)
+    if im.mode == "F":
+        values = values * 255.0 if values.size and float(values.max()) <= 1.0 else values
+    elif values.size and int(values.max()) > 255:
+        values = values / 256.0
+    return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), "L")
+
+
+def _oriented(im: Image.Image, size: tuple[int, int]) -> tuple[Image.Image, tuple[int, int]]:
+    """The decoded image as it is meant to be seen (its EXIF orientation applied, as the engine applies
+    it to bytes it decodes), and ``size`` turned with it by a quarter turn."""
+    if im.getexif().get(ExifTags.Base.Orientation, 1) == 1:
+        return im, size
+    oriented = ImageOps.exif_transpose(im)
+    return oriented, (size[1], size[0]) if oriented.size != im.size else size
+
+
 def _normalise_mode(im: Image.Image) -> Image.Image:
     if im.mode in _PLAIN_MODES:
         return im
+    if im.mode in _DEEP_MODES:
+        return _eight_bit(im)
     alpha = "A" in im.mode or "a" in im.mode or "transparency" in im.info
     return im.convert("RGBA" if alpha else "RGB")
 
@@ -112,13 +138,14 @@ def _process(data: bytes, sha256: str, detail: str, rule: DetailRule, pre: Prepr
         size = target_size(width, height, detail, rule)
         if pre is not None and pre.takes(*size):
             return _for_model(im, data, sha256, fmt, size, pre)
-        if size == (width, height):
+        if size == (width, height) and im.mode not in _DEEP_MODES:  # (the engine would clip those to white)
             im.load()  # first frame only: proves the data decodes (truncation, corruption)
             return SizedImage(_data_uri(fmt, data), width, height, fmt, sha256, False)
         if im.format in ("JPEG", "MPO") and size[0] < width:
             im.draft(None, size)  # DCT scaling: decode at ≥ the target size, much faster
         im.load()
-        _, out = _resize(im, size)
+        oriented, size = _oriented(im, size)  # the PNG made here has no EXIF: turned before it is made
+        _, out = _resize(oriented, size)
     return SizedImage(_data_uri("png", out), size[0], size[1], "png", hashlib.sha256(out).hexdigest(), True)
 
 
@@ -130,11 +157,9 @@ def _for_model(im: Image.Image, data: bytes, sha256: str, fmt: str, size: tuple[
     if im.format in ("JPEG", "MPO"):
         im.draft(None, pre.size_for(*size))  # DCT scaling, to no less than the size wanted
     im.load()
-    oriented = im if im.getexif().get(ExifTags.Base.Orientation, 1) == 1 else ImageOps.exif_transpose(im)
-    if oriented.size != im.size:  # a quarter turn: the detail size turns with it
-        size = (size[1], size[0])
+    oriented, size = _oriented(im, size)  # a quarter turn: the detail size turns with it
     grid = pre.size_for(*size)
-    if grid == oriented.size:  # the engine would turn the bytes as they are the same way
+    if grid == oriented.size and im.mode not in _DEEP_MODES:  # the engine would turn the bytes the same way
         return SizedImage(_data_uri(fmt, data), oriented.width, oriented.height, fmt, sha256, False,
                           image_features(oriented, sha256, pre))
     resized, out = _resize(oriented, grid)

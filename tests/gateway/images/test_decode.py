@@ -137,6 +137,35 @@ def test_every_mode_can_be_resized(mode, fmt):
     assert im.size == (512, 341) and im.mode in ("RGB", "RGBA", "L", "LA")
 
 
+@pytest.mark.parametrize("mode, fmt, value, grey", [
+    ("I;16", "PNG", 30000, 117), ("I", "TIFF", 30000, 117), ("I", "TIFF", 200, 200), ("F", "TIFF", 0.5, 127),
+])
+@pytest.mark.parametrize("detail", ["low", "auto"])
+def test_deep_images_are_scaled_to_eight_bits_not_clipped(mode, fmt, value, grey, detail):
+    """A mid-grey 16-bit PNG reaches the engine mid-grey (Pillow's convert, and so the engine's, would make
+    it white): it is made into an 8-bit PNG here even where no resize is asked for."""
+    data = img.encode(fmt, (900, 600), mode=mode, color=value)
+    out = prepare(data, detail, RULE, MAX)
+    im = Image.open(io.BytesIO(payload(out.url)))
+    assert (out.format, im.mode, im.convert("L").getpixel((5, 5))) == ("png", "L", grey)
+
+
+@pytest.mark.parametrize("orientation, shown", [(6, (384, 512)), (3, (512, 384)), (1, (512, 384))])
+def test_a_resized_photo_keeps_its_exif_orientation(orientation, shown):
+    """The PNG a resize makes has no EXIF: the photo is turned as its EXIF says before it is made."""
+    im = Image.new("RGB", (1200, 900), "white")
+    im.paste((255, 0, 0), (0, 0, 600, 450))  # red in the stored image's top-left quarter
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", exif=exif, quality=95)
+    out = prepare(buf.getvalue(), "low", RULE, MAX)
+    sent = Image.open(io.BytesIO(payload(out.url))).convert("RGB")
+    assert (out.width, out.height) == sent.size == shown
+    red = {1: (0, 0), 3: (shown[0] - 1, shown[1] - 1), 6: (shown[0] - 1, 0)}[orientation]  # where it is seen
+    assert sent.getpixel(red)[0] > 200 and sent.getpixel(red)[1] < 60
+
+
 def test_alpha_survives_a_resize():
     out = prepare(img.encode("PNG", (900, 600), mode="RGBA", color=(255, 0, 0, 10)), "low", RULE, MAX)
     assert Image.open(io.BytesIO(payload(out.url))).getpixel((5, 5))[3] == 10

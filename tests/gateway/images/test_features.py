@@ -128,6 +128,14 @@ def test_exif_orientation_is_applied_as_the_engine_applies_it() -> None:
     assert im.size == (84, 56)
 
 
+def test_a_16_bit_image_is_the_models_input_in_its_greys() -> None:
+    data = img.encode("PNG", (56, 56), mode="I;16", color=30000)  # on the grid: no resize asked for
+    sized = decode.prepare(data, hashlib.sha256(data).hexdigest(), "auto", DetailRule(), 10**8, PRE)
+    values, _ = decode_item(sized.features)["pixel_values"]
+    assert sized.resized and sized.format == "png"  # re-made at 8 bits: the engine would clip the bytes
+    assert (values == 117).all()
+
+
 def test_the_loader_resizes_once_to_the_processors_size() -> None:
     """The engine is sent pixels already at its processor's size, so its own resize (torchvision) has
     nothing to do, and the gateway's input is made from the very pixels it sends."""
