@@ -178,14 +178,14 @@ async def admitted(svc: Services, caller: Caller, model: Model, queued: bool = F
         raise
 
 
-async def admit_submission(svc: Services, caller: Caller, model_name: str) -> Model:
+async def admit_submission(svc: Services, caller: Caller, model_name: str) -> dict[str, str]:
     """Step 2 for a job at submission: the model exists and the key may use it (404), and the job
-    counts against the key's requests/min (429). Concurrency and tokens/min apply when it runs."""
+    counts against the key's requests/min (429). Concurrency and tokens/min apply when it runs. The
+    key's ``x-ratelimit-*`` headers, for the answer."""
     model = svc.models.resolve(model_name)
     svc.limiter.check_model(caller, (model.id, *model.aliases))
     with counted_429(caller):
-        await svc.limiter.check_rate(caller)
-    return model
+        return await svc.limiter.check_rate(caller)
 
 
 @contextlib.contextmanager

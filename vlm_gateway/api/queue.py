@@ -6,6 +6,8 @@ classified by ``JobServices.classify`` and run by the worker's runner.
 - ``GET  /queue/requests/{id}/status``  ``IN_QUEUE`` (with ``queue_position``) / ``IN_PROGRESS`` / ``COMPLETED``
 - ``GET  /queue/requests/{id}``         the stored result (200), the stored error, or 202 with the status
 - ``PUT  /queue/requests/{id}/cancel``  ``CANCELLATION_REQUESTED``, or 400 ``ALREADY_COMPLETED``
+
+A key sees and cancels only its own jobs (another key's id is a 404, as an unknown one).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def _status(view: JobView) -> QueueStatus:
 
 @post("/queue/{model:path}", status_code=200, responses=ERRORS)
 async def queue_submit(request: Request[Any, Any, Any], model: FromPath[str], data: JSONBody[dict[str, Any]],
-                       webhook: FromQuery[str | None] = None) -> QueueSubmitted:
+                       webhook: FromQuery[str | None] = None) -> Response[QueueSubmitted]:
     """Any body the model's routes take (chat, completions, a seed's), run as a job."""
     jobs = job_services(request)
     body = data
@@ -52,22 +54,23 @@ async def queue_submit(request: Request[Any, Any, Any], model: FromPath[str], da
     if hook is not None and not isinstance(hook, str):
         raise InvalidRequest("callback_url must be a URL", param="callback_url", code="invalid_url")
     who = caller(request)
-    await admit_submission(services(request), who, model)  # 404 / 429 now; slots when it runs
-    job = await jobs.queue.submit(jobs.classify(model, body), model, msgspec.json.encode(body), webhook=hook,
-                                  caller=who)
+    job = await jobs.queue.new_job(jobs.classify(model, body), model, msgspec.json.encode(body), webhook=hook,
+                                   caller=who, webhook_param="webhook" if webhook is not None else "callback_url")
+    headers = await admit_submission(services(request), who, model)  # 404 / 429 now; slots when it runs
+    await jobs.queue.enqueue(job)
     base = f"{str(request.base_url).rstrip('/')}/queue/requests/{job.id}"
-    return QueueSubmitted(job.id, f"{base}/status", base, f"{base}/cancel")
+    return Response(QueueSubmitted(job.id, f"{base}/status", base, f"{base}/cancel"), headers=headers)
 
 
 @get("/queue/requests/{request_id:str}/status", responses=ERRORS)
 async def queue_status(request: Request[Any, Any, Any], request_id: FromPath[str]) -> QueueStatus:
-    return _status(await job_services(request).queue.status(request_id))
+    return _status(await job_services(request).queue.status(request_id, caller(request).key_id))
 
 
 @get("/queue/requests/{request_id:str}", status_code=200, responses={
     **ERRORS, 202: success(QueueStatus, "Not done yet: the status.")})
 async def queue_result(request: Request[Any, Any, Any], request_id: FromPath[str]) -> Response[Any]:
-    view = await job_services(request).queue.result(request_id)
+    view = await job_services(request).queue.result(request_id, caller(request).key_id)
     if view.result is None:
         return Response(_status(view), status_code=202)
     if not view.result.ok:
@@ -77,7 +80,7 @@ async def queue_result(request: Request[Any, Any, Any], request_id: FromPath[str
 
 @put("/queue/requests/{request_id:str}/cancel", status_code=200, responses=ERRORS)
 async def queue_cancel(request: Request[Any, Any, Any], request_id: FromPath[str]) -> Response[QueueCancelled]:
-    if await job_services(request).queue.cancel(request_id):
+    if await job_services(request).queue.cancel(request_id, caller(request).key_id):
         return Response(QueueCancelled("CANCELLATION_REQUESTED"))
     return Response(QueueCancelled("ALREADY_COMPLETED"), status_code=400)
 

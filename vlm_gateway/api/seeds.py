@@ -29,19 +29,21 @@ from vlm_gateway.schemas.seeds import (
 
 
 @post("/vision", status_code=200, opt={"error_shape": "seed"}, responses=SEED_ERRORS)
-async def vision(request: Request[Any, Any, Any], data: JSONBody[VisionRequest]) -> VisionCompletion:
+async def vision(request: Request[Any, Any, Any], data: JSONBody[VisionRequest]) -> Response[VisionCompletion]:
     req = data
     with seeds.errors_named_for(seeds.VISION_FIELDS):
-        out, _ = await complete_chat(services(request), seeds.vision_to_chat(req), caller(request))
-    return seeds.vision_response(out)
+        out, headers = await complete_chat(services(request), seeds.vision_to_chat(req), caller(request))
+    return Response(seeds.vision_response(out), headers=headers)
 
 
 @post("/run/{model:path}", status_code=200, responses=ERRORS)
-async def fal_run(request: Request[Any, Any, Any], model: FromPath[str], data: JSONBody[FalRequest]) -> FalResponse:
+async def fal_run(request: Request[Any, Any, Any], model: FromPath[str],
+                  data: JSONBody[FalRequest]) -> Response[FalResponse]:
     req = data
     with seeds.errors_named_for(seeds.FAL_FIELDS):
-        out, _ = await complete_chat(services(request), seeds.fal_to_chat(model.lstrip("/"), req), caller(request))
-    return seeds.fal_response(out)
+        out, headers = await complete_chat(services(request), seeds.fal_to_chat(model.lstrip("/"), req),
+                                           caller(request))
+    return Response(seeds.fal_response(out), headers=headers)
 
 
 def vlmrun_model(request: Request[Any, Any, Any], req: VlmRunRequest) -> str:
@@ -49,22 +51,22 @@ def vlmrun_model(request: Request[Any, Any, Any], req: VlmRunRequest) -> str:
 
 
 @post("/v1/image/generate", status_code=200, responses=ERRORS)
-async def vlmrun_generate(request: Request[Any, Any, Any], data: JSONBody[VlmRunRequest]) -> VlmRunResponse:
+async def vlmrun_generate(request: Request[Any, Any, Any], data: JSONBody[VlmRunRequest]) -> Response[VlmRunResponse]:
     req = data
     created_at = seeds.now_iso()
     model = vlmrun_model(request, req)
     chat = seeds.vlmrun_to_chat(req, model)  # checks domain and body before anything runs
     if req.batch:  # a job: answer at once, the result is polled (GET below) or sent to callback_url
-        who = caller(request)
-        await admit_submission(services(request), who, model)  # 404 / 429 now; slots when it runs
-        job = await request.app.state.jobs.queue.submit("vlmrun", model, msgspec.json.encode(req),
-                                                        webhook=req.callback_url, caller=who,
-                                                        metadata={"created_at": created_at})
-        return VlmRunResponse(id=job.id, status="pending", created_at=created_at, domain=req.domain,
-                              metadata=req.metadata)
+        who, queue = caller(request), request.app.state.jobs.queue
+        job = await queue.new_job("vlmrun", model, msgspec.json.encode(req), webhook=req.callback_url, caller=who,
+                                  metadata={"created_at": created_at}, webhook_param="callback_url")
+        headers = await admit_submission(services(request), who, model)  # 404 / 429 now; slots when it runs
+        await queue.enqueue(job)
+        return Response(VlmRunResponse(id=job.id, status="pending", created_at=created_at, domain=req.domain,
+                                       metadata=req.metadata), headers=headers)
     with seeds.errors_named_for(seeds.VLMRUN_FIELDS, len(req.images)):
-        out, _ = await complete_chat(services(request), chat, caller(request))
-    return seeds.vlmrun_response(req, f"vlmrun-{uuid.uuid4().hex}", created_at, out)
+        out, headers = await complete_chat(services(request), chat, caller(request))
+    return Response(seeds.vlmrun_response(req, f"vlmrun-{uuid.uuid4().hex}", created_at, out), headers=headers)
 
 
 _STATES = {"queued": "pending", "running": "running"}
@@ -75,7 +77,7 @@ _STATES = {"queued": "pending", "running": "running"}
 async def vlmrun_status(request: Request[Any, Any, Any], request_id: FromPath[str]) -> Any:
     """A batch job's state: ``pending`` / ``running``, then the stored response (``completed``) or
     ``failed`` with the error."""
-    view = await request.app.state.jobs.queue.result(request_id)
+    view = await request.app.state.jobs.queue.result(request_id, caller(request).key_id)
     if view.state != "done":
         return VlmRunResponse(id=request_id, status=_STATES[view.state])  # type: ignore[arg-type]
     if view.result is not None and view.result.ok:

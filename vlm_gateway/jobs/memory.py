@@ -52,10 +52,11 @@ class MemoryJobQueue(BaseJobQueue):
         self._ready.append(job.id)
         self._arrived.set()
 
-    def _get(self, job_id: str) -> _Record:
+    def _get(self, job_id: str, owner: str | None = None) -> _Record:
         self._sweep()
         rec = self._records.get(job_id)
-        if rec is None or (rec.state == "done" and rec.expires <= time.time()):
+        if rec is None or (rec.state == "done" and rec.expires <= time.time()) or (
+                owner is not None and rec.job.caller.key_id != owner):
             raise not_found(job_id)
         return rec
 
@@ -68,14 +69,14 @@ class MemoryJobQueue(BaseJobQueue):
             view.result = rec.result if with_result else None
         return view
 
-    async def status(self, job_id: str) -> JobView:
-        return self._view(self._get(job_id), False)
+    async def status(self, job_id: str, owner: str | None = None) -> JobView:
+        return self._view(self._get(job_id, owner), False)
 
-    async def result(self, job_id: str) -> JobView:
-        return self._view(self._get(job_id), True)
+    async def result(self, job_id: str, owner: str | None = None) -> JobView:
+        return self._view(self._get(job_id, owner), True)
 
-    async def cancel(self, job_id: str) -> bool:
-        rec = self._get(job_id)
+    async def cancel(self, job_id: str, owner: str | None = None) -> bool:
+        rec = self._get(job_id, owner)
         if rec.state == "queued":
             rec.state, rec.cancelled, rec.result = "done", True, cancelled()
             self._expire_at(rec, time.time() + self.settings.result_ttl_s)

@@ -3,11 +3,13 @@
 Client side (routes, adapters)::
 
     job = await queue.submit(kind, model, body, webhook=None, metadata=None)
-    view = await queue.status(job.id)     # JobView: state, position (queued), error (failed)
-    view = await queue.result(job.id)     # JobView with .result (Completed) once done
-    ok = await queue.cancel(job.id)       # True: it will never run; False: it already started
+    # or, to check the body and webhook before admitting it: new_job(...), admit, enqueue(job)
+    view = await queue.status(job.id, owner)  # JobView: state, position (queued), error (failed)
+    view = await queue.result(job.id, owner)  # JobView with .result (Completed) once done
+    ok = await queue.cancel(job.id, owner)    # True: it will never run; False: it already started
 
-Unknown (or expired) ids raise :class:`vlm_gateway.errors.NotFound`.
+Unknown (or expired) ids raise :class:`vlm_gateway.errors.NotFound`, and so do another key's jobs where
+``owner`` (the asking key's id) is given: a key sees and cancels only the jobs it submitted.
 
 Worker side: ``take`` / ``reclaim`` hand out :class:`Lease` s; ``begin`` says what to do with one
 (run it, deliver its webhook, or just ack); ``complete`` stores the first outcome only and says whether
@@ -29,7 +31,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from vlm_gateway.errors import InvalidRequest, NotFound
+from vlm_gateway.errors import InvalidRequest, NotFound, params_renamed
 from vlm_gateway.jobs.types import Claim, Completed, Delivery, Job, JobView, Lease
 from vlm_gateway.limits.rate import ANONYMOUS, Caller
 
@@ -42,9 +44,13 @@ class JobQueue(Protocol):
 
     async def submit(self, kind: str, model: str, body: bytes | str, webhook: str | None = None,
                      metadata: dict[str, Any] | None = None, caller: Caller = ANONYMOUS) -> Job: ...
-    async def status(self, job_id: str) -> JobView: ...
-    async def result(self, job_id: str) -> JobView: ...
-    async def cancel(self, job_id: str) -> bool: ...
+    async def new_job(self, kind: str, model: str, body: bytes | str, webhook: str | None = None,
+                      metadata: dict[str, Any] | None = None, caller: Caller = ANONYMOUS,
+                      webhook_param: str = "webhook") -> Job: ...
+    async def enqueue(self, job: Job) -> Job: ...
+    async def status(self, job_id: str, owner: str | None = None) -> JobView: ...
+    async def result(self, job_id: str, owner: str | None = None) -> JobView: ...
+    async def cancel(self, job_id: str, owner: str | None = None) -> bool: ...
     async def backlog(self) -> tuple[int, float]: ...  # unfinished jobs, the oldest one's age (s)
 
     async def start(self) -> None: ...
@@ -69,18 +75,30 @@ class BaseJobQueue(abc.ABC):
 
     async def submit(self, kind: str, model: str, body: bytes | str, webhook: str | None = None,
                      metadata: dict[str, Any] | None = None, caller: Caller = ANONYMOUS) -> Job:
-        """Queue a job for ``caller`` (already admitted: ``pipeline.admit_submission``); a refused
-        ``webhook`` raises ``InvalidRequest`` (param ``webhook``)."""
+        """Queue a job for ``caller`` (already admitted: ``pipeline.admit_submission``): ``new_job`` then
+        ``enqueue``."""
+        return await self.enqueue(await self.new_job(kind, model, body, webhook, metadata, caller))
+
+    async def new_job(self, kind: str, model: str, body: bytes | str, webhook: str | None = None,
+                      metadata: dict[str, Any] | None = None, caller: Caller = ANONYMOUS,
+                      webhook_param: str = "webhook") -> Job:
+        """A job checked and not yet queued: a route checks its body and webhook (a 400 naming
+        ``webhook_param``, the client's field for it) before it admits the job, so that a refused
+        submission costs the key nothing."""
         if not kind or not model:
             raise InvalidRequest("a job needs a kind and a model", param="model")
         if webhook is not None:
             if not isinstance(webhook, str) or not webhook:
-                raise InvalidRequest("the webhook must be a URL", param="webhook", code="invalid_url")
+                raise InvalidRequest("the webhook must be a URL", param=webhook_param, code="invalid_url")
             if self.vet_webhook is not None:
-                await self.vet_webhook(webhook)
-        job = Job(id=str(uuid.uuid4()), kind=kind, model=model,
-                  body=body.encode() if isinstance(body, str) else bytes(body),
-                  webhook=webhook, created=time.time(), metadata=dict(metadata or {}), caller=caller)
+                with params_renamed(lambda _: webhook_param):
+                    await self.vet_webhook(webhook)
+        return Job(id=str(uuid.uuid4()), kind=kind, model=model,
+                   body=body.encode() if isinstance(body, str) else bytes(body),
+                   webhook=webhook, created=time.time(), metadata=dict(metadata or {}), caller=caller)
+
+    async def enqueue(self, job: Job) -> Job:
+        """Store ``job`` (from ``new_job``) and make it visible to workers."""
         await self._enqueue(job)
         return job
 

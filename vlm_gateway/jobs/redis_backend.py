@@ -81,16 +81,18 @@ class RedisJobQueue(BaseJobQueue):
 
     async def _enqueue(self, job: Job) -> None:
         await self._run("SUBMIT", [self._key(job.id), self.seq_key, self.stream],
-                        [job.id, ENCODER.encode(job), job.webhook or "", _ms(self.settings.max_job_age_s)])
+                        [job.id, ENCODER.encode(job), job.webhook or "", _ms(self.settings.max_job_age_s),
+                         job.caller.key_id])
 
-    async def _fields(self, job_id: str, *names: str) -> tuple[dict[str, Any], int]:
+    async def _fields(self, job_id: str, owner: str | None, *names: str) -> tuple[dict[str, Any], int]:
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(self._key(job_id), ["state", "seq", "expires", *names])
+            pipe.hmget(self._key(job_id), ["state", "seq", "expires", "owner", *names])
             pipe.get(self.started_key)
             values, started = await pipe.execute()
-        fields = dict(zip(["state", "seq", "expires", *names], values, strict=True))
+        fields = dict(zip(["state", "seq", "expires", "owner", *names], values, strict=True))
         state = fields["state"]
-        if state is None or (_s(state) == "done" and int(fields["expires"] or 0) <= time.time() * 1000):
+        if state is None or (_s(state) == "done" and int(fields["expires"] or 0) <= time.time() * 1000) or (
+                owner is not None and _s(fields["owner"] or b"") != owner):
             raise not_found(job_id)
         fields["state"] = _s(state)
         return fields, int(started or 0)
@@ -104,21 +106,22 @@ class RedisJobQueue(BaseJobQueue):
             view.error = _s(error) or None if error is not None else None
         return view
 
-    async def status(self, job_id: str) -> JobView:
-        return self._view(job_id, *await self._fields(job_id, "error"))
+    async def status(self, job_id: str, owner: str | None = None) -> JobView:
+        return self._view(job_id, *await self._fields(job_id, owner, "error"))
 
-    async def result(self, job_id: str) -> JobView:
-        fields, started = await self._fields(job_id, "error", "ok", "code", "result")
+    async def result(self, job_id: str, owner: str | None = None) -> JobView:
+        fields, started = await self._fields(job_id, owner, "error", "ok", "code", "result")
         view = self._view(job_id, fields, started)
         if view.state == "done":
             view.result = Completed(_s(fields["ok"]) == "1", int(fields["code"]), _b(fields["result"]), view.error)
         return view
 
-    async def cancel(self, job_id: str) -> bool:
+    async def cancel(self, job_id: str, owner: str | None = None) -> bool:
         res = cancelled()
         ttl = self.settings.result_ttl_s
         done = await self._run("CANCEL", [self._key(job_id)],
-                               [res.status_code, res.body, res.error, int((time.time() + ttl) * 1000), _ms(ttl)])
+                               [res.status_code, res.body, res.error, int((time.time() + ttl) * 1000), _ms(ttl),
+                                "" if owner is None else owner])
         if done == -1:
             raise not_found(job_id)
         return done == 1

@@ -1,14 +1,16 @@
 """Lua scripts of the Redis queue: each state change of a job is one atomic script.
 
-A job is a hash ``{prefix}job:{id}``: ``job`` (the Job as JSON), ``seq``, ``state`` (queued → running →
-done), ``attempts``, ``webhook``; once done ``ok``, ``code``, ``result``, ``error``, ``expires`` (ms), and with
-a webhook ``wh_state`` (pending → delivered | failed), ``wh_attempts``, ``wh_next`` (s).
+A job is a hash ``{prefix}job:{id}``: ``job`` (the Job as JSON), ``owner`` (the submitting key's id),
+``seq``, ``state`` (queued → running → done), ``attempts``, ``webhook``; once done ``ok``, ``code``,
+``result``, ``error``, ``expires`` (ms), and with a webhook ``wh_state`` (pending → delivered | failed),
+``wh_attempts``, ``wh_next`` (s).
 """
 
-# KEYS: job, seq, stream   ARGV: id, job JSON, webhook, max age ms
+# KEYS: job, seq, stream   ARGV: id, job JSON, webhook, max age ms, owner
 SUBMIT = """
 local seq = redis.call('INCR', KEYS[2])
-redis.call('HSET', KEYS[1], 'job', ARGV[2], 'seq', seq, 'state', 'queued', 'attempts', 0, 'webhook', ARGV[3])
+redis.call('HSET', KEYS[1], 'job', ARGV[2], 'seq', seq, 'state', 'queued', 'attempts', 0, 'webhook', ARGV[3],
+           'owner', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('XADD', KEYS[3], '*', 'id', ARGV[1])
 return seq
@@ -48,10 +50,12 @@ redis.call('PEXPIRE', KEYS[1], ARGV[6])
 return 1
 """
 
-# KEYS: job   ARGV: code, result, error, expires ms, ttl ms   -> 1 cancelled (now or before), 0 started, -1 gone
+# KEYS: job   ARGV: code, result, error, expires ms, ttl ms, owner ('': anyone's)
+# -> 1 cancelled (now or before), 0 started, -1 gone (or another key's)
 CANCEL = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return -1 end
+if ARGV[6] ~= '' and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[6] then return -1 end
 if state == 'queued' then
   redis.call('HSET', KEYS[1], 'state', 'done', 'ok', 0, 'code', ARGV[1], 'result', ARGV[2], 'error', ARGV[3],
              'expires', ARGV[4], 'cancelled', 1)

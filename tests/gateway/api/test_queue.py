@@ -208,6 +208,8 @@ async def test_webhook(gw, receiver, where) -> None:  # noqa: F811
 async def test_webhook_refused(gw, hook) -> None:
     err = assert_openai_error(await gw.submit("m", {"prompt": "p"}, params={"webhook": hook}), 400)
     assert err["param"] == "webhook"
+    err = assert_openai_error(await gw.submit("m", {"prompt": "p", "callback_url": hook}), 400)
+    assert err["param"] == "callback_url"  # the client's field, where it sent the URL
     err = assert_openai_error(await gw.submit("m", {"prompt": "p", "callback_url": 5}), 400)
     assert err["param"] == "callback_url"
 
@@ -241,6 +243,37 @@ async def test_submission_pays_requests_per_minute(gw) -> None:
     for answer in answers[:2]:
         await gw.wait_done(answer.json()["request_id"], headers=auth)
     assert len(gw.runner.ran) == 2  # a refused submission stores nothing
+
+
+async def test_a_refused_webhook_costs_the_key_no_request(gw) -> None:
+    secret, _ = await gw.limiter.keys.create("rpm1", rpm=1, concurrency=0)
+    auth = {"Authorization": f"Bearer {secret}"}
+    for hook in ("http://10.0.0.1/hook", "ftp://example.com/"):
+        assert_openai_error(await gw.submit("m", {"prompt": "p", "callback_url": hook}, headers=auth), 400)
+    accepted = await gw.submit("m", {"prompt": "p"}, headers=auth)
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.headers["x-ratelimit-limit-requests"] == "1"  # and the answer says what is left
+    assert accepted.headers["x-ratelimit-remaining-requests"] == "0"
+    await gw.wait_done(accepted.json()["request_id"], headers=auth)
+
+
+async def test_a_key_sees_and_cancels_only_its_own_jobs(gw) -> None:
+    alice, _ = await gw.limiter.keys.create("alice", rpm=0, concurrency=0)
+    bob, _ = await gw.limiter.keys.create("bob", rpm=0, concurrency=0)
+    as_alice, as_bob = ({"Authorization": f"Bearer {s}"} for s in (alice, bob))
+    gw.runner.gate.clear()
+    running = (await gw.submit("m", {"prompt": "1"}, headers=as_alice)).json()["request_id"]
+    queued = (await gw.submit("m", {"prompt": "2"}, headers=as_alice)).json()["request_id"]
+    for rid in (running, queued):
+        for method, path in (("GET", f"/queue/requests/{rid}/status"), ("GET", f"/queue/requests/{rid}"),
+                             ("PUT", f"/queue/requests/{rid}/cancel")):
+            err = assert_openai_error(await gw.client.request(method, path, headers=as_bob), 404, "not_found")
+            assert rid in err["message"]
+    gw.runner.gate.set()
+    for rid in (running, queued):  # bob's cancel did not reach alice's queued job
+        await gw.wait_done(rid, headers=as_alice)
+        assert (await gw.client.get(f"/queue/requests/{rid}", headers=as_alice)).status_code == 200
+    assert_openai_error(await gw.client.get(f"/queue/requests/{queued}", headers=as_bob), 404)
 
 
 async def test_submission_checks_the_model_allow_list(gw) -> None:
