@@ -230,6 +230,8 @@ def _from_typed_body(problem: dict[str, Any]) -> InvalidRequest:
     """A typed body (``data: SomeStruct`` on a handler) that Litestar refused: its first problem, naming
     the field (``{"message": "Expected `str`, got `int`", "key": "input_file_id", "source": "body"}``)."""
     message = str(problem.get("message") or "invalid request body")
+    if message == "'data'":  # no body at all (Litestar's KeyError for the missing value)
+        message = "the request body is empty: send a JSON object"
     key = problem.get("key")
     where = _field(str(key)) if key and key != "data" else None
     missing = re.search(r"missing required field `(.+?)`", message)
@@ -255,9 +257,11 @@ def _as_gateway_error(exc: Exception) -> GatewayError:
             err = kind(str(exc.detail))
             err.headers = dict(exc.headers or {})
             return err
-        err = GatewayError(str(exc.detail))
+        err = (InvalidRequest if 400 <= exc.status_code < 500 else GatewayError)(str(exc.detail))  # 405, …
         err.status = exc.status_code  # type: ignore[misc]
         return err
+    if isinstance(exc, RecursionError):  # a body nested past what the decoder (or json) will follow
+        return InvalidRequest("the JSON body is nested too deeply", code="invalid_value")
     log.exception("unhandled error", exc_info=exc)
     return GatewayError("internal server error")
 

@@ -94,6 +94,13 @@ def load_defaults(checkpoint: str) -> SamplingDefaults:
 GREEDY_BELOW = 1e-5  # vLLM's: a temperature under it is greedy sampling
 
 
+GREEDY_TOP_P = 1e-9  # OpenAI's top_p 0 (the most likely token only): vLLM wants more than 0
+
+
+def _top_p(value: float | None) -> float | None:
+    return GREEDY_TOP_P if value == 0 else value
+
+
 def _or(value, default):
     return default if value is None else value
 
@@ -106,7 +113,7 @@ def _sampling(req: ChatCompletionRequest | CompletionRequest, max_tokens: int | 
     params = SamplingParams(
         max_tokens=_or(max_tokens, defaults.max_tokens),
         temperature=_or(req.temperature, defaults.temperature),
-        top_p=_or(req.top_p, defaults.top_p),
+        top_p=_top_p(_or(req.top_p, defaults.top_p)),
         top_k=_or(req.top_k, defaults.top_k),
         min_p=_or(req.min_p, defaults.min_p),
         repetition_penalty=_or(req.repetition_penalty, defaults.repetition_penalty),

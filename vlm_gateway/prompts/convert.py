@@ -42,8 +42,8 @@ def _arguments(call: ToolCall, param: str) -> dict:
         return {}
     try:
         value = json.loads(text)
-    except ValueError as exc:
-        raise InvalidRequest(f"{param} is not valid JSON ({exc})", param=param) from None
+    except (ValueError, RecursionError) as exc:
+        raise InvalidRequest(f"{param} is not valid JSON ({type(exc).__name__}: {exc})", param=param) from None
     if not isinstance(value, dict):
         raise InvalidRequest(f"{param} must be a JSON object", param=param)
     return value

@@ -20,6 +20,9 @@ Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
 LogitBias = dict[str, Annotated[float, Meta(ge=-100.0, le=100.0)]]
 TopK = Annotated[int, Meta(ge=-1)]  # vLLM's: -1 or 0 means all tokens
 RepetitionPenalty = Annotated[float, Meta(gt=0.0, le=2.0)]
+Seed = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]  # OpenAI's and vLLM's: a signed 64-bit integer
+Choices = Annotated[int, Meta(ge=1, le=128)]  # n: OpenAI's bounds
+TopP = Annotated[float, Meta(ge=0.0, le=1.0)]  # 0: the most likely token only
 Detail = Literal["auto", "low", "high", "original"]  # "original": as sent, within the model's limits (= high)
 
 
@@ -140,14 +143,14 @@ class ChatCompletionRequest(Struct):
     max_tokens: PosInt | None = None
     max_completion_tokens: PosInt | None = None
     temperature: Temperature | None = None
-    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] | None = None
-    n: Annotated[int, Meta(ge=1, le=16)] = 1
+    top_p: TopP | None = None
+    n: Choices | None = 1  # null, for these four (as the SDK sends a None): the default
     stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: bool = False
+    seed: Seed | None = None
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
-    logprobs: bool = False
+    logprobs: bool | None = False
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
@@ -157,7 +160,7 @@ class ChatCompletionRequest(Struct):
     prompt_cache_key: str | None = None  # requests with the same key go to the same engine (its caches)
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None  # None: "auto" with tools, "none" without
-    parallel_tool_calls: bool = True
+    parallel_tool_calls: bool | None = True
     functions: list[dict[str, Any]] | None = None  # OpenAI's deprecated form of tools: refused (a 400)
     function_call: str | dict[str, Any] | None = None
     # extensions, as vLLM names them
@@ -167,6 +170,11 @@ class ChatCompletionRequest(Struct):
     top_k: TopK | None = None  # these three default to the checkpoint's generation_config.json
     min_p: Probability | None = None
     repetition_penalty: RepetitionPenalty | None = None
+
+    def __post_init__(self) -> None:
+        self.n = 1 if self.n is None else self.n
+        self.stream, self.logprobs = bool(self.stream), bool(self.logprobs)
+        self.parallel_tool_calls = self.parallel_tool_calls is not False
 
 
 class ImageRef(Struct):
@@ -195,14 +203,14 @@ class CompletionRequest(Struct):
     extra_body: CompletionExtraBody | None = None
     max_tokens: PosInt | None = 16
     temperature: Temperature | None = None
-    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] | None = None
-    n: Annotated[int, Meta(ge=1, le=16)] = 1
+    top_p: TopP | None = None
+    n: Choices | None = 1  # null, for these three (as the SDK sends a None): the default
     stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: bool = False
+    seed: Seed | None = None
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
-    echo: bool = False
+    echo: bool | None = False
     suffix: str | None = None  # OpenAI's legacy insertion: refused (a 400), not ignored
     best_of: PosInt | None = None  # the same: refused unless it equals n
     presence_penalty: Penalty | None = None
@@ -215,6 +223,10 @@ class CompletionRequest(Struct):
     top_k: TopK | None = None
     min_p: Probability | None = None
     repetition_penalty: RepetitionPenalty | None = None
+
+    def __post_init__(self) -> None:
+        self.n = 1 if self.n is None else self.n
+        self.stream, self.echo = bool(self.stream), bool(self.echo)
 
 
 # --- responses ----------------------------------------------------------------------------------

@@ -15,9 +15,8 @@ from typing import Annotated, Any, Literal, Union
 
 from msgspec import Meta, Struct, field
 
-from vlm_gateway.schemas.openai import Detail, PosInt, Temperature
+from vlm_gateway.schemas.openai import Detail, PosInt, Temperature, TopP
 
-TopP = Annotated[float, Meta(gt=0.0, le=1.0)]
 FunctionName = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
 Metadata = Annotated[dict[Annotated[str, Meta(max_length=64)], Annotated[str, Meta(max_length=512)]],
                      Meta(max_length=16)]

@@ -164,6 +164,8 @@ def test_stream_sse_format(client, engines) -> None:
     (chat(modalities=["text", "audio"]), 400, "modalities[1]", None),  # no model here speaks
     (chat(logit_bias={"a": 1}), 400, "logit_bias", None),
     (chat(logit_bias={"5": 500}), 400, "logit_bias", None),  # a map's value is named as the map
+    (chat(seed=2**64), 400, "seed", None),  # a signed 64-bit integer, as OpenAI's and vLLM's
+    (chat(n=129, temperature=1), 400, "n", None),
     (chat(functions=[{"name": "f", "parameters": {"type": "object"}}]), 400, "functions", None),
     (chat(function_call="auto"), 400, "function_call", None),
     ({"model": "m", "messages": [{"role": "user", "content": [
@@ -224,6 +226,39 @@ def test_engine_rejection_mid_stream_is_an_error_event(client, engines, monkeypa
     assert events[-2:] == ["data: [DONE]", ""]
     err = msgspec.json.decode(events[-3][6:])["error"]
     assert (err["type"], err["code"], err["message"]) == ("invalid_request_error", "invalid_value", "bad value")
+
+
+def test_null_is_the_default_as_openai_takes_it(client, engines) -> None:
+    """The SDK sends ``None`` where a caller passes one (``n=None``): OpenAI reads the default."""
+    r = client.post("/v1/chat/completions", json=chat(n=None, stream=None, logprobs=None, parallel_tool_calls=None))
+    assert r.status_code == 200 and r.json()["choices"][0]["logprobs"] is None
+    assert engines["m"].requests[-1].sampling.n == 1
+    r = client.post("/v1/completions", json={"model": "m", "prompt": "Hello", "n": None, "echo": None, "stream": None})
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == "Hi there"
+
+
+def test_top_p_0_is_the_most_likely_token(client, engines) -> None:
+    assert client.post("/v1/chat/completions", json=chat(top_p=0)).status_code == 200
+    assert 0 < engines["m"].requests[-1].sampling.top_p < 1e-6  # vLLM takes no 0
+
+
+def test_bodies_nested_too_deep_and_empty_bodies_are_400s(client) -> None:
+    deep = (b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "metadata": '
+            + b"[" * 5000 + b"]" * 5000 + b"}")
+    r = client.post("/v1/chat/completions", content=deep, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "nested too deeply" in r.json()["error"]["message"]
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "[" * 3000 + "]" * 3000}}
+    r = client.post("/v1/chat/completions", json={"model": "m", "messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "x"}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages[1].tool_calls[0].function.arguments"
+    r = client.post("/v1/chat/completions", content=b"", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["message"] == "the request body is empty: send a JSON object"
+
+
+def test_a_wrong_method_is_the_clients_error(client) -> None:
+    r = client.get("/v1/chat/completions")
+    assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"
 
 
 def test_malformed_json_and_oversized_body(client) -> None:
