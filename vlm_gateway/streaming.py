@@ -74,6 +74,8 @@ async def chat_chunks(prepared: Prepared, deltas: AsyncIterator[EngineDelta], *,
         return ChatCompletionChunk(prepared.response_id, prepared.created, prepared.model_name, choices, **extra)
 
     calls = ToolCalls(prepared)
+    held: dict[int, list] = {}  # per choice, the logprobs of tokens whose text is not out yet (a split
+    # character, a possible stop string or tool call): they go with the choice's next chunk
     try:
         for i in range(prepared.choices):
             yield chunk([ChunkChoice(i, Delta(role="assistant", content=""))])
@@ -81,10 +83,13 @@ async def chat_chunks(prepared: Prepared, deltas: AsyncIterator[EngineDelta], *,
             prompt_ids = ids.take(delta)
             text, tool_calls = calls.feed(delta)
             finish = calls.finish_reason(delta)
+            entries = chat_logprobs(delta.logprobs or [], top) if top is not None else []
             if text or tool_calls or finish or prompt_ids:
-                logprobs = ChoiceLogprobs(chat_logprobs(delta.logprobs or [], top)) if top is not None else None
+                logprobs = ChoiceLogprobs(held.pop(delta.index, []) + entries) if top is not None else None
                 yield chunk([ChunkChoice(delta.index, Delta(content=text or None, tool_calls=tool_calls or None),
                                          finish, logprobs)], prompt_token_ids=prompt_ids)
+            elif entries:
+                held.setdefault(delta.index, []).extend(entries)
         if include_usage:
             yield chunk([], usage=prepared.tally.usage())
     finally:
@@ -123,6 +128,7 @@ async def completion_chunks(prepared: Prepared, deltas: AsyncIterator[EngineDelt
     top, n = prepared.sampling.logprobs, prepared.sampling.n
     ids = _Ids(return_token_ids)
     logprobs = {i: CompletionLogprobs(top) for i in range(prepared.choices)} if top is not None else {}
+    sent = dict.fromkeys(logprobs, 0)  # per choice, the tokens whose logprobs a chunk has carried
     started: set[int] = set()
 
     def chunk(choices: list[CompletionChoice], **extra) -> Completion:
@@ -136,12 +142,13 @@ async def completion_chunks(prepared: Prepared, deltas: AsyncIterator[EngineDelt
             text, part = (echo.text if echo else "") + delta.text, None
             if logprobs:
                 built = logprobs[delta.index]
-                before = len(built.all.tokens)
                 if echo is not None and delta.prompt_logprobs is not None:
                     built.take(delta.prompt_logprobs, echo.first_token)
                 built.take(list(delta.logprobs or []))
-                part = built.since(before)
             if text or delta.finish_reason or prompt_ids:
+                if logprobs:  # with those of tokens whose text was not out yet (a split character, …)
+                    part = logprobs[delta.index].since(sent[delta.index])
+                    sent[delta.index] = len(logprobs[delta.index].all.tokens)
                 yield chunk([CompletionChoice(delta.index, text, finish_reason(delta.finish_reason), part)],
                             prompt_token_ids=prompt_ids)
         if include_usage:

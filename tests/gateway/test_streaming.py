@@ -7,7 +7,7 @@ import asyncio
 import msgspec
 import pytest
 
-from vlm_gateway.engines import EngineDelta, EngineRequest, SamplingParams
+from vlm_gateway.engines import Candidate, EngineDelta, EngineRequest, SamplingParams, TokenLogprob
 from vlm_gateway.errors import EngineFailed
 from vlm_gateway.limits import Permit
 from vlm_gateway.pipeline import Prepared
@@ -22,8 +22,8 @@ class _Model(msgspec.Struct):
 PREPARED: list[Prepared] = []
 
 
-def prepared(n: int = 1, images: int = 1) -> Prepared:
-    req = EngineRequest("chatcmpl-1", [1, 2, 3, 9], ["data:,"] * images, SamplingParams(n=n))
+def prepared(n: int = 1, images: int = 1, logprobs: int | None = 0) -> Prepared:
+    req = EngineRequest("chatcmpl-1", [1, 2, 3, 9], ["data:,"] * images, SamplingParams(n=n, logprobs=logprobs))
     out = Prepared(model=_Model(), model_name="m", engine_requests=[req], response_id="chatcmpl-1", created=7,
                    prompt_param="messages", tally=Tally(4, images), permit=Permit({}, 30))
     PREPARED.append(out)
@@ -105,6 +105,33 @@ async def test_completion_stream_and_n_choices() -> None:
     assert [(c["choices"][0]["index"], c["choices"][0]["text"], c["choices"][0]["finish_reason"])
             for c in out[:-1]] == [(0, "a", None), (1, "b", None), (0, "", "stop"), (1, "c", "stop")]
     assert out[-1]["usage"]["prompt_tokens_details"]["image_tokens"] == 0
+
+
+def lp(token: str, raw: bytes) -> list[TokenLogprob]:
+    return [TokenLogprob(token, -0.5, list(raw), [Candidate(token, -0.5, list(raw))])]
+
+
+# "Café": the é is two byte tokens; the engine's step for the first byte has no text yet
+SPLIT = [EngineDelta(0, "Caf", logprobs=lp("Caf", b"Caf")), EngineDelta(0, "", logprobs=lp("<0xC3>", b"\xc3")),
+         EngineDelta(0, "é", finish_reason="length", logprobs=lp("<0xA9>", b"\xa9"))]
+
+
+async def test_streamed_logprobs_keep_tokens_that_have_no_text_yet() -> None:
+    out = events([e async for e in chat_events(prepared(images=0), scripted(SPLIT), include_usage=False,
+                                               return_token_ids=False)])
+    chunks = [c["choices"][0] for c in out[1:]]
+    assert [c["delta"].get("content") for c in chunks] == ["Caf", "é"]
+    tokens = [e["token"] for c in chunks for e in c["logprobs"]["content"]]
+    assert tokens == ["Caf", "<0xC3>", "<0xA9>"]  # as the whole answer lists them
+    assert bytes(b for c in chunks for e in c["logprobs"]["content"] for b in e["bytes"]).decode() == "Café"
+
+
+async def test_streamed_completion_logprobs_keep_tokens_that_have_no_text_yet() -> None:
+    out = events([e async for e in completion_events(prepared(images=0), scripted(SPLIT), include_usage=False,
+                                                     return_token_ids=False)])
+    parts = [c["choices"][0]["logprobs"] for c in out]
+    assert [t for p in parts for t in p["tokens"]] == ["Caf", "<0xC3>", "<0xA9>"]
+    assert [o for p in parts for o in p["text_offset"]] == [0, 3, 9]
 
 
 def test_usage_counts_the_image_tokens_the_engine_placed() -> None:
