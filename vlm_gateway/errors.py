@@ -189,7 +189,9 @@ def params_renamed(rename: Callable[[str], str | None]) -> Iterator[None]:
         yield
     except GatewayError as exc:
         if exc.param is not None:
-            exc.param = rename(exc.param)
+            old, exc.param = exc.param, rename(exc.param)
+            if exc.param and exc.param != old:  # a message that names the field names the client's
+                exc.message = exc.message.replace(old, exc.param)
         raise
 
 

@@ -27,8 +27,9 @@ from vlm_gateway.jobs.types import Job, JobOutcome, succeeded
 from vlm_gateway.jobs.worker import Runner
 from vlm_gateway.limits.rate import Caller
 from vlm_gateway.pipeline import Services, admit_submission
-from vlm_gateway.responses_api.convert import Converted, rename
+from vlm_gateway.responses_api.convert import Converted, renamed
 from vlm_gateway.responses_api.output import failed, finished
+from vlm_gateway.responses_api.run import Turn, fitted
 from vlm_gateway.responses_api.store import UNFINISHED, ResponseStore, StoredResponse
 from vlm_gateway.schemas.openai import ChatCompletion
 from vlm_gateway.schemas.responses import ResponseObject
@@ -69,12 +70,18 @@ async def _until_done_or_cancelled(store: ResponseStore, record: StoredResponse,
                                    caller: Caller, svc: Services) -> ChatCompletion | None:
     """The chat completion, or None when the response was cancelled while it ran."""
     assert record.chat is not None
-    task = asyncio.create_task(complete_chat(svc, record.chat, caller, queued=True))
+    turn = Turn(Converted(record.chat, record.history, record.params), record.response)
+
+    async def attempt(converted: Converted, queued: bool) -> ChatCompletion:  # (truncation "auto" as well)
+        with renamed(converted.params):
+            return (await complete_chat(svc, converted.chat, caller, queued))[0]
+
+    task = asyncio.create_task(fitted(turn, attempt, queued=True))
     try:
         while True:
             done, _ = await asyncio.wait({task}, timeout=store.settings.cancel_poll_s)
             if done:
-                return task.result()[0]
+                return task.result()[0]  # (the chat completion, the request it fitted)
             if await store.cancelled(record.response.id):
                 return None
     finally:
@@ -99,7 +106,6 @@ async def run_job(svc: Services, store: ResponseStore, job: Job) -> JobOutcome:
         if not isinstance(exc, GatewayError):
             log.exception("background response %s failed", response_id)
             exc = GatewayError("internal server error")
-        exc.param = rename(record.params, exc.param)
         response = failed(record.response, exc)
     if not await store.cancelled(response_id):
         await store.save(StoredResponse(record.owner, response, record.history))

@@ -20,6 +20,7 @@ conversation too long for the model's context (``run.py`` asks for it while the 
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from typing import Any
 
@@ -136,6 +137,8 @@ class _Builder:
         if isinstance(item, InputMessage):
             self.message(item, param)
         elif isinstance(item, InputFunctionCall):
+            if item.status == "incomplete" and not _whole_arguments(item.arguments):
+                return  # a call cut off at max_output_tokens, sent back as it came: never made
             call = ToolCall(item.call_id, FunctionCall(item.name, item.arguments))
             last = self.messages[-1] if self.messages else None
             if last is not None and last.role == "assistant":  # the same turn: text, then its calls
@@ -143,6 +146,9 @@ class _Builder:
                     last.tool_calls = [*(last.tool_calls or []), call]
             else:
                 self.add(ChatMessage("assistant", None, tool_calls=[call]), param)
+                last = self.messages[-1]
+            k = next(k for k, c in enumerate(last.tool_calls or []) if c.id == call.id)
+            self.params.setdefault(f"messages[{len(self.messages) - 1}].tool_calls[{k}].function", param)
         else:  # InputFunctionCallOutput
             output = item.output
             if isinstance(output, list):
@@ -275,11 +281,21 @@ def without_oldest_turn(converted: Converted) -> Converted | None:
     return msgspec.structs.replace(converted, chat=chat, params=params)
 
 
+def _whole_arguments(text: str) -> bool:
+    """Arguments that are a JSON object (or empty): not a call cut off mid-way."""
+    try:
+        return not text.strip() or isinstance(json.loads(text), dict)
+    except (ValueError, RecursionError):
+        return False
+
+
 def output_messages(output: list[OutputItem]) -> list[ChatMessage]:
-    """A response's output as the assistant turn it adds to the conversation (for a follow-up)."""
+    """A response's output as the assistant turn it adds to the conversation (for a follow-up). A call
+    cut off at ``max_output_tokens`` was never made: it is left out, so the conversation goes on."""
     text = "".join(part.text for item in output if isinstance(item, OutputMessage) for part in item.content)
     calls = [ToolCall(item.call_id, FunctionCall(item.name, item.arguments))
-             for item in output if isinstance(item, OutputFunctionCall)]
+             for item in output if isinstance(item, OutputFunctionCall)
+             and (item.status != "incomplete" or _whole_arguments(item.arguments))]
     if not text and not calls:
         return []
     return [ChatMessage("assistant", text or None, tool_calls=calls or None)]

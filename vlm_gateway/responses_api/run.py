@@ -57,7 +57,7 @@ async def _save(store: ResponseStore, turn: Turn, response: ResponseObject, call
         await store.save(StoredResponse(caller.key_id, response, turn.converted.history))
 
 
-async def _fitted(turn: Turn, attempt: Callable[[Converted, bool], Awaitable[T]],
+async def fitted(turn: Turn, attempt: Callable[[Converted, bool], Awaitable[T]],
                   queued: bool = False) -> tuple[T, Converted]:
     """``attempt`` of the turn's request, tried again without its oldest turn while it does not fit the
     model's context and truncation is "auto"; its result and the request it succeeded with."""
@@ -79,7 +79,7 @@ async def complete(svc: Services, store: ResponseStore, turn: Turn, caller: Call
         with renamed(converted.params):
             return await complete_chat(svc, converted.chat, caller, queued)
 
-    (chat, headers), _ = await _fitted(turn, attempt, queued)
+    (chat, headers), _ = await fitted(turn, attempt, queued)
     response = finished(turn.response, chat)
     await _save(store, turn, response, caller)
     return response, headers
@@ -103,7 +103,7 @@ async def stream(svc: Services, store: ResponseStore, turn: Turn,
             except StopAsyncIteration:
                 return prepared, _empty()
 
-    (prepared, deltas), converted = await _fitted(turn, attempt)
+    (prepared, deltas), converted = await fitted(turn, attempt)
     chunks = chat_chunks(prepared, deltas, include_usage=True)
 
     async def done(response: ResponseObject) -> None:

@@ -17,6 +17,11 @@ from msgspec import Meta, Struct, field
 
 from vlm_gateway.schemas.openai import Detail, PosInt, Temperature, TopP
 
+Includable = Literal[
+    "file_search_call.results", "web_search_call.results", "web_search_call.action.sources",
+    "message.input_image.image_url", "computer_call_output.output.image_url", "code_interpreter_call.outputs",
+    "reasoning.encrypted_content", "message.output_text.logprobs",
+]
 FunctionName = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
 Metadata = Annotated[dict[Annotated[str, Meta(max_length=64)], Annotated[str, Meta(max_length=512)]],
                      Meta(max_length=16)]
@@ -69,6 +74,7 @@ class InputFunctionCall(Struct, tag_field="type", tag="function_call"):
     call_id: str
     name: str
     arguments: str  # JSON text
+    status: str | None = None  # as the output item had it ("incomplete": cut off at max_output_tokens)
 
 
 class InputFunctionCallOutput(Struct, tag_field="type", tag="function_call_output"):
@@ -133,7 +139,7 @@ class ResponsesRequest(Struct):
     temperature: Temperature | None = None
     top_p: TopP | None = None
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
-    include: list[str] | None = None
+    include: list[Includable] | None = None  # OpenAI's values (those of tools this has none of: no effect)
     metadata: Metadata | None = None
     user: str | None = None
     store: bool | None = None  # None: true

@@ -172,6 +172,17 @@ def test_truncation_auto_follows_the_engines_count(client, engine, monkeypatch) 
     assert "Question 1" not in prompt_text(client, engine)
 
 
+def test_truncation_auto_in_the_background(client, engine) -> None:
+    fields = dict(input=long_conversation(), max_output_tokens=4)
+    ok(create(client, **fields))
+    engine.max_model_len = len(engine.requests[-1].token_ids) - 20
+    made = ok(create(client, **fields, truncation="auto", background=True))
+    final = wait_for(lambda: (r := client.get(f"/v1/responses/{made.id}").json())["status"] not in (
+        "queued", "in_progress") and r)
+    assert final["status"] == "completed" and final["truncation"] == "auto", final
+    assert "Question 0" not in prompt_text(client, engine) and "Last question?" in prompt_text(client, engine)
+
+
 def test_store_and_previous_response_id(client, engine) -> None:
     first = ok(create(client, input="My name is Ada.", instructions="Be terse."))
     engine.pieces = ["Noted"]
@@ -224,6 +235,33 @@ def test_function_call_round_trip(client, engine) -> None:
     assert len(engine.requests[-1].images) == 1  # the tool result's image went to the engine
 
 
+WEATHER = [{"type": "function", "name": "weather", "parameters": {"type": "object"}}]
+
+
+def test_a_call_cut_off_at_max_output_tokens_does_not_stop_the_conversation(client, engine) -> None:
+    engine.pieces, engine.finish = ['{"city": "Pa'], "length"
+    cut = ok(create(client, input="Weather in Paris?", tools=WEATHER, max_output_tokens=4,
+                    tool_choice={"type": "function", "name": "weather"}))
+    call = cut.output[0]
+    assert cut.status == "incomplete" and call.type == "function_call" and call.status == "incomplete"
+    engine.reset()
+    follow = ok(create(client, input="Try again.", previous_response_id=cut.id, tools=WEATHER))
+    assert follow.status == "completed" and '"Pa' not in prompt_text(client, engine)
+    by_hand = [{"role": "user", "content": "Weather in Paris?"}, call.model_dump(exclude_none=True),
+               {"role": "user", "content": "Try again."}]  # the SDK's way: input += response.output
+    assert ok(create(client, input=by_hand, tools=WEATHER)).status == "completed"
+
+
+def test_a_calls_bad_arguments_are_named_by_its_input_item(client) -> None:
+    items = [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": "Calling."},
+             {"type": "function_call", "call_id": "c1", "name": "weather", "arguments": "{}"},
+             {"type": "function_call", "call_id": "c2", "name": "weather", "arguments": "{bad"},
+             {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+             {"type": "function_call_output", "call_id": "c2", "output": "rain"}]
+    err = error(create(client, input=items, tools=WEATHER), 400)
+    assert err["param"] == "input[3].arguments" and err["message"].startswith("input[3].arguments is not valid")
+
+
 @pytest.mark.parametrize("fields,status,param", [
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]}]},
      400, "input[0].content[0].image_url"),
@@ -240,6 +278,7 @@ def test_function_call_round_trip(client, engine) -> None:
     ({"input": "x", "background": True, "store": False}, 400, "store"),
     ({"input": "x", "background": True, "stream": True}, 400, "stream"),
     ({"input": 5}, 400, "input"),
+    ({"input": "x", "include": ["message.output_text.logprob"]}, 400, "include[0]"),  # a typo: not ignored
     # OpenAI-hosted state the gateway does not keep: refused, not answered without that context
     ({"input": "x", "conversation": "conv_1"}, 400, "conversation"),
     ({"input": "x", "conversation": {"id": "conv_1"}}, 400, "conversation"),
