@@ -7,7 +7,10 @@ compare-and-set picks one, and the other deletes what it wrote.
 
 * ``in_progress`` → ``finalizing`` → ``completed``, or ``expired`` when some lines never ran;
 * ``cancelling`` → ``cancelled``, the lines that finished in the files as usual;
-* ``failed`` when the files cannot be stored (a file quota): the error says why.
+* ``failed`` when the files cannot be stored: the error says why.
+
+The files are stored even where they take a key (or the store) past its file quota: the lines ran and
+were paid for, and their results are not thrown away; the key's next uploads wait for room.
 
 The output file (purpose ``batch_output``) holds the lines that succeeded, the error file the lines
 that failed or never ran, each in input order. A file with no lines is not written (its id stays null).
@@ -66,7 +69,7 @@ async def _store_file(service: BatchService, owner: str, name: str, lines: list[
     record = FileRecord(id=new_file_id(), owner=owner, sha256=digest, bytes=len(data),
                         created_us=time.time_ns() // 1000, filename=name, purpose=OUTPUT_PURPOSE,
                         content_type=JSONL)
-    await service.files.backend.add(record, data)
+    await service.files.backend.add(record, data, quota=False)  # the work is done: its results are kept
     return record.id
 
 

@@ -98,15 +98,15 @@ class DiskFiles:
                 path.unlink(missing_ok=True)
         return _Index(records, refs, sum(sizes.values()), owner_used)
 
-    async def add(self, record: FileRecord, data: bytes) -> None:
+    async def add(self, record: FileRecord, data: bytes, *, quota: bool = True) -> None:
         async with self._lock:
             index = await self._loaded()
             size = record.bytes
-            if self.key_quota_bytes and index.owner_used[record.owner] + size > self.key_quota_bytes:
+            if quota and self.key_quota_bytes and index.owner_used[record.owner] + size > self.key_quota_bytes:
                 raise over_quota("this API key's file storage", index.owner_used[record.owner], size,
                                  self.key_quota_bytes)
             fresh = index.refs[record.sha256] == 0
-            if fresh and self.quota_bytes and index.used + size > self.quota_bytes:
+            if quota and fresh and self.quota_bytes and index.used + size > self.quota_bytes:
                 raise over_quota("the gateway's file storage", index.used, size, self.quota_bytes)
             if fresh:
                 await asyncio.to_thread(_write, self._blob(record.sha256), data)

@@ -77,9 +77,9 @@ class RedisFiles:
         return [f"{p}meta:{record.id}", f"{p}owner:{record.owner}", f"{p}blob:{record.sha256}",
                 f"{p}refs:{record.sha256}", f"{p}used", f"{p}owner-used:{record.owner}"]
 
-    async def add(self, record: FileRecord, data: bytes) -> None:
-        args: list[Any] = [_ENCODE.encode(record), record.id, record.created_us, record.bytes, self.quota_bytes,
-                           self.key_quota_bytes]
+    async def add(self, record: FileRecord, data: bytes, *, quota: bool = True) -> None:
+        args: list[Any] = [_ENCODE.encode(record), record.id, record.created_us, record.bytes,
+                           self.quota_bytes if quota else 0, self.key_quota_bytes if quota else 0]
         status, used = await self._add(keys=self._keys(record), args=args)
         if status == -1:  # new content: send it (only now, so an identical upload never travels twice)
             status, used = await self._add(keys=self._keys(record), args=[*args, data])

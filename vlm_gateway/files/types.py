@@ -79,8 +79,10 @@ def over_quota(what: str, used: int, size: int, quota: int) -> QuotaExceeded:
 class FileBackend(Protocol):
     """Records and content (see the module docstring); the same contract on disk and in Redis."""
 
-    async def add(self, record: FileRecord, data: bytes) -> None:
-        """Store ``record`` and (unless its hash is stored already) ``data``; ``QuotaExceeded`` when over."""
+    async def add(self, record: FileRecord, data: bytes, *, quota: bool = True) -> None:
+        """Store ``record`` and (unless its hash is stored already) ``data``; ``QuotaExceeded`` when over
+        a quota. ``quota=False``: stored even over them (work already done, such as a batch's output),
+        and counted, so that later uploads wait for room."""
         ...
 
     async def get(self, file_id: str) -> FileRecord | None: ...

@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 import time
 
+import msgspec
 import openai
 import pytest
+from litestar.testing import TestClient
 
-from tests.gateway.batches.conftest import chat_line, content, create, jsonl, upload, wait_status
+from tests.gateway.batches.conftest import chat_line, content, create, jsonl, settings, upload, wait_status
 from tests.helpers import ALICE, BOB, auth, png_data_uri
+from vlm_gateway.app import create_app
 
 ENDED = ("completed", "failed", "expired", "cancelled")
 
@@ -56,6 +59,24 @@ def test_batch_runs_to_completion(client, engine) -> None:
     meta = client.get(f"/v1/files/{done['output_file_id']}").json()
     assert (meta["purpose"], meta["filename"]) == ("batch_output", f"{made['id']}_output.jsonl")
     assert client.get(f"/v1/files/{done['output_file_id']}", headers=auth(BOB)).status_code == 404
+
+
+def test_a_full_file_quota_keeps_the_results_of_a_batch_that_ran(tiny_checkpoint, engine, tmp_path) -> None:
+    """The lines ran and were paid for: their output is stored even past the key's file quota (and the
+    key's next upload waits for room), not thrown away with a failed batch."""
+    s = settings(tiny_checkpoint, str(tmp_path), "memory", "unused:")
+    s = msgspec.structs.replace(s, files=msgspec.structs.replace(s.files, key_quota_bytes=1500))
+    with TestClient(create_app(s, engine_factory=lambda model, session: engine)) as quota_client:
+        quota_client.headers.update(auth(ALICE))
+        lines = [chat_line(f"line-{i}") for i in range(6)]
+        batch = create(quota_client, upload(quota_client, lines)).json()
+        done = wait_status(quota_client, batch["id"], ENDED)
+        assert done["status"] == "completed" and done["errors"] is None, done
+        out = content(quota_client, done["output_file_id"])
+        assert [line["custom_id"] for line in out] == [f"line-{i}" for i in range(6)]
+        r = quota_client.post("/v1/files", files={"file": ("x.jsonl", b"{}\n", "application/jsonl")},
+                              data={"purpose": "batch"}, headers=auth(ALICE))
+        assert r.status_code == 403 and r.json()["error"]["code"] == "quota_exceeded"
 
 
 def test_failed_line_lands_in_the_error_file(client) -> None:

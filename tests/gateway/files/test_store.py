@@ -4,6 +4,7 @@ checks, cursor pages. Every test runs on the disk and on the real Redis (``make_
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import time
 
@@ -14,6 +15,7 @@ from tests.gateway.images import imagedata as img
 from tests.helpers import png_bytes
 from vlm_gateway.errors import ImageError, InvalidRequest, NotFound, PayloadTooLarge, QuotaExceeded
 from vlm_gateway.files import PURPOSES
+from vlm_gateway.files.types import FileRecord, new_file_id
 from vlm_gateway.limits.rate import ANONYMOUS
 from vlm_gateway.schemas.files import FileObject
 from vlm_gateway.settings import ImageSettings
@@ -122,6 +124,20 @@ async def test_key_quota_counts_each_file(make_store) -> None:
     await store.create(BOB, data, "b", "user_data")  # BOB's own allowance
     await store.delete(ALICE, kept.id)
     await store.create(ALICE, data, "3", "user_data")
+
+
+async def test_work_already_done_is_stored_over_the_quotas_and_counted(make_store) -> None:
+    store = make_store(quota_bytes=250, key_quota_bytes=150)
+    await store.create(ALICE, b"a" * 100, "a", "user_data")
+    done = FileRecord(id=new_file_id(), owner=ALICE.key_id, sha256=hashlib.sha256(b"r" * 200).hexdigest(),
+                      bytes=200, created_us=time.time_ns() // 1000, filename="out.jsonl", purpose="batch_output",
+                      content_type="application/jsonl")
+    with pytest.raises(QuotaExceeded):
+        await store.backend.add(done, b"r" * 200)
+    await store.backend.add(done, b"r" * 200, quota=False)  # a batch's results: kept
+    assert (await store.retrieve(ALICE, done.id)).bytes == 200 and await store.backend.used_bytes() == 300
+    with pytest.raises(QuotaExceeded):  # and counted: the next upload waits for room
+        await store.create(ALICE, b"b" * 10, "b", "user_data")
 
 
 async def test_size_limits(make_store) -> None:
