@@ -66,8 +66,9 @@ async def _store_file(service: BatchService, owner: str, name: str, lines: list[
         return None
     data = b"".join(line + b"\n" for line in lines)
     digest = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
-    record = FileRecord(id=new_file_id(), owner=owner, sha256=digest, bytes=len(data),
-                        created_us=time.time_ns() // 1000, filename=name, purpose=OUTPUT_PURPOSE,
+    created = time.time_ns() // 1000
+    record = FileRecord(id=new_file_id(created), owner=owner, sha256=digest, bytes=len(data),
+                        created_us=created, filename=name, purpose=OUTPUT_PURPOSE,
                         content_type=JSONL)
     await service.files.backend.add(record, data, quota=False)  # the work is done: its results are kept
     return record.id

@@ -19,7 +19,15 @@ from typing import Any, Literal
 
 from vlm_gateway.errors import ImageError, InvalidRequest, NotFound, PayloadTooLarge
 from vlm_gateway.files.settings import FileSettings
-from vlm_gateway.files.types import PURPOSES, FileBackend, FileContent, FileRecord, is_file_id, new_file_id
+from vlm_gateway.files.types import (
+    PURPOSES,
+    FileBackend,
+    FileContent,
+    FileRecord,
+    created_of,
+    is_file_id,
+    new_file_id,
+)
 from vlm_gateway.images.decode import identify
 from vlm_gateway.images.load import ImageSource
 from vlm_gateway.limits.rate import Caller
@@ -95,8 +103,9 @@ class FileStore:
         self.check_size(len(data), purpose)
         content_type = await self._content_type(data, purpose)
         digest = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
-        record = FileRecord(id=new_file_id(), owner=caller.key_id, sha256=digest, bytes=len(data),
-                            created_us=time.time_ns() // 1000, filename=_filename(filename), purpose=purpose,
+        created = time.time_ns() // 1000
+        record = FileRecord(id=new_file_id(created), owner=caller.key_id, sha256=digest, bytes=len(data),
+                            created_us=created, filename=_filename(filename), purpose=purpose,
                             content_type=content_type)
         await self.backend.add(record, data)
         return file_object(record)
@@ -132,6 +141,16 @@ class FileStore:
             raise NotFound(f"No such File object: {file_id[:64]}", param="file_id")
         return FileDeleted(id=record.id)
 
+    async def _place(self, caller: Caller, after: str) -> tuple[int, str]:
+        """Where a page starts: after ``caller``'s file ``after``, or where it was once it is deleted."""
+        try:
+            return (await self.record(caller, after, "after")).order
+        except NotFound:
+            created = created_of(after)
+            if created is None:
+                raise
+            return created, after
+
     async def list(self, caller: Caller, *, purpose: str | None = None, limit: int = MAX_LIST,
                    order: str = "desc", after: str | None = None) -> FileList:
         """OpenAI's cursor page: ``caller``'s files (of ``purpose``), newest first unless ``order="asc"``,
@@ -141,8 +160,7 @@ class FileStore:
         if order == "desc":
             records.reverse()
         if after is not None:
-            cursor = await self.record(caller, after, "after")
-            key = cursor.order
+            key = await self._place(caller, after)
             records = [r for r in records if (r.order > key if order == "asc" else r.order < key)]
         page = records[:limit]
         return FileList(data=[file_object(r) for r in page], has_more=len(records) > limit,

@@ -11,6 +11,7 @@ A backend keeps three things consistent, atomically with respect to every other 
 
 from __future__ import annotations
 
+import base64
 import re
 import secrets
 from typing import Protocol
@@ -35,9 +36,22 @@ PURPOSES: dict[str, Purpose] = {"vision": Purpose(image=True), "user_data": Purp
 _ID = re.compile(r"file-[A-Za-z0-9_-]{24}")
 
 
-def new_file_id() -> str:
-    """``file-`` and 24 URL-safe random characters (144 bits), as OpenAI's ids look."""
-    return "file-" + secrets.token_urlsafe(18)
+def new_file_id(created_us: int) -> str:
+    """``file-`` and 24 URL-safe characters, as OpenAI's ids look: the file's creation time (µs) and 80
+    random bits. The time is there so that a deleted file's id still marks a place in a listing (the
+    ``after`` of a client that deletes the files it pages through)."""
+    return "file-" + base64.urlsafe_b64encode(created_us.to_bytes(8, "big") + secrets.token_bytes(10)).decode()
+
+
+def created_of(file_id: str) -> int | None:
+    """The creation time (µs) ``new_file_id`` put in ``file_id``; None for an id that holds none."""
+    if not is_file_id(file_id):
+        return None
+    created = int.from_bytes(base64.urlsafe_b64decode(file_id[5:])[:8], "big")
+    return created if _EPOCH_US <= created < _EPOCH_US * 3 else None
+
+
+_EPOCH_US = 1_577_836_800_000_000  # 2020-01-01: earlier "times" are the random ids of older versions
 
 
 def is_file_id(text: str) -> bool:

@@ -55,8 +55,9 @@ async def test_another_keys_file_does_not_exist(make_store) -> None:
             await call
         assert info.value.message == f"No such File object: {mine.id}"  # as for an id never made
     assert (await store.list(BOB)).data == []
+    assert (await store.list(BOB, after=mine.id)).data == []  # as a deleted file's id: a place, no more
     with pytest.raises(NotFound) as cursor:
-        await store.list(BOB, after=mine.id)
+        await store.list(BOB, after="file-" + "A" * 24)  # an id that is no file's and holds no time
     assert cursor.value.param == "after"
     assert [f.id for f in (await store.list(ALICE)).data] == [mine.id]  # untouched by BOB's delete
     assert (await store.open(ALICE, mine.id)).data == PNG
@@ -129,8 +130,9 @@ async def test_key_quota_counts_each_file(make_store) -> None:
 async def test_work_already_done_is_stored_over_the_quotas_and_counted(make_store) -> None:
     store = make_store(quota_bytes=250, key_quota_bytes=150)
     await store.create(ALICE, b"a" * 100, "a", "user_data")
-    done = FileRecord(id=new_file_id(), owner=ALICE.key_id, sha256=hashlib.sha256(b"r" * 200).hexdigest(),
-                      bytes=200, created_us=time.time_ns() // 1000, filename="out.jsonl", purpose="batch_output",
+    now = time.time_ns() // 1000
+    done = FileRecord(id=new_file_id(now), owner=ALICE.key_id, sha256=hashlib.sha256(b"r" * 200).hexdigest(),
+                      bytes=200, created_us=now, filename="out.jsonl", purpose="batch_output",
                       content_type="application/jsonl")
     with pytest.raises(QuotaExceeded):
         await store.backend.add(done, b"r" * 200)
@@ -216,6 +218,17 @@ async def test_list_pages_filters_and_orders(make_store) -> None:
             break
         after = page.last_id
     assert seen == ids
+    deleting, after = [], None
+    while True:  # the SDK's `for f in client.files.list(limit=2): client.files.delete(f.id)`
+        page = await store.list(ALICE, limit=2, order="asc", after=after)
+        for f in page.data:
+            deleting.append(f.id)
+            await store.delete(ALICE, f.id)
+        if not page.has_more:
+            break
+        after = page.last_id  # deleted by now
+    assert deleting == ids and (await store.list(ALICE)).data == []
+    ids = [(await store.create(ALICE, png_bytes(8 + i, 8), f"{i}.png", "user_data")).id for i in range(5)]
     desc = await store.list(ALICE, limit=2, after=ids[3])
     assert [f.id for f in desc.data] == [ids[2], ids[1]] and desc.has_more
     empty = await store.list(BOB)
