@@ -7,6 +7,10 @@ Three loops per worker (one worker per replica, started by the app's lifespan):
   heartbeating for ``visibility_timeout_s`` (it died), in every replica;
 * heartbeat: every ``heartbeat_s``, refresh everything this worker holds, however long it runs.
 
+A job waits for its key's limits (concurrency, tokens/min) when it runs, as a queued request does; it
+waits aside (``_Slot``): its slot goes to the next job, so one key at its limits does not hold back
+every other key's jobs (up to ``ASIDE_PER_SLOT`` waiting jobs per slot; beyond, they keep their slots).
+
 A lease is acked only after all of its work is done (the run, the stored result, the webhook), so a
 replica dying at any point leaves it to be reclaimed. A worker whose completion loses (another worker
 finished the same job first) neither acks nor delivers: the winner does.
@@ -21,7 +25,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from vlm_gateway.jobs.queue import JobQueue, backoff
 from vlm_gateway.jobs.settings import JobSettings
@@ -37,12 +41,42 @@ from vlm_gateway.jobs.types import (
     to_completed,
 )
 from vlm_gateway.jobs.webhooks import WebhookSender
+from vlm_gateway.limits.rate import ADMISSION_WAIT
 
 log = logging.getLogger("vlm_gateway.jobs")
 
 #: Supplied by the app: runs one job through the real pipeline (it may raise GatewayErrors).
 Runner = Callable[[Job], Awaitable[JobOutcome]]
 GC_EVERY = 60  # reclaim cycles between consumer clean-ups
+ASIDE_PER_SLOT = 16  # jobs waiting for their key's limits without a slot, per slot (beyond: they keep it)
+
+
+class _Slot:
+    """One job's hold on a worker slot. While the job waits for its key's limits (the limiter's
+    ``ADMISSION_WAIT``) the slot goes to other jobs, and is taken back before the job tries again."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker, self.held = worker, True
+
+    @contextlib.asynccontextmanager
+    async def aside(self) -> AsyncIterator[None]:
+        worker = self.worker
+        if not self.held or worker.aside >= worker.concurrency * ASIDE_PER_SLOT:
+            yield
+            return
+        self.release()
+        worker.aside += 1
+        try:
+            yield
+        finally:
+            worker.aside -= 1
+        await worker.take_slot()  # (not reached when the wait was cancelled)
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.worker.free_slot()
 
 
 def consumer_name() -> str:
@@ -63,6 +97,7 @@ class Worker:
         self.webhooks = webhooks
         self.consumer = name or consumer_name()
         self._busy = 0
+        self.aside = 0  # jobs waiting for their keys' limits, their slots given up (``_Slot.aside``)
         self._slot_freed = asyncio.Event()
         self._held: dict[str, Lease] = {}  # queue entry -> lease, for heartbeats
         self._loops: list[asyncio.Task[None]] = []
@@ -108,6 +143,11 @@ class Worker:
             await self._slot_freed.wait()
         return self.concurrency - self._busy
 
+    async def take_slot(self) -> None:
+        """A slot for a job that gave its own up while it waited (``_Slot.aside``)."""
+        await self._free_slots()
+        self._busy += 1
+
     async def _fetch_loop(self) -> None:
         while not self._stopping:
             free = await self._free_slots()
@@ -152,12 +192,13 @@ class Worker:
         self._jobs.add(task)
         task.add_done_callback(self._jobs.discard)
 
-    def _free_slot(self) -> None:
+    def free_slot(self) -> None:
         self._busy -= 1
         self._slot_freed.set()
 
     async def _handle(self, lease: Lease) -> None:
-        holds_slot = True
+        slot = _Slot(self)
+        ADMISSION_WAIT.set(slot.aside)  # (in this job's own task: its context is its own)
         try:
             claim = await self.queue.begin(lease, self.consumer)
             delivery = claim.delivery
@@ -166,8 +207,7 @@ class Worker:
                 if not won:
                     log.info("job %s was already completed by another worker", lease.job_id)
                     return
-            self._free_slot()
-            holds_slot = False
+            slot.release()
             if delivery is not None:
                 await self._deliver(delivery)
             await self.queue.ack(lease)
@@ -177,8 +217,7 @@ class Worker:
             log.exception("job %s: queue operation failed", lease.job_id)
         finally:
             self._held.pop(lease.entry, None)
-            if holds_slot:
-                self._free_slot()
+            slot.release()
 
     async def _run(self, claim: Claim) -> Completed:
         job = claim.job

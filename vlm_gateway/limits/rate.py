@@ -17,11 +17,13 @@ keys every request is ``ANONYMOUS``: no limits, every model. Every 429 carries `
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import TypeVar
 
 import msgspec
@@ -35,6 +37,11 @@ from vlm_gateway.state import StateBackend, WindowResult
 
 log = logging.getLogger("vlm_gateway.limits")
 T = TypeVar("T")
+
+#: Set by the job worker for the job it runs: ``async with aside(): ...`` gives the job's worker slot to
+#: other jobs for the while (a job whose key's limits hold it back must not hold back other keys' jobs).
+ADMISSION_WAIT: ContextVar[Callable[[], contextlib.AbstractAsyncContextManager[None]] | None] = ContextVar(
+    "admission_wait", default=None)
 
 MISSING_KEY = ("You didn't provide an API key. You need to provide your API key in an Authorization header "
                "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
@@ -226,14 +233,17 @@ class Limiter:
     async def admit_waiting(self, caller: Caller, model_ids: tuple[str, ...]) -> Permit:
         """A queued job's admission when it runs: concurrency and tokens/min (its requests/min was
         paid at submission). Over a limit it waits (``Retry-After``) instead of failing; the job's own
-        timeout bounds the wait."""
+        timeout bounds the wait. It waits aside (``ADMISSION_WAIT``): its worker runs other keys' jobs
+        meanwhile."""
+        aside = ADMISSION_WAIT.get()
         while True:
             try:
                 return await self.admit(caller, model_ids, count_request=False)
             except RateLimited as exc:
                 wait_ms = int(exc.headers.get("retry-after-ms", "1000"))
                 log.debug("job of key %s waits %d ms for admission: %s", caller.name, wait_ms, exc.message)
-                await asyncio.sleep(min(max(wait_ms, 50), 60_000) / 1000)
+                async with aside() if aside is not None else contextlib.nullcontext():
+                    await asyncio.sleep(min(max(wait_ms, 50), 60_000) / 1000)
 
     async def _acquire(self, key: str, holder: str, limit: int) -> tuple[bool, int]:
         """One atomic acquire (a holder that still holds its slot keeps it); (granted, held), traced."""

@@ -10,9 +10,11 @@ import msgspec
 import pytest
 
 from tests.gateway.jobs.conftest import eventually, fast_settings
+from tests.gateway.limits.support import make_caller, make_limiter
 from vlm_gateway.errors import ImageError
 from vlm_gateway.jobs import Worker, failed, succeeded
 from vlm_gateway.jobs.webhooks import WebhookSender
+from vlm_gateway.state import MemoryState
 
 
 def make_worker(queue, runner, settings, session=None, name=None, **over) -> Worker:
@@ -40,6 +42,42 @@ async def done(queue, job_id: str):
 
 async def echo(job):
     return succeeded({"kind": job.kind, "model": job.model, "body": msgspec.json.decode(job.body)})
+
+
+async def test_a_job_waiting_for_its_keys_limits_lets_other_keys_jobs_run(queue, settings) -> None:
+    """Alice's key (1 concurrent request) is busy: her jobs wait for it without holding the worker's
+    one slot, so Bob's job runs meanwhile; hers run once her key is free, one at a time."""
+    limiter = make_limiter(MemoryState())
+    _, alice = await make_caller(limiter, name="alice", rpm=0, concurrency=1)
+    busy = await limiter.admit(alice, ("m",))  # her key's one slot, taken by a request elsewhere
+    ran: list[str] = []
+
+    async def runner(job):
+        who = msgspec.json.decode(job.body)["who"]
+        if who == "alice":
+            permit = await limiter.admit_waiting(alice, ("m",))
+            await permit.release(0)
+        ran.append(who)
+        return succeeded({"who": who})
+
+    worker = make_worker(queue, runner, settings, concurrency=1)
+    await worker.start()
+    try:
+        hers = [await queue.submit("chat", "m", msgspec.json.encode({"who": "alice"})) for _ in range(3)]
+        bobs = await queue.submit("chat", "m", msgspec.json.encode({"who": "bob"}))
+        assert (await done(queue, bobs.id)).result.ok and ran == ["bob"]
+        assert worker.aside + worker.busy == 3  # (one of hers may be trying again, in the slot)
+        await busy.release(0)
+        for job in hers:
+            assert (await done(queue, job.id)).result.ok
+        assert ran == ["bob", "alice", "alice", "alice"]
+
+        async def idle():
+            return worker.aside == 0 and worker.busy == 0
+        await eventually(idle)
+    finally:
+        await worker.stop()
+        await limiter.close()
 
 
 async def test_runs_jobs_within_concurrency(queue, settings) -> None:
