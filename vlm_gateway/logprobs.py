@@ -52,7 +52,8 @@ class CompletionLogprobs:
             token = entry.token if entry is not None else first_token
             part.tokens.append(token)
             part.token_logprobs.append(entry.logprob if entry is not None else None)
-            part.top_logprobs.append({c.token: c.logprob for c in entry.top[:self.top]} if entry is not None else None)
+            part.top_logprobs.append(None if entry is None else {  # the token itself, then the most likely
+                entry.token: entry.logprob, **{c.token: c.logprob for c in entry.top[:self.top]}})
             part.text_offset.append(self.offset)
             self.offset += len(token)
         for name in FIELDS:

@@ -108,6 +108,7 @@ class Prepared(msgspec.Struct):
     prompt_text: str | None = None  # chat: the rendered prompt (POST /v1/chat/completions/render shows it)
     structured_param: str | None = None  # the field the structured output came from (an engine's refusal
     # of its schema names it): response_format, or tools for a forced call
+    echo_only: bool = False  # completions with echo and max_tokens 0: the one token vLLM makes is not shown
 
     @property
     def image_count(self) -> int:
@@ -286,6 +287,7 @@ async def _prepare_completion(svc: Services, req: CompletionRequest, model: Mode
         _load_images(svc, model, caller, sources), *(ids(p) for p in prompts))
     prepared = _prepared(model, req.model, token_ids, images, sampling, "cmpl", "prompt", permit,
                          image_token_id(tokenizer, model))
+    prepared.echo_only = req.max_tokens == 0
     if req.echo:
         prepared.echo = [Echo(p if isinstance(p, str) else tokenizer.decode(p), tokenizer.decode(ids[:1]))
                          for p, ids in zip(prompts, token_ids, strict=True)]
@@ -332,6 +334,13 @@ def _place_features(request: EngineRequest, loaded: list[LoadedImage], image_tok
     request.features = [PlacedImage(offset, f) for offset, f in zip(offsets, features, strict=True)]
 
 
+def _unshown(delta: EngineDelta) -> EngineDelta:
+    """``delta`` without the generated token of an echo-only request (its prompt ids, prompt logprobs and
+    finish reason stay)."""
+    completion = None if delta.completion_tokens is None else 0
+    return msgspec.structs.replace(delta, text="", token_ids=[], logprobs=None, completion_tokens=completion)
+
+
 # --- step 6 -------------------------------------------------------------------------------------
 
 async def generate(svc: Services, prepared: Prepared) -> AsyncIterator[EngineDelta]:
@@ -370,6 +379,8 @@ async def generate(svc: Services, prepared: Prepared) -> AsyncIterator[EngineDel
                     metrics.TIME_TO_FIRST_TOKEN.labels(model).observe(time.monotonic() - started)
                     first = False
                 await permit.check()  # a slot that lapsed while this replica stood still stops here
+                if prepared.echo_only:
+                    delta = _unshown(delta)
                 if tally.take(delta):
                     continue
                 if delta.logprobs:

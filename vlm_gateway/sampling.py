@@ -128,6 +128,8 @@ def _sampling(req: ChatCompletionRequest | CompletionRequest, max_tokens: int | 
         min_tokens=req.min_tokens,
         ignore_eos=req.ignore_eos,
     )
+    if req.stream_options is not None and not req.stream:  # as OpenAI and vLLM refuse it
+        raise InvalidRequest("stream_options is only allowed with stream: true", param="stream_options")
     if params.n > 1 and params.temperature is not None and params.temperature < GREEDY_BELOW:
         raise InvalidRequest(f"n={params.n} needs a temperature above 0: greedy sampling has one answer",
                              param="n")
@@ -158,7 +160,13 @@ def completion_sampling(req: CompletionRequest, stop_token_ids: list[int],
     if req.best_of is not None and req.best_of != req.n:
         raise InvalidRequest("best_of is not supported: ask for n choices (with logprobs to rank them)",
                              param="best_of")
-    params = _sampling(req, req.max_tokens, stop_token_ids, defaults)
+    max_tokens = req.max_tokens
+    if max_tokens == 0:  # OpenAI's way to score a prompt: vLLM generates at least one token, not shown
+        if not req.echo:
+            raise InvalidRequest("max_tokens 0 generates nothing: it goes with echo (the prompt and, with "
+                                 "logprobs, its logprobs)", param="max_tokens")
+        max_tokens = 1
+    params = _sampling(req, max_tokens, stop_token_ids, defaults)
     params.logprobs = req.logprobs
     if req.echo and req.logprobs is not None:
         params.prompt_logprobs = req.logprobs

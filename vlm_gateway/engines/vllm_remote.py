@@ -336,7 +336,7 @@ def _logprobs(choice: _Choice) -> list[TokenLogprob] | None:
 
 def _prompt_logprobs(chunk: _Chunk) -> list[TokenLogprob | None] | None:
     """vLLM's per-position maps (token id → logprob, rank, text) as the prompt token's own entry plus
-    its alternatives by rank."""
+    the most likely tokens by rank (itself among them where it is one)."""
     if chunk.prompt_logprobs is None or chunk.prompt_token_ids is None:
         return None
     out: list[TokenLogprob | None] = []
@@ -345,7 +345,7 @@ def _prompt_logprobs(chunk: _Chunk) -> list[TokenLogprob | None] | None:
         if position is None or own is None:
             out.append(None)
             continue
-        ranked = sorted((p for i, p in position.items() if i != token_id), key=lambda p: p.rank or 0)
+        ranked = sorted(position.values(), key=lambda p: p.rank or 0)
         out.append(TokenLogprob(own.decoded_token or "", own.logprob, None,
                                 [Candidate(p.decoded_token or "", p.logprob) for p in ranked]))
     return out

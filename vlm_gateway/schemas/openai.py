@@ -201,7 +201,7 @@ class CompletionRequest(Struct):
     prompt: Prompt  # a string, strings, token ids or lists of token ids: one choice per prompt per `n`
     images: list[ImageInput] | None = None
     extra_body: CompletionExtraBody | None = None
-    max_tokens: PosInt | None = 16
+    max_tokens: NonNegInt | None = 16  # 0 with echo: the prompt scored (its logprobs), nothing generated
     temperature: Temperature | None = None
     top_p: TopP | None = None
     n: Choices | None = 1  # null, for these three (as the SDK sends a None): the default

@@ -166,6 +166,7 @@ def test_stream_sse_format(client, engines) -> None:
     (chat(logit_bias={"5": 500}), 400, "logit_bias", None),  # a map's value is named as the map
     (chat(seed=2**64), 400, "seed", None),  # a signed 64-bit integer, as OpenAI's and vLLM's
     (chat(n=129, temperature=1), 400, "n", None),
+    (chat(stream_options={"include_usage": True}), 400, "stream_options", None),  # without stream
     (chat(functions=[{"name": "f", "parameters": {"type": "object"}}]), 400, "functions", None),
     (chat(function_call="auto"), 400, "function_call", None),
     ({"model": "m", "messages": [{"role": "user", "content": [
@@ -425,10 +426,36 @@ def test_completions_echo_and_logprobs(client) -> None:
     r = client.post("/v1/completions", json=completion(echo=True, logprobs=0, prompt=[5, 6, 7])).json()
     lp = r["choices"][0]["logprobs"]
     assert lp["token_logprobs"][:3] == [None, -1.0, -1.0] and lp["tokens"][1:3] == ["t6", "t7"]
-    assert lp["top_logprobs"][0] is None and lp["top_logprobs"][1] == {}
+    assert lp["top_logprobs"][0] is None and lp["top_logprobs"][1] == {"t6": -1.0}  # the token itself, always
     assert lp["tokens"][3:] == ["Hi", " there"]
     assert lp["text_offset"] == [0, len(lp["tokens"][0]), len(lp["tokens"][0]) + 2, len(lp["tokens"][0]) + 4,
                                  len(lp["tokens"][0]) + 6]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_completions_echo_with_max_tokens_0_scores_the_prompt(client, stream) -> None:
+    """OpenAI's way to score a prompt: its text and logprobs, nothing generated (vLLM makes one token,
+    which is not shown or counted)."""
+    body = completion(echo=True, logprobs=0, prompt=[5, 6, 7], max_tokens=0, stream=stream,
+                      stream_options={"include_usage": True} if stream else None)
+    r = client.post("/v1/completions", json=body)
+    assert r.status_code == 200, r.text
+    if stream:
+        chunks = [msgspec.json.decode(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+        choices = [c for chunk in chunks for c in chunk["choices"]]
+        text = "".join(c["text"] for c in choices)
+        tokens = [t for c in choices if c["logprobs"] for t in c["logprobs"]["tokens"]]
+        usage = chunks[-1]["usage"]
+    else:
+        reply = r.json()
+        text, tokens, usage = (reply["choices"][0]["text"], reply["choices"][0]["logprobs"]["tokens"],
+                               reply["usage"])
+    assert tokens[1:] == ["t6", "t7"] and len(tokens) == 3  # the prompt's only
+    assert usage["completion_tokens"] == 0 and usage["total_tokens"] == usage["prompt_tokens"]
+    generated = client.post("/v1/completions", json=completion(echo=True, prompt=[5, 6, 7])).json()
+    assert text + "Hi there" == generated["choices"][0]["text"]  # the prompt alone
+    err = client.post("/v1/completions", json=completion(max_tokens=0)).json()["error"]
+    assert err["param"] == "max_tokens"
 
 
 def test_completions_stream_echo_and_logprobs(client) -> None:
