@@ -61,14 +61,19 @@ def _arguments(value: Any) -> dict | None:
 
 
 def call_from_object(obj: Any, names: Iterable[str], arguments_key: Iterable[str]) -> ToolCall | None:
-    """``{"name": <offered tool>, <arguments key>: {...}}`` → a call (arguments ``{}`` when no key is
-    present); None for anything else."""
+    """``{"name": <offered tool>, <arguments key>: {...}}`` → a call (arguments ``{}`` when the object
+    holds nothing but its name); None for anything else, such as arguments under another key, which
+    stays the model's text rather than a call without them."""
     if not isinstance(obj, dict):
         return None
     name = obj.get("name")
     if not isinstance(name, str) or name not in names:
         return None
-    value = next((obj[key] for key in arguments_key if key in obj), {})
+    value = next((obj[key] for key in arguments_key if key in obj), None)
+    if value is None:
+        if set(obj) - {"name", "type"}:
+            return None
+        value = {}
     arguments = _arguments(value)
     return None if arguments is None else make_call(name, arguments)
 

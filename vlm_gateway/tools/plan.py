@@ -60,18 +60,29 @@ def parameters_schema(tool: Tool) -> dict:
     return tool.function.parameters if tool.function.parameters is not None else NO_PARAMETERS
 
 
+_DEFS = ("$defs", "definitions")  # where a schema keeps what its "$ref"s name ("#/$defs/Address")
+
+
 def required_schema(tools: list[Tool], parallel: bool) -> dict:
     """A JSON array (1 item, or 1..n with ``parallel``) of ``{"name", "parameters"}`` objects, one
-    ``anyOf`` branch per tool so each name goes with its own parameters."""
-    branches = [{
-        "type": "object",
-        "properties": {
-            "name": {"type": "string", "enum": [tool.function.name]},
-            "parameters": parameters_schema(tool),
-        },
-        "required": ["name", "parameters"],
-    } for tool in tools]
-    schema: dict = {"type": "array", "items": {"anyOf": branches}, "minItems": 1}
+    ``anyOf`` branch per tool so each name goes with its own parameters. Each tool's ``$defs`` move to
+    the array's root, where its ``$ref``s look for them (as vLLM's own required-mode schema does); two
+    tools that define one name differently are a 400."""
+    branches, shared = [], {}
+    for i, tool in enumerate(tools):
+        parameters = dict(parameters_schema(tool))
+        for key in _DEFS:
+            for name, definition in (parameters.pop(key, None) or {}).items():
+                if shared.setdefault(key, {}).setdefault(name, definition) != definition:
+                    raise InvalidRequest(f"tools define {key} {name!r} differently: with tool_choice \"required\" "
+                                         "their schemas are one, so a name must mean one thing",
+                                         param=f"tools[{i}].function.parameters")
+        branches.append({
+            "type": "object",
+            "properties": {"name": {"type": "string", "enum": [tool.function.name]}, "parameters": parameters},
+            "required": ["name", "parameters"],
+        })
+    schema: dict = {"type": "array", "items": {"anyOf": branches}, "minItems": 1, **shared}
     if not parallel:
         schema["maxItems"] = 1
     return schema

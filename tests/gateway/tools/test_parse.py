@@ -61,6 +61,8 @@ def test_text_without_calls_is_unchanged(hermes: ToolFormat) -> None:
     '<tool_call>\n["get_weather"]\n</tool_call>',
     '<tool_call>\n{"name": "get_weather", "arguments": {"t": NaN}}\n</tool_call>',  # not JSON
     '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}',  # never closed
+    '<tool_call>\n{"name": "get_weather", "parameters": {"city": "Paris"}}\n</tool_call>',  # not its key:
+    # not a call without its arguments
 ])
 def test_malformed_calls_stay_text(hermes: ToolFormat, block: str) -> None:
     text = "Before " + block
@@ -132,6 +134,8 @@ def test_json_text_after_calls(gemma: ToolFormat) -> None:
     "  Sure: " + LLAMA_CALL,  # a call after text is text
     '{"city": "Paris"}',  # JSON, but no call
     '{"name": "nope", "parameters": {}}',
+    '{"name": "get_weather", "args": {"city": "Paris"}}',  # arguments under another key: text
+    '{"name": "get_weather", "city": "Paris"}',
     '{"name": "get_weather", "parameters": {"city": "Paris"}',  # never closed
     '{"name": "get_weather", "parameters": {"city": "Par}is"}} trailing',  # braces in strings, then text
     "<|python_start|>Some text<|python_end|>",

@@ -56,6 +56,28 @@ def test_required_schema() -> None:
     }, "disable_any_whitespace": True}
 
 
+def test_required_schema_keeps_the_tools_defs_where_their_refs_look() -> None:
+    """``openai.pydantic_function_tool`` of a nested model: ``$ref: "#/$defs/Address"``, resolved from the
+    schema's root, where the tools' ``$defs`` go."""
+    address = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    ship = Tool(FunctionDef("ship", parameters={"type": "object", "properties": {"to": {"$ref": "#/$defs/Address"}},
+                                                "required": ["to"], "$defs": {"Address": address}}))
+    bill = Tool(FunctionDef("bill", parameters={"type": "object", "properties": {"to": {"$ref": "#/$defs/Address"}},
+                                                "$defs": {"Address": address}}))
+    schema = plan_tools([ship, bill, WEATHER], "required").structured_outputs["json"]
+    assert schema["$defs"] == {"Address": address}
+    assert all("$defs" not in b["properties"]["parameters"] for b in schema["items"]["anyOf"])
+    jsonschema.Draft202012Validator.check_schema(schema)
+    valid = [{"name": "ship", "parameters": {"to": {"city": "Paris"}}}]
+    jsonschema.validate(valid, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate([{"name": "ship", "parameters": {"to": {"town": 5}}}], schema)
+    other = Tool(FunctionDef("other", parameters={"type": "object", "$defs": {"Address": {"type": "string"}}}))
+    with pytest.raises(InvalidRequest) as clash:
+        plan_tools([ship, other], "required")
+    assert clash.value.param == "tools[1].function.parameters"
+
+
 def test_one_call_without_parallel_calls() -> None:
     assert plan_tools(TOOLS, "required", False).structured_outputs["json"]["maxItems"] == 1
     assert "maxItems" not in plan_tools(TOOLS, "required", True, family_format=fmt("llama4")).structured_outputs["json"]
