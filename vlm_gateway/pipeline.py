@@ -268,6 +268,9 @@ async def _prepare_completion(svc: Services, req: CompletionRequest, model: Mode
     if len(prompts) * req.n > MAX_COMPLETION_CHOICES:
         raise InvalidRequest(f"{len(prompts)} prompts x n={req.n} choices is more than the "
                              f"{MAX_COMPLETION_CHOICES} one request may ask for", param="prompt")
+    if req.return_token_ids and len(prompts) > 1:  # the answer has one place for them
+        raise InvalidRequest("return_token_ids goes with one prompt: send the prompts as separate requests",
+                             param="return_token_ids")
     sources = completion_image_sources(req)
     _check_image_count(svc, model, len(sources), "images")
     if sources and (len(prompts) != 1 or not isinstance(prompts[0], str)):

@@ -42,8 +42,11 @@ def map_image_markers(family: Family, prompt: str, image_count: int) -> str:
             )
         position = len(numbers) + 1
         if match.lastgroup == "native":
-            numbers.append(int(match.group("n")) if is_numbered(family) else position)
-            return match.group(0)
+            if not is_numbered(family):
+                numbers.append(position)
+                return match.group(0)
+            numbers.append(int(match.group("n")))
+            return placeholder(family, numbers[-1])  # as the engine's processor reads it (<|image_1|>, not _01)
         numbers.append(position)
         return placeholder(family, position)
 

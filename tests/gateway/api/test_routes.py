@@ -432,6 +432,13 @@ def test_completions_echo_and_logprobs(client) -> None:
                                  len(lp["tokens"][0]) + 6]
 
 
+def test_completions_return_token_ids_goes_with_one_prompt(client) -> None:
+    r = client.post("/v1/completions", json=completion(prompt=["a", "b c d e"], return_token_ids=True))
+    assert r.status_code == 400 and r.json()["error"]["param"] == "return_token_ids"
+    r = client.post("/v1/completions", json=completion(prompt=[5, 6, 7], return_token_ids=True))
+    assert r.status_code == 200 and r.json()["prompt_token_ids"][:3] == [0, 1, 2]  # (the scripted engine's ids)
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_completions_echo_with_max_tokens_0_scores_the_prompt(client, stream) -> None:
     """OpenAI's way to score a prompt: its text and logprobs, nothing generated (vLLM makes one token,

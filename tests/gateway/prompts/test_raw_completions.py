@@ -54,6 +54,7 @@ def test_phi_numbers_generic_markers_in_order() -> None:
     family = get_family("phi3_5_vision")
     assert map_image_markers(family, "<image><image>\n<image>", 3) == "<|image_1|><|image_2|>\n<|image_3|>"
     assert map_image_markers(family, "<|image_2|> <|image_1|>", 2) == "<|image_2|> <|image_1|>"
+    assert map_image_markers(family, "<|image_01|>\nWhat?", 1) == "<|image_1|>\nWhat?"  # as vLLM reads it
     with pytest.raises(InvalidRequest, match="1 to 2, each once"):
         map_image_markers(family, "<|image_1|><|image_1|>", 2)
     with pytest.raises(InvalidRequest, match="1 to 1"):
