@@ -55,7 +55,7 @@ MODEL_REQUESTS = Counter(f"{PREFIX}_model_requests", "Requests that reached a mo
 BEFORE_ENGINE = Histogram(f"{PREFIX}_before_engine_seconds", "Time from the request's arrival to its engine "
                           "call: admission, images, template, tokens.", ["model"], buckets=_LATENCY)
 TIME_TO_FIRST_TOKEN = Histogram(f"{PREFIX}_time_to_first_token_seconds", "Time from the request's arrival to "
-                                "the engine's first output.", ["model"], buckets=_LATENCY)
+                                "the engine's first output (streamed requests).", ["model"], buckets=_LATENCY)
 PROMPT_TOKENS = Counter(f"{PREFIX}_prompt_tokens", "Prompt tokens as the engine counted them (images "
                         "expanded).", ["model"])
 IMAGE_TOKENS = Counter(f"{PREFIX}_image_tokens", "The prompt tokens images took.", ["model"])

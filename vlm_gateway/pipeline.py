@@ -379,7 +379,8 @@ async def generate(svc: Services, prepared: Prepared) -> AsyncIterator[EngineDel
         try:
             async for delta in stream:
                 if first:
-                    metrics.TIME_TO_FIRST_TOKEN.labels(model).observe(time.monotonic() - started)
+                    if prepared.engine_requests[0].stream:  # (a whole answer's first delta is its end)
+                        metrics.TIME_TO_FIRST_TOKEN.labels(model).observe(time.monotonic() - started)
                     first = False
                 await permit.check()  # a slot that lapsed while this replica stood still stops here
                 if prepared.echo_only:
@@ -403,17 +404,18 @@ async def generate(svc: Services, prepared: Prepared) -> AsyncIterator[EngineDel
         raise
     finally:
         _count(prepared, outcome)
-        await permit.release(tally.total if tally.prompt_tokens is not None else 0)
+        await permit.release(tally.spent)
 
 
 def _count(prepared: Prepared, outcome: str) -> None:
-    """The request's outcome and, when the engine reported usage, its tokens (``metrics``)."""
+    """The request's outcome and its tokens, as ``Tally.spent`` counts them (``metrics``)."""
     model, tally = prepared.model.id, prepared.tally
     metrics.MODEL_REQUESTS.labels(model, outcome).inc()
-    if tally.prompt_tokens is not None:
+    if tally.spent:
         usage = tally.usage()
+        completion = usage.completion_tokens if tally.prompt_tokens is not None else tally.streamed
         metrics.PROMPT_TOKENS.labels(model).inc(usage.prompt_tokens)
-        metrics.COMPLETION_TOKENS.labels(model).inc(usage.completion_tokens)
+        metrics.COMPLETION_TOKENS.labels(model).inc(completion)
         details = usage.prompt_tokens_details
         metrics.IMAGE_TOKENS.labels(model).inc(details.image_tokens if details else 0)
     metrics.IMAGES.labels(model).inc(tally.image_count)

@@ -10,6 +10,7 @@ engine iterator, which aborts the engine request.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -38,6 +39,7 @@ from vlm_gateway.schemas.openai import (
 from vlm_gateway.tools import ToolCallStream
 
 _ENCODER = msgspec.json.Encoder()
+log = logging.getLogger("vlm_gateway")
 DONE = b"data: [DONE]\n\n"
 
 
@@ -158,11 +160,16 @@ async def completion_chunks(prepared: Prepared, deltas: AsyncIterator[EngineDelt
 
 
 async def sse_events(chunks: AsyncIterator[msgspec.Struct]) -> AsyncIterator[bytes]:
+    """The chunks as events; a failure on the way ends the stream with its error event (then ``[DONE]``),
+    never with a cut connection."""
     try:
         async for body in chunks:
             yield sse(body)
     except GatewayError as exc:
         yield sse(exc.body())
+    except Exception as exc:  # a bug of the gateway's own: logged, and told as OpenAI's server_error
+        log.exception("stream failed", exc_info=exc)
+        yield sse(GatewayError("internal server error").body())
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
     yield DONE

@@ -21,9 +21,11 @@ class Tally(msgspec.Struct):
     prompt_ids: list[int] | None = None  # the prompt as the engine saw it (first delta)
     image_tokens: int | None = None  # as the engine placed them (first delta), when it says
     cached_tokens: int = 0  # of the prompt tokens, those the engine's prefix cache held (when it says)
+    streamed: int = 0  # token ids the engine sent so far (what was spent where no usage ever comes)
 
     def take(self, delta: EngineDelta) -> bool:
         """Record what ``delta`` says about tokens; True when that is all it carries."""
+        self.streamed += len(delta.token_ids)
         if delta.prompt_token_ids is not None and self.prompt_ids is None:
             self.prompt_ids = delta.prompt_token_ids
         if delta.image_tokens is not None and self.image_tokens is None:
@@ -44,6 +46,14 @@ class Tally(msgspec.Struct):
     @property
     def total(self) -> int:
         return self.prompt + self.completion_tokens
+
+    @property
+    def spent(self) -> int:
+        """What counts against tokens/min: the engine's usage; where it never came (the client left, the
+        engine failed mid-answer), the prompt and the tokens sent so far; 0 where the engine sent nothing."""
+        if self.prompt_tokens is not None:
+            return self.total
+        return self.prompt + self.streamed if self.prompt_ids is not None or self.streamed else 0
 
     def usage(self) -> Usage:
         """OpenAI's usage: ``image_tokens`` is what the engine put in for the images (where it does not say:

@@ -50,9 +50,16 @@ class FakeVLLM:
         await resp.prepare(request)
         first = {"choices": [{"index": 0, "text": "Hel", "token_ids": [5]}], "prompt_token_ids": [1, 2, 3],
                  "mm_placeholders": {"image": [{"offset": 1, "length": 2}]} if body.get("content_parts") else None}
+        if self.mode == "big":  # a first event longer than aiohttp's default line limit (a long prompt's ids)
+            first["prompt_token_ids"] = [7] * 400_001
         await resp.write(b"data: " + msgspec.json.encode(first) + b"\n\n")
         if self.mode == "slow":
             await asyncio.sleep(5)
+        if self.mode == "cut":  # the body ends early, cleanly: no finish, no [DONE]
+            return resp
+        if self.mode == "garbage":  # a line that is not vLLM's
+            await resp.write(b"data: <html>bad gateway</html>\n\n")
+
         if self.mode == "error":
             await resp.write(b'data: {"error": {"message": "boom"}}\n\n')
         if self.mode == "error_chunk":  # vLLM validates the prompt inside the stream (stream=true)
@@ -224,13 +231,45 @@ async def test_no_healthy_server_is_503() -> None:
         await client.close()
 
 
+async def test_a_stream_cut_short_or_unreadable_is_the_engines_failure(engine) -> None:
+    fake, client = engine
+    fake.mode = "cut"
+    with pytest.raises(EngineCrashed, match="mid-answer.*ended before its end"):  # output had begun
+        [d async for d in client.generate(request())]
+    fake.mode = "garbage"
+    with pytest.raises(EngineCrashed, match="could not be read"):
+        [d async for d in client.generate(request())]
+
+
+async def test_a_long_first_event_is_read(engine) -> None:
+    fake, client = engine
+    fake.mode = "big"
+    deltas = [d async for d in client.generate(request())]
+    assert len(deltas[0].prompt_token_ids) == 400_001 and "".join(d.text for d in deltas) == "Hello"
+
+
+async def test_the_pools_time_limit_applies_when_tighter(engine) -> None:
+    fake, _ = engine
+    fake.mode = "slow"
+    async with aiohttp.ClientSession() as session:
+        client = pool_of([_url(engine)], session, request_timeout_s=0.3)
+        client.members[0].healthy = True
+        with pytest.raises(EngineTimeout, match="0.3 s"):
+            [d async for d in client.generate(request(timeout_s=30))]
+
+
+def _url(engine) -> str:
+    return engine[1].members[0].url
+
+
 async def test_connection_refused_is_down() -> None:
     async with aiohttp.ClientSession() as session:
         client = pool_of(["http://127.0.0.1:9"], session)
         client.members[0].healthy = True  # was up; nothing listens now
-        with pytest.raises(EngineDown, match="connection failed"):
+        with pytest.raises(EngineDown, match="could take the request") as down:
             [d async for d in client.generate(request())]
         assert not client.ready
+        assert down.value.retry_after_s == 5 and "127.0.0.1" not in down.value.message  # (in the log only)
 
 
 async def test_one_failed_health_probe_does_not_take_a_busy_engine_out(engine) -> None:

@@ -220,3 +220,15 @@ async def test_event_stream_server_stop_propagates() -> None:
     serving.cancel()
     with pytest.raises(asyncio.CancelledError):
         await serving
+
+
+def test_tokens_of_an_answer_cut_short_are_spent() -> None:
+    """A client that leaves mid-answer (or an engine that fails) never gets the usage chunk: tokens/min is
+    charged the prompt and the tokens sent so far, not nothing."""
+    tally = Tally(sent_tokens=4, image_count=0)
+    assert tally.spent == 0  # the engine sent nothing: nothing spent
+    tally.take(EngineDelta(0, "Hel", token_ids=[5], prompt_token_ids=[1, 2, 3, 9, 9]))
+    tally.take(EngineDelta(0, "lo", token_ids=[6, 7]))
+    assert tally.spent == 5 + 3
+    tally.take(EngineDelta(prompt_tokens=5, completion_tokens=4))  # the engine's own count wins
+    assert tally.spent == 9

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import msgspec
+from aiohttp.http_exceptions import LineTooLong
 
 from vlm_gateway.engines import EngineDelta
 from vlm_gateway.engines.errors import EngineCacheMiss, EngineCrashed, EngineDown, EngineError, EngineRejected
@@ -70,9 +71,13 @@ async def post(session: aiohttp.ClientSession, url: str, data: bytes, headers: d
         return await session.post(url, data=data, headers=headers, timeout=timeout)
 
 
+MAX_EVENT_BYTES = 1 << 26  # one event's line: vLLM's first chunk holds the prompt's ids (a long prompt: MBs)
+
+
 async def sse_data(stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
-    """The ``data:`` payloads of an event stream, up to ``[DONE]``."""
-    async for raw in stream:
+    """The ``data:`` payloads of an event stream, up to ``[DONE]``. A body that ends before it (an engine,
+    or a proxy before it, that closed the stream early) is ``EngineDown``: the answer is cut short."""
+    while raw := await _line(stream):
         line = raw.strip()
         if not line.startswith(b"data:"):
             continue
@@ -81,6 +86,14 @@ async def sse_data(stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
             await stream.read()  # to the end of the body, so the connection goes back to the pool for reuse
             return
         yield data
+    raise EngineDown("the engine's stream ended before its end ([DONE])")
+
+
+async def _line(stream: aiohttp.StreamReader) -> bytes:
+    try:
+        return await stream.readline(max_line_length=MAX_EVENT_BYTES)
+    except LineTooLong as exc:
+        raise EngineCrashed(f"the engine sent an event over {MAX_EVENT_BYTES} bytes") from exc
 
 
 async def once_more_before_output(

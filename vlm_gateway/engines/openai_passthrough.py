@@ -39,7 +39,7 @@ from vlm_gateway.engines._wire import (
     sse_data,
     status_of,
 )
-from vlm_gateway.engines.errors import EngineDown, EngineRejected, EngineTimeout, EngineUnreachable
+from vlm_gateway.engines.errors import EngineCrashed, EngineDown, EngineRejected, EngineTimeout, EngineUnreachable
 
 PROBE_TIMEOUT_S = 5.0
 _NO_LOGPROB = -9999.0  # vLLM's sentinel when a token has no logprob
@@ -179,12 +179,14 @@ class OpenAIServer:
                         usage_seen = usage_seen or delta.prompt_tokens is not None
                         pieces += bool(delta.text)
                         yield delta
-        except aiohttp.ClientConnectorError as exc:
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise EngineUnreachable(f"engine connection failed: {exc}") from exc
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise EngineDown(f"engine connection lost: {type(exc).__name__}: {exc}") from exc
         except TimeoutError as exc:
             raise EngineTimeout(f"the request took longer than {total_s:g} s") from exc
+        except msgspec.DecodeError as exc:
+            raise EngineCrashed(f"the engine's answer could not be read: {exc}") from exc
         if not usage_seen:  # an estimate (see the module docstring)
             yield EngineDelta(prompt_tokens=len(request.token_ids), completion_tokens=pieces)
 

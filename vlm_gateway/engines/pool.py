@@ -198,7 +198,7 @@ class EnginePool:
         """The request's output from one server of the pool; before its first output, a server that is
         down hands the request to the next."""
         tried: set[str] = set()
-        total = request.timeout_s or self._request_timeout_s
+        total = min(request.timeout_s or math.inf, self._request_timeout_s or math.inf)  # the tighter limit
         deadline = time.monotonic() + total  # every attempt within the request's one time limit
         while True:
             member = await self._pick(request.affinity, tried)
@@ -218,7 +218,10 @@ class EnginePool:
                     raise EngineCrashed(f"the engine failed mid-answer: {exc.message}") from exc
                 tried.add(member.url)
                 if not any(m.healthy and m.url not in tried for m in self.members):
-                    raise
+                    log.warning("engine %s failed before the first output (%s); no other engine is up",
+                                member.url, exc.message)
+                    raise EngineDown(f"no engine for {self.model} could take the request; retry shortly",
+                                     retry_after_s=5) from exc  # (the engines' addresses stay in the log)
                 metrics.FAILOVERS.inc()
                 log.warning("engine %s failed before the first output (%s); trying another", member.url,
                             exc.message)

@@ -54,6 +54,7 @@ from vlm_gateway.engines.errors import EngineCacheMiss, EngineCrashed, EngineDow
 log = logging.getLogger("vlm_gateway.engine")
 
 PROBE_TIMEOUT_S = 5.0
+ABORT_TIMEOUT_S = 1.0
 # What the gateway assumes a server still holds of the image inputs it was sent: well under vLLM's
 # default multimodal processor cache (4 GiB, LRU), which other clients of the server share.
 HELD_ENTRIES = 4096
@@ -259,13 +260,14 @@ class VLLMServer:
             body["features"] = self._features(request, by_key)
         elif request.images:
             body["content_parts"] = self._content_parts(request, by_key)
-        finished = False
+        settled = answered = False  # settled: nothing of it left in the engine to abort
         try:
             async with await post(
                 self._session, self.url + "/inference/v1/generate", _ENCODE.encode(body),
                 {"Content-Type": "application/json", "X-Request-Id": request.request_id},
                 aiohttp.ClientTimeout(total=max(deadline - time.monotonic(), 0.001), sock_connect=5),
             ) as resp:
+                answered = True
                 if resp.status != 200:
                     raise http_error(resp.status, await resp.read())
                 chunks = _sse_chunks(resp.content) if body["stream"] else _whole(resp)
@@ -283,18 +285,24 @@ class VLLMServer:
                         yield delta
                 if own_usage:  # as vLLM counts it: the prompt's ids, and every token id it streamed
                     yield EngineDelta(prompt_tokens=len(request.token_ids), completion_tokens=generated)
-                finished = True
-        except aiohttp.ClientConnectorError as exc:
+                settled = True
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            settled = True  # never connected: the engine never saw it
             raise EngineUnreachable(f"engine connection failed: {exc}") from exc
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:  # it went away mid-request
             raise EngineDown(f"engine connection lost: {type(exc).__name__}: {exc}") from exc
         except TimeoutError as exc:
             raise EngineTimeout(f"the request took longer than {total_s:g} s") from exc
+        except msgspec.DecodeError as exc:  # (an answer that is not vLLM's: a proxy's page, a cut line)
+            raise EngineCrashed(f"the engine's answer could not be read: {exc}") from exc
         finally:
-            if not finished:
-                await self._abort(request.request_id)
+            if not settled:
+                await self._abort(request.request_id, answered)
 
-    async def _abort(self, request_id: str) -> None:
+    async def _abort(self, request_id: str, answering: bool = True) -> None:
+        """Stop the request in the engine. Its caller waits (the engine's slot is free when it returns), but
+        not long: an engine that does not take the abort at once (``answering``: it had answered the
+        request; else it may never have read it) is one that hangs, and the caller's error is due now."""
         # vLLM names the request "generate-tokens-<id>" internally; send both forms.
         ids = [request_id, f"generate-tokens-{request_id}"]
         try:
@@ -302,7 +310,7 @@ class VLLMServer:
                 self.url + "/inference/v1/abort_requests",
                 data=_ENCODE.encode({"request_ids": ids}),
                 headers={"Content-Type": "application/json"},
-                timeout=aiohttp.ClientTimeout(total=5),
+                timeout=aiohttp.ClientTimeout(total=ABORT_TIMEOUT_S if answering else ABORT_TIMEOUT_S / 4),
             ):
                 pass
         except (TimeoutError, aiohttp.ClientError):

@@ -42,18 +42,18 @@ def value(samples: dict, name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
 
 
-def chat(client: TestClient, secret: str = ALICE, model: str = "m", images: int = 1):
+def chat(client: TestClient, secret: str = ALICE, model: str = "m", images: int = 1, **extra):
     content = [{"type": "text", "text": "What is it?"}] + [
         {"type": "image_url", "image_url": {"url": png_data_uri(64, 48, (10 * i, 20, 30))}} for i in range(images)]
-    return client.post("/v1/chat/completions", headers=auth(secret),
-                       json={"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 5})
+    return client.post("/v1/chat/completions", headers=auth(secret), json={
+        "model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 5, **extra})
 
 
 def test_metrics_count_what_requests_did(client) -> None:
     before = scrape(client)
     assert chat(client).status_code == 200
     assert chat(client, model="nope").status_code == 404
-    assert chat(client, secret=CAROL).status_code == 200
+    assert chat(client, secret=CAROL, stream=True, stream_options={"include_usage": True}).status_code == 200
     assert chat(client, secret=CAROL).status_code == 429
     refused = chat(client, secret="vlm-not-a-key")  # refused before the route runs
     assert refused.status_code == 401 and refused.json()["error"]["type"] == "authentication_error"
@@ -77,7 +77,7 @@ def test_metrics_count_what_requests_did(client) -> None:
     assert moved("vlm_gateway_completion_tokens_total", model="m") == 4
     assert moved("vlm_gateway_image_tokens_total", model="m") > 2 * 98
     assert moved("vlm_gateway_prompt_tokens_total", model="m") > moved("vlm_gateway_image_tokens_total", model="m")
-    assert moved("vlm_gateway_time_to_first_token_seconds_count", model="m") == 2
+    assert moved("vlm_gateway_time_to_first_token_seconds_count", model="m") == 1  # the streamed one's
     assert moved("vlm_gateway_before_engine_seconds_count", model="m") == 2
     assert moved("vlm_gateway_image_loader_events_total", event="data_uris") == 2
     assert moved("vlm_gateway_rate_limited_total", key="carol") == 1
