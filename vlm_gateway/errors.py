@@ -162,6 +162,14 @@ class Timeout(GatewayError):
     default_code = "timeout"
 
 
+class ClientGone(GatewayError):
+    """The client closed its connection before the answer (nginx's 499): no one reads this one."""
+
+    status = 499
+    type = "invalid_request_error"
+    default_code = "client_closed_request"
+
+
 _ENCODER = msgspec.json.Encoder()
 _STATUS_TYPES = {400: InvalidRequest, 401: AuthenticationFailed, 403: PermissionDenied, 404: NotFound,
                  413: PayloadTooLarge, 429: RateLimited, 503: EngineUnavailable}

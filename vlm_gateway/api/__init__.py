@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from litestar.connection import ASGIConnection
 from litestar.openapi.datastructures import ResponseSpec
 
-from vlm_gateway.errors import ErrorEnvelope, SeedErrorBody
+from vlm_gateway.errors import ClientGone, ErrorEnvelope, SeedErrorBody
 from vlm_gateway.limits import Caller
 from vlm_gateway.pipeline import Services
 
@@ -54,3 +56,37 @@ def caller(connection: ASGIConnection[Any, Any, Any, Any]) -> Caller:
     from vlm_gateway.limits.rate import ANONYMOUS
 
     return connection.state.get("caller") or ANONYMOUS
+
+
+T = TypeVar("T")
+
+
+async def while_connected(connection: ASGIConnection[Any, Any, Any, Any], work: Coroutine[Any, Any, T]) -> T:
+    """``work``'s result, or, when the client closes its connection first, ``work`` cancelled (its engine
+    request aborted, its slot freed) and ``ClientGone``: a client that gave up keeps no engine busy. For
+    the work before an answer's first byte (a streamed answer's client leaving later is seen by its
+    stream). One watching task; ``work`` runs in the handler's own."""
+    handler, state = asyncio.current_task(), {"running": True, "left": False}
+
+    def gone(watcher: asyncio.Future[None]) -> None:
+        if state["running"] and not watcher.cancelled() and watcher.exception() is None:
+            state["left"] = True
+            handler.cancel()  # type: ignore[union-attr]
+
+    watcher = asyncio.ensure_future(_disconnect(connection))
+    watcher.add_done_callback(gone)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if state["left"] and handler.uncancel() == 0:  # type: ignore[union-attr]
+            raise ClientGone("the client closed the connection before the answer") from None
+        raise
+    finally:
+        state["running"] = False
+        watcher.cancel()
+
+
+async def _disconnect(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+    """Returns when the client has gone (the body is read: the server's next message is the disconnect)."""
+    while (await connection.receive())["type"] != "http.disconnect":
+        pass

@@ -8,7 +8,7 @@ from litestar import Request, Response, post
 from litestar.params import JSONBody
 from litestar.response import Stream
 
-from vlm_gateway.api import ERRORS, caller, services, success
+from vlm_gateway.api import ERRORS, caller, services, success, while_connected
 from vlm_gateway.complete import complete_chat
 from vlm_gateway.pipeline import prepare_chat
 from vlm_gateway.schemas.openai import ChatCompletion, ChatCompletionRequest
@@ -22,7 +22,8 @@ async def chat_completions(request: Request[Any, Any, Any],
                            data: JSONBody[ChatCompletionRequest]) -> Response[Any] | Stream:
     svc, req = services(request), data
     if not req.stream:
-        body, headers = await complete_chat(svc, req, caller(request))
+        body, headers = await while_connected(request, complete_chat(svc, req, caller(request)))
         return Response(body, headers=headers)
     prepared = await prepare_chat(svc, req, caller(request))
-    return await stream_response(svc, prepared, chat_events, req.stream_options, req.return_token_ids)
+    response = stream_response(svc, prepared, chat_events, req.stream_options, req.return_token_ids)
+    return await while_connected(request, response)  # (the wait for the first delta)

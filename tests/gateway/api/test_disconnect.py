@@ -1,0 +1,48 @@
+"""A client that closes its connection before the answer's first byte (a whole answer, or a stream whose
+first output has not come) stops its engine request and frees its key's slot at once, on uvicorn."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.gateway.responses_api.conftest import ScriptedEngine, app_for, wait_for
+from tests.helpers import TEST_KEYS, auth, hash_secret, serve_app
+from vlm_gateway.limits import ConfigKey, LimitSettings
+from vlm_gateway.settings import ModelSettings, Settings
+
+SOLO = "vlm-test-solo-secret"  # a key with one concurrent request
+
+
+@pytest.fixture(scope="module")
+def engine() -> ScriptedEngine:
+    return ScriptedEngine()
+
+
+@pytest.fixture(scope="module")
+def base_url(tiny_checkpoint, engine):
+    keys = [*TEST_KEYS, ConfigKey(name="solo", hash=hash_secret(SOLO), rpm=0, concurrency=1)]
+    s = Settings(models=[ModelSettings(id="m", checkpoint=str(tiny_checkpoint))], limits=LimitSettings(keys=keys))
+    with serve_app(app_for(s, engine), start_timeout_s=60) as url:
+        yield url
+
+
+@pytest.mark.parametrize("route,body", [
+    ("/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+    ("/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "stream": True}),
+    ("/completions", {"prompt": "Hello"}),
+    ("/completions", {"prompt": "Hello", "stream": True}),
+])
+def test_a_client_that_leaves_before_the_answer_stops_its_engine_request(base_url, engine, route, body) -> None:
+    engine.reset()
+    engine.gate.clear()  # the engine holds every answer
+    try:
+        for sent in (1, 2):
+            with pytest.raises(httpx.ReadTimeout):  # the second: not a 429, so the first one's slot was freed
+                httpx.post(base_url + route, json={"model": "m", "max_tokens": 4, **body}, headers=auth(SOLO),
+                           timeout=httpx.Timeout(5, read=0.5))
+            wait_for(lambda sent=sent: engine.aborted == sent)  # the engine request was stopped
+    finally:
+        engine.gate.set()
+    ok = httpx.post(base_url + route, json={"model": "m", "max_tokens": 4, **body}, headers=auth(SOLO), timeout=10)
+    assert ok.status_code == 200, ok.text
