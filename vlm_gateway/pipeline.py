@@ -27,6 +27,7 @@ import msgspec
 from vlm_gateway import metrics
 from vlm_gateway.engines import Engine, EngineDelta, EngineRequest, ImageKey, PlacedImage, SamplingParams
 from vlm_gateway.engines.errors import EngineError
+from vlm_gateway.engines.merged import merged
 from vlm_gateway.errors import (
     ContextLengthExceeded,
     EngineUnavailable,
@@ -419,41 +420,3 @@ def _count(prepared: Prepared, outcome: str) -> None:
         details = usage.prompt_tokens_details
         metrics.IMAGE_TOKENS.labels(model).inc(details.image_tokens if details else 0)
     metrics.IMAGES.labels(model).inc(tally.image_count)
-
-
-async def merged(streams: list[AsyncIterator[EngineDelta]], n: int) -> AsyncIterator[EngineDelta]:
-    """Several engine streams as one, as they come: choice ``i`` of stream ``k`` becomes ``k * n + i``.
-    The first failure ends them all; closing this closes (and so aborts) every one."""
-    if len(streams) == 1:
-        async for delta in streams[0]:
-            yield delta
-        return
-    queue: asyncio.Queue[EngineDelta | BaseException | None] = asyncio.Queue()
-
-    async def pump(k: int, stream: AsyncIterator[EngineDelta]) -> None:
-        try:
-            async for delta in stream:
-                if delta.prompt_tokens is None:  # usage deltas belong to no choice
-                    delta.index += k * n
-                await queue.put(delta)
-            await queue.put(None)
-        except Exception as exc:  # noqa: BLE001 - handed to the reader, who raises it
-            await queue.put(exc)
-
-    tasks = [asyncio.create_task(pump(k, s)) for k, s in enumerate(streams)]
-    try:
-        running = len(tasks)
-        while running:
-            item = await queue.get()
-            if item is None:
-                running -= 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield item
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for stream in streams:
-            await stream.aclose()  # type: ignore[attr-defined]
