@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import aiohttp
 import msgspec
 from aiohttp.http_exceptions import LineTooLong
 
 from vlm_gateway.engines import EngineDelta
-from vlm_gateway.engines.errors import EngineCacheMiss, EngineCrashed, EngineDown, EngineError, EngineRejected
+from vlm_gateway.engines.errors import (
+    EngineCacheMiss,
+    EngineCrashed,
+    EngineDown,
+    EngineError,
+    EngineRejected,
+    EngineTimeout,
+    EngineUnreachable,
+)
 
 # vLLM's messages for a prompt that does not fit: "The decoder prompt (length N) is longer than the maximum
 # model length of M", "This model's maximum context length is M tokens...", "Input length (N) exceeds
@@ -94,6 +102,21 @@ async def _line(stream: aiohttp.StreamReader) -> bytes:
         return await stream.readline(max_line_length=MAX_EVENT_BYTES)
     except LineTooLong as exc:
         raise EngineCrashed(f"the engine sent an event over {MAX_EVENT_BYTES} bytes") from exc
+
+
+@contextlib.contextmanager
+def as_engine_errors(total_s: float) -> Iterator[None]:
+    """aiohttp's and msgspec's failures of one engine request as the engine errors they are."""
+    try:
+        yield
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:  # never connected
+        raise EngineUnreachable(f"engine connection failed: {exc}") from exc
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:  # it went away mid-request
+        raise EngineDown(f"engine connection lost: {type(exc).__name__}: {exc}") from exc
+    except TimeoutError as exc:
+        raise EngineTimeout(f"the request took longer than {total_s:g} s") from exc
+    except msgspec.DecodeError as exc:  # (an answer that is not the engine's: a proxy's page, a cut line)
+        raise EngineCrashed(f"the engine's answer could not be read: {exc}") from exc
 
 
 async def once_more_before_output(

@@ -32,6 +32,7 @@ from vlm_gateway.engines import Candidate, EngineDelta, EngineRequest, Probe, Sa
 from vlm_gateway.engines._wire import (
     ErrorBody,
     Usage,
+    as_engine_errors,
     engine_error,
     http_error,
     once_more_before_output,
@@ -39,7 +40,7 @@ from vlm_gateway.engines._wire import (
     sse_data,
     status_of,
 )
-from vlm_gateway.engines.errors import EngineCrashed, EngineDown, EngineRejected, EngineTimeout, EngineUnreachable
+from vlm_gateway.engines.errors import EngineRejected
 
 PROBE_TIMEOUT_S = 5.0
 _NO_LOGPROB = -9999.0  # vLLM's sentinel when a token has no logprob
@@ -162,7 +163,7 @@ class OpenAIServer:
         path, body = self._body(request)
         decoder = _DECODE_CHAT if request.chat is not None else _DECODE_COMPLETION
         usage_seen, pieces = False, 0
-        try:
+        with as_engine_errors(total_s):
             async with await post(
                 self._session, self.url + path, _ENCODE.encode(body),
                 {"Content-Type": "application/json", "X-Request-Id": request.request_id, **self._auth},
@@ -179,14 +180,6 @@ class OpenAIServer:
                         usage_seen = usage_seen or delta.prompt_tokens is not None
                         pieces += bool(delta.text)
                         yield delta
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            raise EngineUnreachable(f"engine connection failed: {exc}") from exc
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise EngineDown(f"engine connection lost: {type(exc).__name__}: {exc}") from exc
-        except TimeoutError as exc:
-            raise EngineTimeout(f"the request took longer than {total_s:g} s") from exc
-        except msgspec.DecodeError as exc:
-            raise EngineCrashed(f"the engine's answer could not be read: {exc}") from exc
         if not usage_seen:  # an estimate (see the module docstring)
             yield EngineDelta(prompt_tokens=len(request.token_ids), completion_tokens=pieces)
 

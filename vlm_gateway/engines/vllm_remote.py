@@ -42,6 +42,7 @@ from vlm_gateway.engines import Candidate, EngineDelta, EngineRequest, Probe, To
 from vlm_gateway.engines._wire import (
     ErrorBody,
     Usage,
+    as_engine_errors,
     engine_error,
     http_error,
     once_more_before_output,
@@ -49,7 +50,7 @@ from vlm_gateway.engines._wire import (
     sse_data,
     status_of,
 )
-from vlm_gateway.engines.errors import EngineCacheMiss, EngineCrashed, EngineDown, EngineTimeout, EngineUnreachable
+from vlm_gateway.engines.errors import EngineCacheMiss, EngineCrashed, EngineUnreachable
 
 log = logging.getLogger("vlm_gateway.engine")
 
@@ -262,39 +263,34 @@ class VLLMServer:
             body["content_parts"] = self._content_parts(request, by_key)
         settled = answered = False  # settled: nothing of it left in the engine to abort
         try:
-            async with await post(
-                self._session, self.url + "/inference/v1/generate", _ENCODE.encode(body),
-                {"Content-Type": "application/json", "X-Request-Id": request.request_id},
-                aiohttp.ClientTimeout(total=max(deadline - time.monotonic(), 0.001), sock_connect=5),
-            ) as resp:
-                answered = True
-                if resp.status != 200:
-                    raise http_error(resp.status, await resp.read())
-                chunks = _sse_chunks(resp.content) if body["stream"] else _whole(resp)
-                first, generated = True, 0
-                async for chunk in chunks:
-                    if chunk.error is not None:
-                        raise engine_error(status_of(chunk.error.code), chunk.error.message, chunk.error.param)
-                    if first:
-                        self._sent(request)
-                        if request.features:
-                            _echo_placed(chunk, request)
-                        first = False
-                    for delta in _deltas(chunk):
-                        generated += len(delta.token_ids)
-                        yield delta
-                if own_usage:  # as vLLM counts it: the prompt's ids, and every token id it streamed
-                    yield EngineDelta(prompt_tokens=len(request.token_ids), completion_tokens=generated)
-                settled = True
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            with as_engine_errors(total_s):
+                async with await post(
+                    self._session, self.url + "/inference/v1/generate", _ENCODE.encode(body),
+                    {"Content-Type": "application/json", "X-Request-Id": request.request_id},
+                    aiohttp.ClientTimeout(total=max(deadline - time.monotonic(), 0.001), sock_connect=5),
+                ) as resp:
+                    answered = True
+                    if resp.status != 200:
+                        raise http_error(resp.status, await resp.read())
+                    chunks = _sse_chunks(resp.content) if body["stream"] else _whole(resp)
+                    first, generated = True, 0
+                    async for chunk in chunks:
+                        if chunk.error is not None:
+                            raise engine_error(status_of(chunk.error.code), chunk.error.message, chunk.error.param)
+                        if first:
+                            self._sent(request)
+                            if request.features:
+                                _echo_placed(chunk, request)
+                            first = False
+                        for delta in _deltas(chunk):
+                            generated += len(delta.token_ids)
+                            yield delta
+                    if own_usage:  # as vLLM counts it: the prompt's ids, and every token id it streamed
+                        yield EngineDelta(prompt_tokens=len(request.token_ids), completion_tokens=generated)
+                    settled = True
+        except EngineUnreachable:
             settled = True  # never connected: the engine never saw it
-            raise EngineUnreachable(f"engine connection failed: {exc}") from exc
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:  # it went away mid-request
-            raise EngineDown(f"engine connection lost: {type(exc).__name__}: {exc}") from exc
-        except TimeoutError as exc:
-            raise EngineTimeout(f"the request took longer than {total_s:g} s") from exc
-        except msgspec.DecodeError as exc:  # (an answer that is not vLLM's: a proxy's page, a cut line)
-            raise EngineCrashed(f"the engine's answer could not be read: {exc}") from exc
+            raise
         finally:
             if not settled:
                 await self._abort(request.request_id, answered)
