@@ -15,6 +15,17 @@ IPAddress = IPv4Address | IPv6Address
 
 _NAT64 = ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix: last 32 bits are an IPv4 address
 _NAT64_LOCAL = ip_network("64:ff9b:1::/48")  # RFC 8215 local-use translation prefix
+# IANA's special-purpose address registries (RFC 6890 and later), the blocks not globally reachable. The
+# ``ipaddress`` flags below say the same on a current Python; this table does not depend on the
+# interpreter's build (before 3.11.10 / 3.12.4, ``is_global`` called 192.0.0.0/24, with Oracle Cloud's
+# metadata address 192.0.0.192, public).
+_SPECIAL_PURPOSE = tuple(ip_network(n) for n in (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15",
+    "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+    "::/128", "::1/128", "100::/64", "100:0:0:1::/64", "2001::/23", "2001:db8::/32", "3fff::/20",
+    "5f00::/16", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
+))
 _DIGITS = {10: re.compile(r"[0-9]+"), 8: re.compile(r"[0-7]*"), 16: re.compile(r"[0-9a-fA-F]*")}
 _NUMERIC_LABEL = re.compile(r"(?:[0-9]+|0[xX][0-9a-fA-F]*)")
 
@@ -101,7 +112,7 @@ def blocked_reason(ip: IPAddress, *, allow_loopback: bool = False) -> str | None
     for reason in ("unspecified", "link_local", "multicast", "private", "reserved"):
         if getattr(ip, f"is_{reason}"):
             return reason.replace("_", "-")
-    if not ip.is_global:
+    if not ip.is_global or any(ip in net for net in _SPECIAL_PURPOSE if net.version == ip.version):
         return "not globally routable"
     return None
 

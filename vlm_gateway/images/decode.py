@@ -81,15 +81,31 @@ def _data_uri(fmt: str, data: bytes) -> str:
 _DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # more than 8 bits a channel
 
 
+_STRIP_ROWS = 256  # deep images are scaled a strip at a time: a few MB of temporaries, whatever their size
+
+
 def _eight_bit(im: Image.Image) -> Image.Image:
     """A 16-bit, 32-bit or float grey image scaled to 8 bits (Pillow's ``convert`` clips these: a mid-grey
-    16-bit PNG would become white). Integers over 255 are read as 16-bit; floats up to 1.0 as 0..1."""
-    values = np.asarray(im)
-    if im.mode == "F":
-        values = values * 255.0 if values.size and float(values.max()) <= 1.0 else values
-    elif values.size and int(values.max()) > 255:
-        values = values / 256.0
-    return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), "L")
+    16-bit PNG would become white). ``I;16`` is scaled by its depth (the top 8 of 16 bits); a 32-bit
+    integer image whose values pass 255 is read as 16-bit (most such files hold 16-bit data), else as
+    8-bit; a float image whose values stay within 1.0 as 0..1, else as 0..255. Strip by strip, in
+    integers where it can: never a float64 copy of the whole image."""
+    low, high = im.getextrema()  # type: ignore[misc]
+    if im.mode.startswith("I;16"):
+        shift, scale = 8, None
+    elif im.mode == "I":
+        shift, scale = (8 if high > 255 else 0), None
+    else:  # "F"
+        shift, scale = 0, (255.0 if high <= 1.0 else 1.0)
+    out = np.empty((im.height, im.width), np.uint8)
+    for top in range(0, im.height, _STRIP_ROWS):
+        strip = np.asarray(im.crop((0, top, im.width, min(top + _STRIP_ROWS, im.height))))
+        if scale is not None:
+            strip = np.clip(strip * np.float32(scale), 0, 255)
+        else:
+            strip = np.clip(strip.astype(np.int64) >> shift if shift else strip, 0, 255)
+        out[top:top + len(strip)] = strip
+    return Image.fromarray(out, "L")
 
 
 def _oriented(im: Image.Image, size: tuple[int, int]) -> tuple[Image.Image, tuple[int, int]]:

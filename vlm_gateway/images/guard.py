@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from ipaddress import ip_address
 from typing import Any, Protocol
 
@@ -80,9 +82,16 @@ class GuardedResponse(msgspec.Struct):
     redirects: int
 
 
+# Lookups of names a client chose run in threads of their own: a name whose nameserver never answers
+# holds its thread for the resolver's own timeout (5 s a try), past the fetch's time limit, and in the
+# loop's default executor such lookups would starve image decoding and tokenizing for everyone.
+_DNS_THREADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="vlm-dns")
+
+
 async def system_resolver(host: str, port: int) -> list[str]:
-    """The default resolver: the event loop's ``getaddrinfo`` (TCP answers, de-duplicated, in order)."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    """The default resolver: ``getaddrinfo`` in the DNS threads (TCP answers, de-duplicated, in order)."""
+    infos = await asyncio.get_running_loop().run_in_executor(
+        _DNS_THREADS, functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM))
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 

@@ -139,6 +139,7 @@ def test_every_mode_can_be_resized(mode, fmt):
 
 @pytest.mark.parametrize("mode, fmt, value, grey", [
     ("I;16", "PNG", 30000, 117), ("I", "TIFF", 30000, 117), ("I", "TIFF", 200, 200), ("F", "TIFF", 0.5, 127),
+    ("I;16", "PNG", 255, 0),  # a near-black 16-bit image is near-black (its depth says so, not its values)
 ])
 @pytest.mark.parametrize("detail", ["low", "auto"])
 def test_deep_images_are_scaled_to_eight_bits_not_clipped(mode, fmt, value, grey, detail):
@@ -148,6 +149,21 @@ def test_deep_images_are_scaled_to_eight_bits_not_clipped(mode, fmt, value, grey
     out = prepare(data, detail, RULE, MAX)
     im = Image.open(io.BytesIO(payload(out.url)))
     assert (out.format, im.mode, im.convert("L").getpixel((5, 5))) == ("png", "L", grey)
+
+
+def test_a_deep_image_is_scaled_without_a_float_copy_of_it():
+    """16 M pixels of 16-bit grey: scaled strip by strip, so the temporaries stay a few MB (a float64 copy of
+    the whole image was 128 MB, and several decodes run at once)."""
+    import tracemalloc
+
+    data = img.encode("PNG", (4000, 4000), mode="I;16", color=30000)
+    tracemalloc.start()
+    try:
+        prepare(data, "low", RULE, 20_000_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 * 2**20, peak  # the 16 MB 8-bit result, its PNG, and a strip
 
 
 @pytest.mark.parametrize("orientation, shown", [(6, (384, 512)), (3, (512, 384)), (1, (512, 384))])

@@ -45,6 +45,8 @@ LITERALS = [
     "http://[64:ff9b::a9fe:a9fe]/", "http://[64:ff9b::169.254.169.254]/", "http://[64:ff9b::7f00:1]/",
     "http://[64:ff9b::10.0.0.1]/", "http://[64:ff9b:1::a00:1]/", "http://[2002:7f00:1::]/",
     "http://[2002:a9fe:a9fe::1]/", "http://[2001:db8::1]/", "http://[::ffff:169.254.169.254]/",
+    "http://192.0.0.192/latest/meta-data/", "http://192.0.0.8/", "http://[::ffff:192.0.0.192]/",
+    "http://[64:ff9b::c000:c0]/", "http://[3fff::1]/", "http://[5f00::1]/", "http://192.88.99.1/",
 ]
 NAMES = [f"http://{host}/x.png" for host in DNS if host != "public.test"]
 INVALID = [
@@ -197,6 +199,21 @@ async def test_system_resolver_handles_literals_without_dns():
     assert await system_resolver("127.0.0.1", 80) == ["127.0.0.1"]
 
 
+@pytest.mark.parametrize("address", ["192.0.0.192", "192.0.0.8", "198.51.100.7", "3fff::1", "100::1"])
+def test_special_purpose_blocks_are_refused_whatever_the_interpreter_says(address, monkeypatch):
+    """Pythons before 3.11.10 / 3.12.4 call 192.0.0.0/24 global (CVE-2024-4032); the guard's own table of
+    IANA's special-purpose blocks refuses them even where ``ipaddress`` says public."""
+    import ipaddress
+
+    for cls in (ipaddress.IPv4Address, ipaddress.IPv6Address):
+        for flag in ("is_global", "is_private", "is_reserved", "is_link_local", "is_multicast", "is_unspecified",
+                     "is_site_local"):
+            if hasattr(cls, flag):
+                monkeypatch.setattr(cls, flag, property(lambda self, f=flag: f == "is_global"))
+    assert blocked_reason(ipaddress.ip_address(address)) is not None
+    assert blocked_reason(ipaddress.ip_address("93.184.216.34")) is None
+
+
 @given(st.integers(min_value=0, max_value=2**32 - 1))
 def test_every_ipv4_spelling_means_the_same_address(value):
     from ipaddress import IPv4Address
@@ -209,3 +226,28 @@ def test_every_ipv4_spelling_means_the_same_address(value):
         assert parse_host_ip(spelling) == ip, spelling
     mapped = parse_host_ip(f"[::ffff:{ip}]")
     assert (blocked_reason(mapped) is None) == (blocked_reason(ip) is None)
+
+
+async def test_unanswered_lookups_do_not_starve_the_default_threads(monkeypatch):
+    """Lookups of names whose nameserver never answers hold their threads past the fetch's limit; they run
+    in threads of their own, so image decoding and tokenizing (the loop's default threads) go on."""
+    import asyncio
+    import socket
+    import threading
+
+    answer = threading.Event()
+    real = socket.getaddrinfo
+
+    def stuck(host, *args, **kwargs):
+        if str(host).endswith(".stuck.test"):
+            answer.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "no answer")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", stuck)
+    lookups = [asyncio.ensure_future(system_resolver(f"a{i}.stuck.test", 80)) for i in range(40)]
+    try:
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: "decoded"), 10) == "decoded"
+    finally:
+        answer.set()
+        await asyncio.gather(*lookups, return_exceptions=True)
