@@ -20,9 +20,12 @@ def _whole_answers(prepared: Prepared) -> None:
         request.stream = False
 
 
-async def complete_chat(svc: Services, req: ChatCompletionRequest,
-                        caller: Caller = ANONYMOUS, queued: bool = False) -> tuple[ChatCompletion, Headers]:
+async def complete_chat(svc: Services, req: ChatCompletionRequest, caller: Caller = ANONYMOUS,
+                        queued: bool = False, max_tokens_at_most: bool = False) -> tuple[ChatCompletion, Headers]:
+    """A whole chat completion. ``max_tokens_at_most``: ``max_tokens`` is a cap, not a demand (a seed
+    API's default that may pass the context: the answer gets what the prompt leaves instead of a 400)."""
     prepared = await prepare_chat(svc, req, caller, queued)
+    prepared.max_tokens_at_most = max_tokens_at_most
     _whole_answers(prepared)
     body = await chat_completion(prepared, generate(svc, prepared), req.return_token_ids)
     return body, prepared.permit.headers

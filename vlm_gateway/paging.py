@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from vlm_gateway.errors import InvalidRequest
+
+Order = Literal["asc", "desc"]  # declared on the routes' ``order`` query parameters (the document's enum)
 
 
 def check_page(limit: int, max_limit: int, order: str = "desc") -> None:

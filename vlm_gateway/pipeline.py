@@ -110,6 +110,7 @@ class Prepared(msgspec.Struct):
     structured_param: str | None = None  # the field the structured output came from (an engine's refusal
     # of its schema names it): response_format, or tools for a forced call
     echo_only: bool = False  # completions with echo and max_tokens 0: the one token vLLM makes is not shown
+    max_tokens_at_most: bool = False  # max_tokens is a cap (vlm.run's): past the context, the rest of it
 
     @property
     def image_count(self) -> int:
@@ -371,7 +372,9 @@ async def generate(svc: Services, prepared: Prepared) -> AsyncIterator[EngineDel
         completion = prepared.sampling.max_tokens
         for request in prepared.engine_requests:
             if limit and len(request.token_ids) + max(completion or 0, 1) > limit:  # vLLM needs room for 1 token
-                raise ContextLengthExceeded.tokens(limit, len(request.token_ids), completion, param)
+                if not prepared.max_tokens_at_most or len(request.token_ids) >= limit:
+                    raise ContextLengthExceeded.tokens(limit, len(request.token_ids), completion, param)
+                request.sampling.max_tokens = None  # vLLM's reading: what the (image-expanded) prompt leaves
         await permit.check()
         metrics.BEFORE_ENGINE.labels(model).observe(time.monotonic() - started)
         stream = merged([engine.generate(r) for r in prepared.engine_requests], prepared.sampling.n)

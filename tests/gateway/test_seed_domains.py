@@ -178,3 +178,79 @@ def test_new_image_domain_decodes_with_its_schema_over_http(client, engine) -> N
     assert sent["json"] == json.loads(seeds.domains()["document.resume"].schema)
     unknown = client.post("/v1/image/generate", json={"images": [png_data_uri()], "domain": "no.such", "model": "m"})
     assert unknown.status_code == 400 and "unknown domain" in unknown.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("config, param", [
+    ({"prompt": ""}, "config.prompt"), ({"json_schema": {}}, "config.json_schema"),
+    ({"prompt": " ", "json_schema": {"type": "object"}}, "config.prompt"),
+])
+@pytest.mark.parametrize("domain", ["image.caption", "my.own"])
+def test_an_empty_prompt_or_schema_is_a_400_naming_it(client, engine, config, param, domain) -> None:
+    before = len(engine.requests)
+    if domain == "my.own":  # a domain of one's own needs both: the other one is given
+        config = {"prompt": "Describe", "json_schema": {"type": "object"}, **config}
+    r = client.post("/v1/image/generate", json={"images": [png_data_uri()], "domain": domain, "model": "m",
+                                                "config": config})
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    assert len(engine.requests) == before
+
+
+def _sdk_reads(body: dict) -> None:
+    """What the vlmrun SDK's ``PredictionResponse`` requires (vlmrun/client/types.py): an id, a status of
+    its list, ``created_at`` as a datetime and ``usage`` as an object."""
+    from datetime import datetime
+
+    assert body["status"] in ("enqueued", "pending", "running", "completed", "failed", "paused")
+    datetime.fromisoformat(body["created_at"])
+    assert isinstance(body["id"], str) and isinstance(body["usage"], dict)
+
+
+def test_every_answer_is_one_the_vlmrun_sdk_reads(client, engine) -> None:
+    from tests.gateway.api.test_routes import poll
+
+    body = {"images": [png_data_uri()], "domain": "image.caption", "model": "m"}
+    _sdk_reads(client.post("/v1/image/generate", json=body).json())
+    pending = client.post("/v1/image/generate", json={**body, "batch": True}).json()
+    _sdk_reads(pending)
+    for route in ("/v1/image/generate", "/v1/predictions"):  # (the SDK polls the second)
+        done = poll(client, f"{route}/{pending['id']}")
+        _sdk_reads(done)
+        assert done["id"] == pending["id"] and done["status"] == "completed"
+    failing = {**body, "images": ["data:image/png;base64,aGVsbG8="], "batch": True}
+    failed = poll(client, f"/v1/predictions/{client.post('/v1/image/generate', json=failing).json()['id']}")
+    _sdk_reads(failed)
+    assert failed["status"] == "failed" and failed["error"]
+
+
+def test_a_chat_job_is_not_a_vlmrun_prediction(client) -> None:
+    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    job = client.post("/queue/m", json=chat).json()["request_id"]
+    r = client.get(f"/v1/image/generate/{job}")
+    assert r.status_code == 404 and r.json()["error"]["param"] == "request_id"
+
+
+@pytest.mark.parametrize("sdk, ours", [("lo", "low"), ("hi", "high"), ("auto", "auto")])
+def test_the_sdks_detail_names_are_read(sdk, ours) -> None:
+    req = VlmRunRequest(images=["https://example.com/a.png"], config=VlmRunConfig(detail=sdk))  # type: ignore[arg-type]
+    assert seeds.vlmrun_to_chat(req, "m").messages[0].content[0].image_url.detail == ours
+
+
+def test_max_tokens_is_a_cap_past_the_context(client, engine) -> None:
+    """The vlmrun SDK sends ``max_tokens: 65535`` with every config: past the model's context it means
+    "what the prompt leaves" (vLLM's reading of no max_tokens), not a 400."""
+    body = {"images": [png_data_uri()], "domain": "image.caption", "model": "m"}
+    engine.max_model_len = 4096
+    try:
+        from tests.gateway.api.test_routes import poll
+
+        for batch in (False, True):
+            r = client.post("/v1/image/generate", json={**body, "batch": batch, "config": {"max_tokens": 65535}})
+            assert r.status_code == 200, r.text
+            assert poll(client, f"/v1/predictions/{r.json()['id']}")["status"] == "completed" if batch else True
+            assert engine.requests[-1].sampling.max_tokens is None
+        assert client.post("/v1/image/generate", json={**body, "config": {"max_tokens": 64}}).status_code == 200
+        assert engine.requests[-1].sampling.max_tokens == 64
+        chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 65535}
+        assert client.post("/v1/chat/completions", json=chat).status_code == 400  # (OpenAI's routes: a demand)
+    finally:
+        engine.max_model_len = None

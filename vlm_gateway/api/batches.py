@@ -12,14 +12,14 @@ The input file is uploaded with ``POST /v1/files`` (purpose ``batch``); the resu
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Request, get, post
 from litestar.connection import ASGIConnection
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from vlm_gateway.api import ERRORS, caller
-from vlm_gateway.batches.service import BatchService
+from vlm_gateway.batches.service import MAX_LIST, BatchService
 from vlm_gateway.schemas.batches import Batch, BatchCreate, BatchList
 
 
@@ -34,7 +34,7 @@ async def create_batch(request: Request[Any, Any, Any], data: JSONBody[BatchCrea
 
 @get("/v1/batches", responses=ERRORS)
 async def list_batches(request: Request[Any, Any, Any], after: FromQuery[str | None] = None,
-                       limit: FromQuery[int] = 20) -> BatchList:
+                       limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIST)] = 20) -> BatchList:
     return await batch_service(request).page(caller(request), after, limit)
 
 

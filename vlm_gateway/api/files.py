@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from litestar import Request, Response, delete, get, post
@@ -22,12 +22,13 @@ from litestar.datastructures import UploadFile
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath, FromQuery, QueryParameter
 
 from vlm_gateway.api import ERRORS, caller
 from vlm_gateway.errors import InvalidRequest, PayloadTooLarge
 from vlm_gateway.files.store import MAX_LIST, FileStore, check_backend
 from vlm_gateway.files.types import PURPOSES
+from vlm_gateway.paging import Order
 from vlm_gateway.schemas.files import FileDeleted, FileList, FileObject
 from vlm_gateway.settings import Settings
 
@@ -89,7 +90,8 @@ async def _upload(request: Request[Any, Any, Any]) -> FileObject:
 
 @get("/v1/files", responses=ERRORS)
 async def list_files(request: Request[Any, Any, Any], purpose: FromQuery[str | None] = None,
-                     limit: FromQuery[int] = MAX_LIST, order: FromQuery[str] = "desc",
+                     limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIST)] = MAX_LIST,
+                     order: FromQuery[Order] = "desc",
                      after: FromQuery[str | None] = None) -> FileList:
     return await file_store(request).list(caller(request), purpose=purpose, limit=limit, order=order, after=after)
 

@@ -19,6 +19,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import Stream
 
 from vlm_gateway.api import ERRORS, caller, services, success
+from vlm_gateway.paging import Order
 from vlm_gateway.responses_api import background, items, run
 from vlm_gateway.responses_api.store import ResponseStore
 from vlm_gateway.schemas.responses import InputItemList, ResponseDeleted, ResponseObject, ResponsesRequest
@@ -63,7 +64,7 @@ async def cancel_response(request: Request[Any, Any, Any], response_id: FromPath
 @get("/v1/responses/{response_id:str}/input_items", responses=ERRORS)
 async def list_input_items(
         request: Request[Any, Any, Any], response_id: FromPath[str], after: FromQuery[str | None] = None,
-        limit: FromQuery[int] = 20, order: FromQuery[str] = "desc",
+        limit: Annotated[int, QueryParameter(ge=1, le=items.MAX_LIST)] = 20, order: FromQuery[Order] = "desc",
         include: Annotated[list[str] | None, QueryParameter(name="include[]")] = None) -> InputItemList:
     """``include[]`` is how the OpenAI SDK sends a list; ``include`` (repeated) is read too."""
     record = await response_store(request).get(response_id, caller(request))

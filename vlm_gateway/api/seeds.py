@@ -2,12 +2,14 @@
 
 - FastVLM   POST /vision                       (errors as {"error", "status_code", "timestamp"})
 - fal LLaVA POST /run/{model}
-- vlm.run   POST /v1/image/generate, GET /v1/image/generate/{id}   (batch: true runs as a job)
+- vlm.run   POST /v1/image/generate, GET /v1/image/generate/{id} (also /v1/predictions/{id}, where the
+            vlmrun SDK polls)   (batch: true runs as a job)
 """
 
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -17,6 +19,7 @@ from litestar.params import FromPath, JSONBody
 from vlm_gateway import seeds
 from vlm_gateway.api import ERRORS, SEED_ERRORS, caller, services, success
 from vlm_gateway.complete import complete_chat
+from vlm_gateway.jobs.queue import not_found
 from vlm_gateway.pipeline import admit_submission
 from vlm_gateway.schemas.seeds import (
     FalRequest,
@@ -62,24 +65,29 @@ async def vlmrun_generate(request: Request[Any, Any, Any], data: JSONBody[VlmRun
                                   metadata={"created_at": created_at}, webhook_param="callback_url")
         headers = await admit_submission(services(request), who, model)  # 404 / 429 now; slots when it runs
         await queue.enqueue(job)
-        return Response(VlmRunResponse(id=job.id, status="pending", created_at=created_at, domain=req.domain,
-                                       metadata=req.metadata), headers=headers)
+        return Response(VlmRunResponse(id=job.id, status="pending", created_at=created_at, usage=seeds.NOTHING_YET,
+                                       domain=req.domain, metadata=req.metadata), headers=headers)
     with seeds.errors_named_for(seeds.VLMRUN_FIELDS, len(req.images)):
-        out, headers = await complete_chat(services(request), chat, caller(request))
+        out, headers = await complete_chat(services(request), chat, caller(request), max_tokens_at_most=True)
     return Response(seeds.vlmrun_response(req, f"vlmrun-{uuid.uuid4().hex}", created_at, out), headers=headers)
 
 
 _STATES = {"queued": "pending", "running": "running"}
 
 
-@get("/v1/image/generate/{request_id:str}", responses={
+@get(["/v1/image/generate/{request_id:str}", "/v1/predictions/{request_id:str}"], responses={
     **ERRORS, 200: success(VlmRunResponse, "`pending` / `running`, then the stored response or `failed`.")})
 async def vlmrun_status(request: Request[Any, Any, Any], request_id: FromPath[str]) -> Any:
     """A batch job's state: ``pending`` / ``running``, then the stored response (``completed``) or
-    ``failed`` with the error."""
+    ``failed`` with the error. Only vlm.run jobs: another kind's id is a 404, as an unknown one."""
     view = await request.app.state.jobs.queue.result(request_id, caller(request).key_id)
+    if view.kind and view.kind != "vlmrun":
+        raise not_found(request_id)
+    created_at = datetime.fromtimestamp(view.created, UTC).isoformat()
     if view.state != "done":
-        return VlmRunResponse(id=request_id, status=_STATES[view.state])  # type: ignore[arg-type]
+        return VlmRunResponse(id=request_id, status=_STATES[view.state], created_at=created_at,  # type: ignore[arg-type]
+                              usage=seeds.NOTHING_YET)
     if view.result is not None and view.result.ok:
         return Response(view.result.body, media_type=MediaType.JSON)
-    return VlmRunResponse(id=request_id, status="failed", error=view.error or "failed")
+    return VlmRunResponse(id=request_id, status="failed", created_at=created_at, usage=seeds.NOTHING_YET,
+                          error=view.error or "failed")

@@ -13,7 +13,7 @@ import msgspec
 
 from vlm_gateway.jobs.queue import BaseJobQueue, WebhookVetter, not_found, position
 from vlm_gateway.jobs.settings import JobSettings
-from vlm_gateway.jobs.types import Claim, Completed, Delivery, Job, JobView, Lease, cancelled
+from vlm_gateway.jobs.types import CancelOutcome, Claim, Completed, Delivery, Job, JobView, Lease, cancelled
 
 
 class _Record(msgspec.Struct):
@@ -24,6 +24,7 @@ class _Record(msgspec.Struct):
     result: Completed | None = None
     expires: float = 0.0  # done only: when status/result stop being readable
     cancelled: bool = False
+    stop: bool = False  # cancelled while running: its worker is told at its next heartbeat
     webhook_state: str = ""  # "", "pending", "delivered", "failed"
     webhook_attempts: int = 0
     webhook_next: float = 0.0
@@ -61,7 +62,7 @@ class MemoryJobQueue(BaseJobQueue):
         return rec
 
     def _view(self, rec: _Record, with_result: bool) -> JobView:
-        view = JobView(rec.job.id, rec.state)  # type: ignore[arg-type]
+        view = JobView(rec.job.id, rec.state, kind=rec.job.kind, created=rec.job.created)  # type: ignore[arg-type]
         if rec.state == "queued":
             view.position = position(rec.seq, self._started)
         elif rec.state == "done" and rec.result is not None:
@@ -75,12 +76,19 @@ class MemoryJobQueue(BaseJobQueue):
     async def result(self, job_id: str, owner: str | None = None) -> JobView:
         return self._view(self._get(job_id, owner), True)
 
-    async def cancel(self, job_id: str, owner: str | None = None) -> bool:
+    async def cancel(self, job_id: str, owner: str | None = None) -> CancelOutcome:
         rec = self._get(job_id, owner)
         if rec.state == "queued":
             rec.state, rec.cancelled, rec.result = "done", True, cancelled()
-            self._expire_at(rec, time.time() + self.settings.result_ttl_s)
-        return rec.cancelled
+            expires = time.time() + self.settings.result_ttl_s
+            if rec.job.webhook:  # sent when a worker reaches the job (``begin``), as a finished job's
+                rec.webhook_state, rec.expires = "pending", expires
+            else:
+                self._expire_at(rec, expires)
+        elif rec.state == "running":
+            rec.stop = True
+            return "requested"
+        return "cancelled" if rec.cancelled or rec.result == cancelled() else "finished"
 
     # --- worker side ------------------------------------------------------------------------------
 
@@ -113,11 +121,16 @@ class MemoryJobQueue(BaseJobQueue):
             self._pending[job_id] = (consumer, now)
         return [Lease(job_id, job_id) for job_id in stale]
 
-    async def heartbeat(self, consumer: str, leases: list[Lease]) -> None:
+    async def heartbeat(self, consumer: str, leases: list[Lease]) -> set[str]:
         now = time.monotonic()
+        stop = set()
         for lease in leases:
             if lease.entry in self._pending:
                 self._pending[lease.entry] = (consumer, now)
+            rec = self._records.get(lease.job_id)
+            if rec is not None and rec.stop and rec.state == "running":
+                stop.add(lease.job_id)
+        return stop
 
     async def release(self, consumer: str, leases: list[Lease]) -> None:
         for lease in leases:

@@ -6,7 +6,7 @@ Client side (routes, adapters)::
     # or, to check the body and webhook before admitting it: new_job(...), admit, enqueue(job)
     view = await queue.status(job.id, owner)  # JobView: state, position (queued), error (failed)
     view = await queue.result(job.id, owner)  # JobView with .result (Completed) once done
-    ok = await queue.cancel(job.id, owner)    # True: it will never run; False: it already started
+    what = await queue.cancel(job.id, owner)  # "cancelled" | "requested" (running: stopped soon) | "finished"
 
 Unknown (or expired) ids raise :class:`vlm_gateway.errors.NotFound`, and so do another key's jobs where
 ``owner`` (the asking key's id) is given: a key sees and cancels only the jobs it submitted.
@@ -16,6 +16,8 @@ Worker side: ``take`` / ``reclaim`` hand out :class:`Lease` s; ``begin`` says wh
 this call won; ``webhook_attempt`` (a failed attempt, and when to retry) / ``webhook_done`` persist delivery
 progress; ``ack`` ends the lease.
 A lease whose worker stops heartbeating for ``visibility_timeout_s`` is handed out again by ``reclaim``.
+``heartbeat`` answers the ids of the held jobs whose cancellation was asked for while they ran: the worker
+stops them and stores them as cancelled. A cancelled job's webhook is sent as any finished job's.
 
 Queue position: every job gets a sequence number at submission and every ``begin`` raises a
 "started up to" high-water mark; ``position = seq - mark - 1`` (0: next to start). It is approximate:
@@ -32,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from vlm_gateway.errors import InvalidRequest, NotFound, params_renamed
-from vlm_gateway.jobs.types import Claim, Completed, Delivery, Job, JobView, Lease
+from vlm_gateway.jobs.types import CancelOutcome, Claim, Completed, Delivery, Job, JobView, Lease
 from vlm_gateway.limits.rate import ANONYMOUS, Caller
 
 #: ``async def vet(url) -> None``: raise ``InvalidRequest`` when a webhook URL is not allowed.
@@ -50,14 +52,14 @@ class JobQueue(Protocol):
     async def enqueue(self, job: Job) -> Job: ...
     async def status(self, job_id: str, owner: str | None = None) -> JobView: ...
     async def result(self, job_id: str, owner: str | None = None) -> JobView: ...
-    async def cancel(self, job_id: str, owner: str | None = None) -> bool: ...
+    async def cancel(self, job_id: str, owner: str | None = None) -> CancelOutcome: ...
     async def backlog(self) -> tuple[int, float]: ...  # unfinished jobs, the oldest one's age (s)
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...
     async def take(self, consumer: str, count: int, block_s: float) -> list[Lease]: ...
     async def reclaim(self, consumer: str, count: int) -> list[Lease]: ...
-    async def heartbeat(self, consumer: str, leases: list[Lease]) -> None: ...
+    async def heartbeat(self, consumer: str, leases: list[Lease]) -> set[str]: ...  # ids to stop (cancelled)
     async def release(self, consumer: str, leases: list[Lease]) -> None: ...
     async def begin(self, lease: Lease, consumer: str) -> Claim: ...
     async def complete(self, lease: Lease, result: Completed) -> tuple[bool, Delivery | None]: ...

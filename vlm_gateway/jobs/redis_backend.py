@@ -24,6 +24,7 @@ from vlm_gateway.jobs.settings import JobSettings
 from vlm_gateway.jobs.types import (
     ENCODER,
     JOB_DECODER,
+    CancelOutcome,
     Claim,
     Completed,
     Delivery,
@@ -35,6 +36,7 @@ from vlm_gateway.jobs.types import (
 
 log = logging.getLogger("vlm_gateway.jobs")
 GROUP = "workers"
+_VIEWED = ("state", "seq", "expires", "owner", "kind", "created")  # the job hash's fields every view reads
 
 
 def _b(value: Any) -> bytes:
@@ -82,14 +84,14 @@ class RedisJobQueue(BaseJobQueue):
     async def _enqueue(self, job: Job) -> None:
         await self._run("SUBMIT", [self._key(job.id), self.seq_key, self.stream],
                         [job.id, ENCODER.encode(job), job.webhook or "", _ms(self.settings.max_job_age_s),
-                         job.caller.key_id])
+                         job.caller.key_id, job.kind, repr(job.created)])
 
     async def _fields(self, job_id: str, owner: str | None, *names: str) -> tuple[dict[str, Any], int]:
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(self._key(job_id), ["state", "seq", "expires", "owner", *names])
+            pipe.hmget(self._key(job_id), [*_VIEWED, *names])
             pipe.get(self.started_key)
             values, started = await pipe.execute()
-        fields = dict(zip(["state", "seq", "expires", "owner", *names], values, strict=True))
+        fields = dict(zip([*_VIEWED, *names], values, strict=True))
         state = fields["state"]
         if state is None or (_s(state) == "done" and int(fields["expires"] or 0) <= time.time() * 1000) or (
                 owner is not None and _s(fields["owner"] or b"") != owner):
@@ -98,7 +100,7 @@ class RedisJobQueue(BaseJobQueue):
         return fields, int(started or 0)
 
     def _view(self, job_id: str, fields: dict[str, Any], started: int) -> JobView:
-        view = JobView(job_id, fields["state"])
+        view = JobView(job_id, fields["state"], kind=_s(fields["kind"] or b""), created=float(fields["created"] or 0))
         if view.state == "queued":
             view.position = position(int(fields["seq"] or 0), started)
         elif view.state == "done":
@@ -116,15 +118,15 @@ class RedisJobQueue(BaseJobQueue):
             view.result = Completed(_s(fields["ok"]) == "1", int(fields["code"]), _b(fields["result"]), view.error)
         return view
 
-    async def cancel(self, job_id: str, owner: str | None = None) -> bool:
+    async def cancel(self, job_id: str, owner: str | None = None) -> CancelOutcome:
         res = cancelled()
         ttl = self.settings.result_ttl_s
         done = await self._run("CANCEL", [self._key(job_id)],
                                [res.status_code, res.body, res.error, int((time.time() + ttl) * 1000), _ms(ttl),
-                                "" if owner is None else owner])
+                                "" if owner is None else owner, _ms(self.settings.max_job_age_s)])
         if done == -1:
             raise not_found(job_id)
-        return done == 1
+        return {1: "cancelled", 2: "requested"}.get(int(done), "finished")  # type: ignore[return-value]
 
     # --- worker side ------------------------------------------------------------------------------
 
@@ -172,9 +174,16 @@ class RedisJobQueue(BaseJobQueue):
                         ", ".join(lease.job_id for lease in leases))
         return leases
 
-    async def heartbeat(self, consumer: str, leases: list[Lease]) -> None:
-        if leases:
-            await self.redis.xclaim(self.stream, GROUP, consumer, 0, [lease.entry for lease in leases], justid=True)
+    async def heartbeat(self, consumer: str, leases: list[Lease]) -> set[str]:
+        if not leases:
+            return set()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xclaim(self.stream, GROUP, consumer, 0, [lease.entry for lease in leases], justid=True)
+            for lease in leases:
+                pipe.hmget(self._key(lease.job_id), ["stop", "state"])
+            _, *flags = await pipe.execute()
+        return {lease.job_id for lease, (stop, state) in zip(leases, flags, strict=True)
+                if stop is not None and _s(state or b"") == "running"}
 
     async def release(self, consumer: str, leases: list[Lease]) -> None:
         """Make ``leases`` reclaimable at once (a graceful stop of a worker that still holds them)."""
@@ -198,7 +207,7 @@ class RedisJobQueue(BaseJobQueue):
         ttl = self.settings.result_ttl_s
         won = await self._run("COMPLETE", [self._key(lease.job_id)], [
             int(result.ok), result.status_code, result.body, result.error or "",
-            int((time.time() + ttl) * 1000), _ms(ttl), _ms(self.settings.max_job_age_s)])
+            int((time.time() + ttl) * 1000), _ms(ttl), _ms(self.settings.max_job_age_s), int(result == cancelled())])
         if won != 2:
             return won != 0, None
         url = await self.redis.hget(self._key(lease.job_id), "webhook")

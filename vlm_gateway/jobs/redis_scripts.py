@@ -1,16 +1,17 @@
 """Lua scripts of the Redis queue: each state change of a job is one atomic script.
 
 A job is a hash ``{prefix}job:{id}``: ``job`` (the Job as JSON), ``owner`` (the submitting key's id),
-``seq``, ``state`` (queued → running → done), ``attempts``, ``webhook``; once done ``ok``, ``code``,
-``result``, ``error``, ``expires`` (ms), and with a webhook ``wh_state`` (pending → delivered | failed),
-``wh_attempts``, ``wh_next`` (s).
+``kind``, ``created`` (s), ``seq``, ``state`` (queued → running → done), ``attempts``, ``webhook``,
+``stop`` (1: cancelled while running); once done ``ok``, ``code``, ``result``, ``error``, ``expires`` (ms),
+``cancelled`` (1: its result is the cancellation), and with a webhook ``wh_state`` (pending → delivered |
+failed), ``wh_attempts``, ``wh_next`` (s).
 """
 
-# KEYS: job, seq, stream   ARGV: id, job JSON, webhook, max age ms, owner
+# KEYS: job, seq, stream   ARGV: id, job JSON, webhook, max age ms, owner, kind, created (s)
 SUBMIT = """
 local seq = redis.call('INCR', KEYS[2])
 redis.call('HSET', KEYS[1], 'job', ARGV[2], 'seq', seq, 'state', 'queued', 'attempts', 0, 'webhook', ARGV[3],
-           'owner', ARGV[5])
+           'owner', ARGV[5], 'kind', ARGV[6], 'created', ARGV[7])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('XADD', KEYS[3], '*', 'id', ARGV[1])
 return seq
@@ -33,13 +34,14 @@ redis.call('HSET', KEYS[1], 'state', 'running', 'consumer', ARGV[1])
 return {'run', attempts, redis.call('HGET', KEYS[1], 'job')}
 """
 
-# KEYS: job   ARGV: ok, code, result, error, expires ms, ttl ms, hold ms (kept while a webhook is pending)
+# KEYS: job   ARGV: ok, code, result, error, expires ms, ttl ms, hold ms (kept while a webhook is pending),
+#               cancelled (1: the result is the cancellation)
 # -> 1 won (with a webhook: 2), 0 lost (already done), -1 gone
 COMPLETE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('HGET', KEYS[1], 'state') == 'done' then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'done', 'ok', ARGV[1], 'code', ARGV[2], 'result', ARGV[3],
-           'error', ARGV[4], 'expires', ARGV[5])
+           'error', ARGV[4], 'expires', ARGV[5], 'cancelled', ARGV[8])
 local hook = redis.call('HGET', KEYS[1], 'webhook')
 if hook and hook ~= '' then
   redis.call('HSET', KEYS[1], 'wh_state', 'pending', 'wh_attempts', 0, 'wh_next', 0)
@@ -50,8 +52,10 @@ redis.call('PEXPIRE', KEYS[1], ARGV[6])
 return 1
 """
 
-# KEYS: job   ARGV: code, result, error, expires ms, ttl ms, owner ('': anyone's)
-# -> 1 cancelled (now or before), 0 started, -1 gone (or another key's)
+# KEYS: job   ARGV: code, result, error, expires ms, ttl ms, owner ('': anyone's), hold ms
+# -> 1 cancelled (now or before), 2 requested (running: its worker stops it), 0 finished, -1 gone
+# (or another key's). A job cancelled while queued keeps its stream entry: the worker that reaches it
+# delivers its webhook (``wh_state`` pending), as a finished job's.
 CANCEL = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return -1 end
@@ -59,8 +63,18 @@ if ARGV[6] ~= '' and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[6] then return
 if state == 'queued' then
   redis.call('HSET', KEYS[1], 'state', 'done', 'ok', 0, 'code', ARGV[1], 'result', ARGV[2], 'error', ARGV[3],
              'expires', ARGV[4], 'cancelled', 1)
-  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  local hook = redis.call('HGET', KEYS[1], 'webhook')
+  if hook and hook ~= '' then
+    redis.call('HSET', KEYS[1], 'wh_state', 'pending', 'wh_attempts', 0, 'wh_next', 0)
+    redis.call('PEXPIRE', KEYS[1], math.max(tonumber(ARGV[5]), tonumber(ARGV[7])))
+  else
+    redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  end
   return 1
+end
+if state == 'running' then
+  redis.call('HSET', KEYS[1], 'stop', 1)
+  return 2
 end
 if redis.call('HGET', KEYS[1], 'cancelled') == '1' then return 1 end
 return 0

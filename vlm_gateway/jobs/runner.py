@@ -60,7 +60,8 @@ async def _vision(svc: Services, job: Job) -> Any:
 async def _vlmrun(svc: Services, job: Job) -> Any:
     req = _decode(job, VlmRunRequest)
     with seeds.errors_named_for(seeds.VLMRUN_FIELDS, len(req.images)):
-        out = await _run_chat(svc, job, seeds.vlmrun_to_chat(req, job.model))
+        out = (await complete_chat(svc, seeds.vlmrun_to_chat(req, job.model), job.caller, queued=True,
+                                   max_tokens_at_most=True))[0]
     created = job.metadata.get("created_at") or seeds.now_iso()
     return seeds.vlmrun_response(req, job.id, created, out)
 

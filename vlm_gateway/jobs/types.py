@@ -20,6 +20,9 @@ from vlm_gateway.limits.rate import ANONYMOUS, Caller
 log = logging.getLogger("vlm_gateway.jobs")
 
 JobState = Literal["queued", "running", "done"]
+#: What a cancel did: ``cancelled`` (it will never run, or was cancelled before), ``requested`` (it is
+#: running: its worker stops it at its next heartbeat), ``finished`` (too late: it has its result).
+CancelOutcome = Literal["cancelled", "requested", "finished"]
 
 
 class Job(msgspec.Struct):
@@ -65,6 +68,8 @@ class JobView(msgspec.Struct):
     position: int | None = None
     error: str | None = None
     result: Completed | None = None
+    kind: str = ""  # as submitted (a route answers only for the kinds it submits)
+    created: float = 0.0  # submission time (s since the epoch)
 
 
 class Lease(msgspec.Struct, frozen=True):
@@ -101,7 +106,7 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: 
                 404: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
                 503: "service_unavailable", 504: "timeout"}
 
-CANCELLED_MESSAGE = "the request was cancelled before it started"
+CANCELLED_MESSAGE = "the request was cancelled"
 
 
 def succeeded(payload: Any) -> JobOutcome:
@@ -155,7 +160,7 @@ def to_completed(outcome: JobOutcome) -> Completed:
 
 
 def cancelled() -> Completed:
-    """What a job cancelled before it started stores."""
+    """What a cancelled job stores (cancelled before it started, or stopped while it ran)."""
     return Completed(False, 400, error_body(CANCELLED_MESSAGE, 400, code="cancelled"), CANCELLED_MESSAGE)
 
 

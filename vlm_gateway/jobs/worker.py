@@ -5,7 +5,8 @@ Three loops per worker (one worker per replica, started by the app's lifespan):
 * fetch: take new jobs as slots free up;
 * reclaim: every ``reclaim_interval_s``, take over jobs (and pending webhooks) whose worker stopped
   heartbeating for ``visibility_timeout_s`` (it died), in every replica;
-* heartbeat: every ``heartbeat_s``, refresh everything this worker holds, however long it runs.
+* heartbeat: every ``heartbeat_s``, refresh everything this worker holds, however long it runs; a job
+  cancelled while it runs is stopped then, and stored as cancelled (its webhook sent).
 
 A job waits for its key's limits (concurrency, tokens/min) when it runs, as a queued request does; it
 waits aside (``_Slot``): its slot goes to the next job, so one key at its limits does not hold back
@@ -36,6 +37,7 @@ from vlm_gateway.jobs.types import (
     Job,
     JobOutcome,
     Lease,
+    cancelled,
     failed,
     outcome_from_exception,
     to_completed,
@@ -102,6 +104,8 @@ class Worker:
         self._held: dict[str, Lease] = {}  # queue entry -> lease, for heartbeats
         self._loops: list[asyncio.Task[None]] = []
         self._jobs: set[asyncio.Task[None]] = set()
+        self._runs: dict[str, asyncio.Task[JobOutcome]] = {}  # job id -> its runner, while it runs
+        self._stopped: set[str] = set()  # jobs stopped because they were cancelled
         self._stopping = False
 
     async def start(self) -> None:
@@ -179,7 +183,12 @@ class Worker:
         while not self._stopping:
             await asyncio.sleep(self.settings.heartbeat_s)
             try:
-                await self.queue.heartbeat(self.consumer, list(self._held.values()))
+                for job_id in await self.queue.heartbeat(self.consumer, list(self._held.values())):
+                    run = self._runs.get(job_id)
+                    if run is not None and job_id not in self._stopped:
+                        log.info("job %s was cancelled while it ran: stopping it", job_id)
+                        self._stopped.add(job_id)
+                        run.cancel()
             except Exception as exc:
                 log.warning("job heartbeat failed: %s", exc)
 
@@ -227,14 +236,20 @@ class Worker:
             return to_completed(failed(f"the job was abandoned after {claim.attempt - 1} attempts"))
         limit = self.settings.job_timeout_s
         deadline = asyncio.timeout(limit if limit > 0 else None)
+        run = self._runs[job.id] = asyncio.create_task(self.runner(job), name=f"run-{job.id}")
         try:
             async with deadline:
-                outcome = await self.runner(job)
+                outcome = await run
         except asyncio.CancelledError:
-            raise
+            if job.id not in self._stopped or asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                raise  # the worker is stopping (or its task was cancelled): the job is reclaimed later
+            return cancelled()
         except Exception as exc:
             outcome = (failed(f"the job did not finish within {limit:g} s", 504, type="timeout", code="timeout")
                        if deadline.expired() else outcome_from_exception(exc))
+        finally:
+            del self._runs[job.id]
+            self._stopped.discard(job.id)
         if not isinstance(outcome, JobOutcome):
             log.error("job runner returned %s, not a JobOutcome", type(outcome).__name__)
             outcome = failed("internal server error")

@@ -24,10 +24,13 @@ class QueueStatus(Struct):
     status: QueueStatusName
     queue_position: int | UnsetType = UNSET  # IN_QUEUE only: jobs ahead of this one (approximate)
     error: str | UnsetType = UNSET  # COMPLETED only, when the job failed or was cancelled
+    response_url: str | UnsetType = UNSET  # where the result is (as fal's status answers say)
+    status_url: str | UnsetType = UNSET
 
 
 class QueueCancelled(Struct):
-    """``PUT /queue/requests/{id}/cancel``: 200 ``CANCELLATION_REQUESTED`` or 400 ``ALREADY_COMPLETED``."""
+    """``PUT /queue/requests/{id}/cancel``: 202 ``CANCELLATION_REQUESTED`` (queued: it never runs; running:
+    it is stopped) or 400 ``ALREADY_COMPLETED``."""
 
     status: Literal["CANCELLATION_REQUESTED", "ALREADY_COMPLETED"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from msgspec import UNSET, Meta, Struct, UnsetType, field
+from msgspec import Meta, Struct, field
 
 from vlm_gateway.schemas.openai import Detail, Usage
 
@@ -68,9 +68,9 @@ class FalResponse(Struct):
 
 class VlmRunConfig(Struct):
     prompt: str | None = None
-    detail: Detail = "auto"
+    detail: Detail | Literal["lo", "hi"] = "auto"  # (the vlmrun SDK's "lo" / "hi": low / high)
     json_schema: dict[str, Any] | None = None
-    max_tokens: Annotated[int, Meta(ge=1)] = 512
+    max_tokens: Annotated[int, Meta(ge=1)] = 512  # at most: past the context, what the prompt leaves
     temperature: Annotated[float, Meta(ge=0.0, le=2.0)] = 0.0
 
 
@@ -96,10 +96,10 @@ class VlmRunUsage(Struct):
 class VlmRunResponse(Struct):
     id: str
     status: VlmRunStatus
-    created_at: str | None = None  # unknown while a batch job is still pending
+    created_at: str
+    usage: VlmRunUsage  # (nothing processed yet while pending, running or failed)
     domain: str | None = None
     completed_at: str | None = None
     response: Any = None
-    usage: VlmRunUsage | UnsetType = UNSET
     metadata: dict[str, Any] = {}
     error: str | None = None

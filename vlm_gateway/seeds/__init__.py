@@ -126,6 +126,9 @@ def served_domains() -> list[str]:
     return sorted(name for name, d in domains().items() if d.media in SERVED_MEDIA)
 
 
+_DETAIL = {"lo": "low", "hi": "high"}  # the vlmrun SDK's names
+
+
 def vlmrun_to_chat(req: VlmRunRequest, model: str) -> ChatCompletionRequest:
     preset = domains().get(req.domain)
     if preset is not None and preset.media not in SERVED_MEDIA:
@@ -134,14 +137,23 @@ def vlmrun_to_chat(req: VlmRunRequest, model: str) -> ChatCompletionRequest:
     if preset is None and (req.config.prompt is None or req.config.json_schema is None):
         raise InvalidRequest(f"unknown domain {req.domain!r}; known: {', '.join(served_domains())} "
                              "(or give config.prompt and config.json_schema)", param="domain")
-    prompt = req.config.prompt or preset.prompt
-    schema = req.config.json_schema or json.loads(preset.schema)
-    content = [*(ImageUrlPart(ImageUrl(url, req.config.detail)) for url in req.images), TextPart(prompt)]
+    if req.config.prompt is not None and not req.config.prompt.strip():
+        raise InvalidRequest("config.prompt is empty: leave it out for the domain's own", param="config.prompt")
+    if req.config.json_schema is not None and not req.config.json_schema:
+        raise InvalidRequest("config.json_schema is empty: leave it out for the domain's own",
+                             param="config.json_schema")
+    prompt = req.config.prompt if req.config.prompt is not None else preset.prompt  # type: ignore[union-attr]
+    schema = req.config.json_schema if req.config.json_schema is not None else json.loads(preset.schema)  # type: ignore[union-attr]
+    detail = _DETAIL.get(req.config.detail, req.config.detail)
+    content = [*(ImageUrlPart(ImageUrl(url, detail)) for url in req.images), TextPart(prompt)]  # type: ignore[arg-type]
     return ChatCompletionRequest(
         model=model, messages=[ChatMessage("user", content)],
         max_tokens=req.config.max_tokens, temperature=req.config.temperature,
         response_format=JsonSchemaFormat(JsonSchemaSpec(name=req.domain.replace(".", "_"), schema=schema)),
     )
+
+
+NOTHING_YET = VlmRunUsage(elements_processed=0, credits_used=0)  # a job's usage until it completes
 
 
 def now_iso() -> str:

@@ -66,11 +66,16 @@ class Gateway:
 
     async def wait_done(self, request_id: str, **kw) -> dict:
         for _ in range(500):
-            status = (await self.client.get(f"/queue/requests/{request_id}/status", **kw)).json()
+            status = bare((await self.client.get(f"/queue/requests/{request_id}/status", **kw)).json())
             if status["status"] == "COMPLETED":
                 return status
             await asyncio.sleep(0.01)
         raise AssertionError(f"{request_id} not completed: {status}")
+
+
+def bare(status: dict) -> dict:
+    """A status without its URLs (which ``test_status_carries_the_urls`` checks)."""
+    return {k: v for k, v in status.items() if k not in ("response_url", "status_url")}
 
 
 @pytest_asyncio.fixture(params=["memory", "redis"])
@@ -145,11 +150,11 @@ async def test_queue_positions_and_202_while_waiting(gw) -> None:
         if gw.runner.ran:
             break
         await asyncio.sleep(0.01)
-    statuses = [(await gw.client.get(f"/queue/requests/{rid}/status")).json() for rid in ids]
+    statuses = [bare((await gw.client.get(f"/queue/requests/{rid}/status")).json()) for rid in ids]
     assert statuses == [{"status": "IN_PROGRESS"}, {"status": "IN_QUEUE", "queue_position": 0},
                         {"status": "IN_QUEUE", "queue_position": 1}]
     waiting = await gw.client.get(f"/queue/requests/{ids[2]}")
-    assert waiting.status_code == 202 and waiting.json() == {"status": "IN_QUEUE", "queue_position": 1}
+    assert waiting.status_code == 202 and bare(waiting.json()) == {"status": "IN_QUEUE", "queue_position": 1}
     gw.runner.gate.set()
     for rid in ids:
         await gw.wait_done(rid)
@@ -163,21 +168,56 @@ async def test_cancel(gw) -> None:
             break
         await asyncio.sleep(0.01)
     resp = await gw.client.put(f"/queue/requests/{queued}/cancel")
-    assert resp.status_code == 200 and resp.json() == {"status": "CANCELLATION_REQUESTED"}
-    resp = await gw.client.put(f"/queue/requests/{running}/cancel")
-    assert resp.status_code == 400 and resp.json() == {"status": "ALREADY_COMPLETED"}
-    gw.runner.gate.set()
-    await gw.wait_done(running)
+    assert resp.status_code == 202 and resp.json() == {"status": "CANCELLATION_REQUESTED"}
     status = await gw.wait_done(queued)
     assert status["error"]
     assert_openai_error(await gw.client.get(f"/queue/requests/{queued}"), 400, "cancelled")
-    await asyncio.sleep(0.1)
-    assert gw.runner.ran == [running]  # the cancelled job never ran
+    resp = await gw.client.put(f"/queue/requests/{running}/cancel")  # running: stopped at its next heartbeat
+    assert resp.status_code == 202 and resp.json() == {"status": "CANCELLATION_REQUESTED"}
+    assert (await gw.wait_done(running))["error"]  # (its gate is still closed: only the cancel ends it)
+    assert_openai_error(await gw.client.get(f"/queue/requests/{running}"), 400, "cancelled")
+    resp = await gw.client.put(f"/queue/requests/{running}/cancel")
+    assert resp.status_code == 202 and resp.json() == {"status": "CANCELLATION_REQUESTED"}
+    gw.runner.gate.set()
+    done = (await gw.submit("m", {"prompt": "x"})).json()["request_id"]
+    await gw.wait_done(done)
+    resp = await gw.client.put(f"/queue/requests/{done}/cancel")
+    assert resp.status_code == 400 and resp.json() == {"status": "ALREADY_COMPLETED"}
+    assert gw.runner.ran == [running, done]  # the job cancelled in the queue never ran
+
+
+async def test_status_carries_the_urls_and_fals_own_paths_work(gw) -> None:
+    """fal's status answers carry ``response_url``; its clients also build the URLs under the model:
+    ``/queue/{model}/requests/{id}/status``, ``…/{id}``, ``…/{id}/cancel``."""
+    rid = (await gw.submit("fal-ai/llava-next", {"prompt": "p"})).json()["request_id"]
+    await gw.wait_done(rid)
+    status = (await gw.client.get(f"/queue/requests/{rid}/status")).json()
+    assert status["response_url"] == f"{BASE}/queue/requests/{rid}"
+    assert status["status_url"] == f"{BASE}/queue/requests/{rid}/status"
+    under = f"/queue/fal-ai/llava-next/requests/{rid}"
+    assert (await gw.client.get(f"{under}/status")).json() == status
+    assert (await gw.client.get(under)).json() == (await gw.client.get(f"/queue/requests/{rid}")).json()
+    resp = await gw.client.put(f"{under}/cancel")
+    assert resp.status_code == 400 and resp.json() == {"status": "ALREADY_COMPLETED"}
+    assert_openai_error(await gw.client.get("/queue/fal-ai/llava-next/requests/nope/status"), 404, "not_found")
+    assert_openai_error(await gw.client.get("/queue/fal-ai/llava-next/elsewhere"), 404)
+
+
+async def test_a_cancelled_job_sends_its_webhook(gw, receiver) -> None:  # noqa: F811
+    gw.runner.gate.clear()
+    running = (await gw.submit("m", {"prompt": "a"}, params={"webhook": receiver.url})).json()["request_id"]
+    queued = (await gw.submit("m", {"prompt": "b"}, params={"fal_webhook": receiver.url})).json()["request_id"]
+    for rid in (queued, running):
+        assert (await gw.client.put(f"/queue/requests/{rid}/cancel")).status_code == 202
+    await receiver.wait(2)
+    hooks = {msgspec.json.decode(h.body)["request_id"]: msgspec.json.decode(h.body) for h in receiver.hooks}
+    assert {hooks[rid]["status"] for rid in (running, queued)} == {"ERROR"}
+    gw.runner.gate.set()
 
 
 async def test_failed_job(gw) -> None:
     rid = (await gw.submit("m", {"prompt": "x", "fail": 502})).json()["request_id"]
-    assert await gw.wait_done(rid) == {"status": "COMPLETED", "error": "it failed"}
+    assert bare(await gw.wait_done(rid)) == {"status": "COMPLETED", "error": "it failed"}
     err = assert_openai_error(await gw.client.get(f"/queue/requests/{rid}"), 502, "engine_error")
     assert err["message"] == "it failed" and err["type"] == "server_error"
 

@@ -83,19 +83,41 @@ async def test_failure_is_stored_as_openai_error(queue) -> None:
         "message": "bad image", "type": "invalid_request_error", "param": "messages", "code": "invalid_image"}}
 
 
-async def test_cancel_only_before_start(queue) -> None:
+async def test_cancel_before_start_and_while_running(queue) -> None:
     first, second = [await queue.submit("chat", "m", b"{}") for _ in range(2)]
-    assert await queue.cancel(second.id) is True
-    assert await queue.cancel(second.id) is True  # idempotent
+    assert await queue.cancel(second.id) == "cancelled"
+    assert await queue.cancel(second.id) == "cancelled"  # idempotent
     view = await queue.result(second.id)
     assert view.state == "done" and view.result == cancelled() and view.error
     lease, = await queue.take("c", 1, 0.1)
     assert (await queue.begin(lease, "c")).action == "run"
-    assert await queue.cancel(first.id) is False  # running
-    await queue.complete(lease, OK)
-    assert await queue.cancel(first.id) is False  # done
+    assert await queue.heartbeat("c", [lease]) == set()
+    assert await queue.cancel(first.id) == "requested"  # running: its worker is told at its next heartbeat
+    assert await queue.heartbeat("c", [lease]) == {first.id}
+    await queue.complete(lease, OK)  # (it finished before its worker stopped it)
+    assert await queue.heartbeat("c", [lease]) == set()
+    assert await queue.cancel(first.id) == "finished"
     skipped, = await queue.take("c", 1, 0.1)  # the cancelled one is skipped, never run
     assert skipped.job_id == second.id and (await queue.begin(skipped, "c")).action == "ack"
+
+
+async def test_a_job_stopped_while_running_reads_as_cancelled(queue) -> None:
+    job = await queue.submit("chat", "m", b"{}")
+    lease, = await queue.take("c", 1, 0.1)
+    await queue.begin(lease, "c")
+    assert await queue.cancel(job.id) == "requested"
+    await queue.complete(lease, cancelled())
+    assert await queue.cancel(job.id) == "cancelled"
+    view = await queue.status(job.id)
+    assert (view.kind, view.state) == ("chat", "done") and abs(view.created - job.created) < 1e-3
+
+
+async def test_a_job_cancelled_in_the_queue_still_sends_its_webhook(queue) -> None:
+    job = await queue.submit("chat", "m", b"{}", webhook="https://hooks.example/x")
+    assert await queue.cancel(job.id) == "cancelled"
+    lease, = await queue.take("c", 1, 0.1)
+    claim = await queue.begin(lease, "c")
+    assert claim.action == "deliver" and claim.delivery.result == cancelled()
 
 
 async def test_position_skips_past_cancelled_jobs(queue) -> None:
