@@ -19,6 +19,7 @@ import aiohttp
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
 
+from vlm_gateway.api.access import request_ids
 from vlm_gateway.api.auth import require_api_key
 from vlm_gateway.api.batches import BATCH_ROUTES
 from vlm_gateway.api.chat import chat_completions
@@ -41,6 +42,7 @@ from vlm_gateway.images.load import ImageLoader
 from vlm_gateway.jobs import build_jobs
 from vlm_gateway.jobs.runner import classify, make_runner
 from vlm_gateway.limits import KeyStore, Limiter
+from vlm_gateway.logs import level
 from vlm_gateway.looplag import LoopLag
 from vlm_gateway.models import Model, ModelRegistry
 from vlm_gateway.pipeline import Services
@@ -130,6 +132,7 @@ def cors_config(origins: list[str]) -> CORSConfig | None:
 
 def create_app(settings: Settings, engine_factory: EngineFactory | None = None) -> Litestar:
     registry = ModelRegistry(settings)
+    logging.getLogger("vlm_gateway").setLevel(level(settings.log_level))  # the process's format: vlm_gateway.logs
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -192,7 +195,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
                 if redis is not None:
                     await redis.aclose()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[chat_completions, completions, list_models, retrieve_model, health, vision, fal_run,
                         vlmrun_generate, vlmrun_status, *QUEUE_ROUTES, *file_routes(settings), *RESPONSES_ROUTES,
                         *BATCH_ROUTES, render_chat_completion, metrics_endpoint, *playground_routes(settings)],
@@ -203,4 +206,9 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
         openapi_config=openapi_config(),  # /schema: Swagger UI from local files (works offline)
         request_max_body_size=settings.max_request_bytes,
         debug=False,
+        logging_config=None,  # Litestar's default reconfigures the root logger (vlm_gateway.logs configures it)
     )
+    # outermost, around Litestar's own handler (routing, CORS, the app's error handler): every answer gets
+    # its request id and access log line, an unmatched path's or a preflight's too
+    app.asgi_handler = request_ids(app.asgi_handler)
+    return app

@@ -11,7 +11,6 @@ import errno
 import gc
 import importlib.util
 import json
-import logging
 import os
 import socket
 import sys
@@ -19,12 +18,12 @@ from pathlib import Path
 
 import msgspec
 
-from vlm_gateway import workers
+from vlm_gateway import logs, workers
 from vlm_gateway.settings import EngineSettings, ModelSettings, Settings, SettingsError, load_settings
 
 DEFAULT_TINY_FAMILY = "qwen2_5_vl"
 TINY_EXTRA = ("torch", "transformers", "safetensors", "numpy")  # what building a tiny checkpoint imports
-LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
+LOG_LEVELS = tuple(logs.LEVELS)  # uvicorn's
 # The serving process collects its youngest generation every this many new objects (CPython 3.11: 700).
 GC_YOUNG_THRESHOLD = 10_000
 
@@ -51,7 +50,11 @@ def _with_cli_models(settings: Settings, models: list[str], engine_urls: list[st
     if family and not models:
         raise SettingsError("--family applies to the --model checkpoints, and none is given. Fix: pass --model "
                             "too (or set `family` in the model entry of the config)")
-    engine = EngineSettings(kind="remote", urls=engine_urls) if engine_urls else EngineSettings()
+    try:
+        engine = EngineSettings(kind="remote", urls=engine_urls) if engine_urls else EngineSettings()
+    except ValueError as exc:  # a URL without its scheme or host
+        raise SettingsError(f"--engine-url: {str(exc).removeprefix('urls: ')}. Fix: pass the vLLM server's "
+                            "URL with its scheme and host") from None
     entries = [ModelSettings(id=Path(m).name if Path(m).exists() else m, checkpoint=m, family=family,
                              engine=engine)
                for m in models]
@@ -114,6 +117,17 @@ def _with_tiny_default(settings: Settings) -> Settings:
     entry = ModelSettings(id=f"tiny-{DEFAULT_TINY_FAMILY.replace('_', '-')}", checkpoint=str(path),
                           family=DEFAULT_TINY_FAMILY, aliases=["default"])
     return msgspec.structs.replace(settings, models=[entry])
+
+
+def _check_engine_keys(settings: Settings, environ: dict[str, str] | os._Environ[str]) -> None:
+    """``SettingsError`` for an ``openai`` engine whose ``api_key_env`` names an unset variable: its requests
+    would go unauthenticated (an upstream without a key is configured by leaving ``api_key_env`` out)."""
+    for entry in settings.models:
+        for group in (entry.engine, *entry.engines):
+            if group.api_key_env and not environ.get(group.api_key_env):
+                raise SettingsError(f"model {entry.id!r}: its engine's api_key_env names {group.api_key_env}, which "
+                                    f"is not set (or empty). Fix: export {group.api_key_env}=<the upstream's API "
+                                    "key>, or remove api_key_env for an upstream that needs no key")
 
 
 def _is_local(checkpoint: str) -> bool:
@@ -209,6 +223,7 @@ def serve(args: argparse.Namespace) -> int:
     settings = _with_cli_models(settings, args.model, args.engine_url, args.family)
     _check_port(settings.host, settings.port)  # first: fast, and the most common mistake
     workers.check(settings)
+    _check_engine_keys(settings, os.environ)
     if not settings.models:
         settings = _with_tiny_default(settings)
     _check_models(settings, set(range(configured, len(settings.models))))
@@ -218,7 +233,7 @@ def serve(args: argparse.Namespace) -> int:
         if conflict := vllm_conflict():
             raise SettingsError(conflict)
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level)
     if settings.workers > 1:
         return workers.serve(settings)
 
@@ -230,14 +245,26 @@ def serve(args: argparse.Namespace) -> int:
     app.on_startup.append(settle_heap)  # after the lifespan has loaded everything
     print(f"vlm-gateway on http://{settings.host}:{settings.port}/v1 serving "
           + ", ".join(m.id for m in settings.models), file=sys.stderr)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), access_log=False)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), access_log=False,
+                log_config=None)  # uvicorn's loggers write through the root logger: one format (vlm_gateway.logs)
     return 0
 
 
 def build_tiny(args: argparse.Namespace) -> int:
+    """Its mistakes as ``serve``'s: one line, exit 2."""
+    from vlm_gateway.testing.tiny import FAMILIES
     from vlm_gateway.testing.tiny import build_tiny as build
 
-    path = build(args.family, Path(args.out))
+    if args.family not in FAMILIES:
+        raise SettingsError(f"unknown tiny family {args.family!r}. Fix: pass --family one of: {', '.join(FAMILIES)}")
+    try:
+        path = build(args.family, Path(args.out))
+    except OSError as exc:
+        raise SettingsError(f"cannot write the tiny checkpoint to {args.out}: {exc.strerror or exc}. Fix: pass --out "
+                            "naming a directory that can be written") from None
+    except ImportError as exc:
+        raise SettingsError(f"building a tiny checkpoint needs the tiny extra (cannot import {exc.name or exc}). "
+                            "Fix: pip install 'vlm-gateway[tiny]'") from None
     print(path)
     return 0
 

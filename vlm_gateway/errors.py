@@ -288,8 +288,10 @@ def error_response(request: Request[Any, Any, Any] | None, exc: Exception) -> Re
     from litestar import MediaType, Response
 
     err = _as_gateway_error(exc)
+    state = request.scope.setdefault("state", {}) if request is not None else {}
+    state["error_code"] = err.code  # for the access log (``vlm_gateway.api.access``)
     if err.status >= 500 and isinstance(exc, (GatewayError, EngineError)):
-        log.warning("%s: %s", type(err).__name__, err.message)
+        log.warning("%s: %s (request %s)", type(err).__name__, err.message, state.get("request_id"))
     body = (SeedErrorBody(err.message, err.status, time.time()) if _error_shape(request) == "seed"
             else err.body())
     return Response(

@@ -376,6 +376,7 @@ async def generate(svc: Services, prepared: Prepared) -> AsyncIterator[EngineDel
                     raise ContextLengthExceeded.tokens(limit, len(request.token_ids), completion, param)
                 request.sampling.max_tokens = None  # vLLM's reading: what the (image-expanded) prompt leaves
         await permit.check()
+        await permit.charge(sum(len(r.token_ids) for r in prepared.engine_requests))  # tokens/min: 429 or counted
         metrics.BEFORE_ENGINE.labels(model).observe(time.monotonic() - started)
         stream = merged([engine.generate(r) for r in prepared.engine_requests], prepared.sampling.n)
         in_flight.inc()

@@ -6,7 +6,9 @@ Environment names map onto the Struct tree with ``__`` between levels, e.g.::
     VLM_GATEWAY_REDIS_URL=redis://127.0.0.1:6379/0
     VLM_GATEWAY_IMAGES__MAX_IMAGE_BYTES=1000000
 
-Values are parsed as TOML scalars where they can be (numbers, booleans, arrays), else kept as strings.
+Values are parsed as TOML scalars where they can be (numbers, booleans, arrays), else kept as strings; a
+value for a text field is always its text (a numeric secret stays a string). A list's entries (``models``)
+have no names here: such a list is set whole (a TOML array), in the file or one variable.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
+import msgspec.inspect as mi
 
 from vlm_gateway.batches.settings import BatchSettings
 from vlm_gateway.files.settings import FileSettings
@@ -27,6 +31,15 @@ from vlm_gateway.responses_api.settings import ResponsesSettings
 ENV_PREFIX = "VLM_GATEWAY_"
 
 
+def _is_http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - reading it raises for a port that is not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 class EngineSettings(msgspec.Struct, forbid_unknown_fields=True):
     """Servers of a model's engine pool (``vlm_gateway.engines.pool``).
 
@@ -35,7 +48,8 @@ class EngineSettings(msgspec.Struct, forbid_unknown_fields=True):
     (the gateway sends them token ids). ``openai``: OpenAI-compatible chat servers at ``urls`` (base URLs
     ending in ``/v1``: stock vLLM without scale-out, an older vLLM, SGLang, a hosted
     API), which render the prompt themselves; ``model`` is their model name (default: the model's id),
-    ``api_key_env`` the environment variable that holds their API key.
+    ``api_key_env`` the environment variable that holds their API key (``serve`` refuses to start while it
+    is unset). ``urls`` are http(s) URLs with a host.
 
     The pool-wide fields (``routing``, ``request_timeout_s``, ``slow_start_s``) are read from the model's
     ``engine`` entry; ``engines`` entries add servers of other kinds to the same pool.
@@ -60,6 +74,12 @@ class EngineSettings(msgspec.Struct, forbid_unknown_fields=True):
     # default `lru` multimodal processor cache, one API server); false for engines with --api-server-count > 1
     # or --mm-processor-cache-gb 0, where a key alone fails the request
     engine_image_cache: bool = True
+
+    def __post_init__(self) -> None:
+        """A URL without its scheme (``127.0.0.1:8000``) would be probed, fail, and leave the model down."""
+        for url in self.urls:
+            if not _is_http_url(url):
+                raise ValueError(f"urls: {url!r} is not an http(s) URL with a host, such as http://10.0.0.5:8000")
 
 
 class ModelSettings(msgspec.Struct, forbid_unknown_fields=True):
@@ -120,15 +140,42 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
         return Path(self.cache_dir).expanduser() if self.cache_dir else Path.home() / ".cache" / "vlm-gateway"
 
 
-def _parse_env_value(raw: str) -> Any:
+def _parse_env_value(raw: str, target: Any) -> Any:
+    """``raw`` as a TOML value, except for a text field (``str``, ``str | None``): its text as it is."""
+    types = target.types if isinstance(target, mi.UnionType) else (target,)
+    if any(isinstance(t, mi.StrType) for t in types):
+        return raw
     try:
         return tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         return raw
 
 
+def _field_type(root: Any, path: list[str], name: str) -> Any:
+    """The type (``msgspec.inspect``) of the field the variable ``name`` sets; None where there is no such
+    field (validation names it). ``SettingsError`` for a path through a list's entries."""
+    node = root
+    for depth, key in enumerate(path):
+        while isinstance(node, mi.UnionType):  # `X | None`: X
+            node = next((t for t in node.types if not isinstance(t, mi.NoneType)), None)
+        if isinstance(node, mi.ListType):
+            field = ".".join(path[:depth])
+            raise SettingsError(
+                f"invalid configuration: environment variable {name} sets a field inside `{field}`, a list whose "
+                f"entries cannot be set one field at a time. Fix: set the whole list in the config file, or as "
+                f"{ENV_PREFIX}{'__'.join(path[:depth]).upper()} (a TOML array of tables)")
+        if isinstance(node, mi.StructType):
+            node = next((f.type for f in node.fields if f.encode_name == key), None)
+        elif isinstance(node, mi.DictType):
+            node = node.value_type
+        else:
+            return None
+    return node
+
+
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
+    root = mi.type_info(Settings)
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
             continue
@@ -136,7 +183,7 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
         node = tree
         for key in path[:-1]:
             node = node.setdefault(key, {})
-        node[path[-1]] = _parse_env_value(raw)
+        node[path[-1]] = _parse_env_value(raw, _field_type(root, path, name))
     return tree
 
 
@@ -163,8 +210,6 @@ class SettingsError(ValueError):
         names the field path (``limits.foo``), where its value came from (the file, the environment
         variable) and the fix."""
         import re
-
-        import msgspec.inspect as mi
 
         text = " ".join(str(exc).split())
         match = re.fullmatch(r"(.*?)(?: - at `\$(.*)`)?", text)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
 import os
 import shutil
 import sys
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from vlm_gateway import logs
 from vlm_gateway.settings import EngineSettings, Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def app():  # noqa: ANN201 - uvicorn's factory (``vlm_gateway.workers:app``); Li
     from vlm_gateway.cli import settle_heap
 
     settings = msgspec.json.decode(os.environ[SETTINGS_ENV], type=Settings)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level)
     application = create_app(settings)
     application.on_startup.append(settle_heap)
     return application
@@ -140,7 +140,8 @@ def serve(settings: Settings) -> int:
     with _metrics_dir(), _Engines(settings) as engines:
         os.environ[SETTINGS_ENV] = msgspec.json.encode(engines.settings).decode()
         config = uvicorn.Config("vlm_gateway.workers:app", factory=True, workers=settings.workers, host=settings.host,
-                                port=settings.port, log_level=settings.log_level.lower(), access_log=False)
+                                port=settings.port, log_level=settings.log_level.lower(), access_log=False,
+                                log_config=None)  # one format: the root logger's (vlm_gateway.logs)
         print(f"vlm-gateway on http://{settings.host}:{settings.port}/v1 serving "
               + ", ".join(m.id for m in settings.models) + f" ({settings.workers} workers)", file=sys.stderr)
         supervisor = Multiprocess(config, sockets=[config.bind_socket()])  # what uvicorn.run does, keeping hold

@@ -5,6 +5,8 @@ dies) but never after it."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 import uuid
 from collections import Counter
 
@@ -267,3 +269,35 @@ async def test_a_request_looks_again_before_it_is_refused_for_an_engine_not_up(m
             await client.close()
     finally:
         await runner.cleanup()
+
+
+async def test_a_server_never_up_is_logged_once_with_why(monkeypatch, caplog) -> None:
+    """A server that does not answer its first probes (a wrong address, an engine not started) is one WARNING
+    naming it and why, not silence; once up, going down again is the pool's usual INFO line."""
+    monkeypatch.setattr(pool_module, "HEALTH_INTERVAL_S", 3600)  # no periodic look during the test
+    starting = StartingServer()
+    runner, url = await serve_fake(starting)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, not listening: connections to it are refused
+    nowhere = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = pool_of([url, nowhere], session)
+            with caplog.at_level(logging.INFO, logger="vlm_gateway.engine"):
+                await client.start()
+                for _ in range(2):
+                    await client.check_health()
+                starting.up = True
+                await client.check_health()
+                starting.up = False
+                for _ in range(pool_module.HEALTH_FAILURES_DOWN):
+                    await client.check_health()
+            await client.close()
+    finally:
+        closed.close()
+        await runner.cleanup()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "not up" in r.getMessage()]
+    assert len(warnings) == 2, warnings
+    assert any(w.startswith(f"engine {nowhere} for m is not up: connection refused") for w in warnings), warnings
+    assert any(w.startswith(f"engine {url} for m is not up: no answer of 200") for w in warnings), warnings
+    assert any(r.getMessage() == f"engine {url} for m is down" for r in caplog.records)

@@ -186,3 +186,36 @@ def test_workers_must_be_positive(tmp_path, tiny_checkpoint: Path) -> None:
     env = _env(tmp_path, VLM_GATEWAY_WORKERS="0")
     line = _serve(tmp_path, "--model", str(tiny_checkpoint), "--engine-url", REMOTE, "--port", "0", env=env)
     assert line == "vlm-gateway: invalid configuration: workers = 0. Fix: set workers to 1 or more"
+
+
+def test_an_engine_url_without_its_scheme(tmp_path) -> None:
+    line = _serve(tmp_path, "--model", "/x", "--engine-url", "127.0.0.1:8000", "--port", "0")
+    assert line.startswith("vlm-gateway: --engine-url: '127.0.0.1:8000' is not an http(s) URL with a host"), line
+    cfg = tmp_path / "g.toml"
+    cfg.write_text('[[models]]\nid = "m"\ncheckpoint = "/x"\nengine = { kind = "remote", urls = ["x"] }\n')
+    line = _serve(tmp_path, "--config", str(cfg), "--port", "0")
+    assert "urls: 'x' is not an http(s) URL with a host" in line and "`models[0].engine`" in line, line
+
+
+def test_an_unset_api_key_variable_of_an_openai_engine(tmp_path) -> None:
+    cfg = tmp_path / "g.toml"
+    cfg.write_text('[[models]]\nid = "m"\ncheckpoint = "/x"\n'
+                   f'engine = {{ kind = "openai", urls = ["{REMOTE}/v1"], api_key_env = "VLM_TEST_UNSET_KEY" }}\n')
+    env = {k: v for k, v in _env(tmp_path).items() if k != "VLM_TEST_UNSET_KEY"}
+    line = _serve(tmp_path, "--config", str(cfg), "--port", "0", env=env)
+    assert line == ("vlm-gateway: model 'm': its engine's api_key_env names VLM_TEST_UNSET_KEY, which is not set (or "
+                    "empty). Fix: export VLM_TEST_UNSET_KEY=<the upstream's API key>, or remove api_key_env for an "
+                    "upstream that needs no key")
+
+
+@pytest.mark.parametrize(("family", "out", "expected"), [
+    ("nope", "{tmp}/t", "vlm-gateway: unknown tiny family 'nope'. Fix: pass --family one of: llava_1_5, "),
+    ("llava_1_5", "/proc/nope", "vlm-gateway: cannot write the tiny checkpoint to /proc/nope: "),
+])
+def test_build_tiny_mistakes_are_one_line(tmp_path, family: str, out: str, expected: str) -> None:
+    cmd = [sys.executable, "-m", "vlm_gateway.cli", "build-tiny", "--family", family, "--out",
+           out.format(tmp=tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, (proc.returncode, proc.stderr)
+    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith(expected), proc.stderr
+    assert "Fix: " in proc.stderr

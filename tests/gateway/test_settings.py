@@ -39,3 +39,36 @@ def test_invalid_configuration_is_refused(tmp_path, text: str) -> None:
 def test_invalid_environment_value_is_refused() -> None:
     with pytest.raises(SettingsError):
         load_settings(None, environ={"VLM_GATEWAY_PORT": "eighty"})
+
+
+@pytest.mark.parametrize("raw", ["12345678901234567890", "true", "2024-01-01", "0x1f", "inf", "[1]"])
+def test_a_text_field_keeps_its_environment_value_as_text(raw: str) -> None:
+    s = load_settings(None, environ={"VLM_GATEWAY_JOBS__WEBHOOK__SECRET": raw, "VLM_GATEWAY_LIMITS__REDIS_PREFIX": raw,
+                                     "VLM_GATEWAY_PORT": "0x2328", "VLM_GATEWAY_CORS_ORIGINS": '["*"]'})
+    assert s.jobs.webhook.secret == raw and s.limits.redis_prefix == raw
+    assert s.port == 9000 and s.cors_origins == ["*"]  # numbers and arrays are still TOML
+
+
+def test_an_environment_variable_cannot_set_one_field_of_a_list_entry(tmp_path) -> None:
+    cfg = tmp_path / "g.toml"
+    cfg.write_text('[[models]]\nid = "a"\ncheckpoint = "/x"\n')
+    for name in ("VLM_GATEWAY_MODELS__0__CHECKPOINT", "VLM_GATEWAY_MODELS__ID"):
+        with pytest.raises(SettingsError) as info:
+            load_settings(cfg, environ={name: "/y"})
+        assert str(info.value) == (
+            f"invalid configuration: environment variable {name} sets a field inside `models`, a list whose entries "
+            "cannot be set one field at a time. Fix: set the whole list in the config file, or as VLM_GATEWAY_MODELS "
+            "(a TOML array of tables)")
+    s = load_settings(cfg, environ={"VLM_GATEWAY_MODELS": '[{id = "b", checkpoint = "/y"}]'})
+    assert [(m.id, m.checkpoint) for m in s.models] == [("b", "/y")]
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8000", "x", "localhost:8000", "ftp://h:1", "http://", "http://h:port"])
+def test_an_engine_url_needs_its_scheme_and_host(tmp_path, url: str) -> None:
+    cfg = tmp_path / "g.toml"
+    cfg.write_text(f'[[models]]\nid = "a"\ncheckpoint = "/x"\nengine = {{ kind = "remote", urls = ["{url}"] }}\n'
+                   f'engines = [{{ kind = "openai", urls = ["http://h:1/v1"] }}]\n')
+    with pytest.raises(SettingsError) as info:
+        load_settings(cfg, environ={})
+    assert f"urls: {url!r} is not an http(s) URL with a host" in str(info.value)
+    assert "`models[0].engine`" in str(info.value) and str(cfg) in str(info.value)

@@ -43,11 +43,15 @@ log = logging.getLogger("vlm_gateway.engine")
 HEALTH_INTERVAL_S = 2.0
 HEALTH_FAILURES_DOWN = 3
 RECHECK_INTERVAL_S = 0.5  # while no server is up, requests probe again at most this often
+PROBE_FAILURES = {"refused": "connection refused", "down": "no answer of 200 to its health probe (an error status, a "
+                  "timeout or a failed request)"}
 SLOW_START_FLOOR = 0.1
 
 
 class Supervised(Protocol):
-    """A process the pool starts and stops with itself (``EmbeddedVLLM``)."""
+    """A process the pool starts and stops with itself (``EmbeddedVLLM``), serving at ``url``."""
+
+    url: str
 
     async def start(self) -> None: ...
 
@@ -66,6 +70,7 @@ class Member:
         self.failed_requests = 0  # in a row
         self.max_model_len: int | None = None
         self.was_up = False  # it served before (a server's first start is no comeback)
+        self.reported = False  # a server never up: its first failed probe was logged
         self.warming_since: float | None = None  # slow start: when it came back
 
     def load(self, slow_start_s: float) -> float:
@@ -99,6 +104,7 @@ class EnginePool:
         self._rechecked_at = -math.inf
         for member in self.members:
             metrics.ENGINE_SERVER_UP.labels(model, member.url).set(0)
+            member.reported = any(p.url == member.url for p in self._supervised)  # its supervisor logs its start
 
     @property
     def ready(self) -> bool:
@@ -150,6 +156,10 @@ class EnginePool:
         result = await member.server.probe()
         ok = result == "up"
         member.failed_probes = 0 if ok else member.failed_probes + 1
+        if not ok and not member.was_up and not member.reported:  # else a server never up is never heard of
+            member.reported = True
+            log.warning("engine %s for %s is not up: %s; it is probed every %.0f s and used once it answers",
+                        member.url, self.model, PROBE_FAILURES.get(result, result), HEALTH_INTERVAL_S)
         if ok:
             member.failed_requests = 0
         if ok and (not member.healthy or member.max_model_len is None):  # (re)started: read its limit

@@ -6,7 +6,9 @@ Keys come from two places, both read by ``KeyStore``:
 * the state backend's ``keys`` hash (field: sha256 hex → ``ApiKey`` JSON): created, listed and revoked
   with ``vlm-gateway keys …`` against the shared Redis, seen by every replica on its next request.
 
-Nothing is cached between requests, so a revocation takes effect on the next one.
+Nothing is cached between requests, so a revocation takes effect on the next one. Queued jobs and batch
+lines run under their key's id: ``revoked(key_id)`` (the ``revoked`` hash, written on revocation; a
+config-file key removed from the file counts as revoked) stops them when they come to run.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from vlm_gateway.state import StateBackend
 
 SECRET_PREFIX = "vlm-"
 KEYS_HASH = "keys"  # the state backend hash holding stored keys
+REVOKED_HASH = "revoked_keys"  # key id -> when it was revoked (s), for work queued under it
 
 
 class ApiKey(msgspec.Struct, frozen=True):
@@ -69,6 +72,9 @@ def new_key(name: str, rpm: int = DEFAULT_RPM, concurrency: int = DEFAULT_CONCUR
     name = name.strip()
     if not name:
         raise InvalidRequest("a key needs a name", param="name")
+    for field, value in (("rpm", rpm), ("concurrency", concurrency), ("tpm", tpm)):
+        if value is not None and value < 0:  # (a typo must not make an unlimited key: 0 says "no limit")
+            raise InvalidRequest(f"{field} must be 0 (no limit) or more, not {value}", param=field)
     cleaned = None if models is None else tuple(m.strip() for m in models if m.strip())
     if cleaned == ():
         raise InvalidRequest("models, when given, must name at least one model", param="models")
@@ -130,6 +136,15 @@ class KeyStore:
             return None
         return key
 
+    async def revoked(self, key_id: str) -> bool:
+        """Whether work queued under ``key_id`` must no longer run: the key was revoked, or it was a
+        config-file key that the file no longer holds."""
+        if key_id.startswith("cfg-"):
+            return not any(key.id == key_id for key in self._config.values())
+        if self.state is None or not key_id.startswith("key_"):
+            return False
+        return await self.state.hash_get(REVOKED_HASH, key_id) is not None
+
     async def count(self) -> int:
         """Keys known at all, revoked ones included (revoking every key must not open the gateway)."""
         stored = await self.state.hash_len(KEYS_HASH) if self.state is not None else 0
@@ -160,6 +175,7 @@ class KeyStore:
         for key in await self._stored():
             if key.id == key_id:
                 revoked = msgspec.structs.replace(key, revoked=True)
+                await self.state.hash_set(REVOKED_HASH, key.id, str(time.time()).encode())  # type: ignore[union-attr]
                 await self.state.hash_set(KEYS_HASH, key.hash, msgspec.json.encode(revoked))  # type: ignore[union-attr]
                 return revoked
         raise NotFound(f"no API key with id {key_id}")

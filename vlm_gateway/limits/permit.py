@@ -2,8 +2,10 @@
 
 While held, the limiter's ``SlotKeeper`` thread renews the slot's lease, and the request calls
 ``check`` before each step (a lease that may have lapsed is taken again, or the request stops);
-``release`` stops the renewals and
-frees the slot (and records the request's tokens for TPM). If the process dies, renewals stop and the
+``charge`` counts the prompt's tokens against the key's tokens/min just before the request goes to the
+engine (a 429 when they do not fit: requests running at once cannot all pass a check made before any of
+them counted); ``release`` stops the renewals and frees the slot (and records the rest of the request's
+tokens for TPM). If the process dies, renewals stop and the
 lease runs out ``lease_ttl_s`` later — that is how a ``kill -9``-ed replica gives its slots back. A
 Permit dropped without ``release`` (a bug) is released when garbage-collected, and renewals stop anyway
 once the request has outlived its timeout by a lease.
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from vlm_gateway.limits.keeper import Lease
 
 Cleanup = Callable[[int], Awaitable[None]]
+Charge = Callable[[int], Awaitable[dict[str, str]]]  # tokens -> the updated x-ratelimit-*-tokens headers
 
 
 class Permit:
@@ -32,8 +35,11 @@ class Permit:
 
     def __init__(self, headers: dict[str, str], timeout_s: float, *, cleanup: Cleanup | None = None,
                  spawn: Callable[[Awaitable[None]], asyncio.Task[None]] | None = None,
-                 lease: Lease | None = None, revalidate: Callable[[Lease], Awaitable[None]] | None = None) -> None:
+                 lease: Lease | None = None, revalidate: Callable[[Lease], Awaitable[None]] | None = None,
+                 charge: Charge | None = None) -> None:
         self.headers = headers
+        self.charged = 0  # tokens counted by ``charge`` (``release`` records the rest)
+        self._charge = charge
         self.timeout_s = timeout_s
         self._lease = lease
         self._revalidate = revalidate
@@ -52,6 +58,13 @@ class Permit:
         if self._lease is not None and not self._lease.valid() and self._revalidate is not None:
             await self._revalidate(self._lease)
 
+    async def charge(self, tokens: int) -> None:
+        """Count ``tokens`` (the prompt's) against the key's tokens/min now: ``RateLimited`` when they do not
+        fit. A prompt sent to the engine stays counted, whatever becomes of the request."""
+        if self._charge is not None and tokens > 0 and not self.charged:
+            self.headers.update(await self._charge(tokens))
+            self.charged = tokens
+
     async def release(self, tokens: int = 0) -> None:
         """Free the slot and record ``tokens``. Idempotent; safe in a ``finally`` of a cancelled task.
 
@@ -63,7 +76,7 @@ class Permit:
         self._released = True
         if self._dropped is not None:
             self._dropped.detach()
-        await asyncio.shield(self._spawn(self._cleanup(max(0, int(tokens)))))
+        await asyncio.shield(self._spawn(self._cleanup(max(0, int(tokens) - self.charged))))
 
     def __repr__(self) -> str:
         state = "released" if self._released else "held"

@@ -72,9 +72,10 @@ ANONYMOUS = Caller("anonymous", "anonymous", rpm=0, concurrency=0, tpm=None, mod
 
 def duration(seconds: float) -> str:
     """OpenAI's reset format: ``20ms``, ``1.5s``, ``1m0s``."""
-    if seconds < 1:
-        return f"{max(0, math.ceil(seconds * 1000))}ms"
-    minutes, rest = divmod(seconds, 60)
+    ms = max(0, math.ceil(seconds * 1000))  # rounded once, before it is split: never "60s" or "1m60s"
+    if ms < 1000:
+        return f"{ms}ms"
+    minutes, rest = divmod(ms / 1000, 60)
     text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
     return f"{int(minutes)}m{text}" if minutes else text
 
@@ -195,7 +196,8 @@ class Limiter:
             raise self._limited(caller, "requests per min (RPM)", requests, headers)
         return headers
 
-    async def admit(self, caller: Caller, model_ids: tuple[str, ...], *, count_request: bool = True) -> Permit:
+    async def admit(self, caller: Caller, model_ids: tuple[str, ...], *, count_request: bool = True,
+                    queued: bool = False) -> Permit:
         """A Permit for one request, or ModelNotFound (key not allowed this model) / RateLimited.
 
         Order: model allow-list, tokens/min, a concurrency slot, requests/min (``count_request``);
@@ -226,9 +228,10 @@ class Limiter:
             raise
         if holder is None and not caller.tpm:
             return Permit(headers, timeout_s)
+        charge = (lambda tokens: self._charge(caller, tokens, queued)) if caller.tpm and caller.tpm > 0 else None
         return Permit(headers, timeout_s, spawn=self._spawn,
                       cleanup=lambda tokens: self._finish(caller, holder, tokens),
-                      lease=lease, revalidate=self.revalidate)
+                      lease=lease, revalidate=self.revalidate, charge=charge)
 
     async def admit_waiting(self, caller: Caller, model_ids: tuple[str, ...]) -> Permit:
         """A queued job's admission when it runs: concurrency and tokens/min (its requests/min was
@@ -236,9 +239,12 @@ class Limiter:
         timeout bounds the wait. It waits aside (``ADMISSION_WAIT``): its worker runs other keys' jobs
         meanwhile."""
         aside = ADMISSION_WAIT.get()
+        if await self._call(self.keys.revoked(caller.key_id)):  # (a queued job outlives its key's revocation)
+            raise AuthenticationFailed(f"The API key {caller.name} was revoked before this job ran.",
+                                       code="key_revoked")
         while True:
             try:
-                return await self.admit(caller, model_ids, count_request=False)
+                return await self.admit(caller, model_ids, count_request=False, queued=True)
             except RateLimited as exc:
                 wait_ms = int(exc.headers.get("retry-after-ms", "1000"))
                 log.debug("job of key %s waits %d ms for admission: %s", caller.name, wait_ms, exc.message)
@@ -286,10 +292,29 @@ class Limiter:
                           code="concurrency_limit_exceeded")
 
     @staticmethod
-    def _limited(caller: Caller, what: str, result: WindowResult, headers: dict[str, str]) -> RateLimited:
+    def _limited(caller: Caller, what: str, result: WindowResult, headers: dict[str, str],
+                 requested: int = 1) -> RateLimited:
         return RateLimited(f"Rate limit reached for key {caller.name} on {what}: Limit {result.limit}, "
-                           f"Used {result.used}, Requested 1. Please try again in {duration(result.retry_after_s)}.",
-                           headers=headers | retry_headers(result.retry_after_s))
+                           f"Used {result.used}, Requested {requested}. Please try again in "
+                           f"{duration(result.retry_after_s)}.", headers=headers | retry_headers(result.retry_after_s))
+
+    async def _charge(self, caller: Caller, tokens: int, queued: bool) -> dict[str, str]:
+        """A prompt's ``tokens`` against the key's tokens/min, atomically: a 429 when they do not fit. A
+        queued job, admitted by its wait, records them without a refusal (it must not fail on a 429)."""
+        assert caller.tpm
+        key, window = f"tpm:{caller.key_id}", self.settings.window_s
+        if queued:
+            await self._call(self.state.add(key, window, tokens))
+            return window_headers("tokens", await self._call(self.state.peek(key, window, caller.tpm)))
+        result = await self._call(self.state.hit(key, window, caller.tpm, cost=tokens))
+        headers = window_headers("tokens", result)
+        if tokens > caller.tpm:  # (no wait would help)
+            raise RateLimited(f"Request too large for key {caller.name} on tokens per min (TPM): Limit "
+                              f"{caller.tpm}, Requested {tokens}. Send a shorter prompt (fewer or smaller "
+                              "images), or ask for a higher limit.", headers=headers)
+        if not result.allowed:
+            raise self._limited(caller, "tokens per min (TPM)", result, headers, tokens)
+        return headers
 
     def _spawn(self, work: Awaitable[None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(work)

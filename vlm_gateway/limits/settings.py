@@ -41,6 +41,9 @@ class ConfigKey(msgspec.Struct, forbid_unknown_fields=True):
         self.hash = self.hash.strip().lower().removeprefix("sha256:")
         if not _SHA256_HEX.fullmatch(self.hash):
             raise ValueError(f"key {self.name!r}: hash must be the sha256 hex digest of the secret (64 hex digits)")
+        for field, value in (("rpm", self.rpm), ("concurrency", self.concurrency), ("tpm", self.tpm)):
+            if value is not None and value < 0:  # (a typo must not make an unlimited key: 0 says "no limit")
+                raise ValueError(f"key {self.name!r}: {field} must be 0 (no limit) or more, not {value}")
 
 
 class LimitSettings(msgspec.Struct, forbid_unknown_fields=True):

@@ -1,7 +1,10 @@
 """A client that closes its connection before the answer's first byte (a whole answer, or a stream whose
-first output has not come) stops its engine request and frees its key's slot at once, on uvicorn."""
+first output has not come) stops its engine request and frees its key's slot at once, on uvicorn; the access
+log says 499."""
 
 from __future__ import annotations
+
+import logging
 
 import httpx
 import pytest
@@ -33,7 +36,9 @@ def base_url(tiny_checkpoint, engine):
     ("/completions", {"prompt": "Hello"}),
     ("/completions", {"prompt": "Hello", "stream": True}),
 ])
-def test_a_client_that_leaves_before_the_answer_stops_its_engine_request(base_url, engine, route, body) -> None:
+def test_a_client_that_leaves_before_the_answer_stops_its_engine_request(base_url, engine, route, body,
+                                                                          caplog) -> None:
+    caplog.set_level(logging.INFO, logger="vlm_gateway.access")
     engine.reset()
     engine.gate.clear()  # the engine holds every answer
     try:
@@ -42,6 +47,9 @@ def test_a_client_that_leaves_before_the_answer_stops_its_engine_request(base_ur
                 httpx.post(base_url + route, json={"model": "m", "max_tokens": 4, **body}, headers=auth(SOLO),
                            timeout=httpx.Timeout(5, read=0.5))
             wait_for(lambda sent=sent: engine.aborted == sent)  # the engine request was stopped
+            wait_for(lambda sent=sent: sum(r.getMessage().startswith(f"POST /v1{route} 499 ") and
+                                           r.getMessage().endswith(" code=client_closed_request")
+                                           for r in caplog.records if r.name == "vlm_gateway.access") == sent)
     finally:
         engine.gate.set()
     ok = httpx.post(base_url + route, json={"model": "m", "max_tokens": 4, **body}, headers=auth(SOLO), timeout=10)

@@ -10,7 +10,14 @@ import msgspec
 import pytest
 
 from tests.gateway.limits.support import SHORT_LEASE, make_caller, make_limiter
-from vlm_gateway.errors import AuthenticationFailed, EngineUnavailable, ModelNotFound, RateLimited, error_response
+from vlm_gateway.errors import (
+    AuthenticationFailed,
+    EngineUnavailable,
+    InvalidRequest,
+    ModelNotFound,
+    RateLimited,
+    error_response,
+)
 from vlm_gateway.limits import ConfigKey, KeyStore, hash_secret
 from vlm_gateway.limits.rate import ANONYMOUS, duration
 from vlm_gateway.state import MemoryState, RedisState
@@ -302,9 +309,75 @@ async def test_tpm(backend) -> None:
     await (await limiter.admit(caller, ("m",))).release()
 
 
+async def test_prompts_running_at_once_cannot_all_pass_the_tokens_per_minute(backend) -> None:
+    """Eight requests admitted at once (each sees an empty window): each one's prompt is counted just before
+    it goes to the engine, atomically, so the ones that do not fit are refused, naming what they asked."""
+    limiter = make_limiter(backend)
+    _, caller = await make_caller(limiter, tpm=100, rpm=0, concurrency=0)
+    permits = [await limiter.admit(caller, ("m",)) for _ in range(8)]
+    sent, refused = [], []
+    for permit in permits:
+        try:
+            await permit.charge(30)
+            sent.append(permit)
+        except RateLimited as exc:
+            refused.append(exc)
+            await permit.release()
+    assert len(sent) == 3 and len(refused) == 5
+    assert "Requested 30" in refused[0].message and refused[0].headers["x-ratelimit-remaining-tokens"] == "10"
+    assert sent[-1].headers["x-ratelimit-remaining-tokens"] == "10"
+    for permit in sent:
+        await permit.release(tokens=35)  # prompt 30 (counted) + 5 completion tokens
+    await limiter.close()
+    used = await limiter.state.peek(f"tpm:{caller.key_id}", 60.0, 100)
+    assert used.used == 3 * 35
+
+
+async def test_a_queued_jobs_prompt_is_counted_without_a_refusal(backend) -> None:
+    limiter = make_limiter(backend)
+    _, caller = await make_caller(limiter, tpm=100, rpm=0, concurrency=0)
+    permits = [await limiter.admit_waiting(caller, ("m",)) for _ in range(2)]
+    for permit in permits:
+        await permit.charge(80)  # a job was admitted by its wait: it runs, and counts
+        await permit.release(tokens=80)
+    await limiter.close()
+    assert (await limiter.state.peek(f"tpm:{caller.key_id}", 60.0, 100)).used == 160
+
+
+async def test_work_queued_under_a_revoked_key_does_not_run(backend) -> None:
+    limiter = make_limiter(backend)
+    _, caller = await make_caller(limiter)
+    await (await limiter.admit_waiting(caller, ("m",))).release()
+    await KeyStore(backend).revoke(caller.key_id)
+    with pytest.raises(AuthenticationFailed, match="revoked") as err:
+        await limiter.admit_waiting(caller, ("m",))
+    assert err.value.code == "key_revoked"
+
+
+async def test_a_config_key_removed_from_the_file_stops_its_queued_work() -> None:
+    kept = ConfigKey(name="kept", hash=hash_secret("vlm-kept"))
+    before = make_limiter(MemoryState(), [kept, ConfigKey(name="gone", hash=hash_secret("vlm-gone"))])
+    gone = await before.authenticate("Bearer vlm-gone")
+    after = make_limiter(MemoryState(), [kept])  # the file, edited, and the gateway restarted
+    await (await after.admit_waiting(await after.authenticate("Bearer vlm-kept"), ("m",))).release()
+    with pytest.raises(AuthenticationFailed, match="revoked"):
+        await after.admit_waiting(gone, ("m",))
+
+
+@pytest.mark.parametrize("field", ["rpm", "concurrency", "tpm"])
+async def test_a_negative_limit_is_refused_not_read_as_none(field) -> None:
+    with pytest.raises(InvalidRequest, match="0 \\(no limit\\) or more") as err:
+        await KeyStore(MemoryState()).create("k", **{field: -1})
+    assert err.value.param == field
+    with pytest.raises(ValueError, match="0 \\(no limit\\) or more"):
+        ConfigKey(name="k", hash=hash_secret("vlm-k"), **{field: -1})
+
+
 def test_duration_format() -> None:
     assert [duration(s) for s in (0, 0.0201, 1, 1.5, 59.9724, 60, 61.25, 360)] == [
-        "0ms", "21ms", "1s", "1.5s", "59.972s", "1m0s", "1m1.25s", "6m0s"]
+        "0ms", "21ms", "1s", "1.5s", "59.973s", "1m0s", "1m1.25s", "6m0s"]  # (rounded up: never too early)
+    # rounded to the millisecond before it is split: never "60s", "1m60s" or "1000ms"
+    assert [duration(s) for s in (59.9996, 119.9996, 3599.9999, 0.9999)] == ["1m0s", "2m0s", "60m0s", "1s"]
 
 
 async def test_a_queued_job_waits_for_a_slot_instead_of_failing(backend) -> None:
