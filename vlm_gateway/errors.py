@@ -292,8 +292,11 @@ def error_response(request: Request[Any, Any, Any] | None, exc: Exception) -> Re
     state["error_code"] = err.code  # for the access log (``vlm_gateway.api.access``)
     if err.status >= 500 and isinstance(exc, (GatewayError, EngineError)):
         log.warning("%s: %s (request %s)", type(err).__name__, err.message, state.get("request_id"))
-    body = (SeedErrorBody(err.message, err.status, time.time()) if _error_shape(request) == "seed"
-            else err.body())
+    if _error_shape(request) == "seed":  # (no field for the param: the message names it)
+        named = err.message if not err.param or err.message.startswith(err.param) else f"{err.param}: {err.message}"
+        body: Any = SeedErrorBody(named, err.status, time.time())
+    else:
+        body = err.body()
     return Response(
         content=_ENCODER.encode(body),
         status_code=err.status,

@@ -46,7 +46,7 @@ _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 _HTTP = ["method", "path", "status_code", "app_name"]  # path: the route's template
 HTTP_REQUESTS = Counter(f"{PREFIX}_requests", "HTTP requests by route, method and status.", _HTTP)
 HTTP_SECONDS = Histogram(f"{PREFIX}_request_duration_seconds", "HTTP requests' duration, to the end of the "
-                         "response's body.", _HTTP)
+                         "response's body.", _HTTP, buckets=(*_LATENCY, 120.0, 300.0, 600.0))  # (long answers)
 HTTP_ERRORS = Counter(f"{PREFIX}_requests_error", "HTTP requests answered with a 5xx status.", _HTTP)
 HTTP_IN_PROGRESS = Gauge(f"{PREFIX}_requests_in_progress", "HTTP requests being answered now.",
                          ["method", "path", "app_name"], multiprocess_mode="livesum")

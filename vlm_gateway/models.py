@@ -77,6 +77,9 @@ class ModelRegistry:
                     raise SettingsError(f"model name {name!r} is used twice")
                 self._by_name[name] = model
 
+    def __contains__(self, name: str) -> bool:
+        return name in self._by_name
+
     def resolve(self, name: str) -> Model:
         try:
             return self._by_name[name]

@@ -41,6 +41,9 @@ from vlm_gateway.tools import ToolCallStream
 _ENCODER = msgspec.json.Encoder()
 log = logging.getLogger("vlm_gateway")
 DONE = b"data: [DONE]\n\n"
+# A streamed answer whose client takes no chunk for this long is stopped (its engine request and key slot
+# freed): a reader that stopped reading must not hold them past any timeout.
+SEND_STALL_S = 30.0
 
 
 def sse(body: msgspec.Struct) -> bytes:
@@ -206,15 +209,24 @@ class _EventStreamBody(ASGIStreamingResponse):
                 streaming.cancel()
 
         watcher = asyncio.create_task(watch())
+        loop = asyncio.get_running_loop()
         try:
-            async for chunk in self.iterator:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})  # type: ignore[typeddict-item]
+            async with asyncio.timeout(None) as stalled:  # armed only while a chunk waits for the client
+                async for chunk in self.iterator:
+                    stalled.reschedule(loop.time() + SEND_STALL_S)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})  # type: ignore[typeddict-item]
+                    stalled.reschedule(None)
             done = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not watcher.done() or watcher.cancelled():
                 raise  # not the client's going: the server is stopping
             streaming.uncancel()  # the client went away: the response is over, nothing failed
+        except TimeoutError:  # the client reads nothing: stop (the engine request, the key's slot), unfinished
+            log.warning("a stream's client read nothing for %g s: the stream is stopped", SEND_STALL_S)
+            close = getattr(self.iterator, "aclose", None)
+            if close is not None:
+                await close()
         finally:
             watcher.cancel()  # before it can run again: a finished response's disconnect cancels nothing
 

@@ -22,6 +22,7 @@ INLINE_CHARS = 4096
 # Rendered prompts seen recently, by text: the same question about different images renders to the same
 # text (each image is the same placeholder), so its ids are looked up, not computed again.
 CACHED_TEXTS = 2048
+LONG_AT_ONCE = 2  # long texts encoded at once (threads; the rest wait for one)
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece's byte fallback
 
 
@@ -49,6 +50,7 @@ class Tokenizer:
         self._tok: Any = None
         self._ids: dict[tuple[str, ...], list[int]] = {}
         self._lock = threading.Lock()
+        self._long_slots = threading.BoundedSemaphore(LONG_AT_ONCE)
         self._recent: OrderedDict[tuple[str, bool], tuple[int, ...]] = OrderedDict()  # short texts' ids
         self._bytes: dict[int, list[int]] = {}  # token id → the bytes it stands for
         self._byte_level: bool | None = None
@@ -67,13 +69,20 @@ class Tokenizer:
     def encode_sync(self, text: str, add_special_tokens: bool = False) -> list[int]:
         return self.load().encode(text, add_special_tokens=add_special_tokens).ids
 
+    def _encode_long(self, text: str, add_special_tokens: bool) -> list[int]:
+        """A long text's ids, in a worker thread: ``encode_batch`` lets go of the GIL while it works
+        (``encode`` holds it throughout, so a long prompt froze the event loop for seconds), and at most
+        ``LONG_AT_ONCE`` run at once (each holds its text's offsets and masks while it works)."""
+        with self._long_slots:
+            return self.load().encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
+
     async def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """Token ids of ``text``. Rendered chat prompts carry their own BOS (the family data says
         whether the tokenizer must add it); raw completion prompts get the tokenizer's, as vLLM does.
         A short text is encoded at once (a hop to a thread costs more than it), or found among the
         recently encoded; a long one is encoded in a thread."""
         if len(text) > INLINE_CHARS:
-            return await asyncio.to_thread(self.encode_sync, text, add_special_tokens)
+            return await asyncio.to_thread(self._encode_long, text, add_special_tokens)
         key = (text, add_special_tokens)
         ids = self._recent.get(key)
         if ids is None:

@@ -56,8 +56,9 @@ async def test_recent_texts_are_looked_up_not_encoded_again(tiny_checkpoint, mon
 
     tok = Tokenizer(str(tiny_checkpoint))
     calls: list[str] = []
-    encode = tok.encode_sync
+    encode, encode_long = tok.encode_sync, tok._encode_long
     monkeypatch.setattr(tok, "encode_sync", lambda text, special=False: calls.append(text) or encode(text, special))
+    monkeypatch.setattr(tok, "_encode_long", lambda text, special: calls.append(text) or encode_long(text, special))
     monkeypatch.setattr(tokenize, "CACHED_TEXTS", 2)
     first = await tok.encode("USER: <image>\nhi ASSISTANT:")
     first.append(-1)  # callers get a copy
@@ -86,3 +87,23 @@ def test_token_bytes_rebuild_the_text_byte_for_byte(family: str, tiny_dir) -> No
     singles = [tok.token_bytes(i) for i in range(tok.load().get_vocab_size())]
     # every byte that is no character alone has a token of its own (byte level, or byte fallback)
     assert {b[0] for b in singles if len(b) == 1} >= set(range(0x80, 0x100))
+
+
+async def test_a_long_text_is_encoded_by_the_call_that_lets_go_of_the_gil(tiny_checkpoint, monkeypatch) -> None:
+    """``tokenizers``' ``encode`` holds the GIL throughout (a 900 KB prompt froze the event loop, /health
+    included, for over a second, even in a worker thread); ``encode_batch`` lets go of it while it works.
+    Long texts take the second, with the same ids; short ones stay on the loop."""
+    tok = Tokenizer(str(tiny_checkpoint))
+    text = "the cat sat on the mat, " * 2_000
+    expected = tok.encode_sync(text)
+    rust = tok.load()
+
+    class OnlyBatch:
+        def encode_batch(self, texts, add_special_tokens=False):
+            return rust.encode_batch(texts, add_special_tokens=add_special_tokens)
+
+        def encode(self, *args, **kwargs):
+            raise AssertionError("a long text went through encode, which holds the GIL")
+
+    monkeypatch.setattr(tok, "_tok", OnlyBatch())
+    assert await tok.encode(text) == expected

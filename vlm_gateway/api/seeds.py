@@ -35,7 +35,9 @@ from vlm_gateway.schemas.seeds import (
 async def vision(request: Request[Any, Any, Any], data: JSONBody[VisionRequest]) -> Response[VisionCompletion]:
     req = data
     with seeds.errors_named_for(seeds.VISION_FIELDS):
-        out, headers = await complete_chat(services(request), seeds.vision_to_chat(req), caller(request))
+        registry = services(request).models
+        chat = seeds.vision_to_chat(req, registry, registry.models[0].id)
+        out, headers = await complete_chat(services(request), chat, caller(request))
     return Response(seeds.vision_response(out), headers=headers)
 
 

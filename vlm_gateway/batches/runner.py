@@ -31,7 +31,7 @@ import msgspec
 
 from vlm_gateway.batches.finalize import finalize
 from vlm_gateway.batches.lines import error_line, output_line
-from vlm_gateway.batches.service import FAN_OUT, LINE, BatchService
+from vlm_gateway.batches.service import EVENT, FAN_OUT, LINE, BatchService
 from vlm_gateway.batches.store import ALREADY_RECORDED, CLAIMED_ELSEWHERE, TERMINAL, Counts, LineKind
 from vlm_gateway.jobs.types import (
     Completed,
@@ -169,13 +169,16 @@ async def run_line(service: BatchService, runner: Runner, job: Job) -> None:
 
 
 def with_batches(runner: Runner, service: BatchService) -> Runner:
-    """The app's job runner, also running batch jobs (kinds ``batch`` and ``batch_line``)."""
+    """The app's job runner, also running batch jobs (kinds ``batch``, ``batch_line`` and
+    ``batch_event``: its result is the event, which its webhook sends)."""
 
     async def run(job: Job) -> JobOutcome:
         if job.kind == FAN_OUT:
             await fan_out(service, job)
         elif job.kind == LINE:
             await run_line(service, runner, job)
+        elif job.kind == EVENT:
+            return succeeded(job.body)
         else:
             return await runner(job)
         return succeeded(None)

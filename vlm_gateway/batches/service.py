@@ -18,6 +18,7 @@ A batch still unfinished when its completion window has passed is finalized by t
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -48,8 +49,11 @@ if TYPE_CHECKING:
     from vlm_gateway.pipeline import Services
     from vlm_gateway.responses_api.store import ResponseStore
 
+log = logging.getLogger("vlm_gateway.batches")
+
 FAN_OUT = "batch"  # job kind: queue a batch's lines (body: the batch id)
 LINE = "batch_line"  # job kind: run one line (body: the request; metadata: batch id, index, custom_id)
+EVENT = "batch_event"  # job kind: a batch's end, sent to batches.webhook_url (id and body: the event)
 MAX_LIST = 100
 CANCELLABLE = ("validating", "in_progress")
 
@@ -84,7 +88,7 @@ class BatchService:
         self.services = services
         self.jobs = jobs
         self.responses = responses
-        self._announcing: set[asyncio.Task[bool]] = set()
+        self._announcing: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
         for task in list(self._announcing):
@@ -178,16 +182,22 @@ class BatchService:
 
     def _announce(self, batch_id: str, status: str) -> None:
         """``batch.completed`` (``failed``, ``expired``, ``cancelled``) to ``batches.webhook_url``, as
-        OpenAI sends it: signed (Standard Webhooks) and retried by the jobs' webhook sender, in the
-        background."""
+        OpenAI sends it. The event is a job of its own (``EVENT``, its id the event's): its webhook is
+        signed, retried and persisted as every job's, so a replica that stops does not lose it."""
         if not self.settings.webhook_url:
             return
         event = BatchEvent(id=f"evt_{secrets.token_hex(16)}", created_at=int(time.time()),
                            type=f"batch.{status}", data=BatchEventData(id=batch_id))  # type: ignore[arg-type]
-        task = asyncio.ensure_future(self.jobs().webhooks.deliver(self.settings.webhook_url, event.id,
-                                                                  msgspec.json.encode(event)))
+        task = asyncio.ensure_future(self._queue_event(event))
         self._announcing.add(task)
         task.add_done_callback(self._announcing.discard)
+
+    async def _queue_event(self, event: BatchEvent) -> None:
+        try:
+            await self.jobs().queue.submit(EVENT, "batches", msgspec.json.encode(event),
+                                           webhook=self.settings.webhook_url, job_id=event.id)
+        except Exception as exc:  # (a refused URL, the queue unreachable): the event cannot be sent
+            log.warning("%s for %s not sent: %s", event.type, event.data.id, exc)
 
     async def fail(self, batch_id: str, code: str, message: str, line: int | None = None) -> None:
         """End an unfinished batch as ``failed`` with one error."""

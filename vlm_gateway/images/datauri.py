@@ -74,7 +74,8 @@ def describe_url(url: str) -> str:
     """A log- and error-safe rendering of a URL: never a payload, a query string or more than ~100 chars.
 
     ``data:image/png;base64,…(N bytes)``; ``https://host/path?…`` (query hidden: it may hold a signed
-    token); anything else only as its scheme and length (it may be a bare base64 payload).
+    token; credentials before the host and the fragment left out); anything else only as its scheme and
+    length (it may be a bare base64 payload).
     """
     if is_data_uri(url):
         comma = url.find(",", 5)
@@ -86,7 +87,11 @@ def describe_url(url: str) -> str:
     if scheme is None or scheme.group(1).lower() not in ("http", "https"):
         prefix = scheme.group(0) if scheme else ""
         return f"{prefix}…({len(url)} chars)"
-    base, sep, _query = url.partition("?")
+    base, sep, _query = url.split("#", 1)[0].partition("?")
+    scheme_end = base.find("//") + 2
+    at = base.find("@", scheme_end, (base.find("/", scheme_end) + 1 or len(base) + 1) - 1)
+    if scheme_end >= 2 and at >= 0:  # credentials (user:password@) are never shown
+        base = base[:scheme_end] + "…@" + base[at + 1:]
     base = "".join(ch if ch.isprintable() else "?" for ch in base[: _URL_MAX + 1])
     base = base if len(base) <= _URL_MAX else base[:_URL_MAX] + "…"
     return base + ("?…" if sep else "")

@@ -151,6 +151,8 @@ def _process(data: bytes, sha256: str, detail: str, rule: DetailRule, pre: Prepr
              max_pixels: int) -> SizedImage:
     with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
         fmt, width, height = _header(im, max_pixels)
+        if pre is not None:
+            pre.check_aspect(width, height)
         size = target_size(width, height, detail, rule)
         if pre is not None and pre.takes(*size):
             return _for_model(im, data, sha256, fmt, size, pre)

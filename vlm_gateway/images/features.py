@@ -59,10 +59,19 @@ class Preprocessor(msgspec.Struct, frozen=True):
     max_bytes: int = 1024 * 1024  # larger inputs are not made: the image goes to the engine as it is
 
     def size_for(self, width: int, height: int) -> tuple[int, int]:
-        """The (width, height) the processor resizes an image of this size to."""
+        """The (width, height) the processor resizes an image of this size to. The aspect ratio's bound is
+        the source image's (``check_aspect``, once): a size derived from it (the ``detail`` size, the grid
+        size itself) may be a little past it by rounding, as the processor's own grid size may."""
         factor = self.patch_size * self.merge_size
-        h, w = smart_resize(height, width, factor, self.min_pixels, self.max_pixels)
+        h, w = smart_resize(height, width, factor, self.min_pixels, self.max_pixels, check_aspect=False)
         return w, h
+
+    @staticmethod
+    def check_aspect(width: int, height: int) -> None:
+        """The processor's bound on the source image: at most 200:1 (else a 400, as the engine would)."""
+        if max(height, width) / min(height, width) > MAX_ASPECT:
+            raise ImageError(f"image aspect ratio is too extreme ({width}x{height}; the model takes at most "
+                             f"{MAX_ASPECT}:1)", code="invalid_image")
 
     def takes(self, width: int, height: int) -> bool:
         """Is the input for an image of this size within ``max_bytes``?"""
@@ -94,12 +103,15 @@ def load_preprocessor(kind: str, checkpoint: str, max_bytes: int = 1024 * 1024) 
                            Preprocessor)
 
 
-def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+MAX_ASPECT = 200
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int,
+                 check_aspect: bool = True) -> tuple[int, int]:
     """Qwen2-VL's size rule (transformers' ``smart_resize``): both sides multiples of ``factor``, the area
     within [min_pixels, max_pixels], the aspect ratio kept as closely as that allows."""
-    if max(height, width) / min(height, width) > 200:
-        raise ImageError(f"image aspect ratio is too extreme ({width}x{height}; the model takes at most 200:1)",
-                         code="invalid_image")
+    if check_aspect:
+        Preprocessor.check_aspect(width, height)
     h_bar = round(height / factor) * factor
     w_bar = round(width / factor) * factor
     if h_bar * w_bar > max_pixels:

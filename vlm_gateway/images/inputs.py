@@ -58,4 +58,4 @@ def completion_image_sources(req: CompletionRequest) -> list[ImageInput]:
 def detail_rule(detail: FamilyDetail) -> DetailRule:
     """The family's `detail` data (templates/families.toml) as the image loader's size limits."""
     return DetailRule(low_max_side=detail.low_max_side, high_max_pixels=detail.max_pixels or None,
-                      min_pixels=detail.min_pixels or None)
+                      min_pixels=detail.min_pixels or None, auto=detail.auto)

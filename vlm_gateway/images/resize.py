@@ -3,8 +3,10 @@
 ``low``  → the longer side is at most ``rule.low_max_side`` (512 px by default).
 ``high`` → the longer side is at most ``rule.high_max_side`` and the area at most ``rule.high_max_pixels``
            (either may be ``None``: no limit of that kind).
-``auto`` → ``low`` when the image already fits the low rule (longer side ≤ ``low_max_side``, so nothing
-           changes), else ``high``. In effect ``auto`` keeps the model family's full resolution.
+``auto`` → the family's own reading (``rule.auto``, ``auto`` in families.toml): ``high`` (every family
+           the project ships) is ``low`` when the image already fits the low rule (longer side ≤
+           ``low_max_side``, so nothing changes), else ``high``: the model family's full resolution;
+           ``low`` is ``low``.
 
 Images are only ever scaled down to fit, keeping the aspect ratio, except that an image smaller than
 ``rule.min_pixels`` is scaled up to reach it (the side limit still wins).
@@ -27,6 +29,7 @@ class DetailRule(msgspec.Struct, frozen=True):
     high_max_side: int | None = None
     high_max_pixels: int | None = None
     min_pixels: int | None = None
+    auto: Literal["high", "low"] = "high"  # what ``auto`` means for the family
 
 
 def effective_detail(width: int, height: int, detail: str, rule: DetailRule) -> Literal["low", "high"]:
@@ -35,7 +38,7 @@ def effective_detail(width: int, height: int, detail: str, rule: DetailRule) -> 
         return "low"
     if detail == "high":
         return "high"
-    return "low" if max(width, height) <= rule.low_max_side else "high"
+    return "low" if rule.auto == "low" or max(width, height) <= rule.low_max_side else "high"
 
 
 def _limits(detail: str, rule: DetailRule) -> tuple[int | None, int | None]:

@@ -18,5 +18,7 @@ def default_classify(model: str, body: dict[str, Any]) -> str:
         return "chat"
     if "prompt" in body:
         return "fal" if "image_url" in body else "completion"
+    if "image_url" in body:  # fal's shape, without its prompt
+        raise InvalidRequest("prompt is missing: fal's body is {\"image_url\", \"prompt\"}", param="prompt")
     raise InvalidRequest("cannot tell the kind of request: expected \"messages\" (chat) or \"prompt\"",
                          param="messages")

@@ -45,10 +45,11 @@ class JobQueue(Protocol):
     """What the routes and the worker use; :class:`MemoryJobQueue` and :class:`RedisJobQueue` implement it."""
 
     async def submit(self, kind: str, model: str, body: bytes | str, webhook: str | None = None,
-                     metadata: dict[str, Any] | None = None, caller: Caller = ANONYMOUS) -> Job: ...
+                     metadata: dict[str, Any] | None = None, caller: Caller = ANONYMOUS,
+                     job_id: str | None = None) -> Job: ...
     async def new_job(self, kind: str, model: str, body: bytes | str, webhook: str | None = None,
                       metadata: dict[str, Any] | None = None, caller: Caller = ANONYMOUS,
-                      webhook_param: str = "webhook") -> Job: ...
+                      webhook_param: str = "webhook", job_id: str | None = None) -> Job: ...
     async def enqueue(self, job: Job) -> Job: ...
     async def status(self, job_id: str, owner: str | None = None) -> JobView: ...
     async def result(self, job_id: str, owner: str | None = None) -> JobView: ...
@@ -76,17 +77,18 @@ class BaseJobQueue(abc.ABC):
         self.vet_webhook = vet_webhook
 
     async def submit(self, kind: str, model: str, body: bytes | str, webhook: str | None = None,
-                     metadata: dict[str, Any] | None = None, caller: Caller = ANONYMOUS) -> Job:
+                     metadata: dict[str, Any] | None = None, caller: Caller = ANONYMOUS,
+                     job_id: str | None = None) -> Job:
         """Queue a job for ``caller`` (already admitted: ``pipeline.admit_submission``): ``new_job`` then
         ``enqueue``."""
-        return await self.enqueue(await self.new_job(kind, model, body, webhook, metadata, caller))
+        return await self.enqueue(await self.new_job(kind, model, body, webhook, metadata, caller, job_id=job_id))
 
     async def new_job(self, kind: str, model: str, body: bytes | str, webhook: str | None = None,
                       metadata: dict[str, Any] | None = None, caller: Caller = ANONYMOUS,
-                      webhook_param: str = "webhook") -> Job:
+                      webhook_param: str = "webhook", job_id: str | None = None) -> Job:
         """A job checked and not yet queued: a route checks its body and webhook (a 400 naming
         ``webhook_param``, the client's field for it) before it admits the job, so that a refused
-        submission costs the key nothing."""
+        submission costs the key nothing. ``job_id``: its own id (an event's), else a new one."""
         if not kind or not model:
             raise InvalidRequest("a job needs a kind and a model", param="model")
         if webhook is not None:
@@ -95,7 +97,7 @@ class BaseJobQueue(abc.ABC):
             if self.vet_webhook is not None:
                 with params_renamed(lambda _: webhook_param):
                     await self.vet_webhook(webhook)
-        return Job(id=str(uuid.uuid4()), kind=kind, model=model,
+        return Job(id=job_id or str(uuid.uuid4()), kind=kind, model=model,
                    body=body.encode() if isinstance(body, str) else bytes(body),
                    webhook=webhook, created=time.time(), metadata=dict(metadata or {}), caller=caller)
 

@@ -54,7 +54,7 @@ async def _fal(svc: Services, job: Job) -> Any:
 async def _vision(svc: Services, job: Job) -> Any:
     req = _decode(job, VisionRequest, model=job.model)
     with seeds.errors_named_for(seeds.VISION_FIELDS):
-        return seeds.vision_response(await _run_chat(svc, job, seeds.vision_to_chat(req)))
+        return seeds.vision_response(await _run_chat(svc, job, seeds.vision_to_chat(req, (), job.model)))
 
 
 async def _vlmrun(svc: Services, job: Job) -> Any:

@@ -19,7 +19,6 @@ secret configured no signature is sent.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -34,7 +33,6 @@ from msgspec import Raw
 from vlm_gateway import metrics
 from vlm_gateway.errors import InvalidRequest
 from vlm_gateway.images.guard import Resolver, guarded_request, vet_url
-from vlm_gateway.jobs.queue import backoff
 from vlm_gateway.jobs.settings import WebhookSettings
 from vlm_gateway.jobs.types import ENCODER, Delivery
 from vlm_gateway.schemas.jobs import WebhookBody
@@ -44,9 +42,15 @@ log = logging.getLogger("vlm_gateway.jobs.webhooks")
 SendResult = Literal["ok", "retry", "give_up"]
 
 
+EVENT_PREFIX = "evt_"  # a job whose id is an event's (``evt_…``) has the event as its result: sent as it is
+
+
 def webhook_body(delivery: Delivery) -> bytes:
-    """The exact bytes POSTed for ``delivery`` (deterministic: every attempt and replica sends the same)."""
+    """The exact bytes POSTed for ``delivery`` (deterministic: every attempt and replica sends the same):
+    ``{"request_id", "status", "payload", "error"}``, or an event job's event itself."""
     result = delivery.result
+    if delivery.job_id.startswith(EVENT_PREFIX) and result.ok:
+        return result.body
     body = WebhookBody(delivery.job_id, "OK" if result.ok else "ERROR",
                        Raw(result.body) if result.ok else None, None if result.ok else result.error)
     return ENCODER.encode(body)
@@ -87,8 +91,7 @@ def verify(secret: str, body: bytes, headers: Mapping[str, str], *, max_age_s: f
 
 
 class WebhookSender:
-    """Sends one attempt of a job's delivery (the retry schedule and its persistence are the worker's), or
-    an event with retries in this process (``deliver``)."""
+    """Sends one attempt of a job's delivery (the retry schedule and its persistence are the worker's)."""
 
     def __init__(self, session: aiohttp.ClientSession, settings: WebhookSettings,
                  resolver: Resolver | None = None) -> None:
@@ -106,17 +109,6 @@ class WebhookSender:
         """One POST of a job's result: ``ok`` on a 2xx, ``give_up`` when the guard refuses the URL, else
         ``retry``."""
         return await self.post(delivery.url, delivery.job_id, webhook_body(delivery))
-
-    async def deliver(self, url: str, msg_id: str, body: bytes) -> bool:
-        """POST ``body`` until it is accepted, with the settings' attempts and backoff, in this process (for
-        events that have no job of their own: a batch's end). True when delivered."""
-        for attempt in range(1, self.settings.attempts + 1):
-            outcome = await self.post(url, msg_id, body)
-            if outcome != "retry":
-                return outcome == "ok"
-            if attempt < self.settings.attempts:
-                await asyncio.sleep(backoff(attempt, self.settings.base_delay_s, self.settings.max_delay_s))
-        return False
 
     async def post(self, url: str, msg_id: str, body: bytes) -> SendResult:
         """One signed POST of ``body`` as message ``msg_id`` (counted in the metrics by outcome)."""

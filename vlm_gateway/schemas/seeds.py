@@ -14,7 +14,7 @@ from vlm_gateway.schemas.openai import Detail, Usage
 class VisionRequest(Struct):
     image_url: str
     prompt: str
-    model: str = "fastvlm-1.5b"
+    model: str | None = None  # None: "fastvlm-1.5b" where a model is named so, else the first served
     max_tokens: Annotated[int, Meta(ge=1)] = 200
     temperature: Annotated[float, Meta(ge=0.0, le=2.0)] = 0.7
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from collections.abc import Container
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -79,8 +80,13 @@ def errors_named_for(fields: SeedFields, images: int = 1) -> AbstractContextMana
 
 # --- FastVLM ------------------------------------------------------------------------------------
 
-def vision_to_chat(req: VisionRequest) -> ChatCompletionRequest:
-    return _one_image_chat(req.model, req.image_url, req.prompt, max_tokens=req.max_tokens,
+FASTVLM_MODEL = "fastvlm-1.5b"  # the FastVLM service's own default model
+
+
+def vision_to_chat(req: VisionRequest, served: Container[str], first: str) -> ChatCompletionRequest:
+    """``model`` left out: the FastVLM service's default where a model is named so, else ``first``."""
+    model = req.model or (FASTVLM_MODEL if FASTVLM_MODEL in served else first)
+    return _one_image_chat(model, req.image_url, req.prompt, max_tokens=req.max_tokens,
                            temperature=req.temperature)
 
 

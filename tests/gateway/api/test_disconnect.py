@@ -54,3 +54,30 @@ def test_a_client_that_leaves_before_the_answer_stops_its_engine_request(base_ur
         engine.gate.set()
     ok = httpx.post(base_url + route, json={"model": "m", "max_tokens": 4, **body}, headers=auth(SOLO), timeout=10)
     assert ok.status_code == 200, ok.text
+
+
+def test_a_client_that_stops_reading_a_stream_is_let_go(base_url, engine, monkeypatch) -> None:
+    """A stream whose client takes nothing more (its connection open, its window shut) is stopped after
+    ``SEND_STALL_S``: the engine request ends and the key's slot is free, where before they stayed held
+    as long as the client kept the connection."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from vlm_gateway import streaming
+
+    monkeypatch.setattr(streaming, "SEND_STALL_S", 0.5)
+    engine.reset()
+    engine.pieces = ["x" * 16384] * 1000  # 16 MB: more than the sockets' buffers hold
+    url = urlsplit(base_url)
+    body = b'{"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
+    head = (f"POST {url.path}/chat/completions HTTP/1.1\r\nHost: {url.netloc}\r\nAuthorization: Bearer {SOLO}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    with socket.socket() as reader:
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader.connect((url.hostname, url.port))
+        reader.sendall(head + body)  # and reads nothing
+        wait_for(lambda: engine.aborted == 1)
+        engine.reset()
+        ok = httpx.post(base_url + "/chat/completions", json={"model": "m", "messages": [{"role": "user",
+                        "content": "hi"}]}, headers=auth(SOLO), timeout=10)
+        assert ok.status_code == 200, ok.text  # (concurrency 1: the stalled stream's slot was given back)

@@ -143,6 +143,11 @@ async def test_bad_bodies_are_400(gw, content) -> None:
     assert_openai_error(resp, 400)
 
 
+async def test_a_fal_body_without_its_prompt_names_it(gw) -> None:
+    resp = await gw.client.post("/queue/m", content=b'{"image_url": "https://example.com/a.png"}')
+    assert assert_openai_error(resp, 400)["param"] == "prompt"
+
+
 async def test_queue_positions_and_202_while_waiting(gw) -> None:
     gw.runner.gate.clear()
     ids = [(await gw.submit("m", {"prompt": str(i)})).json()["request_id"] for i in range(3)]

@@ -13,9 +13,11 @@ import pytest
 from litestar.testing import TestClient
 
 from tests.helpers import png_data_uri
+from vlm_gateway import seeds
 from vlm_gateway.app import create_app
 from vlm_gateway.engines import Candidate, EngineDelta, EngineRequest, TokenLogprob
 from vlm_gateway.engines.errors import EngineError, EngineRejected
+from vlm_gateway.schemas.seeds import VisionRequest
 from vlm_gateway.settings import ModelSettings, Settings
 
 
@@ -291,6 +293,16 @@ def test_seed_vision_route_and_its_error_shape(client) -> None:
     bad = client.post("/vision", json={"prompt": "What?", "model": "m"})
     assert bad.status_code == 400
     assert set(bad.json()) == {"error", "status_code", "timestamp"} and bad.json()["status_code"] == 400
+    broken = client.post("/vision", json={"image_url": "data:image/png;base64,aGVsbG8=", "prompt": "What?"})
+    assert broken.status_code == 400 and broken.json()["error"].startswith("image_url: "), broken.text
+
+
+def test_seed_vision_without_a_model_uses_the_first_served(client) -> None:
+    """The FastVLM service's default model ("fastvlm-1.5b") where one is named so, else the first served:
+    a FastVLM client that leaves ``model`` out is answered, not a 404."""
+    r = client.post("/vision", json={"image_url": png_data_uri(), "prompt": "What?"})
+    assert r.status_code == 200 and r.json()["model"] == "m", r.text
+    assert seeds.vision_to_chat(VisionRequest(png_data_uri(), "p"), {"fastvlm-1.5b"}, "m").model == "fastvlm-1.5b"
 
 
 def test_fal_run_route(client) -> None:

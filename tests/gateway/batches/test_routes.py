@@ -185,6 +185,10 @@ def test_a_batch_that_ends_sends_one_signed_event(client, receiver) -> None:
     event, = receiver.events(done["id"])
     assert (event.type, event.object, event.data.id) == ("batch.completed", "event", done["id"])
     assert event.id.startswith("evt_") and event.created_at >= done["completed_at"]
+    # the event is a job of its own (its id the event's): its webhook is persisted and retried as every
+    # job's, so a replica that stops does not lose it
+    job = client.blocking_portal.call(client.app.state.jobs.queue.status, event.id)
+    assert (job.kind, job.state) == ("batch_event", "done")
 
 
 def test_a_finished_batch_cannot_be_cancelled(client) -> None:

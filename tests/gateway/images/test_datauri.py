@@ -76,6 +76,9 @@ def test_describe_url_never_shows_payloads():
     assert describe_url("ftp:" + B64) == f"ftp:…({len(B64) + 4} chars)"
     assert describe_url(B64) == f"…({len(B64)} chars)"  # a bare payload without its data: prefix
     assert "\n" not in describe_url("https://example.com/\nInjected: header")
+    assert describe_url("http://user:s3cret@example.com/a.png?x=1#frag") == "http://…@example.com/a.png?…"
+    assert describe_url("https://example.com/a.png#token=abc") == "https://example.com/a.png"
+    assert describe_url("https://example.com/a@b.png") == "https://example.com/a@b.png"  # (in the path)
 
 
 async def test_logs_and_errors_carry_no_payload(session, caplog, image_server):

@@ -222,6 +222,17 @@ def test_auto_is_low_when_it_already_fits():
     assert effective_detail(513, 300, "auto", RULE) == "high"
 
 
+def test_a_familys_own_auto_is_read_from_its_data():
+    """``auto = "low"`` in a family's entry of families.toml makes ``auto`` mean low for that family."""
+    from vlm_gateway.images.inputs import detail_rule
+    from vlm_gateway.prompts.families import FamilyDetail
+
+    low = detail_rule(FamilyDetail(scaling="dynamic", low_max_side=512, auto="low", patch_px=28))
+    assert target_size(2000, 1500, "auto", low) == target_size(2000, 1500, "low", low) == (512, 384)
+    high = detail_rule(FamilyDetail(scaling="dynamic", low_max_side=512, patch_px=28))
+    assert target_size(2000, 1500, "auto", high) == (2000, 1500)
+
+
 @given(
     st.integers(1, 20_000), st.integers(1, 20_000), st.sampled_from(["auto", "low", "high"]),
     st.builds(DetailRule, low_max_side=st.integers(16, 2048), high_max_side=st.none() | st.integers(16, 8192),

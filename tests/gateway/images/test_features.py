@@ -148,6 +148,24 @@ def test_the_loader_resizes_once_to_the_processors_size() -> None:
     assert sized.features.key.endswith(sized.sha256)  # named by the bytes sent
 
 
+@pytest.mark.parametrize("size, detail, grid", [
+    ((6000, 31), "high", (5992, 28)),  # 193:1, whose grid size (214:1) the processor takes as it makes it
+    ((1990, 10), "low", (896, 28)),  # 199:1, whose low-detail size (512x2) is 256:1 by rounding
+])
+def test_the_aspect_bound_is_the_source_images(size, detail, grid) -> None:
+    """The processor refuses a source image past 200:1, once: a size derived from an image within it (the
+    ``detail`` size, the grid size) is not refused for rounding past it."""
+    data = img.encode("PNG", size)
+    rule = DetailRule(low_max_side=512, high_max_pixels=12845056, min_pixels=3136)  # Qwen's entry
+    sized = decode.prepare(data, hashlib.sha256(data).hexdigest(), detail, rule, 10**8, PRE)
+    assert (sized.width, sized.height) == grid and sized.features is not None
+    if detail == "high":
+        assert grid == REFERENCE(size[1], size[0], 28, 3136, 12845056)[::-1]  # as transformers sizes the source
+    wide = img.encode("PNG", (402, 2))
+    with pytest.raises(ImageError, match="aspect ratio"):
+        decode.prepare(wide, hashlib.sha256(wide).hexdigest(), detail, rule, 10**8, PRE)
+
+
 def test_keys_differ_by_content_processor_and_size() -> None:
     im = Image.new("RGB", (56, 56))
     a = image_features(im, "a" * 64, PRE)
