@@ -41,8 +41,9 @@ from vlm_gateway.tools import ToolCallStream
 _ENCODER = msgspec.json.Encoder()
 log = logging.getLogger("vlm_gateway")
 DONE = b"data: [DONE]\n\n"
-# A streamed answer whose client takes no chunk for this long is stopped (its engine request and key slot
-# freed): a reader that stopped reading must not hold them past any timeout.
+# A streamed answer whose client takes no chunk for this long (up to twice as long: it is looked at every
+# so often) is stopped, its engine request and key slot freed: a reader that stopped reading must not hold
+# them past any timeout.
 SEND_STALL_S = 30.0
 
 
@@ -196,11 +197,15 @@ class _EventStreamBody(ASGIStreamingResponse):
     __slots__ = ()
 
     async def send_body(self, send: Send, receive: Receive) -> None:
-        """Each chunk as one body event while a plain task watches for the client going away; if it
-        goes, this task is cancelled inside the iterator, whose ``finally`` aborts the engine request."""
+        """Each chunk as one body event while a plain task watches for the client going away, and a timer
+        for a client that takes nothing (``SEND_STALL_S``: it looks every so often; a chunk armed with a
+        timer of its own cost more). If the client goes or stalls, this task is cancelled inside the
+        iterator or the send, and the iterator's ``finally`` aborts the engine request."""
         streaming = asyncio.current_task()
         assert streaming is not None
-        done = False
+        loop = asyncio.get_running_loop()
+        done = stalled = False
+        sending = 0.0  # when the chunk being sent began to wait for the client (0: none is)
 
         async def watch() -> None:
             while (await receive())["type"] != "http.disconnect":
@@ -208,26 +213,36 @@ class _EventStreamBody(ASGIStreamingResponse):
             if not done:
                 streaming.cancel()
 
+        def look() -> None:
+            nonlocal stalled, timer
+            if sending and loop.time() - sending >= SEND_STALL_S:
+                stalled = True
+                streaming.cancel()
+            else:
+                timer = loop.call_at((sending or loop.time()) + SEND_STALL_S, look)
+
         watcher = asyncio.create_task(watch())
-        loop = asyncio.get_running_loop()
+        timer = loop.call_later(SEND_STALL_S, look)
         try:
-            async with asyncio.timeout(None) as stalled:  # armed only while a chunk waits for the client
-                async for chunk in self.iterator:
-                    stalled.reschedule(loop.time() + SEND_STALL_S)
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})  # type: ignore[typeddict-item]
-                    stalled.reschedule(None)
+            async for chunk in self.iterator:
+                sending = loop.time()
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})  # type: ignore[typeddict-item]
+                sending = 0.0
             done = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if not watcher.done() or watcher.cancelled():
+            if stalled:  # the client takes nothing: stopped (the engine request, the key's slot), unfinished
+                streaming.uncancel()
+                log.warning("a stream's client read nothing for %g s: the stream is stopped", SEND_STALL_S)
+                close = getattr(self.iterator, "aclose", None)
+                if close is not None:
+                    await close()
+            elif not watcher.done() or watcher.cancelled():
                 raise  # not the client's going: the server is stopping
-            streaming.uncancel()  # the client went away: the response is over, nothing failed
-        except TimeoutError:  # the client reads nothing: stop (the engine request, the key's slot), unfinished
-            log.warning("a stream's client read nothing for %g s: the stream is stopped", SEND_STALL_S)
-            close = getattr(self.iterator, "aclose", None)
-            if close is not None:
-                await close()
+            else:
+                streaming.uncancel()  # the client went away: the response is over, nothing failed
         finally:
+            timer.cancel()
             watcher.cancel()  # before it can run again: a finished response's disconnect cancels nothing
 
 
