@@ -4,7 +4,6 @@ and a valid JSON Schema; video domains are a clear 400 naming ``domain``, over H
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import jsonschema
@@ -13,6 +12,7 @@ from litestar.testing import TestClient
 
 from tests.helpers import png_data_uri
 from vlm_gateway import seeds
+from vlm_gateway.api.docs import walk
 from vlm_gateway.app import create_app
 from vlm_gateway.engines import EngineDelta, EngineRequest
 from vlm_gateway.errors import InvalidRequest
@@ -51,17 +51,6 @@ VLMRUN_LATER_DOMAINS = [
 ]
 VIDEO_DOMAINS = ["video.tv-news", "video.caption", "video.commentary"]
 ALL = VLMRUN_IMAGE_GENERATE_DOMAINS + VLMRUN_LATER_DOMAINS
-
-
-def walk(schema: Any) -> Iterator[dict]:
-    """Every subschema (a dict) in ``schema``."""
-    if isinstance(schema, dict):
-        yield schema
-        for value in schema.values():
-            yield from walk(value)
-    elif isinstance(schema, list):
-        for value in schema:
-            yield from walk(value)
 
 
 def test_every_vlmrun_domain_has_a_preset_and_nothing_else() -> None:

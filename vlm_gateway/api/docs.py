@@ -57,15 +57,15 @@ def _version() -> str:
         return "0+unknown"
 
 
-def _walk(schema: Any) -> Iterator[dict[str, Any]]:
+def walk(schema: Any) -> Iterator[dict[str, Any]]:
     """Every dict (sub-schema) inside ``schema``, itself included."""
     if isinstance(schema, dict):
         yield schema
         for value in schema.values():
-            yield from _walk(value)
+            yield from walk(value)
     elif isinstance(schema, list):
         for value in schema:
-            yield from _walk(value)
+            yield from walk(value)
 
 
 def body_structs(app: Litestar) -> list[type[msgspec.Struct]]:
@@ -86,9 +86,9 @@ def enforce_bounds(doc: dict[str, Any], structs: list[type[msgspec.Struct]]) -> 
     for name, struct in defs.items():
         documented = components.get(name, {}).get("properties")
         for field, schema in struct.get("properties", {}).items():
-            if documented is None or field not in documented or not any(CONSTRAINTS & s.keys() for s in _walk(schema)):
+            if documented is None or field not in documented or not any(CONSTRAINTS & s.keys() for s in walk(schema)):
                 continue
-            refs = [s["$ref"].removeprefix(COMPONENTS) for s in _walk(schema) if "$ref" in s]
+            refs = [s["$ref"].removeprefix(COMPONENTS) for s in walk(schema) if "$ref" in s]
             if all(ref in components for ref in refs):  # else leave Litestar's (the test names what differs)
                 documented[field] = schema
 
