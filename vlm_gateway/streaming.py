@@ -210,12 +210,12 @@ class _EventStreamBody(ASGIStreamingResponse):
         async def watch() -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass
-            if not done:
+            if not done and not stalled:  # (one cancellation: the one that is undone below)
                 streaming.cancel()
 
         def look() -> None:
             nonlocal stalled, timer
-            if sending and loop.time() - sending >= SEND_STALL_S:
+            if sending and loop.time() - sending >= SEND_STALL_S and not watcher.done():
                 stalled = True
                 streaming.cancel()
             else:

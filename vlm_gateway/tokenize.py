@@ -12,6 +12,7 @@ import json
 import re
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from vlm_gateway.errors import InvalidRequest
@@ -22,7 +23,9 @@ INLINE_CHARS = 4096
 # Rendered prompts seen recently, by text: the same question about different images renders to the same
 # text (each image is the same placeholder), so its ids are looked up, not computed again.
 CACHED_TEXTS = 2048
-LONG_AT_ONCE = 2  # long texts encoded at once (threads; the rest wait for one)
+# Long texts are encoded in threads of their own, this many at once: waiting for one, the rest hold no
+# thread of the loop's default executor (image decoding, file I/O share it).
+_LONG_TEXTS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vlm-tokenize")
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece's byte fallback
 
 
@@ -50,7 +53,6 @@ class Tokenizer:
         self._tok: Any = None
         self._ids: dict[tuple[str, ...], list[int]] = {}
         self._lock = threading.Lock()
-        self._long_slots = threading.BoundedSemaphore(LONG_AT_ONCE)
         self._recent: OrderedDict[tuple[str, bool], tuple[int, ...]] = OrderedDict()  # short texts' ids
         self._bytes: dict[int, list[int]] = {}  # token id → the bytes it stands for
         self._byte_level: bool | None = None
@@ -70,11 +72,9 @@ class Tokenizer:
         return self.load().encode(text, add_special_tokens=add_special_tokens).ids
 
     def _encode_long(self, text: str, add_special_tokens: bool) -> list[int]:
-        """A long text's ids, in a worker thread: ``encode_batch`` lets go of the GIL while it works
-        (``encode`` holds it throughout, so a long prompt froze the event loop for seconds), and at most
-        ``LONG_AT_ONCE`` run at once (each holds its text's offsets and masks while it works)."""
-        with self._long_slots:
-            return self.load().encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
+        """A long text's ids (in a ``_LONG_TEXTS`` thread): ``encode_batch`` lets go of the GIL while it
+        works, where ``encode`` holds it throughout (a long prompt froze the event loop for seconds)."""
+        return self.load().encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
 
     async def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """Token ids of ``text``. Rendered chat prompts carry their own BOS (the family data says
@@ -82,7 +82,8 @@ class Tokenizer:
         A short text is encoded at once (a hop to a thread costs more than it), or found among the
         recently encoded; a long one is encoded in a thread."""
         if len(text) > INLINE_CHARS:
-            return await asyncio.to_thread(self._encode_long, text, add_special_tokens)
+            return await asyncio.get_running_loop().run_in_executor(_LONG_TEXTS, self._encode_long, text,
+                                                                    add_special_tokens)
         key = (text, add_special_tokens)
         ids = self._recent.get(key)
         if ids is None:

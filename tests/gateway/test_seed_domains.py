@@ -205,6 +205,7 @@ def test_every_answer_is_one_the_vlmrun_sdk_reads(client, engine) -> None:
         done = poll(client, f"{route}/{pending['id']}")
         _sdk_reads(done)
         assert done["id"] == pending["id"] and done["status"] == "completed"
+        assert done["created_at"] == pending["created_at"]  # one prediction, one creation time
     failing = {**body, "images": ["data:image/png;base64,aGVsbG8="], "batch": True}
     failed = poll(client, f"/v1/predictions/{client.post('/v1/image/generate', json=failing).json()['id']}")
     _sdk_reads(failed)

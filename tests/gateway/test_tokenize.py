@@ -107,3 +107,21 @@ async def test_a_long_text_is_encoded_by_the_call_that_lets_go_of_the_gil(tiny_c
 
     monkeypatch.setattr(tok, "_tok", OnlyBatch())
     assert await tok.encode(text) == expected
+
+
+async def test_long_texts_waiting_to_be_encoded_hold_no_default_threads(tiny_checkpoint, monkeypatch) -> None:
+    """Long texts are encoded two at a time in threads of their own: the ones waiting their turn hold none
+    of the loop's default threads, which image decoding and file I/O use."""
+    import asyncio
+    import threading
+
+    tok = Tokenizer(str(tiny_checkpoint))
+    go = threading.Event()
+    monkeypatch.setattr(tok, "_encode_long", lambda text, special: go.wait(30) and [1])
+    long = "x" * 10_000
+    waiting = [asyncio.ensure_future(tok.encode(long)) for _ in range(40)]
+    try:
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: "decoded"), 10) == "decoded"
+    finally:
+        go.set()
+        assert await asyncio.gather(*waiting) == [[1]] * 40

@@ -7,7 +7,8 @@ classified by ``JobServices.classify`` and run by the worker's runner.
 - ``GET  /queue/requests/{id}/status``  ``IN_QUEUE`` (with ``queue_position``) / ``IN_PROGRESS`` / ``COMPLETED``
 - ``GET  /queue/requests/{id}``         the stored result (200), the stored error, or 202 with the status
 - ``PUT  /queue/requests/{id}/cancel``  202 ``CANCELLATION_REQUESTED`` (queued: it never runs; running: it
-                                        is stopped), or 400 ``ALREADY_COMPLETED``
+                                        is stopped at its worker's next heartbeat, unless it finishes
+                                        first), or 400 ``ALREADY_COMPLETED``
 
 The same three under the model, as fal's clients build them (``/queue/{model}/requests/{id}/status``…).
 A key sees and cancels only its own jobs (another key's id is a 404, as an unknown one).
@@ -110,21 +111,22 @@ def _under_model(path: str, what: str) -> str:
     return match["id"]
 
 
-@get("/queue/{path:path}", status_code=200, responses={
+# (the path parameter is named as POST /queue/{model}'s: OpenAPI allows one template per path)
+@get("/queue/{model:path}", status_code=200, responses={
     **ERRORS, 202: success(QueueStatus, "Not done yet: the status.")})
-async def queue_get_under_model(request: Request[Any, Any, Any], path: FromPath[str]) -> Response[Any]:
+async def queue_get_under_model(request: Request[Any, Any, Any], model: FromPath[str]) -> Response[Any]:
     """``/queue/{model}/requests/{id}/status`` and ``/queue/{model}/requests/{id}``, as fal's clients
-    build them: the same as the routes without the model."""
-    if path.rstrip("/").endswith("/status"):
-        return Response(await queue_status.fn(request, _under_model(path, "/status")))
-    return await queue_result.fn(request, _under_model(path, ""))
+    build them (``model`` here is all of the path after ``/queue/``): the routes without the model."""
+    if model.rstrip("/").endswith("/status"):
+        return Response(await queue_status.fn(request, _under_model(model, "/status")))
+    return await queue_result.fn(request, _under_model(model, ""))
 
 
-@put("/queue/{path:path}", status_code=202, responses={
+@put("/queue/{model:path}", status_code=202, responses={
     **ERRORS, 400: success(QueueCancelled, "`ALREADY_COMPLETED`: the job has its result.")})
-async def queue_cancel_under_model(request: Request[Any, Any, Any], path: FromPath[str]) -> Response[QueueCancelled]:
+async def queue_cancel_under_model(request: Request[Any, Any, Any], model: FromPath[str]) -> Response[QueueCancelled]:
     """``/queue/{model}/requests/{id}/cancel``, as fal's clients build it."""
-    return await queue_cancel.fn(request, _under_model(path, "/cancel"))
+    return await queue_cancel.fn(request, _under_model(model, "/cancel"))
 
 
 QUEUE_ROUTES = [queue_submit, queue_status, queue_result, queue_cancel, queue_get_under_model,

@@ -64,7 +64,8 @@ async def vlmrun_generate(request: Request[Any, Any, Any], data: JSONBody[VlmRun
     if req.batch:  # a job: answer at once, the result is polled (GET below) or sent to callback_url
         who, queue = caller(request), request.app.state.jobs.queue
         job = await queue.new_job("vlmrun", model, msgspec.json.encode(req), webhook=req.callback_url, caller=who,
-                                  metadata={"created_at": created_at}, webhook_param="callback_url")
+                                  webhook_param="callback_url")
+        created_at = job.metadata["created_at"] = _iso(job.created)  # (what every later answer says too)
         headers = await admit_submission(services(request), who, model)  # 404 / 429 now; slots when it runs
         await queue.enqueue(job)
         return Response(VlmRunResponse(id=job.id, status="pending", created_at=created_at, usage=seeds.NOTHING_YET,
@@ -77,6 +78,10 @@ async def vlmrun_generate(request: Request[Any, Any, Any], data: JSONBody[VlmRun
 _STATES = {"queued": "pending", "running": "running"}
 
 
+def _iso(created: float) -> str:
+    return datetime.fromtimestamp(created, UTC).isoformat()
+
+
 @get(["/v1/image/generate/{request_id:str}", "/v1/predictions/{request_id:str}"], responses={
     **ERRORS, 200: success(VlmRunResponse, "`pending` / `running`, then the stored response or `failed`.")})
 async def vlmrun_status(request: Request[Any, Any, Any], request_id: FromPath[str]) -> Any:
@@ -85,7 +90,7 @@ async def vlmrun_status(request: Request[Any, Any, Any], request_id: FromPath[st
     view = await request.app.state.jobs.queue.result(request_id, caller(request).key_id)
     if view.kind and view.kind != "vlmrun":
         raise not_found(request_id)
-    created_at = datetime.fromtimestamp(view.created, UTC).isoformat()
+    created_at = _iso(view.created)
     if view.state != "done":
         return VlmRunResponse(id=request_id, status=_STATES[view.state], created_at=created_at,  # type: ignore[arg-type]
                               usage=seeds.NOTHING_YET)

@@ -89,7 +89,7 @@ def describe_url(url: str) -> str:
         return f"{prefix}…({len(url)} chars)"
     base, sep, _query = url.split("#", 1)[0].partition("?")
     scheme_end = base.find("//") + 2
-    at = base.find("@", scheme_end, (base.find("/", scheme_end) + 1 or len(base) + 1) - 1)
+    at = base.rfind("@", scheme_end, (base.find("/", scheme_end) + 1 or len(base) + 1) - 1)  # (as parsers split)
     if scheme_end >= 2 and at >= 0:  # credentials (user:password@) are never shown
         base = base[:scheme_end] + "…@" + base[at + 1:]
     base = "".join(ch if ch.isprintable() else "?" for ch in base[: _URL_MAX + 1])

@@ -90,13 +90,12 @@ def _eight_bit(im: Image.Image) -> Image.Image:
     integer image whose values pass 255 is read as 16-bit (most such files hold 16-bit data), else as
     8-bit; a float image whose values stay within 1.0 as 0..1, else as 0..255. Strip by strip, in
     integers where it can: never a float64 copy of the whole image."""
-    low, high = im.getextrema()  # type: ignore[misc]
-    if im.mode.startswith("I;16"):
+    if im.mode.startswith("I;16"):  # (Pillow has no extrema of I;16B / I;16L: none are needed here)
         shift, scale = 8, None
     elif im.mode == "I":
-        shift, scale = (8 if high > 255 else 0), None
+        shift, scale = (8 if im.getextrema()[1] > 255 else 0), None  # type: ignore[index]
     else:  # "F"
-        shift, scale = 0, (255.0 if high <= 1.0 else 1.0)
+        shift, scale = 0, (255.0 if im.getextrema()[1] <= 1.0 else 1.0)  # type: ignore[index]
     out = np.empty((im.height, im.width), np.uint8)
     for top in range(0, im.height, _STRIP_ROWS):
         strip = np.asarray(im.crop((0, top, im.width, min(top + _STRIP_ROWS, im.height))))

@@ -146,7 +146,7 @@ class MemoryJobQueue(BaseJobQueue):
             return Claim("deliver", delivery=self._delivery(rec)) if rec.webhook_state == "pending" else Claim("ack")
         rec.state = "running"
         rec.attempts += 1
-        return Claim("run", job=rec.job, attempt=rec.attempts)
+        return Claim("run", job=rec.job, attempt=rec.attempts, stopped=rec.stop)
 
     async def complete(self, lease: Lease, result: Completed) -> tuple[bool, Delivery | None]:
         rec = self._records.get(lease.job_id)

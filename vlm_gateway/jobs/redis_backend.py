@@ -195,7 +195,8 @@ class RedisJobQueue(BaseJobQueue):
         reply = await self._run("BEGIN", [self._key(lease.job_id), self.started_key], [consumer])
         action = _s(reply[0])
         if action == "run":
-            return Claim("run", job=JOB_DECODER.decode(_b(reply[2])), attempt=int(reply[1]))
+            return Claim("run", job=JOB_DECODER.decode(_b(reply[2])), attempt=int(reply[1]),
+                         stopped=_s(reply[3]) == "1")
         if action == "deliver":
             url, ok, code, result, error, attempts, next_at = reply[1:8]
             stored = Completed(_s(ok) == "1", int(code), _b(result), _s(error) or None)

@@ -18,7 +18,8 @@ return seq
 """
 
 # KEYS: job, started   ARGV: consumer
-# -> {'ack'} | {'run', attempts, job JSON} | {'deliver', webhook, ok, code, result, error, wh_attempts, wh_next}
+# -> {'ack'} | {'run', attempts, job JSON, stop} | {'deliver', webhook, ok, code, result, error, wh_attempts,
+#    wh_next}   (stop: '1' when it was cancelled while an earlier run ran: it is stored cancelled, not run)
 BEGIN = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'ack'} end
 local f = redis.call('HMGET', KEYS[1], 'state', 'seq', 'wh_state')
@@ -31,7 +32,7 @@ if f[1] == 'done' then
 end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'state', 'running', 'consumer', ARGV[1])
-return {'run', attempts, redis.call('HGET', KEYS[1], 'job')}
+return {'run', attempts, redis.call('HGET', KEYS[1], 'job'), redis.call('HGET', KEYS[1], 'stop') or ''}
 """
 
 # KEYS: job   ARGV: ok, code, result, error, expires ms, ttl ms, hold ms (kept while a webhook is pending),

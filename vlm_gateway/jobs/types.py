@@ -97,6 +97,7 @@ class Claim(msgspec.Struct):
     job: Job | None = None
     attempt: int = 0
     delivery: Delivery | None = None
+    stopped: bool = False  # run: it was cancelled while an earlier run (whose worker died) ran: not run again
 
 
 ENCODER = msgspec.json.Encoder()

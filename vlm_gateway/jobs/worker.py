@@ -231,6 +231,8 @@ class Worker:
     async def _run(self, claim: Claim) -> Completed:
         job = claim.job
         assert job is not None
+        if claim.stopped:  # cancelled while an earlier run ran, and that run's worker died
+            return cancelled()
         if claim.attempt > self.settings.max_attempts:
             log.error("job %s abandoned after %d attempts", job.id, claim.attempt - 1)
             return to_completed(failed(f"the job was abandoned after {claim.attempt - 1} attempts"))

@@ -239,10 +239,10 @@ class Limiter:
         timeout bounds the wait. It waits aside (``ADMISSION_WAIT``): its worker runs other keys' jobs
         meanwhile."""
         aside = ADMISSION_WAIT.get()
-        if await self._call(self.keys.revoked(caller.key_id)):  # (a queued job outlives its key's revocation)
-            raise AuthenticationFailed(f"The API key {caller.name} was revoked before this job ran.",
-                                       code="key_revoked")
         while True:
+            if await self._call(self.keys.revoked(caller.key_id)):  # (queued work outlives its key's revocation)
+                raise AuthenticationFailed(f"The API key {caller.name} was revoked before this job ran.",
+                                           code="key_revoked")
             try:
                 return await self.admit(caller, model_ids, count_request=False, queued=True)
             except RateLimited as exc:

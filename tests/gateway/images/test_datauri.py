@@ -79,6 +79,7 @@ def test_describe_url_never_shows_payloads():
     assert describe_url("http://user:s3cret@example.com/a.png?x=1#frag") == "http://…@example.com/a.png?…"
     assert describe_url("https://example.com/a.png#token=abc") == "https://example.com/a.png"
     assert describe_url("https://example.com/a@b.png") == "https://example.com/a@b.png"  # (in the path)
+    assert describe_url("https://user:p@ss@host.example/x.png") == "https://…@host.example/x.png"  # the last @
 
 
 async def test_logs_and_errors_carry_no_payload(session, caplog, image_server):

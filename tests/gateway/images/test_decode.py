@@ -151,6 +151,17 @@ def test_deep_images_are_scaled_to_eight_bits_not_clipped(mode, fmt, value, grey
     assert (out.format, im.mode, im.convert("L").getpixel((5, 5))) == ("png", "L", grey)
 
 
+def test_a_big_endian_16_bit_tiff_is_scaled_too():
+    """A "MM" TIFF of 16-bit greys opens as ``I;16B``, a mode Pillow gives no extrema of."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    Image.frombytes("I;16B", (64, 48), np.full((48, 64), 30000, ">u2").tobytes()).save(buf, "TIFF")
+    assert Image.open(io.BytesIO(buf.getvalue())).mode == "I;16B"
+    out = prepare(buf.getvalue(), "auto", RULE, MAX)
+    assert Image.open(io.BytesIO(payload(out.url))).convert("L").getpixel((5, 5)) == 117
+
+
 def test_a_deep_image_is_scaled_without_a_float_copy_of_it():
     """16 M pixels of 16-bit grey: scaled strip by strip, so the temporaries stay a few MB (a float64 copy of
     the whole image was 128 MB, and several decodes run at once)."""

@@ -194,6 +194,29 @@ async def test_a_dead_workers_job_is_reclaimed_and_completed(queue, settings) ->
     assert msgspec.json.decode(view.result.body) == {"by": "b"} and b.jobs == [job.id]
 
 
+async def test_a_job_cancelled_while_its_dead_worker_ran_it_is_not_run_again(queue, settings) -> None:
+    """A running job's cancel is carried out by its worker at its next heartbeat; where that worker died,
+    the worker that reclaims the job stores it cancelled (and sends its webhook) instead of running it."""
+    from vlm_gateway.jobs.types import cancelled
+
+    a, b = Gate("a"), Gate("b")
+    b.release.set()
+    worker_a = make_worker(queue, a, settings, name="a")
+    await worker_a.start()
+    job = await queue.submit("chat", "m", b"{}")
+    await asyncio.wait_for(a.started.wait(), 5)
+    await worker_a.stop(0, release=False)  # dies while it runs the job
+    assert await queue.cancel(job.id) == "requested"
+    worker_b = make_worker(queue, b, settings, name="b")
+    await worker_b.start()
+    try:
+        view = await done(queue, job.id)
+    finally:
+        await worker_b.stop()
+    assert view.result == cancelled() and b.jobs == []  # b never ran it
+    assert await queue.cancel(job.id) == "cancelled"
+
+
 async def test_heartbeats_keep_a_long_job_with_its_worker(queue, settings) -> None:
     a, b = Gate("a"), Gate("b")
     worker_a, worker_b = make_worker(queue, a, settings, name="a"), make_worker(queue, b, settings, name="b")
