@@ -173,23 +173,34 @@ class Gate:
         return succeeded({"by": self.name})
 
 
-async def test_a_dead_workers_job_is_reclaimed_and_completed(queue, settings) -> None:
-    a, b = Gate("a"), Gate("b")
-    b.release.set()
+async def dies_running_a_job(queue, settings):
+    """A job whose worker died while it ran it (its task cancelled, nothing acked or released)."""
+    a = Gate("a")
     worker_a = make_worker(queue, a, settings, name="a")
     await worker_a.start()
     job = await queue.submit("chat", "m", b"{}")
     await asyncio.wait_for(a.started.wait(), 5)
-    await worker_a.stop(0, release=False)  # "dies": its task is cancelled, nothing acked or released
-    died = time.monotonic()
+    await worker_a.stop(0, release=False)
     assert (await queue.status(job.id)).state == "running"
+    return job
 
+
+async def taken_over(queue, settings, job):
+    """The job's view once a second worker (b, whose runs end at once) has reclaimed and finished it."""
+    b = Gate("b")
+    b.release.set()
     worker_b = make_worker(queue, b, settings, name="b")
     await worker_b.start()
     try:
-        view = await done(queue, job.id)
+        return await done(queue, job.id), b
     finally:
         await worker_b.stop()
+
+
+async def test_a_dead_workers_job_is_reclaimed_and_completed(queue, settings) -> None:
+    job = await dies_running_a_job(queue, settings)
+    died = time.monotonic()
+    view, b = await taken_over(queue, settings, job)
     assert time.monotonic() - died >= settings.visibility_timeout_s * 0.9
     assert msgspec.json.decode(view.result.body) == {"by": "b"} and b.jobs == [job.id]
 
@@ -199,20 +210,9 @@ async def test_a_job_cancelled_while_its_dead_worker_ran_it_is_not_run_again(que
     the worker that reclaims the job stores it cancelled (and sends its webhook) instead of running it."""
     from vlm_gateway.jobs.types import cancelled
 
-    a, b = Gate("a"), Gate("b")
-    b.release.set()
-    worker_a = make_worker(queue, a, settings, name="a")
-    await worker_a.start()
-    job = await queue.submit("chat", "m", b"{}")
-    await asyncio.wait_for(a.started.wait(), 5)
-    await worker_a.stop(0, release=False)  # dies while it runs the job
+    job = await dies_running_a_job(queue, settings)
     assert await queue.cancel(job.id) == "requested"
-    worker_b = make_worker(queue, b, settings, name="b")
-    await worker_b.start()
-    try:
-        view = await done(queue, job.id)
-    finally:
-        await worker_b.stop()
+    view, b = await taken_over(queue, settings, job)
     assert view.result == cancelled() and b.jobs == []  # b never ran it
     assert await queue.cancel(job.id) == "cancelled"
 
