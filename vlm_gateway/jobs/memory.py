@@ -23,7 +23,6 @@ class _Record(msgspec.Struct):
     attempts: int = 0
     result: Completed | None = None
     expires: float = 0.0  # done only: when status/result stop being readable
-    cancelled: bool = False
     stop: bool = False  # cancelled while running: its worker is told at its next heartbeat
     webhook_state: str = ""  # "", "pending", "delivered", "failed"
     webhook_attempts: int = 0
@@ -78,17 +77,12 @@ class MemoryJobQueue(BaseJobQueue):
 
     async def cancel(self, job_id: str, owner: str | None = None) -> CancelOutcome:
         rec = self._get(job_id, owner)
-        if rec.state == "queued":
-            rec.state, rec.cancelled, rec.result = "done", True, cancelled()
-            expires = time.time() + self.settings.result_ttl_s
-            if rec.job.webhook:  # sent when a worker reaches the job (``begin``), as a finished job's
-                rec.webhook_state, rec.expires = "pending", expires
-            else:
-                self._expire_at(rec, expires)
+        if rec.state == "queued":  # its webhook is sent when a worker reaches the job (``begin``)
+            self._finish(rec, cancelled())
         elif rec.state == "running":
             rec.stop = True
             return "requested"
-        return "cancelled" if rec.cancelled or rec.result == cancelled() else "finished"
+        return "cancelled" if rec.result == cancelled() else "finished"
 
     # --- worker side ------------------------------------------------------------------------------
 
@@ -154,13 +148,8 @@ class MemoryJobQueue(BaseJobQueue):
             return True, None  # expired meanwhile: nothing left to do but ack
         if rec.state == "done":
             return False, None
-        rec.state, rec.result = "done", result
-        expires = time.time() + self.settings.result_ttl_s
-        if rec.job.webhook:
-            rec.webhook_state, rec.expires = "pending", expires  # swept only once delivery has ended
-            return True, self._delivery(rec)
-        self._expire_at(rec, expires)
-        return True, None
+        self._finish(rec, result)
+        return True, self._delivery(rec) if rec.job.webhook else None
 
     async def webhook_attempt(self, job_id: str, next_at: float) -> int:
         rec = self._records.get(job_id)
@@ -180,6 +169,16 @@ class MemoryJobQueue(BaseJobQueue):
         self._pending.pop(lease.entry, None)
 
     # --- helpers ----------------------------------------------------------------------------------
+
+    def _finish(self, rec: _Record, result: Completed) -> None:
+        """``rec`` done with ``result``: readable for ``result_ttl_s``, or, with a webhook, until its delivery
+        has ended (then swept)."""
+        rec.state, rec.result = "done", result
+        expires = time.time() + self.settings.result_ttl_s
+        if rec.job.webhook:
+            rec.webhook_state, rec.expires = "pending", expires
+        else:
+            self._expire_at(rec, expires)
 
     def _delivery(self, rec: _Record) -> Delivery:
         assert rec.result is not None and rec.job.webhook
