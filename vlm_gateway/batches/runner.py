@@ -6,7 +6,13 @@ be redelivered to another one; each step below is safe to repeat.
 ``batch`` (fan-out, one per batch): moves the batch ``validating`` → ``in_progress``, reads the input
 file and queues one ``batch_line`` job per request, ``enqueue_chunk`` at a time, remembering how far it
 got (``enqueued``: a redelivered fan-out resumes there) and looking for a cancellation between chunks
-(then it stops and the batch waits only for the lines already queued).
+(then it stops and the batch waits only for the lines already queued). It keeps at most
+``max_queued_lines`` of the batch on the queue (queued or running: ``enqueued - recorded``), so a job
+queued after a big batch waits for that many of its lines, not all of them, and batches take turns.
+While the batch has no room it waits aside (its worker slot runs lines meanwhile), looking again every
+``ROOM_POLL_S``. Past its completion window it stops as a cancellation does (the lines never queued are
+``batch_expired``). Under a job time limit (``jobs.job_timeout_s``) it queues a fresh fan-out job to
+go on from where it got, a little before the limit.
 
 ``batch_line`` (one per request): claims the line (a duplicate job, or a line already recorded, does
 nothing), then runs the request through the app's own runner, exactly as ``POST /queue`` runs a chat
@@ -23,7 +29,9 @@ being run again (``jobs.max_attempts``), so that the batch still ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import time
 from typing import Any
 
@@ -32,7 +40,7 @@ import msgspec
 from vlm_gateway.batches.finalize import finalize
 from vlm_gateway.batches.lines import error_line, output_line
 from vlm_gateway.batches.service import EVENT, FAN_OUT, LINE, BatchService
-from vlm_gateway.batches.store import ALREADY_RECORDED, CLAIMED_ELSEWHERE, TERMINAL, Counts, LineKind
+from vlm_gateway.batches.store import ALREADY_RECORDED, CLAIMED_ELSEWHERE, TERMINAL, BatchRecord, Counts, LineKind
 from vlm_gateway.jobs.types import (
     Completed,
     Job,
@@ -43,12 +51,14 @@ from vlm_gateway.jobs.types import (
     to_completed,
 )
 from vlm_gateway.jobs.worker import Runner
+from vlm_gateway.limits.rate import ADMISSION_WAIT
 from vlm_gateway.responses_api import run as responses_run
 from vlm_gateway.schemas.responses import ResponsesRequest
 
 log = logging.getLogger("vlm_gateway.batches")
 #: The app runner's job kind for each endpoint that has one (jobs/runner.py).
 KINDS = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
+ROOM_POLL_S = 0.25  # how often a fan-out that waits for room on the queue looks at its batch again
 
 
 class LineMeta(msgspec.Struct):
@@ -76,22 +86,55 @@ async def fan_out(service: BatchService, job: Job) -> None:
         await service.fail(batch_id, "input_file_missing", "the input file was deleted before the batch started")
         return
     queue, chunk = service.jobs().queue, service.settings.enqueue_chunk
-    for start in range(record.counts.enqueued, len(lines), chunk):
-        end = min(start + chunk, len(lines))
+    window = service.settings.max_queued_lines or len(lines)
+    limit = service.services().settings.jobs.job_timeout_s
+    until = time.monotonic() + (max(limit - 1, limit * 0.9) if limit > 0 else math.inf)
+    start = record.counts.enqueued
+    while start < len(lines):
+        current = await _when_room(service, batch_id, window, until)
+        if current is None or current.status in TERMINAL:
+            return
+        if current.status == "cancelling" or time.time() >= (current.batch.expires_at or 0):
+            await _stop_at(service, batch_id, start)
+            return
+        queued = current.counts.enqueued - current.counts.recorded
+        if queued >= window:  # out of time: a fresh fan-out job goes on from here
+            await queue.submit(FAN_OUT, job.model, job.body, metadata=job.metadata, caller=job.caller)
+            return
+        start = max(start, current.counts.enqueued)  # (a duplicate fan-out may have gone further)
+        end = min(start + min(chunk, window - queued), len(lines))
         for line in lines[start:end]:
             meta = msgspec.to_builtins(LineMeta(batch_id, line.index, line.custom_id))
             await queue.submit(LINE, line.model, line.body, metadata=meta, caller=job.caller)
         await service.store.set_enqueued(batch_id, end)
-        current = await service.store.get(batch_id)
-        if current is None or current.status in TERMINAL:
-            return
-        if current.status == "cancelling":
-            await _stop_at(service, batch_id, end)
-            return
+        start = end
+
+
+def _has_room(record: BatchRecord, window: int) -> bool:
+    """Whether the fan-out has something to do now: queue a line, or stop."""
+    counts = record.counts
+    return (record.status != "in_progress" or counts.enqueued - counts.recorded < window
+            or time.time() >= (record.batch.expires_at or 0))
+
+
+async def _when_room(service: BatchService, batch_id: str, window: int, until: float) -> BatchRecord | None:
+    """The batch once fewer than ``window`` of its lines are on the queue, its status has changed or its
+    completion window has ended; as it is at ``until`` (monotonic) at the latest. None once it is gone.
+    Waits aside: the worker's slot runs other jobs (this batch's lines among them) meanwhile."""
+    record = await service.store.get(batch_id)
+    if record is None or _has_room(record, window):
+        return record
+    aside = ADMISSION_WAIT.get()
+    async with aside() if aside is not None else contextlib.nullcontext():
+        while record is not None and not _has_room(record, window) and time.monotonic() < until:
+            await asyncio.sleep(ROOM_POLL_S)
+            record = await service.store.get(batch_id)
+    return record
 
 
 async def _stop_at(service: BatchService, batch_id: str, enqueued: int) -> None:
-    """A cancellation stopped the fan-out: wait for the ``enqueued`` lines only."""
+    """A cancellation (or the completion window's end) stopped the fan-out: wait for the ``enqueued``
+    lines only."""
     await _maybe_finalize(service, batch_id, await service.store.set_planned(batch_id, enqueued))
 
 

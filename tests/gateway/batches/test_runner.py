@@ -1,11 +1,13 @@
 """The batch jobs when replicas die: a line job redelivered after it recorded its line, a duplicate
 job of a line (a fan-out redelivered mid-way), a line whose runs keep dying, a fan-out resumed where it
-stopped, and a batch past its completion window. The jobs are called directly, as a worker would call
-them, on the memory store and on Redis; the request runner is a fake."""
+stopped, and a batch past its completion window; a batch that keeps at most ``max_queued_lines`` of its
+lines on the queue. The jobs are called directly, as a worker would call them, on the memory store and
+on Redis; the request runner is a fake. The last test runs a real worker on the memory queue."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -23,10 +25,10 @@ from vlm_gateway.batches.settings import BatchSettings
 from vlm_gateway.batches.store import BatchRecord, MemoryBatches
 from vlm_gateway.files import FileSettings
 from vlm_gateway.files.store import build_file_store
-from vlm_gateway.jobs import succeeded
+from vlm_gateway.jobs import MemoryJobQueue, Worker, succeeded
 from vlm_gateway.jobs.settings import JobSettings
 from vlm_gateway.jobs.types import Job
-from vlm_gateway.limits.rate import Caller
+from vlm_gateway.limits.rate import ADMISSION_WAIT, Caller
 from vlm_gateway.schemas.batches import Batch, BatchRequestCounts
 from vlm_gateway.settings import Settings
 
@@ -188,3 +190,119 @@ async def test_a_line_over_the_job_time_limit_is_a_failed_504(world) -> None:
     batch, out, errors = await output(world, record.id)
     assert batch.status == "completed" and batch.request_counts == BatchRequestCounts(total=1, failed=1)
     assert errors[0]["response"]["status_code"] == 504 and errors[0]["response"]["body"]["error"]["code"] == "timeout"
+
+
+async def until(condition, what: str, timeout_s: float = 30) -> None:
+    """Wait for ``condition()`` (an event of another task), failing after ``timeout_s``."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not condition():
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"not seen within {timeout_s} s: {what}") from None
+
+
+def windowed(world: World, lines: int, job_timeout_s: float = 0) -> None:
+    world.service.settings.max_queued_lines = lines
+    world.service.services().settings.jobs.job_timeout_s = job_timeout_s
+
+
+def queued(world: World, kind: str = LINE) -> list[Job]:
+    return [job for job in world.queue.jobs if job.kind == kind]
+
+
+async def test_a_batch_keeps_at_most_max_queued_lines_on_the_queue(world) -> None:
+    windowed(world, 3)
+    record = await new_batch(world, 7)
+    asides = []
+
+    @contextlib.asynccontextmanager
+    async def aside():  # the worker's slot, given up while the fan-out waits
+        asides.append(1)
+        yield
+
+    async def fan_out() -> None:
+        ADMISSION_WAIT.set(aside)
+        await world.run(fan_out_job(record))
+
+    task = asyncio.ensure_future(fan_out())
+    await until(lambda: len(queued(world)) == 3 and asides, "the first 3 lines queued, then a wait")
+    assert not task.done() and asides
+    ran = 0
+    while ran < 7:  # each line that ends makes room for one more, never more than 3 at once
+        await until(lambda: len(queued(world)) >= min(ran + 3, 7), f"line {ran + 3} queued")  # noqa: B023
+        assert len(queued(world)) - ran <= 3
+        await world.run(queued(world)[ran])
+        ran += 1
+    await asyncio.wait_for(task, 30)
+    batch, out, errors = await output(world, record.id)
+    assert batch.status == "completed" and [line["custom_id"] for line in out] == [f"c{i}" for i in range(7)]
+    assert queued(world, FAN_OUT) == [] and errors == []
+
+
+async def test_a_fan_out_near_its_job_time_limit_queues_its_own_continuation(world) -> None:
+    windowed(world, 2, job_timeout_s=0.5)
+    record = await new_batch(world, 4)
+    await world.run(fan_out_job(record))  # the lines do not run: it waits for room until its time is up
+    assert [job.kind for job in world.queue.jobs] == [LINE, LINE, FAN_OUT]
+    for job in queued(world):
+        await world.run(job)
+    await world.run(queued(world, FAN_OUT)[0])  # the continuation goes on from line 2
+    assert [job.metadata["index"] for job in queued(world)] == [0, 1, 2, 3]
+    for job in queued(world)[2:]:
+        await world.run(job)
+    batch, out, _ = await output(world, record.id)
+    assert batch.status == "completed" and [line["custom_id"] for line in out] == ["c0", "c1", "c2", "c3"]
+
+
+async def test_a_cancel_stops_a_fan_out_that_waits_for_room(world) -> None:
+    windowed(world, 2)
+    record = await new_batch(world, 5)
+    task = asyncio.ensure_future(world.run(fan_out_job(record)))
+    await until(lambda: len(queued(world)) == 2, "the first 2 lines queued")
+    await world.service.cancel(ALICE, record.id)
+    await asyncio.wait_for(task, 30)  # it stopped: the batch waits for the 2 lines it queued only
+    for job in queued(world):
+        await world.run(job)
+    batch, out, errors = await output(world, record.id)
+    assert batch.status == "cancelled" and out == [] and len(queued(world)) == 2
+    assert [(e["custom_id"], e["error"]["code"]) for e in errors] == [(f"c{i}", "batch_cancelled") for i in range(5)]
+
+
+async def test_a_batch_whose_completion_window_ends_while_its_fan_out_waits_expires(world) -> None:
+    windowed(world, 1)
+    record = await new_batch(world, 3, expires_in=1)
+    await asyncio.wait_for(world.run(fan_out_job(record)), 30)  # waits for room until the window ends
+    assert len(queued(world)) == 1
+    await world.run(queued(world)[0])  # too late: skipped; the batch waited for that line only
+    batch, out, errors = await output(world, record.id)
+    assert batch.status == "expired" and out == [] and world.runner.ran == []
+    assert [(e["custom_id"], e["error"]["code"]) for e in errors] == [(f"c{i}", "batch_expired") for i in range(3)]
+
+
+async def test_a_job_queued_after_a_big_batch_runs_before_the_batch_has_finished(tmp_path) -> None:
+    """A real worker (one slot) on the memory queue: the batch's lines take turns with a job queued after
+    them, instead of all 40 running first."""
+    jobs = JobSettings(concurrency=1, poll_s=0.05)
+    settings = Settings(files=FileSettings(dir=str(tmp_path / "files")), jobs=jobs,
+                        batches=BatchSettings(max_queued_lines=2))
+    queue, runner = MemoryJobQueue(jobs), FakeRunner()
+    service = BatchService(MemoryBatches(ttl_s=3600), settings.batches, build_file_store(settings),
+                           services=lambda: SimpleNamespace(settings=settings),
+                           jobs=lambda: SimpleNamespace(queue=queue), responses=lambda: None)
+    world = World(service, runner, queue, with_batches(runner, service))
+    record = await new_batch(world, 40)
+    worker = Worker(queue, world.run, settings=jobs)
+    await worker.start()
+    try:
+        await queue.submit(FAN_OUT, "m", record.id.encode(), caller=ALICE)
+        await until(lambda: len(runner.ran) >= 3, "the batch's first lines ran")
+        body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "later"}]})
+        later = await queue.submit("chat", "m", body, caller=ALICE)
+        await until(lambda: b"later" in b"".join(runner.ran), "the later job ran")
+        assert runner.ran.index(body.encode()) <= 3 + 2 + 1  # behind the lines queued when it came, at most
+        assert (await queue.result(later.id)).state == "done"
+        await until(lambda: len(runner.ran) == 41, "the whole batch ran")
+    finally:
+        await worker.stop()
+    assert (await service.retrieve(ALICE, record.id)).request_counts.completed == 40
