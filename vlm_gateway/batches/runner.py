@@ -11,8 +11,9 @@ got (``enqueued``: a redelivered fan-out resumes there) and looking for a cancel
 queued after a big batch waits for that many of its lines, not all of them, and batches take turns.
 While the batch has no room it waits aside (its worker slot runs lines meanwhile), looking again every
 ``ROOM_POLL_S``. Past its completion window it stops as a cancellation does (the lines never queued are
-``batch_expired``). Under a job time limit (``jobs.job_timeout_s``) it queues a fresh fan-out job to
-go on from where it got, a little before the limit.
+``batch_expired``). After ``FAN_OUT_RUN_S`` (or a little before ``jobs.job_timeout_s``) it queues a
+fresh fan-out job to go on from where it got: no one job waits for hours, so replicas restarted while a
+big batch runs never use up its attempts (``jobs.max_attempts``).
 
 ``batch_line`` (one per request): claims the line (a duplicate job, or a line already recorded, does
 nothing), then runs the request through the app's own runner, exactly as ``POST /queue`` runs a chat
@@ -59,6 +60,7 @@ log = logging.getLogger("vlm_gateway.batches")
 #: The app runner's job kind for each endpoint that has one (jobs/runner.py).
 KINDS = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
 ROOM_POLL_S = 0.25  # how often a fan-out that waits for room on the queue looks at its batch again
+FAN_OUT_RUN_S = 300.0  # one fan-out job's run at most; then a fresh one goes on
 
 
 class LineMeta(msgspec.Struct):
@@ -88,7 +90,7 @@ async def fan_out(service: BatchService, job: Job) -> None:
     queue, chunk = service.jobs().queue, service.settings.enqueue_chunk
     window = service.settings.max_queued_lines or len(lines)
     limit = service.services().settings.jobs.job_timeout_s
-    until = time.monotonic() + (max(limit - 1, limit * 0.9) if limit > 0 else math.inf)
+    until = time.monotonic() + min(max(limit - 1, limit * 0.9) if limit > 0 else math.inf, FAN_OUT_RUN_S)
     start = record.counts.enqueued
     while start < len(lines):
         current = await _when_room(service, batch_id, window, until)

@@ -14,9 +14,11 @@ import uuid
 from types import SimpleNamespace
 
 import msgspec
+import pytest
 import pytest_asyncio
 
 from tests.gateway.state.fixtures import redis_session
+from vlm_gateway.batches import runner as runner_module
 from vlm_gateway.batches.lines import parse_input
 from vlm_gateway.batches.redis import RedisBatches
 from vlm_gateway.batches.runner import FAN_OUT, LINE, with_batches
@@ -240,8 +242,11 @@ async def test_a_batch_keeps_at_most_max_queued_lines_on_the_queue(world) -> Non
     assert queued(world, FAN_OUT) == [] and errors == []
 
 
-async def test_a_fan_out_near_its_job_time_limit_queues_its_own_continuation(world) -> None:
-    windowed(world, 2, job_timeout_s=0.5)
+@pytest.mark.parametrize("limit", ["job_timeout_s", "FAN_OUT_RUN_S"])
+async def test_a_fan_out_near_its_time_limit_queues_its_own_continuation(world, limit, monkeypatch) -> None:
+    windowed(world, 2, job_timeout_s=0.5 if limit == "job_timeout_s" else 0)
+    if limit == "FAN_OUT_RUN_S":  # no job time limit: a fan-out job still hands over now and then
+        monkeypatch.setattr(runner_module, "FAN_OUT_RUN_S", 0.3)
     record = await new_batch(world, 4)
     await world.run(fan_out_job(record))  # the lines do not run: it waits for room until its time is up
     assert [job.kind for job in world.queue.jobs] == [LINE, LINE, FAN_OUT]
