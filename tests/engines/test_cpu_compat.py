@@ -145,3 +145,29 @@ def test_cpu_defaults_make_idle_engine_threads_sleep():
     env = server_env({})
     assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env[cpu_compat.SPIN_SLEEP_ENV] == "30"
     assert server_env({"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"  # an operator's choice wins
+
+
+AMX_PERMISSION = """
+import ctypes, platform
+import torch
+import vlm_gateway.engines.cpu_compat as c
+def tiles_granted():  # arch_prctl(ARCH_GET_XCOMP_PERM): bit 18 is AMX's tile data
+    if platform.machine() != "x86_64":
+        return False
+    perm = ctypes.c_uint64(0)
+    ctypes.CDLL(None, use_errno=True).syscall(158, 0x1022, ctypes.byref(perm))
+    return bool(perm.value >> 18 & 1)
+print(torch.cpu._is_amx_tile_supported(), tiles_granted(), c.apply()["amx"], tiles_granted())
+"""
+
+
+def test_a_process_is_granted_amx_where_torch_reports_it():
+    """vLLM's AMX attention kernel kills a worker that never asked Linux for AMX (SIGILL on the first
+    forward pass, on a Sapphire Rapids box); ``apply`` asks for it in every engine process."""
+    r = run_py(AMX_PERMISSION)
+    assert r.returncode == 0, r.stderr[-3000:]
+    amx, before, outcome, after = r.stdout.split()
+    if amx == "True":
+        assert (before, outcome, after) == ("False", "requested", "True")
+    else:
+        assert outcome == "not-needed"

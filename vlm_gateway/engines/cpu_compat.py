@@ -30,6 +30,11 @@ load (``libc10_cuda.so`` missing), and:
   between looks instead (CPU platform only). Nothing else changes: a reader still re-checks the buffer
   itself in that second (it does not depend on a notification), and waits on its socket after it.
 
+* vLLM's CPU attention runs its AMX kernel (bfloat16) wherever torch reports AMX tiles, but nothing in
+  the worker process asks Linux for the AMX state first (``arch_prctl(ARCH_REQ_XCOMP_PERM)``; Linux
+  gives it only on request): the first forward pass dies of SIGILL (exit code -4) on such a CPU (seen
+  on a Sapphire Rapids box). Fix: ask, with torch's own ``torch.cpu._init_amx()``, where AMX is reported.
+
 The fixes are no-ops where the extensions load (GPU builds, matching CPU wheels) or the packages are
 absent. Entry points:
 
@@ -260,6 +265,15 @@ def _fix_torchcodec(torch) -> str:
     return "blocked"
 
 
+def _request_amx(torch) -> str:
+    cpu = torch.cpu
+    if not (hasattr(cpu, "_is_amx_tile_supported") and hasattr(cpu, "_init_amx")):
+        return "absent"
+    if not cpu._is_amx_tile_supported():
+        return "not-needed"
+    return "requested" if cpu._init_amx() else "refused"
+
+
 def apply() -> dict[str, str]:
     """Apply the fixes to this process (see the module docstring); idempotent.
 
@@ -282,6 +296,7 @@ def apply() -> dict[str, str]:
                 "torchcodec": _fix_torchcodec(torch),
                 "vllm-llama4": _fix_vllm_llama4(),
                 "vllm-shm-spin": _fix_vllm_shm_spin(),
+                "amx": _request_amx(torch),
             }
         return _result
 
