@@ -37,6 +37,9 @@ def _stops(stop: str | list[str] | None) -> list[str] | None:
     return stops or None
 
 
+MAX_TOKEN_ID_DIGITS = 9  # no vocabulary has a billion tokens (and the engine's encoder stops at 64 bits)
+
+
 def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
     """OpenAI's token-id strings as ids. Ids past the model's vocabulary are the engine's to refuse (it
     knows the vocabulary size; a 400 naming ``logit_bias`` either way)."""
@@ -44,8 +47,8 @@ def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
         return None
     ids: dict[int, float] = {}
     for token, value in bias.items():
-        if not token.isascii() or not token.isdigit():
-            raise InvalidRequest(f"logit_bias keys are token ids; {token!r} is not one", param="logit_bias")
+        if not token.isascii() or not token.isdigit() or len(token) > MAX_TOKEN_ID_DIGITS:
+            raise InvalidRequest(f"logit_bias keys are token ids; {token[:32]!r} is not one", param="logit_bias")
         ids[int(token)] = value
     return ids
 
@@ -131,8 +134,9 @@ def _sampling(req: ChatCompletionRequest | CompletionRequest, max_tokens: int | 
     if req.stream_options is not None and not req.stream:  # as OpenAI and vLLM refuse it
         raise InvalidRequest("stream_options is only allowed with stream: true", param="stream_options")
     if params.n > 1 and params.temperature is not None and params.temperature < GREEDY_BELOW:
-        raise InvalidRequest(f"n={params.n} needs a temperature above 0: greedy sampling has one answer",
-                             param="n")
+        # OpenAI takes n > 1 at temperature 0 (n copies of the greedy answer); vLLM refuses greedy
+        # sampling with n > 1, but not its equal: sampling from the most likely token alone
+        params.temperature, params.top_k = 1.0, 1
     if params.max_tokens is not None and params.min_tokens > params.max_tokens:
         raise InvalidRequest(f"min_tokens ({params.min_tokens}) is more than max_tokens ({params.max_tokens})",
                              param="min_tokens")

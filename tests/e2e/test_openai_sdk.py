@@ -219,6 +219,16 @@ def test_completions_logprobs_echo_and_prompt_forms(client: openai.OpenAI) -> No
     assert len(ids.choices) == 2 and ids.usage.prompt_tokens == 5
 
 
+def test_n_greedy_answers_at_temperature_0(client: openai.OpenAI) -> None:
+    """OpenAI takes n > 1 at temperature 0; vLLM refuses it as such, so the gateway asks for its equal."""
+    chat = client.chat.completions.create(model=REMOTE, messages=image_message(), n=2, temperature=0, max_tokens=5,
+                                          extra_body={"ignore_eos": True})
+    assert len(chat.choices) == 2 and chat.choices[0].message.content == chat.choices[1].message.content
+    comp = client.completions.create(model=REMOTE, prompt="Hello there", n=3, temperature=0, max_tokens=4,
+                                     extra_body={"ignore_eos": True})
+    assert len(comp.choices) == 3 and len({c.text for c in comp.choices}) == 1
+
+
 def test_image_by_file_id(client: openai.OpenAI, tmp_path) -> None:
     from tests.helpers import png_bytes
 

@@ -60,15 +60,11 @@ def test_logit_bias_keys_become_token_ids() -> None:
 
 
 def test_combinations_the_engine_refuses_without_a_name_are_refused_naming_the_field() -> None:
-    for fields, param in (({"n": 2, "temperature": 0}, "n"), ({"min_tokens": 5, "max_tokens": 4}, "min_tokens"),
+    for fields, param in (({"min_tokens": 5, "max_tokens": 4}, "min_tokens"),
                           ({"min_tokens": 5, "max_completion_tokens": 4}, "min_tokens")):
         with pytest.raises(InvalidRequest) as info:
             chat_sampling(chat(**fields), [7])
         assert info.value.param == param
-    with pytest.raises(InvalidRequest) as info:
-        completion_sampling(msgspec.convert({"model": "m", "prompt": "x", "n": 3, "temperature": 0},
-                                            CompletionRequest), [7])
-    assert info.value.param == "n"
     assert chat_sampling(chat(n=2, temperature=0.01, min_tokens=4, max_tokens=4), [7]).n == 2
     assert chat_sampling(chat(min_tokens=400), [7]).min_tokens == 400  # no max_tokens: the context's rest
 
@@ -90,3 +86,21 @@ def test_an_empty_stop_sequence_is_a_400_naming_stop(stop) -> None:
     with pytest.raises(InvalidRequest) as raised:
         chat_sampling(chat(stop=stop), [7], NO_DEFAULTS)
     assert raised.value.param == "stop"
+
+
+def test_n_above_1_at_temperature_0_is_n_greedy_answers() -> None:
+    """OpenAI takes it; vLLM refuses greedy sampling with n > 1, so the engine is asked for its equal."""
+    params = chat_sampling(chat(n=2, temperature=0), [7])
+    assert (params.n, params.temperature, params.top_k) == (2, 1.0, 1)
+    params = completion_sampling(msgspec.convert({"model": "m", "prompt": "x", "n": 3, "temperature": 0},
+                                                 CompletionRequest), [7])
+    assert (params.n, params.temperature, params.top_k) == (3, 1.0, 1)
+    assert (chat_sampling(chat(temperature=0), [7]).temperature, chat_sampling(chat(n=2), [7]).top_k) == (0, None)
+
+
+def test_a_logit_bias_id_past_any_vocabulary_is_a_400_naming_it() -> None:
+    for key in ("99999999999999999999999", "1" * 10_000):
+        with pytest.raises(InvalidRequest) as info:
+            chat_sampling(chat(logit_bias={key: 5}), [7])
+        assert info.value.param == "logit_bias" and len(info.value.message) < 200
+    assert chat_sampling(chat(logit_bias={"999999999": 1}), [7]).logit_bias == {999_999_999: 1.0}

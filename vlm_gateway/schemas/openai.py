@@ -30,8 +30,11 @@ Detail = Literal["auto", "low", "high", "original"]  # "original": as sent, with
 
 class ImageUrl(Struct):
     url: str | None = None  # https URL or data URI
-    detail: Detail = "auto"
+    detail: Detail | None = "auto"  # null, for every optional field here (as the SDK sends a None): the default
     file_id: str | None = None  # an uploaded file (/v1/files) instead of ``url``
+
+    def __post_init__(self) -> None:
+        self.detail = self.detail or "auto"
 
 
 class TextPart(Struct, tag_field="type", tag="text"):
@@ -47,7 +50,10 @@ class ImagePart(Struct, tag_field="type", tag="image"):
 
     url: str | None = None
     image: str | None = None
-    detail: Detail = "auto"
+    detail: Detail | None = "auto"
+
+    def __post_init__(self) -> None:
+        self.detail = self.detail or "auto"
 
 
 class FileRef(Struct):
@@ -112,7 +118,10 @@ class ChatMessage(Struct):
 
 
 class StreamOptions(Struct):
-    include_usage: bool = False
+    include_usage: bool | None = False
+
+    def __post_init__(self) -> None:
+        self.include_usage = bool(self.include_usage)
 
 
 class JsonSchemaSpec(Struct):
@@ -164,9 +173,9 @@ class ChatCompletionRequest(Struct):
     functions: list[dict[str, Any]] | None = None  # OpenAI's deprecated form of tools: refused (a 400)
     function_call: str | dict[str, Any] | None = None
     # extensions, as vLLM names them
-    return_token_ids: bool = False  # the prompt ids the engine saw, images expanded
-    min_tokens: NonNegInt = 0
-    ignore_eos: bool = False
+    return_token_ids: bool | None = False  # the prompt ids the engine saw, images expanded
+    min_tokens: NonNegInt | None = 0
+    ignore_eos: bool | None = False
     top_k: TopK | None = None  # these three default to the checkpoint's generation_config.json
     min_p: Probability | None = None
     repetition_penalty: RepetitionPenalty | None = None
@@ -175,11 +184,15 @@ class ChatCompletionRequest(Struct):
         self.n = 1 if self.n is None else self.n
         self.stream, self.logprobs = bool(self.stream), bool(self.logprobs)
         self.parallel_tool_calls = self.parallel_tool_calls is not False
+        _extensions_default(self)
 
 
 class ImageRef(Struct):
     url: str
-    detail: Detail = "auto"
+    detail: Detail | None = "auto"
+
+    def __post_init__(self) -> None:
+        self.detail = self.detail or "auto"
 
 
 ImageInput = Union[str, ImageRef]
@@ -217,16 +230,24 @@ class CompletionRequest(Struct):
     frequency_penalty: Penalty | None = None
     logit_bias: LogitBias | None = None
     user: str | None = None
-    return_token_ids: bool = False
-    min_tokens: NonNegInt = 0
-    ignore_eos: bool = False
+    return_token_ids: bool | None = False
+    min_tokens: NonNegInt | None = 0
+    ignore_eos: bool | None = False
     top_k: TopK | None = None
     min_p: Probability | None = None
     repetition_penalty: RepetitionPenalty | None = None
 
     def __post_init__(self) -> None:
         self.n = 1 if self.n is None else self.n
+        self.max_tokens = 16 if self.max_tokens is None else self.max_tokens  # OpenAI's default, null or not
         self.stream, self.echo = bool(self.stream), bool(self.echo)
+        _extensions_default(self)
+
+
+def _extensions_default(req: ChatCompletionRequest | CompletionRequest) -> None:
+    """vLLM's extension fields, null read as their defaults (as OpenAI reads a null)."""
+    req.return_token_ids, req.ignore_eos = bool(req.return_token_ids), bool(req.ignore_eos)
+    req.min_tokens = req.min_tokens or 0
 
 
 # --- responses ----------------------------------------------------------------------------------
