@@ -75,9 +75,11 @@ async def chat_chunks(prepared: Prepared, deltas: AsyncIterator[EngineDelta], *,
     reason, then usage when asked. Engine failures are raised (``GatewayError``)."""
     top = prepared.sampling.logprobs
     ids = _Ids(return_token_ids)
+    no_usage = None if include_usage else UNSET  # OpenAI's: with usage asked for, every other chunk has a null
 
     def chunk(choices: list[ChunkChoice], **extra) -> ChatCompletionChunk:
-        return ChatCompletionChunk(prepared.response_id, prepared.created, prepared.model_name, choices, **extra)
+        return ChatCompletionChunk(prepared.response_id, prepared.created, prepared.model_name, choices,
+                                   **{"usage": no_usage, **extra})
 
     calls = ToolCalls(prepared)
     held: dict[int, list] = {}  # per choice, the logprobs of tokens whose text is not out yet (a split
@@ -133,12 +135,14 @@ async def completion_chunks(prepared: Prepared, deltas: AsyncIterator[EngineDelt
     """The completions chunks; with ``echo`` each choice's first chunk starts with its prompt."""
     top, n = prepared.sampling.logprobs, prepared.sampling.n
     ids = _Ids(return_token_ids)
+    no_usage = None if include_usage else UNSET
     logprobs = {i: CompletionLogprobs(top) for i in range(prepared.choices)} if top is not None else {}
     sent = dict.fromkeys(logprobs, 0)  # per choice, the tokens whose logprobs a chunk has carried
     started: set[int] = set()
 
     def chunk(choices: list[CompletionChoice], **extra) -> Completion:
-        return Completion(prepared.response_id, prepared.created, prepared.model_name, choices, **extra)
+        return Completion(prepared.response_id, prepared.created, prepared.model_name, choices,
+                          **{"usage": no_usage, **extra})
 
     try:
         async for delta in deltas:

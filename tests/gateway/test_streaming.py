@@ -69,6 +69,7 @@ async def test_chat_stream_role_text_finish_usage() -> None:
     assert out[-1]["usage"] == {"prompt_tokens": 600, "completion_tokens": 2, "total_tokens": 602,
                                 "prompt_tokens_details": {"cached_tokens": 512, "image_tokens": 597}}
     assert "prompt_token_ids" not in out[1]
+    assert all(c["usage"] is None for c in out[:-1])  # OpenAI's: a null on every other chunk
 
 
 async def test_usage_chunk_only_when_asked_and_ids_when_asked() -> None:
@@ -105,6 +106,7 @@ async def test_completion_stream_and_n_choices() -> None:
     assert [(c["choices"][0]["index"], c["choices"][0]["text"], c["choices"][0]["finish_reason"])
             for c in out[:-1]] == [(0, "a", None), (1, "b", None), (0, "", "stop"), (1, "c", "stop")]
     assert out[-1]["usage"]["prompt_tokens_details"]["image_tokens"] == 0
+    assert all(c["usage"] is None for c in out[:-1])
 
 
 def lp(token: str, raw: bytes) -> list[TokenLogprob]:

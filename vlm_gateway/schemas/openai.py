@@ -353,7 +353,7 @@ class ChatCompletionChunk(Struct):
     model: str
     choices: list[ChunkChoice]
     object: str = "chat.completion.chunk"
-    usage: Usage | UnsetType = UNSET
+    usage: Usage | None | UnsetType = UNSET  # null on every chunk but the last where usage is asked for
     prompt_token_ids: list[int] | UnsetType = UNSET
 
 
@@ -370,7 +370,7 @@ class Completion(Struct):
     model: str
     choices: list[CompletionChoice]
     object: str = "text_completion"
-    usage: Usage | UnsetType = UNSET
+    usage: Usage | None | UnsetType = UNSET  # streamed: as the chunk's above
     prompt_token_ids: list[int] | UnsetType = UNSET
 
 
