@@ -8,6 +8,8 @@ the client gets the same ``arguments`` string however the model spaced its JSON.
 from __future__ import annotations
 
 import json
+import math
+import re
 import secrets
 import string
 from collections.abc import Iterable
@@ -17,6 +19,7 @@ from vlm_gateway.schemas.openai import FunctionCall, ToolCall
 
 _ID_ALPHABET = string.ascii_letters + string.digits
 _NO_VALUE = object()
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def new_call_id() -> str:
@@ -28,19 +31,35 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    """A JSON number as a float; one too large for a float (``1e999``) would become ``inf`` and be
+    written back as ``Infinity``, which is not JSON, so it is refused like ``Infinity`` itself."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} does not fit a float")
+    return value
+
+
 def loads(text: str) -> Any:
-    """JSON without NaN / Infinity, or ``_NO_VALUE`` for anything that is not. Control characters written
-    raw inside strings (a literal newline in code, or what a grammar let through: xgrammar's JSON strings
-    admit them) are taken as the characters they are; :func:`compact` writes them escaped again."""
+    """JSON without NaN / Infinity (written, or reached by overflow), or ``_NO_VALUE`` for anything that
+    is not. Control characters written raw inside strings (a literal newline in code, or what a grammar
+    let through: xgrammar's JSON strings admit them) are taken as the characters they are; :func:`compact`
+    writes them escaped again."""
     try:
-        return json.loads(text, parse_constant=_reject_constant, strict=False)
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float, strict=False)
     except (ValueError, RecursionError):
         return _NO_VALUE
 
 
+def _escape_surrogate(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
 def compact(value: Any) -> str:
-    """JSON without optional whitespace, non-ASCII kept (what OpenAI's ``arguments`` look like)."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    """JSON without optional whitespace, non-ASCII kept (what OpenAI's ``arguments`` look like). A lone
+    surrogate (the model wrote ``"\\ud83d"``, half an emoji) is no character UTF-8 can encode, so it is
+    escaped again as the model wrote it: kept raw, the whole response could not be sent."""
+    return _SURROGATE.sub(_escape_surrogate, json.dumps(value, ensure_ascii=False, separators=(",", ":")))
 
 
 def make_call(name: str, arguments: dict) -> ToolCall:

@@ -9,13 +9,13 @@
   object; the output is parsed as the arguments of one call.
 
 Forced output is plain JSON, not the family's syntax: a grammar holds the model to it whatever the
-prompt says. The schemas use only ``type``/``properties``/``required``/``enum``/``anyOf`` around the
-tools' own parameter schemas, which xgrammar compiles.
+prompt says. The schemas use only ``type``/``properties``/``required``/``enum``/``anyOf`` and
+``$ref``/``$defs`` around the tools' own parameter schemas, which xgrammar compiles.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -56,30 +56,69 @@ class ToolPlan(msgspec.Struct, frozen=True):
 
 
 def parameters_schema(tool: Tool) -> dict:
-    """The tool's parameters schema; a tool without one takes an empty object."""
-    return tool.function.parameters if tool.function.parameters is not None else NO_PARAMETERS
+    """The tool's parameters schema as the forced output's schema: a tool without one takes an empty
+    object, and one without a ``type`` (``{}``) is made an object's, since the forced output must be
+    the arguments object of a call (any other JSON would come back as plain content)."""
+    parameters = tool.function.parameters
+    if parameters is None:
+        return NO_PARAMETERS
+    return parameters if "type" in parameters else {"type": "object", **parameters}
 
 
 _DEFS = ("$defs", "definitions")  # where a schema keeps what its "$ref"s name ("#/$defs/Address")
+_DATA = frozenset({"const", "enum", "default", "examples"})  # keywords whose values are data, not schemas
+
+
+def _reroot(node: Any, prefix: str) -> Any:
+    """``node`` with its root-relative ``$ref``s (``#``, ``#/properties/a``) made relative to ``prefix``,
+    where the schema now sits; refs into ``$defs`` / ``definitions`` stay, as those move to the root."""
+    if isinstance(node, list):
+        return [_reroot(item, prefix) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        if key == "$ref" and isinstance(value, str) and _is_root_relative(value):
+            out[key] = prefix + value[1:]
+        else:
+            out[key] = value if key in _DATA else _reroot(value, prefix)
+    return out
+
+
+def _is_root_relative(ref: str) -> bool:
+    return ref == "#" or (ref.startswith("#/") and not ref.startswith(tuple(f"#/{key}/" for key in _DEFS)))
+
+
+def _share(shared: dict, key: str, name: str, definition: object, i: int) -> None:
+    """Put one definition into the root's ``$defs`` / ``definitions``; a name meaning two things is a 400."""
+    if shared.setdefault(key, {}).setdefault(name, definition) != definition:
+        raise InvalidRequest(f"tools define {key} {name!r} differently: with tool_choice \"required\" "
+                             "their schemas are one, so a name must mean one thing",
+                             param=f"tools[{i}].function.parameters")
 
 
 def required_schema(tools: list[Tool], parallel: bool) -> dict:
     """A JSON array (1 item, or 1..n with ``parallel``) of ``{"name", "parameters"}`` objects, one
-    ``anyOf`` branch per tool so each name goes with its own parameters. Each tool's ``$defs`` move to
-    the array's root, where its ``$ref``s look for them (as vLLM's own required-mode schema does); two
-    tools that define one name differently are a 400."""
+    ``anyOf`` branch per tool so each name goes with its own parameters.
+
+    Each tool's parameters schema is nested here, not the root it was written as: it goes to the root's
+    ``$defs`` as ``__tool_<i>_parameters``, and its refs relative to its own root (``"$ref": "#"`` for a
+    tree, ``#/properties/a``) are rewritten to point there; otherwise they would name this array (a
+    recursive tree would take a list of calls as a child) or nothing (xgrammar refuses the schema). Its
+    own ``$defs`` move to the root, where its ``$ref``s look for them (as vLLM's own required-mode schema
+    does); two tools that define one name differently are a 400."""
     branches, shared = [], {}
     for i, tool in enumerate(tools):
-        parameters = dict(parameters_schema(tool))
-        for key in _DEFS:
-            for name, definition in (parameters.pop(key, None) or {}).items():
-                if shared.setdefault(key, {}).setdefault(name, definition) != definition:
-                    raise InvalidRequest(f"tools define {key} {name!r} differently: with tool_choice \"required\" "
-                                         "their schemas are one, so a name must mean one thing",
-                                         param=f"tools[{i}].function.parameters")
+        key = f"__tool_{i}_parameters"
+        parameters = _reroot(parameters_schema(tool), f"#/$defs/{key}")
+        for defs_key in _DEFS:
+            for name, definition in (parameters.pop(defs_key, None) or {}).items():
+                _share(shared, defs_key, name, definition, i)
+        _share(shared, "$defs", key, parameters, i)
         branches.append({
             "type": "object",
-            "properties": {"name": {"type": "string", "enum": [tool.function.name]}, "parameters": parameters},
+            "properties": {"name": {"type": "string", "enum": [tool.function.name]},
+                           "parameters": {"$ref": f"#/$defs/{key}"}},
             "required": ["name", "parameters"],
         })
     schema: dict = {"type": "array", "items": {"anyOf": branches}, "minItems": 1, **shared}
@@ -93,13 +132,23 @@ def _structured(schema: dict) -> dict:
     return {"json": schema, "disable_any_whitespace": True}
 
 
-def _check_names(tools: list[Tool]) -> None:
+def _check_tools(tools: list[Tool]) -> None:
     seen: set[str] = set()
     for i, tool in enumerate(tools):
         if tool.function.name in seen:
             raise InvalidRequest(f"tools[{i}]: the function name {tool.function.name!r} is used twice; "
                                  "function names must be unique", param=f"tools[{i}].function.name")
         seen.add(tool.function.name)
+        _check_parameters(tool, i)
+
+
+def _check_parameters(tool: Tool, i: int) -> None:
+    """Arguments are a JSON object (OpenAI requires an object schema): a schema of another type could
+    only be answered with something that is no call, which a forced choice would return as content."""
+    kind = (tool.function.parameters or {}).get("type", "object")
+    if kind != "object":
+        raise InvalidRequest(f"tools[{i}].function.parameters must be a JSON schema of type \"object\" "
+                             f"(the arguments object), not {kind!r}", param=f"tools[{i}].function.parameters")
 
 
 def plan_tools(tools: list[Tool] | None, tool_choice: ToolChoice | None, parallel_tool_calls: bool = True,
@@ -110,10 +159,10 @@ def plan_tools(tools: list[Tool] | None, tool_choice: ToolChoice | None, paralle
 
     Raises ``InvalidRequest`` (param ``tool_choice``) for "required" or a named function without
     tools, or a named function that is not among them; (param ``tools[i].function.name``) for a
-    name used twice.
+    name used twice; (param ``tools[i].function.parameters``) for parameters whose type is not "object".
     """
     tools = list(tools or [])
-    _check_names(tools)
+    _check_tools(tools)
     choice = tool_choice if tool_choice is not None else ("auto" if tools else "none")
     if choice == "none":
         return ToolPlan(mode="none", prompt_tools=None, tools=[], structured_outputs=None)

@@ -87,43 +87,128 @@ class Scanner:
         self.calls.append(call)
 
 
+class ObjectScan:
+    """Where a JSON object opened at ``buf[start]`` closes, for a ``buf`` that grows between calls.
+
+    Braces count outside strings only, so a ``}`` or a marker inside a string argument ends nothing. A
+    character JSON never has outside strings (the ``<`` of an end marker after a missing brace) shows at
+    once that the text is no JSON: the scanner can give it back as text instead of holding it to the end.
+    """
+
+    OPEN = -1  # not closed yet
+    NOT_JSON = -2
+    _OUTSIDE_STRINGS = frozenset(" \t\n\r{}[],:-+.0123456789eEtruefalsn")  # all JSON may have there
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self.scanned = start
+        self.depth = 0
+        self.in_string = False
+        self.escaped = False
+
+    def end(self, buf: str) -> int:
+        """Index just past the closing brace, or ``OPEN``, or ``NOT_JSON``."""
+        for k in range(self.scanned, len(buf)):
+            c = buf[k]
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif c == "\\":
+                    self.escaped = True
+                elif c == '"':
+                    self.in_string = False
+            elif c == '"':
+                self.in_string = True
+            elif c == "{":
+                self.depth += 1
+            elif c == "}":
+                self.depth -= 1
+                if self.depth == 0:
+                    return k + 1
+            elif c not in self._OUTSIDE_STRINGS:
+                return self.NOT_JSON
+        self.scanned = len(buf)
+        return self.OPEN
+
+
 class HermesScanner(Scanner):
-    """``<call_start>`` JSON ``<call_end>`` blocks anywhere in the text. A block whose JSON is no call
-    of an offered tool, or that never ends, is content, markers included."""
+    """``<call_start>`` JSON object ``<call_end>`` blocks anywhere in the text.
+
+    The object's end is found by its braces, not by the first end marker, which may sit in a string
+    argument. Models forget the end marker: another block or the end of output ends a call as well. A
+    start marker not followed by (whitespace and) an object that is a call of an offered tool, then one
+    of those endings, is text: the scan goes on right after it, so prose that mentions the marker is
+    passed on at once and a real block after it still counts."""
 
     def __init__(self, fmt: ToolFormat, names: frozenset[str]) -> None:
         super().__init__(fmt, names)
-        self.in_call = False
-        self.searched = 0  # inside a call: how much of buf is known to hold no end marker
+        self.in_block = False  # buf is what follows a start marker
+        self.object: ObjectScan | None = None  # the block's object, once its "{" is seen
+        self.call: ToolCall | None = None  # the block's call, once its object closed and is one ...
+        self.call_end = 0  # ... and where in buf that object closed
 
     def feed(self, text: str, final: bool) -> None:
-        start, end = self.fmt.call_start, self.fmt.call_end
         self.buf += text
-        while True:
-            if self.in_call:
-                j = self.buf.find(end, self.searched)
-                if j < 0:
-                    if final:
-                        self.content.text(start + self.buf)
-                        self.buf = ""
-                    else:
-                        self.searched = max(0, len(self.buf) - len(end) + 1)
-                    return
-                body, self.buf, self.in_call = self.buf[:j], self.buf[j + len(end):], False
-                call = call_from_text(body.strip(), self.names, self.fmt.arguments_key)
-                if call is None:
-                    self.content.text(start + body + end)
-                else:
-                    self.emit(call)
-            else:
-                i = self.buf.find(start)
-                if i < 0:
-                    keep = 0 if final else _partial_suffix(self.buf, (start,))
-                    self.content.text(self.buf[:len(self.buf) - keep])
-                    self.buf = self.buf[len(self.buf) - keep:]
-                    return
-                self.content.text(self.buf[:i])
-                self.buf, self.in_call, self.searched = self.buf[i + len(start):], True, 0
+        while self._block(final) if self.in_block else self._text(final):
+            pass
+
+    def _text(self, final: bool) -> bool:
+        """Pass text on up to the next start marker; False to wait for more text."""
+        i = self.buf.find(self.fmt.call_start)
+        if i < 0:
+            keep = 0 if final else _partial_suffix(self.buf, (self.fmt.call_start,))
+            self.content.text(self.buf[:len(self.buf) - keep])
+            self.buf = self.buf[len(self.buf) - keep:]
+            return False
+        self.content.text(self.buf[:i])
+        self.buf, self.in_block = self.buf[i + len(self.fmt.call_start):], True
+        return True
+
+    def _block(self, final: bool) -> bool:
+        """Decide whether the block is a call (and where it ends) or its marker is text; False to wait."""
+        if self.object is None:
+            body = self.buf.lstrip()
+            if not body and not final:
+                return False
+            if not body.startswith("{"):
+                return self._marker_is_text()
+            self.object = ObjectScan(len(self.buf) - len(body))
+        if self.call is None:
+            end = self.object.end(self.buf)
+            if end == ObjectScan.OPEN and not final:
+                return False
+            self.call = None if end < 0 else call_from_text(self.buf[self.object.start:end], self.names,
+                                                            self.fmt.arguments_key)
+            if self.call is None:
+                return self._marker_is_text()
+            self.call_end = end
+        return self._ending(self.call, final)
+
+    def _ending(self, call: ToolCall, final: bool) -> bool:
+        """After a call's object: an end marker, another start marker or the end of output; False to wait."""
+        start, end = self.fmt.call_start, self.fmt.call_end
+        rest = self.buf[self.call_end:].lstrip()
+        if rest.startswith(end):
+            taken = len(self.buf) - len(rest) + len(end)
+        elif rest.startswith(start) or (final and not rest):
+            taken = len(self.buf) - len(rest)
+        elif not final and (start.startswith(rest) or end.startswith(rest)):
+            return False
+        else:
+            return self._marker_is_text()
+        self.emit(call)
+        self.buf = self.buf[taken:]
+        self._reset()
+        return True
+
+    def _marker_is_text(self) -> bool:
+        """The start marker is text; what followed it is scanned again (it may hold a real block)."""
+        self.content.text(self.fmt.call_start)
+        self._reset()
+        return True
+
+    def _reset(self) -> None:
+        self.in_block, self.object, self.call = False, None, None
 
 
 class JsonScanner(Scanner):
@@ -136,10 +221,7 @@ class JsonScanner(Scanner):
         self.state = "start"  # "start": before or between calls; "object": inside one; "rest": content
         self.held = ""  # whitespace and markers since the last call, dropped if a call follows
         self.markers = tuple(sorted(fmt.ignore, key=len, reverse=True))
-        self.depth = 0
-        self.in_string = False
-        self.escaped = False
-        self.scanned = 0
+        self.object = ObjectScan(0)
 
     def feed(self, text: str, final: bool) -> None:
         self.buf += text
@@ -168,42 +250,23 @@ class JsonScanner(Scanner):
         if marker is not None:
             self.held, self.buf = self.held + marker, buf[len(marker):]
         elif buf[0] == "{":
-            self.state, self.depth, self.in_string, self.escaped, self.scanned = "object", 0, False, False, 0
+            self.state, self.object = "object", ObjectScan(0)
         else:
             self._end_calls()
         return True
 
     def _object(self, final: bool) -> bool:
         """Find where the object opened at buf[0] closes; False to wait for more text."""
-        buf = self.buf
-        for k in range(self.scanned, len(buf)):
-            c = buf[k]
-            if self.in_string:
-                if self.escaped:
-                    self.escaped = False
-                elif c == "\\":
-                    self.escaped = True
-                elif c == '"':
-                    self.in_string = False
-            elif c == '"':
-                self.in_string = True
-            elif c == "{":
-                self.depth += 1
-            elif c == "}":
-                self.depth -= 1
-                if self.depth == 0:
-                    call = call_from_text(buf[:k + 1], self.names, self.fmt.arguments_key)
-                    if call is None:
-                        self._end_calls()
-                    else:
-                        self.held, self.buf, self.state = "", buf[k + 1:], "start"
-                        self.emit(call)
-                    return True
-        self.scanned = len(buf)
-        if final:
+        end = self.object.end(self.buf)
+        if end == ObjectScan.OPEN and not final:
+            return False
+        call = None if end < 0 else call_from_text(self.buf[:end], self.names, self.fmt.arguments_key)
+        if call is None:
             self._end_calls()
-            return True
-        return False
+        else:
+            self.held, self.buf, self.state = "", self.buf[end:], "start"
+            self.emit(call)
+        return True
 
     def _end_calls(self) -> None:
         """No (more) calls: the held separators are content only if no call came before them."""

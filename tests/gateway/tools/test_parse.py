@@ -60,7 +60,9 @@ def test_text_without_calls_is_unchanged(hermes: ToolFormat) -> None:
     '<tool_call>\n{"arguments": {"city": "Paris"}}\n</tool_call>',  # no name
     '<tool_call>\n["get_weather"]\n</tool_call>',
     '<tool_call>\n{"name": "get_weather", "arguments": {"t": NaN}}\n</tool_call>',  # not JSON
-    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}',  # never closed
+    '<tool_call>\n{"name": "get_weather", "arguments": {"t": -1e999}}\n</tool_call>',  # no float: Infinity
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}',  # object never closed
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}} and then text',  # no ending
     '<tool_call>\n{"name": "get_weather", "parameters": {"city": "Paris"}}\n</tool_call>',  # not its key:
     # not a call without its arguments
 ])
@@ -91,6 +93,42 @@ def test_missing_or_quoted_arguments(hermes: ToolFormat) -> None:
 def test_markers_inside_json_strings(hermes: ToolFormat) -> None:
     text = '<tool_call>{"name": "get_weather", "arguments": {"city": "<tool_call>"}}</tool_call>'
     assert calls(parse_tool_calls(hermes, text, TOOLS)) == [("get_weather", '{"city":"<tool_call>"}')]
+
+
+ROME = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>'
+
+
+def test_a_forgotten_end_marker_before_another_block(hermes: ToolFormat) -> None:
+    """The object's braces end the call; the next start marker (or the end of output) stands in for a
+    forgotten end marker."""
+    forgot = PARIS.removesuffix("</tool_call>")
+    parsed = parse_tool_calls(hermes, forgot + ROME, TOOLS)
+    assert parsed.content is None and calls(parsed) == [("get_weather", '{"city":"Paris"}'),
+                                                        ("get_weather", '{"city":"Rome"}')]
+    parsed = parse_tool_calls(hermes, "Checking. " + ROME + forgot + " \n", TOOLS)
+    assert parsed.content == "Checking." and [json.loads(a)["city"] for _, a in calls(parsed)] == ["Rome", "Paris"]
+
+
+def test_a_start_marker_in_prose_is_text(hermes: ToolFormat) -> None:
+    text = 'Use the <tool_call> tag like this. <tool_call>\n{"name": "screenshot", "arguments": {}}\n</tool_call>'
+    parsed = parse_tool_calls(hermes, text, TOOLS)
+    assert parsed.content == "Use the <tool_call> tag like this." and calls(parsed) == [("screenshot", "{}")]
+    prose = "Wrap it in <tool_call>{...}</tool_call>, then <tool_call> " + PARIS
+    parsed = parse_tool_calls(hermes, prose, TOOLS)
+    assert parsed.content == "Wrap it in <tool_call>{...}</tool_call>, then <tool_call>" and len(parsed.calls) == 1
+
+
+def test_an_end_marker_inside_a_string_argument(hermes: ToolFormat) -> None:
+    text = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "a</tool_call>b\\"}"}}\n</tool_call>'
+    parsed = parse_tool_calls(hermes, text, TOOLS)
+    assert parsed.content is None and calls(parsed) == [("get_weather", '{"city":"a</tool_call>b\\"}"}')]
+
+
+def test_a_broken_block_does_not_swallow_the_next(hermes: ToolFormat) -> None:
+    """A missing brace: the block is text up to where it cannot be JSON, and the next block counts."""
+    broken = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}\n</tool_call>\n'
+    parsed = parse_tool_calls(hermes, broken + PARIS, TOOLS)
+    assert parsed.content == broken.rstrip() and calls(parsed) == [("get_weather", '{"city":"Paris"}')]
 
 
 # --- json (Llama, Gemma) ---------------------------------------------------------------------------
@@ -218,3 +256,40 @@ def test_tool_format_is_validated() -> None:
         msgspec.convert({"parser": "json", "markers": []}, ToolFormat)  # unknown field
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"parser": "pythonic"}, ToolFormat)
+
+
+@pytest.mark.parametrize(("form", "text", "value"), [
+    ("qwen2_5_vl", '<tool_call>{"name": "get_weather", "arguments": {"city": "\\ud83d"}}</tool_call>',
+     {"city": "\ud83d"}),
+    ("llama4", '{"name": "get_weather", "parameters": {"\\udc00": "a\\ud83d\\ude00\\ud83d"}}',
+     {"\udc00": "a\U0001f600\ud83d"}),  # a pair is one character: kept as it is
+    ("required", '[{"name":"get_weather","parameters":{"city":"\\ude00\\ud83d"}}]', {"city": "\ude00\ud83d"}),
+    ("named", '{"city": "x\\udfff"}', {"city": "x\udfff"}),
+], ids=["hermes", "json", "required", "named"])
+def test_a_lone_surrogate_escape_stays_escaped(form: str, text: str, value: dict) -> None:
+    """``"\\ud83d"`` (half an emoji, written in ASCII) decodes to a lone surrogate, which UTF-8 cannot
+    encode: written raw into ``arguments``, the response could not be sent at all. Escaped again, the
+    arguments are valid UTF-8 JSON that decodes to what the model wrote."""
+    from vlm_gateway.tools.plan import NAMED_FORMAT, REQUIRED_FORMAT
+
+    form_ = {"required": REQUIRED_FORMAT, "named": NAMED_FORMAT}.get(form) or fmt(form)
+    (call,) = parse_tool_calls(form_, text, TOOLS[:1] if form == "named" else TOOLS).calls
+    assert json.loads(call.function.arguments.encode("utf-8")) == value
+    assert form != "llama4" or "\U0001f600" in call.function.arguments  # other non-ASCII still kept raw
+
+
+def test_numbers_too_large_for_a_float_are_no_call() -> None:
+    """``1e999`` is valid JSON text but becomes ``inf``, which would go back out as ``Infinity``: not
+    JSON, so no call, as ``Infinity`` written by the model is none."""
+    from vlm_gateway.tools.plan import NAMED_FORMAT, REQUIRED_FORMAT
+
+    for form, text, tools in ((fmt("qwen2_5_vl"), '<tool_call>{"name": "get_weather", "arguments": {"city": 1e999}}'
+                               '</tool_call>', TOOLS),
+                              (fmt("llama4"), '{"name": "click", "parameters": {"x": 1, "y": 2E+400}}', TOOLS),
+                              (fmt("qwen2_5_vl"), '<tool_call>{"name": "get_weather", "arguments": "{\\"c\\": 1e999}"}'
+                               '</tool_call>', TOOLS),  # quoted arguments
+                              (REQUIRED_FORMAT, '[{"name":"click","parameters":{"x":-1e999,"y":0}}]', TOOLS),
+                              (NAMED_FORMAT, '{"city": 1e999}', TOOLS[:1])):
+        assert parse_tool_calls(form, text, tools) == ParsedOutput(content=text, calls=[]), text
+    big = parse_tool_calls(NAMED_FORMAT, '{"city": 1.7e308, "n": 1' + "0" * 400 + "}", TOOLS[:1])
+    assert json.loads(big.calls[0].function.arguments) == {"city": 1.7e308, "n": 10 ** 400}  # large, finite: a call

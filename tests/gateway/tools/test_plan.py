@@ -46,13 +46,14 @@ def test_required_schema() -> None:
         "type": "array",
         "items": {"anyOf": [
             {"type": "object", "properties": {"name": {"type": "string", "enum": ["get_weather"]},
-                                              "parameters": WEATHER.function.parameters},
+                                              "parameters": {"$ref": "#/$defs/__tool_0_parameters"}},
              "required": ["name", "parameters"]},
             {"type": "object", "properties": {"name": {"type": "string", "enum": ["screenshot"]},
-                                              "parameters": NO_PARAMETERS},
+                                              "parameters": {"$ref": "#/$defs/__tool_1_parameters"}},
              "required": ["name", "parameters"]},
         ]},
         "minItems": 1,
+        "$defs": {"__tool_0_parameters": WEATHER.function.parameters, "__tool_1_parameters": NO_PARAMETERS},
     }, "disable_any_whitespace": True}
 
 
@@ -65,8 +66,8 @@ def test_required_schema_keeps_the_tools_defs_where_their_refs_look() -> None:
     bill = Tool(FunctionDef("bill", parameters={"type": "object", "properties": {"to": {"$ref": "#/$defs/Address"}},
                                                 "$defs": {"Address": address}}))
     schema = plan_tools([ship, bill, WEATHER], "required").structured_outputs["json"]
-    assert schema["$defs"] == {"Address": address}
-    assert all("$defs" not in b["properties"]["parameters"] for b in schema["items"]["anyOf"])
+    assert schema["$defs"]["Address"] == address
+    assert all("$defs" not in schema["$defs"][f"__tool_{i}_parameters"] for i in range(3))
     jsonschema.Draft202012Validator.check_schema(schema)
     valid = [{"name": "ship", "parameters": {"to": {"city": "Paris"}}}]
     jsonschema.validate(valid, schema)
@@ -190,3 +191,81 @@ def test_schemas_accept_what_we_parse(label: str, schema: dict, good: list[str],
             grammar, json.dumps(json.loads(text))), text
     for text in bad:
         assert not _is_grammar_accept_string(grammar, text), text
+
+
+# --- a tool's schema keeps its meaning inside the required-mode array -------------------------------
+
+TREE = Tool(FunctionDef("make_tree", parameters={"type": "object", "properties": {
+    "label": {"type": "string"}, "children": {"type": "array", "items": {"$ref": "#"}}},
+    "required": ["label", "children"], "default": {"$ref": "#"}}))
+PAIR = Tool(FunctionDef("pair", parameters={"type": "object", "properties": {
+    "a": {"type": "integer"}, "b": {"$ref": "#/properties/a"}}, "required": ["a", "b"]}))
+
+
+def _grammar(schema: dict):
+    xgrammar = pytest.importorskip("xgrammar")
+    from xgrammar.testing import _is_grammar_accept_string
+
+    # as vLLM compiles structured_outputs {"json": ..., "disable_any_whitespace": true}
+    grammar = xgrammar.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False, separators=(",", ":"))
+    return lambda text: _is_grammar_accept_string(grammar, text)
+
+
+def test_required_schema_keeps_refs_to_the_tools_own_root() -> None:
+    """``"$ref": "#"`` (a recursive tree) and ``#/properties/a`` mean the tool's parameters schema, not
+    the array of calls it is nested in; data (``default``) is not rewritten."""
+    schema = plan_tools([WEATHER, TREE, PAIR], "required").structured_outputs["json"]
+    assert schema["$defs"]["__tool_1_parameters"]["default"] == {"$ref": "#"}
+    tree = '[{"name":"make_tree","parameters":{"label":"a","children":[{"label":"b","children":[]}]}}]'
+    nonsense = ('[{"name":"make_tree","parameters":{"label":"a","children":[[{"name":"make_tree",'
+                '"parameters":{"label":"b","children":[]}}]]}}]')
+    pair, bad_pair = '[{"name":"pair","parameters":{"a":1,"b":2}}]', '[{"name":"pair","parameters":{"a":1,"b":"x"}}]'
+    jsonschema.Draft202012Validator.check_schema(schema)
+    for good in (tree, pair):
+        jsonschema.validate(json.loads(good), schema)
+    for bad in (nonsense, bad_pair):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(json.loads(bad), schema)
+    accepts = _grammar(schema)  # compiles: "#/properties/a" made xgrammar refuse the whole request
+    assert accepts(tree) and accepts(pair)
+    assert not accepts(nonsense) and not accepts(bad_pair)
+    parsed = parse_tool_calls(REQUIRED_FORMAT, tree, [TREE])
+    assert json.loads(parsed.calls[0].function.arguments)["children"] == [{"label": "b", "children": []}]
+
+
+def test_definitions_that_refer_to_their_tools_root_are_rerooted_too() -> None:
+    node = {"type": "object", "properties": {"next": {"$ref": "#/$defs/Node"}, "root": {"$ref": "#"}}}
+    tool = Tool(FunctionDef("walk", parameters={"type": "object", "properties": {"n": {"$ref": "#/$defs/Node"}},
+                                                "$defs": {"Node": node}}))
+    schema = plan_tools([tool], "required").structured_outputs["json"]
+    assert schema["$defs"]["Node"]["properties"] == {"next": {"$ref": "#/$defs/Node"},
+                                                     "root": {"$ref": "#/$defs/__tool_0_parameters"}}
+    jsonschema.validate([{"name": "walk", "parameters": {"n": {"root": {"n": {}}}}}], schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate([{"name": "walk", "parameters": {"n": {"root": {"n": 5}}}}], schema)
+
+
+# --- parameters are an object's schema ---------------------------------------------------------------
+
+@pytest.mark.parametrize("choice", ["none", "auto", "required", named("say")])
+def test_parameters_that_are_no_object_schema_are_refused(choice) -> None:
+    """OpenAI requires an object schema; forced, ``{"type": "string"}`` would make the model write a
+    string, which is no call and came back as plain content."""
+    for kind in ("string", "array", ["object", "null"]):
+        say = Tool(FunctionDef("say", parameters={"type": kind}))
+        with pytest.raises(InvalidRequest, match="type \"object\"") as refused:
+            plan_tools([WEATHER, say], choice)
+        assert refused.value.param == "tools[1].function.parameters" and refused.value.status == 400
+
+
+def test_parameters_without_a_type_are_forced_as_an_object() -> None:
+    ping = Tool(FunctionDef("ping", parameters={}))
+    note = Tool(FunctionDef("note", parameters={"properties": {"text": {"type": "string"}}}))
+    assert plan_tools([ping], "auto").prompt_tools == [ping]  # the prompt shows what the client sent
+    named_schema = plan_tools([ping, note], named("note")).structured_outputs["json"]
+    assert named_schema == {"type": "object", "properties": {"text": {"type": "string"}}}
+    required = plan_tools([ping, note], "required").structured_outputs["json"]
+    assert required["$defs"]["__tool_0_parameters"] == {"type": "object"}
+    accepts = _grammar(plan_tools([ping], named("ping")).structured_outputs["json"])
+    assert accepts("{}") and not accepts("[1]") and not accepts('"x"')
+    assert not _grammar(required)('[{"name":"ping","parameters":"x"}]')

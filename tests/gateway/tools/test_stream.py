@@ -21,6 +21,12 @@ HERMES_TEXTS = [
     '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}',
     "a <tool_ca b </tool_call> <tool_call",
     '  <tool_call>{"name": "screenshot"}</tool_call>  \n',
+    # a forgotten end marker, a start marker in prose, an end marker inside a string argument
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n<tool_call>\n'
+    '{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>',
+    'Use the <tool_call> tag like this. <tool_call>\n{"name": "screenshot", "arguments": {}}\n</tool_call>',
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "a</tool_call>b"}}\n</tool_call>',
+    '<tool_call>{"name": "click", "arguments": {"x": 1}\n</tool_call> <tool_call>{"name": "screenshot"}',
 ]
 JSON_TEXTS = [
     "",
@@ -99,7 +105,7 @@ def test_every_split_point(name: str, text: str) -> None:
 FRAGMENTS = {
     "qwen2_5_vl": ["<tool_call>", "</tool_call>", '{"name": "get_weather", "arguments": {"city": "Paris"}}',
                    '{"name": "screenshot"}', '{"name": "x"}', "{", "}", '"', "\n", " ", "Hi", "<", "/", "tool",
-                   "<tool_"],
+                   "<tool_", '{"name": "get_weather", "arguments": {"city": "a</tool_call>b"}}', "\\", "</tool_"],
     "llama4": ['{"name": "get_weather", "parameters": {"city": "P}"}}', '{"name": "screenshot"}', "<|python_start|>",
                "<|python_end|>", ";", "{", "}", '"', "\\", "\n", " ", "ok", "<|python", "{\"name\": "],
     "gemma3": ["```json", "```", "`", '{"name": "screenshot"}', "\n", " ", "text", "{", "}", '"'],
@@ -138,6 +144,21 @@ def test_text_that_may_start_a_marker_is_held_then_flushed(hermes: ToolFormat) -
     assert stream.feed("box>").content == " <tool_box>"
     assert stream.feed(" <tool_c").content == ""
     assert stream.finish().content == " <tool_c"
+
+
+def test_a_start_marker_in_prose_does_not_hold_the_text_back(hermes: ToolFormat) -> None:
+    """Known to be text as soon as something other than an object follows it."""
+    stream = ToolCallStream(hermes, TOOLS)
+    assert stream.feed("Wrap calls in <tool_call>").content == "Wrap calls in"
+    assert stream.feed("\n tags. Here is").content == " <tool_call>\n tags. Here is"
+    assert stream.feed(" more. <tool_call>{\"name\": \"screenshot\"").content == " more."
+    assert stream.feed("}\n").calls == []  # the end marker may follow
+    piece = stream.feed("</tool_call>")
+    assert [d.function.name for d in piece.calls] == ["screenshot", None]
+    broken = ToolCallStream(hermes, TOOLS)  # a missing brace: text once it cannot be JSON
+    block = '<tool_call>{"name": "click", "arguments": {"x": 1}'
+    assert broken.feed(block).content == ""
+    assert broken.feed("\n</tool_call> next").content == block + "\n</tool_call> next"
 
 
 def test_json_output_is_held_until_it_is_known(llama4: ToolFormat) -> None:
