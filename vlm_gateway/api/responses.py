@@ -1,7 +1,8 @@
 """OpenAI's Responses API, an adapter over the chat pipeline (see vlm_gateway/responses_api/).
 
 - ``POST   /v1/responses``                 create (``stream``: server-sent events; ``background``: a job)
-- ``GET    /v1/responses/{id}``            a stored response (its status, while a background one runs)
+- ``GET    /v1/responses/{id}``            a stored response (its status, while a background one runs);
+                                          ``stream=true``: its events (``starting_after``: those after it)
 - ``DELETE /v1/responses/{id}``            {"id", "object": "response", "deleted": true}
 - ``POST   /v1/responses/{id}/cancel``     a background response that is queued or running → cancelled
 - ``GET    /v1/responses/{id}/input_items`` the items it was given (a cursor page; see responses_api/items.py)
@@ -20,7 +21,7 @@ from litestar.response import Stream
 
 from vlm_gateway.api import ERRORS, caller, services, success
 from vlm_gateway.paging import Order
-from vlm_gateway.responses_api import background, items, run
+from vlm_gateway.responses_api import background, items, replay, run
 from vlm_gateway.responses_api.store import ResponseStore
 from vlm_gateway.schemas.responses import InputItemList, ResponseDeleted, ResponseObject, ResponsesRequest
 from vlm_gateway.streaming import EventStream
@@ -46,9 +47,17 @@ async def create_response(request: Request[Any, Any, Any], data: JSONBody[Respon
     return Response(response, headers=headers)
 
 
-@get("/v1/responses/{response_id:str}", responses=ERRORS)
-async def retrieve_response(request: Request[Any, Any, Any], response_id: FromPath[str]) -> ResponseObject:
-    return (await response_store(request).get(response_id, caller(request))).response
+@get("/v1/responses/{response_id:str}", responses={
+    **ERRORS, 200: success(ResponseObject, "The response; with `stream=true`, its server-sent events (those after "
+                           "`starting_after`), sent once a background response has finished.")})
+async def retrieve_response(request: Request[Any, Any, Any], response_id: FromPath[str],
+                            stream: FromQuery[bool] = False,
+                            starting_after: FromQuery[int | None] = None) -> Response[Any] | Stream:
+    """``stream=true`` is how the SDK reconnects (``responses.stream(response_id=...)``): responses_api/replay.py."""
+    store, who = response_store(request), caller(request)
+    if stream:
+        return EventStream(await replay.replay(store, response_id, who, starting_after), {})
+    return Response((await store.get(response_id, who)).response)
 
 
 @delete("/v1/responses/{response_id:str}", status_code=200, responses=ERRORS)

@@ -2,9 +2,9 @@
 
 ``submit`` stores the response as ``queued`` (with the chat request to run) and queues a job of kind
 ``response`` whose body names it; it answers at once. The job (``run_job``, plugged into the app's
-runner by ``with_responses``) marks it ``in_progress``, runs the chat request through ``complete_chat``
-under the submitting key (its concurrency and tokens/min, waiting for a slot as every job does) and
-stores the outcome: ``completed`` / ``incomplete``, or ``failed`` with the error.
+runner by ``with_responses``) marks it ``in_progress``, runs the chat request as an unstreamed response
+is run (``run.whole``) under the submitting key (its concurrency and tokens/min, waiting for a slot as
+every job does) and stores the outcome: ``completed`` / ``incomplete``, or ``failed`` with the error.
 
 ``cancel`` works while the response is queued or running, from any replica: it sets the store's cancel
 flag. A job that finds the flag before it starts does nothing; a running one looks for it every
@@ -20,18 +20,16 @@ from collections.abc import Callable
 
 import msgspec
 
-from vlm_gateway.complete import complete_chat
 from vlm_gateway.errors import GatewayError, InvalidRequest
 from vlm_gateway.jobs import JobServices
 from vlm_gateway.jobs.types import Job, JobOutcome, succeeded
 from vlm_gateway.jobs.worker import Runner
 from vlm_gateway.limits.rate import Caller
 from vlm_gateway.pipeline import Services, admit_submission
-from vlm_gateway.responses_api.convert import Converted, renamed
-from vlm_gateway.responses_api.output import failed, finished
-from vlm_gateway.responses_api.run import Turn, fitted
+from vlm_gateway.responses_api.convert import Converted
+from vlm_gateway.responses_api.output import failed
+from vlm_gateway.responses_api.run import Turn, fitted, whole
 from vlm_gateway.responses_api.store import UNFINISHED, ResponseStore, StoredResponse
-from vlm_gateway.schemas.openai import ChatCompletion
 from vlm_gateway.schemas.responses import ResponseObject
 
 log = logging.getLogger("vlm_gateway")
@@ -67,21 +65,20 @@ async def cancel(store: ResponseStore, response_id: str, caller: Caller) -> Resp
 
 
 async def _until_done_or_cancelled(store: ResponseStore, record: StoredResponse,
-                                   caller: Caller, svc: Services) -> ChatCompletion | None:
-    """The chat completion, or None when the response was cancelled while it ran."""
+                                   caller: Caller, svc: Services) -> ResponseObject | None:
+    """The finished response, or None when it was cancelled while it ran."""
     assert record.chat is not None
     turn = Turn(Converted(record.chat, record.history, record.params), record.response)
 
-    async def attempt(converted: Converted, queued: bool) -> ChatCompletion:  # (truncation "auto" as well)
-        with renamed(converted.params):
-            return (await complete_chat(svc, converted.chat, caller, queued))[0]
+    async def attempt(converted: Converted, queued: bool) -> ResponseObject:  # (truncation "auto" as well)
+        return (await whole(svc, converted, record.response, caller, queued))[0]
 
     task = asyncio.create_task(fitted(turn, attempt, queued=True))
     try:
         while True:
             done, _ = await asyncio.wait({task}, timeout=store.settings.cancel_poll_s)
             if done:
-                return task.result()[0]  # (the chat completion, the request it fitted)
+                return task.result()[0]  # (the response, the request it fitted)
             if await store.cancelled(record.response.id):
                 return None
     finally:
@@ -98,10 +95,10 @@ async def run_job(svc: Services, store: ResponseStore, job: Job) -> JobOutcome:
     record.response = msgspec.structs.replace(record.response, status="in_progress")
     await store.save(record)
     try:
-        chat = await _until_done_or_cancelled(store, record, job.caller, svc)
-        if chat is None:
+        done = await _until_done_or_cancelled(store, record, job.caller, svc)
+        if done is None:
             return succeeded(None)
-        response = finished(record.response, chat)
+        response: ResponseObject = done
     except Exception as exc:  # stored as the response's error: the job itself ran
         if not isinstance(exc, GatewayError):
             log.exception("background response %s failed", response_id)

@@ -6,7 +6,8 @@ message), then the stored conversation of ``previous_response_id``, then the ``i
     message (user/system/developer)  → a chat message; input_text / input_image / input_file parts 1:1
     message (assistant)              → an assistant message with the text of its output_text parts
     function_call                    → an assistant message's tool call (consecutive calls: one message)
-    function_call_output             → a ``tool`` message (its output may be text or parts with images)
+    function_call_output             → a ``tool`` message (its output may be text or parts with images); its
+                                       ``call_id`` must be a call made before it (here or in the conversation)
     reasoning                        → skipped (these models produce none; an earlier turn's is noise)
 
 The chat pipeline names what it refuses by chat parameters (``messages[3].content[0].image_url``);
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -70,7 +72,9 @@ from vlm_gateway.schemas.responses import (
 LOGPROBS = "message.output_text.logprobs"  # the ``include`` value that asks for output logprobs
 _ITEM_TYPES = {"message", "function_call", "function_call_output"}
 _WHOLE = {"instructions", "previous_response_id"}  # errors inside these name the field only
+_CHAT_NAMES = {"max_tokens": "max_output_tokens", "response_format": "text.format"}  # chat's name → this API's
 _AT = re.compile(r"at `\$(.*?)`")
+_MISSING = re.compile(r"^Object missing required field `(\w+)`")
 _MESSAGE = re.compile(r"messages\[(\d+)\](.*)", re.DOTALL)
 
 
@@ -102,28 +106,35 @@ def renamed(params: dict[str, str]) -> contextlib.AbstractContextManager[None]:
 
 
 def _convert(value: Any, kind: Any, param: str) -> Any:
-    """``msgspec.convert`` whose errors name ``param`` and the path inside it (``input[2].content[0]``)."""
+    """``msgspec.convert`` whose errors name ``param`` and the path inside it (``input[2].content[0]``),
+    down to the field a missing one is (``input[0].content``: msgspec's path ends at its object)."""
     try:
         return msgspec.convert(value, kind)
     except msgspec.ValidationError as exc:
         match = _AT.search(str(exc))
         at = param + (match.group(1) if match else "")
-        raise InvalidRequest(_AT.sub(f"at `{at}`", str(exc)), param=at, code="invalid_value") from None
+        missing = _MISSING.match(str(exc))
+        field = f"{at}.{missing.group(1)}" if missing else at
+        raise InvalidRequest(_AT.sub(f"at `{at}`", str(exc)), param=field, code="invalid_value") from None
 
 
 # --- input items → chat messages ----------------------------------------------------------------
 
 class _Builder:
-    """Chat messages, and for each the Responses parameter it came from."""
+    """Chat messages, and for each the Responses parameter it came from; the ids of the calls made so far."""
 
-    def __init__(self) -> None:
+    def __init__(self, called: Iterable[str] = ()) -> None:
         self.messages: list[ChatMessage] = []
+        self.called = set(called)
         self.params: dict[str, str] = {"messages": "input", "response_format.json_schema": "text.format",
                                        "response_format": "text.format", "max_completion_tokens": "max_output_tokens"}
 
     def add(self, message: ChatMessage, origin: str) -> None:
         self.params[f"messages[{len(self.messages)}]"] = origin
         self.messages.append(message)
+        self.called.update(call.id for call in message.tool_calls or [])
+        if message.tool_call_id is not None:  # (an earlier turn's output for a call left out of its history)
+            self.called.add(message.tool_call_id)
 
     def item(self, raw: dict[str, Any], i: int) -> None:
         param = f"input[{i}]"
@@ -137,7 +148,8 @@ class _Builder:
         if isinstance(item, InputMessage):
             self.message(item, param)
         elif isinstance(item, InputFunctionCall):
-            if item.status == "incomplete" and not _whole_arguments(item.arguments):
+            self.called.add(item.call_id)
+            if item.status == "incomplete" and not whole_arguments(item.arguments):
                 return  # a call cut off at max_output_tokens, sent back as it came: never made
             call = ToolCall(item.call_id, FunctionCall(item.name, item.arguments))
             last = self.messages[-1] if self.messages else None
@@ -150,6 +162,9 @@ class _Builder:
             k = next(k for k, c in enumerate(last.tool_calls or []) if c.id == call.id)
             self.params.setdefault(f"messages[{len(self.messages) - 1}].tool_calls[{k}].function", param)
         else:  # InputFunctionCallOutput
+            if item.call_id not in self.called:  # a result for no call: the model would read it without its question
+                raise InvalidRequest(f"No tool call found for function call output with call_id {item.call_id}.",
+                                     param=f"{param}.call_id")
             output = item.output
             if isinstance(output, list):
                 where = f"messages[{len(self.messages)}]"
@@ -218,15 +233,26 @@ def _response_format(req: ResponsesRequest) -> ResponseFormat | None:
     return TextFormat() if fmt is not None else None
 
 
-def to_chat(req: ResponsesRequest, previous: list[ChatMessage]) -> Converted:
-    """The chat request for ``req``, continuing the ``previous`` conversation (``previous_response_id``)."""
+def _refuse_chat_names(req: ResponsesRequest) -> None:
+    """A chat field sent here is a 400 naming it: ignored, it would leave the answer without the output
+    limit or the structured output the client meant to ask for."""
+    for chat, here in _CHAT_NAMES.items():
+        if getattr(req, chat) is not None:
+            raise InvalidRequest(f"Unsupported parameter: '{chat}'. In the Responses API, this parameter has moved "
+                                 f"to '{here}'.", param=chat, code="unknown_parameter")
+
+
+def to_chat(req: ResponsesRequest, previous: list[ChatMessage], called: Iterable[str] = ()) -> Converted:
+    """The chat request for ``req``, continuing the ``previous`` conversation (``previous_response_id``);
+    ``called``: the ids of the calls that response made (a ``function_call_output`` must answer a call)."""
+    _refuse_chat_names(req)
     if req.conversation is not None:
         raise InvalidRequest("conversations are not kept here; continue one with previous_response_id",
                              param="conversation")
     if req.prompt is not None:
         raise InvalidRequest("stored prompt templates are not kept here; send instructions and input",
                              param="prompt")
-    built = _Builder()
+    built = _Builder(called)
     if req.instructions:
         built.add(ChatMessage("system", req.instructions), "instructions")
     start = len(built.messages)
@@ -281,7 +307,7 @@ def without_oldest_turn(converted: Converted) -> Converted | None:
     return msgspec.structs.replace(converted, chat=chat, params=params)
 
 
-def _whole_arguments(text: str) -> bool:
+def whole_arguments(text: str) -> bool:
     """Arguments that are a JSON object (or empty): not a call cut off mid-way."""
     try:
         return not text.strip() or isinstance(json.loads(text), dict)
@@ -295,7 +321,7 @@ def output_messages(output: list[OutputItem]) -> list[ChatMessage]:
     text = "".join(part.text for item in output if isinstance(item, OutputMessage) for part in item.content)
     calls = [ToolCall(item.call_id, FunctionCall(item.name, item.arguments))
              for item in output if isinstance(item, OutputFunctionCall)
-             and (item.status != "incomplete" or _whole_arguments(item.arguments))]
+             and (item.status != "incomplete" or whole_arguments(item.arguments))]
     if not text and not calls:
         return []
     return [ChatMessage("assistant", text or None, tool_calls=calls or None)]

@@ -1,8 +1,9 @@
 """Chat output → the Response object: output items, usage, status, error.
 
 ``base_response`` is the response as it starts (status ``in_progress``, no output), echoing the request
-as OpenAI does; ``finished`` completes it from a ``ChatCompletion``; ``final`` is the one place status,
-usage and ``incomplete_details`` are decided (the streamed path builds its items itself, then calls it).
+as OpenAI does; ``final`` completes it with its output items (built from the chat chunks by
+``events.OutputBuilder``, streamed or not) and is the one place status, usage and ``incomplete_details``
+are decided.
 A chat ``finish_reason`` of ``length`` is an ``incomplete`` response (``max_output_tokens``).
 """
 
@@ -14,15 +15,12 @@ import uuid
 import msgspec
 
 from vlm_gateway.errors import GatewayError
-from vlm_gateway.schemas.openai import ChatCompletion, ChoiceLogprobs, Usage
+from vlm_gateway.schemas.openai import ChoiceLogprobs, Usage
 from vlm_gateway.schemas.responses import (
     IncompleteDetails,
     InputTokensDetails,
     Logprob,
-    OutputFunctionCall,
     OutputItem,
-    OutputMessage,
-    OutputText,
     OutputTokensDetails,
     ResponseError,
     ResponseObject,
@@ -64,6 +62,8 @@ def base_response(req: ResponsesRequest) -> ResponseObject:
         metadata=req.metadata or {},
         user=req.user,
         truncation=req.truncation or "disabled",
+        prompt_cache_key=req.prompt_cache_key,
+        safety_identifier=req.safety_identifier,
     )
 
 
@@ -102,21 +102,6 @@ def final(base: ResponseObject, output: list[OutputItem], chat_usage: Usage | No
         usage=usage(chat_usage),
         incomplete_details=IncompleteDetails("max_output_tokens") if incomplete else None,
     )
-
-
-def finished(base: ResponseObject, chat: ChatCompletion) -> ResponseObject:
-    choice = chat.choices[0]
-    status = "incomplete" if choice.finish_reason == "length" else "completed"
-    calls = choice.message.tool_calls or []
-    output: list[OutputItem] = []
-    if choice.message.content or not calls:  # the last item is the one the token limit cut (as streamed)
-        part = OutputText(choice.message.content or "", logprobs=logprobs(choice.logprobs))
-        output.append(OutputMessage(id=new_id("msg"), status="completed" if calls else status, content=[part]))
-    output += [OutputFunctionCall(id=new_id("fc"), call_id=call.id, name=call.function.name,
-                                  arguments=call.function.arguments,
-                                  status=status if k == len(calls) - 1 else "completed")
-               for k, call in enumerate(calls)]
-    return final(base, output, chat.usage, choice.finish_reason)
 
 
 def error(exc: GatewayError) -> ResponseError:

@@ -1,9 +1,13 @@
 """``POST /v1/responses`` put together: convert, run on the chat pipeline, convert back, store.
 
     turn = await start(store, req, caller)        # previous_response_id read, request converted (400s)
-    response, headers = await complete(...)       # not streamed: complete_chat
+    response, headers = await complete(...)       # not streamed: the same, its events dropped (``whole``)
     body, headers = await stream(...)             # streamed: prepare_chat + generate + chat_chunks → events
     response = await background.submit(...)       # background: a job (see background.py)
+
+Both build the output with ``events.OutputBuilder`` from the engine's streamed pieces (the unstreamed
+one too: a whole answer would no longer say whether a call came before the text or after it), so
+they list the same items in the same order and agree on which one a token limit cut.
 
 Errors are the pipeline's own, their ``param`` renamed to the Responses field they came from.
 
@@ -21,16 +25,15 @@ from typing import TypeVar
 
 import msgspec
 
-from vlm_gateway.complete import Headers, complete_chat
+from vlm_gateway.complete import Headers
 from vlm_gateway.engines import EngineDelta
 from vlm_gateway.errors import ContextLengthExceeded, InvalidRequest
 from vlm_gateway.limits.rate import Caller
 from vlm_gateway.pipeline import Prepared, Services, generate, prepare_chat
 from vlm_gateway.responses_api.convert import Converted, renamed, to_chat, without_oldest_turn
-from vlm_gateway.responses_api.events import response_events
-from vlm_gateway.responses_api.output import base_response, finished
+from vlm_gateway.responses_api.events import OutputBuilder, response_events
+from vlm_gateway.responses_api.output import base_response
 from vlm_gateway.responses_api.store import ResponseStore, StoredResponse
-from vlm_gateway.schemas.openai import ChatCompletion
 from vlm_gateway.schemas.responses import ResponseObject, ResponsesRequest
 from vlm_gateway.streaming import chat_chunks, prepend
 
@@ -48,8 +51,10 @@ async def start(store: ResponseStore, req: ResponsesRequest, caller: Caller) -> 
     if req.background and req.stream:
         raise InvalidRequest("a background response is not streamed here: send stream false and poll "
                              "GET /v1/responses/{id}", param="stream")
-    previous = await store.previous(req.previous_response_id, caller) if req.previous_response_id else []
-    return Turn(to_chat(req, previous), base_response(req))
+    if req.previous_response_id is None:
+        return Turn(to_chat(req, []), base_response(req))
+    previous = await store.previous(req.previous_response_id, caller)
+    return Turn(to_chat(req, previous.conversation, previous.call_ids), base_response(req))
 
 
 async def _save(store: ResponseStore, turn: Turn, response: ResponseObject, caller: Caller) -> None:
@@ -72,15 +77,25 @@ async def fitted(turn: Turn, attempt: Callable[[Converted, bool], Awaitable[T]],
             converted, queued = shorter, True
 
 
+async def whole(svc: Services, converted: Converted, base: ResponseObject, caller: Caller,
+                queued: bool) -> tuple[ResponseObject, Headers]:
+    """The finished response to ``converted`` (``base`` with its output), built as a stream builds it."""
+    with renamed(converted.params):
+        prepared = await prepare_chat(svc, converted.chat, caller, queued)
+        out = OutputBuilder(base)
+        async for chunk in chat_chunks(prepared, generate(svc, prepared), include_usage=True):
+            out.take(chunk)
+        out.finish()
+    return out.response(), prepared.permit.headers
+
+
 async def complete(svc: Services, store: ResponseStore, turn: Turn, caller: Caller,
                    queued: bool = False) -> tuple[ResponseObject, Headers]:
     """``queued``: a job's request (a batch line), waiting for a slot instead of a 429."""
-    async def attempt(converted: Converted, queued: bool) -> tuple[ChatCompletion, Headers]:
-        with renamed(converted.params):
-            return await complete_chat(svc, converted.chat, caller, queued)
+    async def attempt(converted: Converted, queued: bool) -> tuple[ResponseObject, Headers]:
+        return await whole(svc, converted, turn.response, caller, queued)
 
-    (chat, headers), _ = await fitted(turn, attempt, queued)
-    response = finished(turn.response, chat)
+    (response, headers), _ = await fitted(turn, attempt, queued)
     await _save(store, turn, response, caller)
     return response, headers
 

@@ -24,7 +24,7 @@ from vlm_gateway.limits.rate import Caller
 from vlm_gateway.responses_api.convert import output_messages
 from vlm_gateway.responses_api.settings import ResponsesSettings
 from vlm_gateway.schemas.openai import ChatCompletionRequest, ChatMessage
-from vlm_gateway.schemas.responses import ResponseDeleted, ResponseObject
+from vlm_gateway.schemas.responses import OutputFunctionCall, ResponseDeleted, ResponseObject
 from vlm_gateway.state import StateBackend
 
 UNFINISHED = ("queued", "in_progress")
@@ -41,6 +41,12 @@ class StoredResponse(msgspec.Struct):
     def conversation(self) -> list[ChatMessage]:
         """What a follow-up continues: the history and this response's output."""
         return [*self.history, *output_messages(self.response.output)]
+
+    @property
+    def call_ids(self) -> list[str]:
+        """The calls this response made, those cut off at ``max_output_tokens`` (not in ``conversation``)
+        included: a follow-up may answer any of them."""
+        return [item.call_id for item in self.response.output if isinstance(item, OutputFunctionCall)]
 
 
 _ENCODER = msgspec.json.Encoder()
@@ -80,13 +86,13 @@ class ResponseStore:
             record.response = msgspec.structs.replace(record.response, status="cancelled")
         return record
 
-    async def previous(self, response_id: str, caller: Caller) -> list[ChatMessage]:
-        """The conversation ``previous_response_id`` continues."""
+    async def previous(self, response_id: str, caller: Caller) -> StoredResponse:
+        """The response ``previous_response_id`` continues (its ``conversation``), once finished."""
         record = await self.get(response_id, caller, "previous_response_id")
         if record.response.status in UNFINISHED:
             raise InvalidRequest(f"Previous response with id '{response_id}' is still {record.response.status}; "
                                  "continue it once it has finished", param="previous_response_id")
-        return record.conversation
+        return record
 
     async def delete(self, response_id: str, caller: Caller) -> ResponseDeleted:
         record = await self.get(response_id, caller)

@@ -6,7 +6,8 @@ its ``type`` (which a msgspec tagged union cannot decode), and an error can then
 
 Response: ``ResponseObject`` (the SDK's ``openai.types.responses.Response``) with its output items and
 usage, ``ResponseDeleted``, and the streaming events (``sequence_number`` is set as they are sent).
-Unknown request fields are ignored, as on the other routes.
+Unknown request fields are ignored, as on the other routes, except chat's names for what this API
+names otherwise (``max_tokens``, ``response_format``): declared so they are refused, not dropped.
 """
 
 from __future__ import annotations
@@ -146,6 +147,7 @@ class ResponsesRequest(Struct):
     background: bool | None = None
     stream: bool | None = None
     prompt_cache_key: str | None = None
+    safety_identifier: str | None = None  # echoed (a stable id of the end user, as OpenAI asks for)
     # "auto": a conversation too long for the model's context loses its oldest turns until it fits
     # (responses_api/convert.py, ``without_oldest_turn``); "disabled" (or null): a 400 context_length_exceeded
     truncation: Literal["auto", "disabled"] | None = None
@@ -153,6 +155,10 @@ class ResponsesRequest(Struct):
     # (``responses_api.convert``) rather than answered without the context the client meant to send
     conversation: str | dict[str, Any] | None = None
     prompt: dict[str, Any] | None = None
+    # chat's fields, sent here by clients moved over from /v1/chat/completions: refused (``responses_api.convert``)
+    # rather than ignored, which would drop the output limit or the structured output the client asked for
+    max_tokens: Any = None
+    response_format: Any = None
 
 
 # --- response -----------------------------------------------------------------------------------
@@ -253,6 +259,8 @@ class ResponseObject(Struct, kw_only=True):
     metadata: dict[str, str] = {}
     user: str | None = None
     truncation: Literal["auto", "disabled"] = "disabled"
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
 
 
 class ResponseDeleted(Struct):

@@ -75,7 +75,7 @@ class ScriptedEngine:
 def settings(checkpoint, **over) -> Settings:
     base = dict(models=[ModelSettings(id="m", checkpoint=str(checkpoint), aliases=["alias"])],
                 limits=LimitSettings(keys=TEST_KEYS), jobs=JobSettings(concurrency=1, poll_s=0.05),
-                responses=ResponsesSettings(cancel_poll_s=0.02))
+                responses=ResponsesSettings(cancel_poll_s=0.02, stream_poll_s=0.02))
     return Settings(**{**base, **over})
 
 

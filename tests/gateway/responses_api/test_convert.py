@@ -16,11 +16,8 @@ from openai.types.responses import Response, ResponseStreamEvent
 from vlm_gateway.errors import ImageError, InvalidRequest
 from vlm_gateway.responses_api.convert import output_messages, rename, renamed, to_chat, without_oldest_turn
 from vlm_gateway.responses_api.events import OutputBuilder, response_events
-from vlm_gateway.responses_api.output import base_response, finished
+from vlm_gateway.responses_api.output import base_response
 from vlm_gateway.schemas.openai import (
-    AssistantMessage,
-    ChatChoice,
-    ChatCompletion,
     ChatCompletionChunk,
     ChatMessage,
     ChunkChoice,
@@ -37,7 +34,7 @@ from vlm_gateway.schemas.openai import (
     ToolCallDelta,
     Usage,
 )
-from vlm_gateway.schemas.responses import ResponsesRequest
+from vlm_gateway.schemas.responses import ResponseObject, ResponsesRequest
 
 DATA_URI = "data:image/png;base64,iVBORw0KGgo="
 
@@ -124,7 +121,15 @@ def test_text_format_tools_and_logprobs() -> None:
     ({"input": [{"role": "user", "content": [{"type": "input_text", "text": 5}]}]}, "input[0].content[0].text"),
     ({"input": [{"role": "robot", "content": "hi"}]}, "input[0].role"),
     ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "input[0].type"),
-    ({"input": [{"role": "user", "content": "a"}, {"type": "function_call", "name": "f"}]}, "input[1]"),
+    # a missing field is named itself, not only the item without it
+    ({"input": [{"role": "user", "content": "a"}, {"type": "function_call", "name": "f"}]}, "input[1].call_id"),
+    ({"input": [{"role": "user"}]}, "input[0].content"),
+    ({"input": [{"role": "user", "content": [{"type": "input_text"}]}]}, "input[0].content[0].text"),
+    # a tool result for no call made before it
+    ({"input": [{"role": "user", "content": "a"}, {"type": "function_call_output", "call_id": "c9", "output": "x"}]},
+     "input[1].call_id"),
+    ({"input": [{"type": "function_call_output", "call_id": "c1", "output": "x"},
+                {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}]}, "input[0].call_id"),
     ({"input": [{"role": "assistant", "content": [{"type": "input_image", "image_url": DATA_URI}]}]},
      "input[0].content[0]"),
     ({"input": "x", "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice.name"),
@@ -134,6 +139,33 @@ def test_client_mistakes_name_the_parameter(fields, param) -> None:
     with pytest.raises(InvalidRequest) as err:
         to_chat(request(**fields), [])
     assert err.value.param == param and err.value.status == 400
+
+
+def test_an_orphan_tool_result_is_refused_as_openai_does() -> None:
+    with pytest.raises(InvalidRequest) as err:
+        to_chat(request(input=[{"type": "function_call_output", "call_id": "c9", "output": "x"}]), [])
+    assert err.value.message == "No tool call found for function call output with call_id c9."
+
+
+def test_tool_results_may_answer_calls_of_the_conversation() -> None:
+    """Calls made in the input (a cut-off one too, though it is left out), in the stored conversation, or
+    by the previous response (``called``: those cut off are not in its conversation) all have results."""
+    output = {"type": "function_call_output", "output": "x"}
+    cut = {"type": "function_call", "call_id": "c2", "name": "f", "arguments": '{"a": 1', "status": "incomplete"}
+    out = to_chat(request(input=[{"role": "user", "content": "a"}, cut, {**output, "call_id": "c2"},
+                                 {**output, "call_id": "c1"}, {**output, "call_id": "c3"}]),
+                  [ChatMessage("assistant", None, tool_calls=[ToolCall("c1", FunctionCall("f", "{}"))])], ["c3"])
+    assert [m.tool_call_id for m in out.chat.messages if m.role == "tool"] == ["c2", "c1", "c3"]
+    assert all(not m.tool_calls or m.tool_calls[0].id == "c1" for m in out.chat.messages)  # the cut one: left out
+
+
+@pytest.mark.parametrize("field,value,instead", [("max_tokens", 5, "max_output_tokens"),
+                                                 ("response_format", {"type": "json_object"}, "text.format")])
+def test_chat_fields_are_refused_not_ignored(field, value, instead) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        to_chat(request(input="x", **{field: value}), [])
+    assert (err.value.param, err.value.code) == (field, "unknown_parameter") and instead in err.value.message
+    assert to_chat(request(input="x", max_tokens=None, modalities=["text"]), []).chat.max_completion_tokens is None
 
 
 def test_pipeline_errors_are_renamed_to_responses_parameters() -> None:
@@ -187,16 +219,23 @@ def test_truncation_drops_whole_turns_and_keeps_naming_the_client_fields() -> No
     assert out.chat.messages[2].content == "first"  # the request it came from is unchanged
 
 
-def chat_completion(content: str | None, calls: list[ToolCall] | None = None, finish: str = "stop") -> ChatCompletion:
-    message = AssistantMessage(content, tool_calls=calls) if calls else AssistantMessage(content)
-    return ChatCompletion("chatcmpl-1", 0, "m", [ChatChoice(0, message, finish)],
-                          Usage(10, 3, 13, PromptTokensDetails(cached_tokens=4, image_tokens=5)))
+def built(chunks: list[ChatCompletionChunk], **fields) -> ResponseObject:
+    """An unstreamed response: the stream's builder over the chat chunks, its events dropped (``run.whole``)."""
+    out = OutputBuilder(base_response(request(input="x", **fields)))
+    for c in chunks:
+        out.take(c)
+    out.finish()
+    return out.response()
+
+
+USAGE = Usage(10, 3, 13, PromptTokensDetails(cached_tokens=4, image_tokens=5))
+CALL_A = ToolCallDelta(0, id="call_a", type="function", function=FunctionCallDelta("weather", '{"city":"Paris"}'))
 
 
 def test_finished_response_validates_with_the_sdk() -> None:
-    base = base_response(request(input="x", metadata={"k": "v"}, max_output_tokens=9))
-    body = msgspec.json.encode(finished(base, chat_completion("Hi there")))
-    sdk = Response.model_validate_json(body)
+    response = built([chunk(""), chunk("Hi"), chunk(" there", finish="stop"), chunk(usage=USAGE)],
+                     metadata={"k": "v"}, max_output_tokens=9)
+    sdk = Response.model_validate_json(msgspec.json.encode(response))
     assert sdk.output_text == "Hi there" and sdk.status == "completed" and sdk.id.startswith("resp_")
     assert sdk.output[0].id.startswith("msg_") and sdk.metadata == {"k": "v"} and sdk.max_output_tokens == 9
     usage = sdk.usage
@@ -205,25 +244,39 @@ def test_finished_response_validates_with_the_sdk() -> None:
 
 
 def test_tool_calls_become_function_call_items() -> None:
-    calls = [ToolCall("call_a", FunctionCall("weather", '{"city":"Paris"}'))]
-    response = finished(base_response(request(input="x")), chat_completion(None, calls, "tool_calls"))
+    response = built([chunk(""), chunk(calls=[CALL_A]), chunk(finish="tool_calls"), chunk(usage=USAGE)])
     sdk = Response.model_validate_json(msgspec.json.encode(response))
     [item] = sdk.output
     assert item.type == "function_call" and item.id.startswith("fc_")
     assert (item.call_id, item.name, item.arguments, item.status) == ("call_a", "weather", '{"city":"Paris"}',
                                                                       "completed")
     # and back: the stored turn a follow-up continues
+    calls = [ToolCall("call_a", FunctionCall("weather", '{"city":"Paris"}'))]
     assert output_messages(response.output) == [ChatMessage("assistant", None, tool_calls=calls)]
-    both = finished(base_response(request(input="x")), chat_completion("Let me look.", calls, "tool_calls"))
+    both = built([chunk(""), chunk("Let me look."), chunk(calls=[CALL_A]), chunk(finish="tool_calls")])
     assert [i.type for i in Response.model_validate_json(msgspec.json.encode(both)).output] == [
         "message", "function_call"]
 
 
 def test_length_is_incomplete() -> None:
-    response = finished(base_response(request(input="x")), chat_completion("Hi", finish="length"))
+    response = built([chunk(""), chunk("Hi", finish="length"), chunk(usage=USAGE)])
     sdk = Response.model_validate_json(msgspec.json.encode(response))
     assert sdk.status == "incomplete" and sdk.incomplete_details.reason == "max_output_tokens"
     assert sdk.output[0].status == "incomplete"
+
+
+def test_a_length_cut_marks_only_the_item_it_cut() -> None:
+    """Items in the order written; the token limit cut the last one, unless that is a call whose arguments
+    had already ended (it can be made)."""
+    then_text = built([chunk(""), chunk(calls=[CALL_A]), chunk("Then more", finish="length")])
+    assert [(type(i).__name__, i.status) for i in then_text.output] == [
+        ("OutputFunctionCall", "completed"), ("OutputMessage", "incomplete")]
+    whole = built([chunk(""), chunk("Let me look."), chunk(calls=[CALL_A]), chunk(finish="length")])
+    assert whole.status == "incomplete" and [(type(i).__name__, i.status) for i in whole.output] == [
+        ("OutputMessage", "completed"), ("OutputFunctionCall", "completed")]
+    cut = ToolCallDelta(0, id="call_a", type="function", function=FunctionCallDelta("weather", '{"city": "Pa'))
+    half = built([chunk(""), chunk(calls=[cut]), chunk(finish="length")])
+    assert [(type(i).__name__, i.status) for i in half.output] == [("OutputFunctionCall", "incomplete")]
 
 
 # --- streaming --------------------------------------------------------------------------------

@@ -81,6 +81,22 @@ def test_max_output_tokens_is_incomplete(client, engine) -> None:
     assert streamed[-1]["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
 
 
+def test_chat_fields_are_refused_with_the_fields_to_use(client, engine) -> None:
+    err = error(create(client, input="x", max_tokens=5), 400)
+    assert err["code"] == "unknown_parameter" and "max_output_tokens" in err["message"]
+    err = error(create(client, input="x", response_format={"type": "json_object"}), 400)
+    assert err["code"] == "unknown_parameter" and "text.format" in err["message"]
+    assert engine.requests == []
+    assert ok(create(client, input="x", service_tier="auto")).status == "completed"  # others: still ignored
+
+
+def test_prompt_cache_key_and_safety_identifier_are_echoed(client, engine) -> None:
+    sdk = ok(create(client, input="x", prompt_cache_key="tenant-1", safety_identifier="user-42"))
+    assert (sdk.prompt_cache_key, sdk.safety_identifier) == ("tenant-1", "user-42")
+    assert ok(client.get(f"/v1/responses/{sdk.id}")).safety_identifier == "user-42"
+    assert ok(create(client, input="x")).safety_identifier is None
+
+
 def test_logprobs(client) -> None:
     sdk = ok(create(client, input="x", include=["message.output_text.logprobs"], top_logprobs=2))
     logprobs = sdk.output[0].content[0].logprobs
@@ -109,6 +125,12 @@ def test_failure_mid_stream_is_response_failed(client, engine) -> None:
     failed = Response.model_validate(got[-1]["response"])
     assert failed.status == "failed" and failed.error.message == "bad value" and failed.error.code == "invalid_prompt"
     assert client.get(f"/v1/responses/{failed.id}").json()["status"] == "failed"
+    # the item it had begun is closed, incomplete, and is the failed response's output
+    assert [e["type"] for e in got[2:]] == [
+        "response.output_item.added", "response.content_part.added", "response.output_text.delta",
+        "response.output_text.done", "response.content_part.done", "response.output_item.done", "response.failed"]
+    assert got[-2]["item"]["status"] == "incomplete" and got[-2]["item"]["id"] == got[2]["item"]["id"]
+    assert [(i.id, i.status, i.content[0].text) for i in failed.output] == [(got[2]["item"]["id"], "incomplete", "Hi")]
 
 
 def test_failure_before_output_keeps_its_status(client, engine) -> None:
@@ -238,6 +260,26 @@ def test_function_call_round_trip(client, engine) -> None:
 WEATHER = [{"type": "function", "name": "weather", "parameters": {"type": "object"}}]
 
 
+HERMES_CALL = ["<tool_call>\n", '{"name": "weather", "arguments": {"city": "Paris"}}', "\n</tool_call>"]
+
+
+def test_output_items_in_the_order_written_streamed_or_not(client, engine) -> None:
+    """A call, then text: both ways list them so; a token limit cuts the last item, and a call that had
+    ended before it is complete."""
+    def items(finish: str, stream: bool) -> list[tuple[str, str]]:
+        engine.finish = finish
+        r = create(client, input="x", tools=WEATHER, stream=stream)
+        response = Response.model_validate(events(r)[-1]["response"]) if stream else ok(r)
+        return [(i.type, i.status) for i in response.output]
+
+    for stream in (False, True):
+        engine.pieces = [*HERMES_CALL, " Then more text."]
+        assert items("stop", stream) == [("function_call", "completed"), ("message", "completed")], stream
+        assert items("length", stream) == [("function_call", "completed"), ("message", "incomplete")], stream
+        engine.pieces = HERMES_CALL
+        assert items("length", stream) == [("function_call", "completed")], stream
+
+
 def test_a_call_cut_off_at_max_output_tokens_does_not_stop_the_conversation(client, engine) -> None:
     engine.pieces, engine.finish = ['{"city": "Pa'], "length"
     cut = ok(create(client, input="Weather in Paris?", tools=WEATHER, max_output_tokens=4,
@@ -250,6 +292,22 @@ def test_a_call_cut_off_at_max_output_tokens_does_not_stop_the_conversation(clie
     by_hand = [{"role": "user", "content": "Weather in Paris?"}, call.model_dump(exclude_none=True),
                {"role": "user", "content": "Try again."}]  # the SDK's way: input += response.output
     assert ok(create(client, input=by_hand, tools=WEATHER)).status == "completed"
+    answered = [{"type": "function_call_output", "call_id": call.call_id, "output": "error: cut off"}]
+    assert ok(create(client, input=answered, previous_response_id=cut.id, tools=WEATHER)).status == "completed"
+    assert ok(create(client, input=by_hand[:2] + answered, tools=WEATHER)).status == "completed"
+
+
+def test_a_tool_result_needs_its_call(client, engine) -> None:
+    """A result whose call_id no call had (here or in the previous response) is a 400 naming it."""
+    engine.pieces = HERMES_CALL
+    made = ok(create(client, input="Weather?", tools=WEATHER))
+    call_id = made.output[0].call_id
+    result = {"type": "function_call_output", "call_id": call_id, "output": "sunny"}
+    assert ok(create(client, input=[result], previous_response_id=made.id, tools=WEATHER)).status == "completed"
+    err = error(create(client, input=[{**result, "call_id": "call_nope"}], tools=WEATHER), 400)
+    assert err["param"] == "input[0].call_id" and "call_nope" in err["message"]
+    err = error(create(client, input=[{"role": "user", "content": "x"}, result], tools=WEATHER), 400)
+    assert err["param"] == "input[1].call_id"
 
 
 def test_a_calls_bad_arguments_are_named_by_its_input_item(client) -> None:
@@ -283,6 +341,10 @@ def test_a_calls_bad_arguments_are_named_by_its_input_item(client) -> None:
     ({"input": "x", "conversation": "conv_1"}, 400, "conversation"),
     ({"input": "x", "conversation": {"id": "conv_1"}}, 400, "conversation"),
     ({"input": "x", "prompt": {"id": "pmpt_1"}}, 400, "prompt"),
+    # chat's names for max_output_tokens and text.format: refused, not ignored
+    ({"input": "x", "max_tokens": 5}, 400, "max_tokens"),
+    ({"input": "x", "response_format": {"type": "json_object"}}, 400, "response_format"),
+    ({"input": [{"role": "user"}]}, 400, "input[0].content"),
 ])
 def test_errors_name_the_parameter(client, fields, status, param) -> None:
     err = error(client.post("/v1/responses", json={"model": "m", **fields}), status)
@@ -328,6 +390,32 @@ def test_background_failure_is_stored(client) -> None:
         {"role": "user", "content": [{"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]}]))
     final = wait_for(lambda: (r := client.get(f"/v1/responses/{made.id}").json())["status"] == "failed" and r)
     assert Response.model_validate(final).error.param == "input[0].content[0].image_url"
+
+
+def test_stream_a_stored_response_again(client, engine) -> None:
+    """GET ?stream=true: the stored items with their ids and statuses, in the order written; the last event
+    is the one the response's status calls for; an unknown id is a 404 before any event."""
+    engine.pieces = [*HERMES_CALL, " Then more text."]
+    made = ok(create(client, input="x", tools=WEATHER))
+    got = events(client.get(f"/v1/responses/{made.id}", params={"stream": "true"}))
+    assert [e["sequence_number"] for e in got] == list(range(len(got)))
+    done = [e["item"] for e in got if e["type"] == "response.output_item.done"]
+    assert done == [i.model_dump(mode="json", exclude_none=True) for i in made.output]
+    assert got[-1]["type"] == "response.completed" and got[-1]["response"]["output"] == done
+    assert [e["type"] for e in events(client.get(f"/v1/responses/{made.id}?stream=true&starting_after=9"))] == [
+        e["type"] for e in got[10:]]
+    error(client.get("/v1/responses/resp_nope", params={"stream": "true"}), 404)
+    error(client.get(f"/v1/responses/{made.id}", params={"stream": "true"}, headers=auth(BOB)), 404)
+
+    engine.finish = "length"
+    cut = ok(create(client, input="x", tools=WEATHER, max_output_tokens=20))
+    assert events(client.get(f"/v1/responses/{cut.id}?stream=true"))[-1]["type"] == "response.incomplete"
+    engine.reset()
+    engine.gate.clear()
+    running = ok(create(client, input="x", background=True))
+    client.post(f"/v1/responses/{running.id}/cancel")
+    last = events(client.get(f"/v1/responses/{running.id}?stream=true"))[-1]
+    assert (last["type"], last["response"]["status"]) == ("response.failed", "cancelled")
 
 
 def test_cancel_needs_a_background_response(client) -> None:

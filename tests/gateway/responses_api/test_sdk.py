@@ -3,6 +3,8 @@ uvicorn (scripted engine): what real clients send and how strictly they read the
 
 from __future__ import annotations
 
+import threading
+
 import httpx
 import openai
 import pytest
@@ -75,6 +77,46 @@ def test_background_with_the_sdk(alice, engine) -> None:
     done = alice.responses.create(model="m", input="Hello", background=True)
     final = wait_for(lambda: (r := alice.responses.retrieve(done.id)).status == "completed" and r)
     assert final.output_text == "Hi there"
+
+
+def test_reconnect_to_a_background_response(alice, engine) -> None:
+    """``responses.stream(response_id=...)`` (GET ?stream=true): a response still running is waited for, then
+    its events are sent as a live stream sends them; ``starting_after=k`` leaves out events 0..k."""
+    engine.gate.clear()
+    made = alice.responses.create(model="m", input="Hello", background=True)
+    threading.Timer(0.3, engine.gate.set).start()
+    with alice.responses.stream(response_id=made.id) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert final.id == made.id and final.status == "completed" and final.output_text == "Hi there"
+    assert kinds == ["response.created", "response.in_progress", "response.output_item.added",
+                     "response.content_part.added", "response.output_text.delta", "response.output_text.done",
+                     "response.content_part.done", "response.output_item.done", "response.completed"]
+    every = list(alice.responses.retrieve(made.id, stream=True))
+    assert [e.sequence_number for e in every] == list(range(len(kinds)))
+    later = list(alice.responses.retrieve(made.id, stream=True, starting_after=3))
+    assert [(e.type, e.sequence_number) for e in later] == [(e.type, e.sequence_number) for e in every[4:]]
+    assert later[-1].response.output[0].id == final.output[0].id  # the stored items, their own ids
+    with alice.responses.stream(response_id=made.id, starting_after=6) as stream:  # the SDK filters itself
+        assert [event.type for event in stream] == kinds[7:]
+        assert stream.get_final_response().output_text == "Hi there"
+
+
+def test_a_response_deleted_while_waited_for_ends_its_stream(alice, engine) -> None:
+    engine.gate.clear()
+    made = alice.responses.create(model="m", input="Hello", background=True)
+    wait_for(lambda: alice.responses.retrieve(made.id).status == "in_progress")
+    threading.Timer(0.3, alice.responses.delete, [made.id]).start()
+    got = list(alice.responses.retrieve(made.id, stream=True))
+    assert [e.type for e in got] == ["response.created", "response.in_progress", "response.failed"]
+    assert got[-1].response.error.message == f"Response with id '{made.id}' not found."
+
+
+def test_replay_is_the_live_stream_again(alice, engine) -> None:
+    engine.pieces = ["Hi there"]  # one delta: the replay sends each item's text in one
+    live = list(alice.responses.create(model="m", input="Hello", stream=True))
+    again = list(alice.responses.retrieve(live[-1].response.id, stream=True))
+    assert [e.model_dump() for e in again] == [e.model_dump() for e in live]  # ids, numbers, objects: all
 
 
 def test_langchain_responses_api(base_url, alice, prompt) -> None:

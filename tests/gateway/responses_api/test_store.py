@@ -69,7 +69,7 @@ async def test_response_store(backend) -> None:  # noqa: F811
     await store.save(done)
     got = await store.get(done.response.id, ANONYMOUS)
     assert got.response == done.response and got.history == done.history
-    assert [(m.role, m.content) for m in await store.previous(done.response.id, ANONYMOUS)] == [
+    assert [(m.role, m.content) for m in (await store.previous(done.response.id, ANONYMOUS)).conversation] == [
         ("user", "Hello"), ("assistant", "Hi")]
     with pytest.raises(NotFound) as other:
         await store.get(done.response.id, OTHER)
