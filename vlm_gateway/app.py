@@ -26,7 +26,7 @@ from vlm_gateway.api.chat import chat_completions
 from vlm_gateway.api.completions import completions
 from vlm_gateway.api.docs import openapi_config
 from vlm_gateway.api.files import file_routes
-from vlm_gateway.api.health import health
+from vlm_gateway.api.health import health, ready
 from vlm_gateway.api.metrics import http_metrics, metrics_endpoint
 from vlm_gateway.api.models import list_models, retrieve_model
 from vlm_gateway.api.queue import QUEUE_ROUTES
@@ -196,7 +196,7 @@ def create_app(settings: Settings, engine_factory: EngineFactory | None = None) 
                     await redis.aclose()
 
     app = Litestar(
-        route_handlers=[chat_completions, completions, list_models, retrieve_model, health, vision, fal_run,
+        route_handlers=[chat_completions, completions, list_models, retrieve_model, health, ready, vision, fal_run,
                         vlmrun_generate, vlmrun_status, *QUEUE_ROUTES, *file_routes(settings), *RESPONSES_ROUTES,
                         *BATCH_ROUTES, render_chat_completion, metrics_endpoint, *playground_routes(settings)],
         middleware=[http_metrics, require_api_key],  # outermost first

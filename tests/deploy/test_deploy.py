@@ -359,10 +359,10 @@ def test_secret_values_load_as_settings() -> None:
 
 
 def test_ports_and_paths_agree() -> None:
-    from vlm_gateway.api.health import health
+    from vlm_gateway.api.health import health, ready
     from vlm_gateway.api.metrics import metrics_endpoint
 
-    assert health.paths == {"/health"} and metrics_endpoint.paths == {"/metrics"}
+    assert health.paths == {"/health"} and ready.paths == {"/ready"} and metrics_endpoint.paths == {"/metrics"}
     assert _settings().port == PORT
     assert _instructions("EXPOSE")[-1] == str(PORT)
 
@@ -371,8 +371,8 @@ def test_ports_and_paths_agree() -> None:
     container = _container(gateway)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http": PORT}
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/health", "port": "http"}
+    for probe, path in (("readinessProbe", "/ready"), ("livenessProbe", "/health")):
+        assert container[probe]["httpGet"] == {"path": path, "port": "http"}
     annotations = gateway["spec"]["template"]["metadata"]["annotations"]
     assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": str(PORT),
                            "prometheus.io/path": "/metrics"}

@@ -301,3 +301,35 @@ async def test_a_server_never_up_is_logged_once_with_why(monkeypatch, caplog) ->
     assert any(w.startswith(f"engine {nowhere} for m is not up: connection refused") for w in warnings), warnings
     assert any(w.startswith(f"engine {url} for m is not up: no answer of 200") for w in warnings), warnings
     assert any(r.getMessage() == f"engine {url} for m is down" for r in caplog.records)
+
+
+class _Process:
+    """A supervised (embedded) server: the pool starts and stops it with itself."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+async def test_a_replica_is_ready_when_the_servers_it_runs_itself_are_up(pool) -> None:
+    """GET /ready reads this: a server of the replica's own (embedded) that is down keeps the replica out
+    of a load balancer's rotation; a shared (remote) one does not."""
+    fakes, _, runners = pool
+    own, shared, _ = list(fakes)
+    async with aiohttp.ClientSession() as session:
+        mixed = pool_of([own, shared], session, supervised=[_Process(own)])
+        await mixed.check_health()
+        assert mixed.local_ready
+        await runners[shared].cleanup()  # the shared server goes away: still ready
+        await mixed.check_health()
+        await mixed.check_health()
+        assert mixed.local_ready and not mixed.server_up(shared)
+        await runners[own].cleanup()  # its own goes away: not ready
+        for _ in range(pool_module.HEALTH_FAILURES_DOWN + 1):
+            await mixed.check_health()
+        assert not mixed.local_ready and not mixed.ready
+    remote_only = pool_of([own], session)
+    assert remote_only.local_ready  # nothing of its own to wait for

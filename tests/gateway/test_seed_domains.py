@@ -126,6 +126,10 @@ class JsonEngine:
     async def recheck(self) -> bool:
         return self.ready
 
+    @property
+    def local_ready(self) -> bool:  # (as if it ran in the gateway)
+        return self.ready
+
     async def generate(self, request: EngineRequest):
         self.requests.append(request)
         prompt = len(request.token_ids) + 99 * len(request.images)

@@ -133,6 +133,11 @@ class Engine(Protocol):
     @property
     def ready(self) -> bool: ...
 
+    @property
+    def local_ready(self) -> bool:
+        """Every server this gateway runs itself is up (GET /ready)."""
+        ...
+
     async def recheck(self) -> bool:
         """Whether it is ready after looking again now. A request that finds it not ready asks this before
         it is refused: the engine may have come up since the last periodic look (another worker of this

@@ -111,6 +111,12 @@ class EnginePool:
         return any(m.healthy for m in self.members)
 
     @property
+    def local_ready(self) -> bool:
+        """Every server this gateway runs itself (embedded) is up: the replica can take traffic. Servers
+        elsewhere are shared by every replica; while they are down a request gets a 503 with Retry-After."""
+        return all(self.server_up(process.url) for process in self._supervised)
+
+    @property
     def max_model_len(self) -> int | None:
         """The smallest context length the servers report (None until one has answered)."""
         return min((m.max_model_len for m in self.members if m.max_model_len), default=None)

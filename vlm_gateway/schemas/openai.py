@@ -396,5 +396,10 @@ class Health(Struct):
     gpu_available: bool
 
 
+class Readiness(Struct):
+    status: Literal["ready", "loading"]
+    loading: list[str]  # the models whose engines this replica runs itself and that are not up yet
+
+
 DECODE_CHAT = msgspec.json.Decoder(ChatCompletionRequest)
 DECODE_COMPLETION = msgspec.json.Decoder(CompletionRequest)

@@ -41,6 +41,10 @@ class ScriptedEngine:
     async def recheck(self) -> bool:
         return self.ready
 
+    @property
+    def local_ready(self) -> bool:  # (as if it ran in the gateway)
+        return self.ready
+
     async def generate(self, request: EngineRequest):
         self.requests.append(request)
         expanded = len(request.token_ids) + 99 * len(request.images)
@@ -283,6 +287,18 @@ def test_health_shape(client) -> None:
     assert set(body) == {"status", "timestamp", "model_loaded", "gpu_available"}
     assert datetime.fromisoformat(body["timestamp"]).year >= 2025  # ISO 8601, as the FastVLM API sends it
     assert body["model_loaded"] is False  # "cold" is not up
+
+
+def test_ready_is_a_503_naming_the_models_still_loading(client) -> None:
+    r = client.get("/ready")
+    assert r.status_code == 503 and r.json() == {"status": "loading", "loading": ["cold"]}
+    engine = client.app.state.services.engines["cold"]
+    engine.ready = True
+    try:
+        r = client.get("/ready")
+    finally:
+        engine.ready = False
+    assert r.status_code == 200 and r.json() == {"status": "ready", "loading": []}
 
 
 def test_seed_vision_route_and_its_error_shape(client) -> None:

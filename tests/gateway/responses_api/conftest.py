@@ -47,6 +47,10 @@ class ScriptedEngine:
     async def recheck(self) -> bool:
         return self.ready
 
+    @property
+    def local_ready(self) -> bool:  # (as if it ran in the gateway)
+        return self.ready
+
     async def generate(self, request: EngineRequest):
         self.requests.append(request)
         finished = False
