@@ -34,6 +34,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -92,17 +93,18 @@ async def fan_out(service: BatchService, job: Job) -> None:
     limit = service.services().settings.jobs.job_timeout_s
     until = time.monotonic() + min(max(limit - 1, limit * 0.9) if limit > 0 else math.inf, FAN_OUT_RUN_S)
     start = record.counts.enqueued
+
+    async def hand_over() -> None:  # out of time: a fresh fan-out job goes on from where this one got
+        await queue.submit(FAN_OUT, job.model, job.body, metadata=job.metadata, caller=job.caller)
+
     while start < len(lines):
-        current = await _when_room(service, batch_id, window, until)
+        current = await _when_room(service, batch_id, window, until, hand_over)
         if current is None or current.status in TERMINAL:
             return
         if current.status == "cancelling" or time.time() >= (current.batch.expires_at or 0):
             await _stop_at(service, batch_id, start)
             return
         queued = current.counts.enqueued - current.counts.recorded
-        if queued >= window:  # out of time: a fresh fan-out job goes on from here
-            await queue.submit(FAN_OUT, job.model, job.body, metadata=job.metadata, caller=job.caller)
-            return
         start = max(start, current.counts.enqueued)  # (a duplicate fan-out may have gone further)
         end = min(start + min(chunk, window - queued), len(lines))
         for line in lines[start:end]:
@@ -119,18 +121,26 @@ def _has_room(record: BatchRecord, window: int) -> bool:
             or time.time() >= (record.batch.expires_at or 0))
 
 
-async def _when_room(service: BatchService, batch_id: str, window: int, until: float) -> BatchRecord | None:
+async def _when_room(service: BatchService, batch_id: str, window: int, until: float,
+                     hand_over: Callable[[], Awaitable[None]]) -> BatchRecord | None:
     """The batch once fewer than ``window`` of its lines are on the queue, its status has changed or its
-    completion window has ended; as it is at ``until`` (monotonic) at the latest. None once it is gone.
-    Waits aside: the worker's slot runs other jobs (this batch's lines among them) meanwhile."""
+    completion window has ended; None once it is gone, or at ``until`` (monotonic), when ``hand_over``
+    has queued the fan-out's successor. Waits aside: the worker's slot runs other jobs (this batch's
+    lines among them) meanwhile. The successor is queued before the slot is taken back: that wait may
+    outlast the job's time limit, and the worker then stops this job where it is."""
     record = await service.store.get(batch_id)
     if record is None or _has_room(record, window):
         return record
     aside = ADMISSION_WAIT.get()
     async with aside() if aside is not None else contextlib.nullcontext():
-        while record is not None and not _has_room(record, window) and time.monotonic() < until:
+        while not _has_room(record, window):
+            if time.monotonic() >= until:
+                await hand_over()
+                return None
             await asyncio.sleep(ROOM_POLL_S)
             record = await service.store.get(batch_id)
+            if record is None:
+                return None
     return record
 
 

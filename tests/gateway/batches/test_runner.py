@@ -311,3 +311,28 @@ async def test_a_job_queued_after_a_big_batch_runs_before_the_batch_has_finished
     finally:
         await worker.stop()
     assert (await service.retrieve(ALICE, record.id)).request_counts.completed == 40
+
+
+async def test_a_fan_out_stopped_while_it_takes_its_slot_back_has_queued_its_successor(world) -> None:
+    """The worker stops a job at ``jobs.job_timeout_s`` wherever it is; a fan-out that waited aside may
+    be waiting for its slot then (a line holds it), so its successor is queued before that wait."""
+    windowed(world, 2, job_timeout_s=0.5)
+    record = await new_batch(world, 4)
+
+    @contextlib.asynccontextmanager
+    async def aside():
+        yield
+        await asyncio.Event().wait()  # every slot is busy: taking one back outlasts the job's time limit
+
+    async def as_the_worker_runs_it() -> None:
+        ADMISSION_WAIT.set(aside)
+        async with asyncio.timeout(1.0):
+            await world.run(fan_out_job(record))
+
+    task = asyncio.ensure_future(as_the_worker_runs_it())
+    await until(lambda: queued(world, FAN_OUT), "the successor queued")
+    assert [job.kind for job in world.queue.jobs] == [LINE, LINE, FAN_OUT]
+    try:
+        await task
+    except TimeoutError:
+        pass  # stopped by the (stand-in) worker's limit: nothing is lost
