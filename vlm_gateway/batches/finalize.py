@@ -90,7 +90,8 @@ async def finalize(service: BatchService, batch_id: str) -> None:
     errors = [entry for _, (kind, entry) in sorted(results.items()) if kind != "completed"]
     missing = await _missing(service, record, set(results))
     errors += missing
-    never_ran = bool(missing) or any(kind == "skipped" for kind, _ in results.values())
+    never_ran = (len(results) < record.batch.request_counts.total  # (counted, not read off the input: it may be gone)
+                 or any(kind == "skipped" for kind, _ in results.values()))
     now = int(time.time())
     if record.status == "cancelling":
         status, stamp = "cancelled", {"cancelled_at": now}
@@ -109,9 +110,11 @@ async def finalize(service: BatchService, batch_id: str) -> None:
                                                message=f"the batch's output could not be stored: {exc.message}")])
         if await service.move(record, "failed", failed_at=now, errors=failure):
             await service.store.drop_results(batch_id)
+            await service.unpin(record)
         return
     output_id, error_id = written
     if await service.move(record, status, output_file_id=output_id, error_file_id=error_id, **stamp):
         await service.store.drop_results(batch_id)
+        await service.unpin(record)
     else:  # another finalizer won: its files are the batch's
         await _remove_files(service, written)

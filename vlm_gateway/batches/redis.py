@@ -23,8 +23,8 @@ _COUNTERS = ("completed", "failed", "skipped", "planned", "enqueued", "input_tok
 _KIND = {"completed": "c", "failed": "f", "skipped": "s"}
 _KIND_OF = {v: k for k, v in _KIND.items()}
 
-_TERMINAL = """
-local terminal = {failed=true, completed=true, expired=true, cancelled=true}
+_PRELUDE = """
+local closed = {finalizing=true, failed=true, completed=true, expired=true, cancelled=true}  -- (store.CLOSED)
 local function follow(key)  -- give a side key the batch's remaining lifetime
   local ttl = redis.call('PTTL', KEYS[1])
   if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
@@ -56,9 +56,9 @@ return 0
 """
 
 # KEYS: b, r, c. ARGV: index, job id. Returns the run number, -2 (recorded or ended) or -1 (another job's).
-_BEGIN = _TERMINAL + """
+_BEGIN = _PRELUDE + """
 local s = redis.call('HGET', KEYS[1], 'status')
-if not s or terminal[s] or redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return -2 end
+if not s or closed[s] or redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return -2 end
 local runs = 0
 local claim = redis.call('HGET', KEYS[3], ARGV[1])
 if claim then
@@ -74,11 +74,11 @@ return runs
 
 # KEYS: b, r. ARGV: index, kind field, kind char .. line, input tokens, output tokens.
 # Returns {1 if counted now else 0, counters...}.
-_RECORD = _TERMINAL + """
+_RECORD = _PRELUDE + """
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return {0} end
 local new = 0
-if not terminal[s] and redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[3]) == 1 then
+if not closed[s] and redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[3]) == 1 then
   redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
   redis.call('HINCRBY', KEYS[1], 'input_tokens', ARGV[4])
   redis.call('HINCRBY', KEYS[1], 'output_tokens', ARGV[5])
@@ -91,7 +91,7 @@ return out
 """
 
 # KEYS: b. ARGV: counter, value. Returns the counters afterwards (none when the batch is gone).
-_SET = _TERMINAL + """
+_SET = _PRELUDE + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return redis.call('HMGET', KEYS[1], unpack(counters))

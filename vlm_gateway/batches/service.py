@@ -30,6 +30,7 @@ from vlm_gateway.batches.lines import PARAM, Line, parse_input
 from vlm_gateway.batches.settings import BatchSettings
 from vlm_gateway.batches.store import TERMINAL, BatchRecord, BatchStore
 from vlm_gateway.errors import InvalidRequest, NotFound
+from vlm_gateway.files.types import FileRecord, new_file_id
 from vlm_gateway.limits.rate import Caller
 from vlm_gateway.paging import check_page
 from vlm_gateway.schemas.batches import (
@@ -55,6 +56,7 @@ FAN_OUT = "batch"  # job kind: queue a batch's lines (body: the batch id)
 LINE = "batch_line"  # job kind: run one line (body: the request; metadata: batch id, index, custom_id)
 EVENT = "batch_event"  # job kind: a batch's end, sent to batches.webhook_url (id and body: the event)
 MAX_LIST = 100
+PIN_OWNER = "batch:"  # + the batch id: the owner of its input's pin (no key's id looks like it)
 CANCELLABLE = ("validating", "in_progress")
 
 
@@ -64,6 +66,14 @@ def new_batch_id() -> str:
 
 def not_found(batch_id: str) -> NotFound:
     return NotFound(f"No batch found with id '{batch_id[:64]}'.", param="batch_id")
+
+
+def _overdue(record: BatchRecord) -> bool:
+    """Past its completion window and not ended: a read ends it (the lines that never ran are
+    ``batch_expired``). Not a cancelled batch: it ends as the lines it runs finish, so that they are in
+    its output, as cancelling promises."""
+    return record.status in ("validating", "in_progress", "finalizing") and time.time() >= (
+        record.batch.expires_at or 0)
 
 
 def _check_metadata(metadata: dict[str, str] | None) -> None:
@@ -103,7 +113,7 @@ class BatchService:
         and queue its fan-out job. The batch counts as one request against the key's requests/min;
         each line is admitted (concurrency, tokens/min) when it runs."""
         _check_metadata(req.metadata)
-        lines = await self._read_input(caller, req.input_file_id, req.endpoint)
+        file, data, lines = await self._read_input(caller, req.input_file_id, req.endpoint)
         svc = self.services()
         self._check_models(svc, caller, lines)
         await svc.limiter.check_rate(caller)
@@ -113,8 +123,13 @@ class BatchService:
                       expires_at=int(now + self.settings.completion_window_s),
                       request_counts=BatchRequestCounts(total=len(lines)), metadata=req.metadata,
                       model=lines[0].model)
-        record = BatchRecord(caller.key_id, time.time_ns() // 1000, batch)
-        await self.store.create(record)
+        pin = await self._pin(file, data, batch.id)
+        record = BatchRecord(caller.key_id, time.time_ns() // 1000, batch, input_pin=pin)
+        try:
+            await self.store.create(record)
+        except BaseException:
+            await self.unpin(record)
+            raise
         try:
             await self.jobs().queue.submit(FAN_OUT, lines[0].model, batch.id.encode(),
                                            metadata={"batch_id": batch.id}, caller=caller)
@@ -125,12 +140,15 @@ class BatchService:
 
     async def retrieve(self, caller: Caller, batch_id: str) -> Batch:
         record = await self.owned(caller, batch_id)
-        if record.status not in TERMINAL and time.time() >= (record.batch.expires_at or 0):
-            from vlm_gateway.batches.finalize import finalize
-
-            await finalize(self, batch_id)
-            record = await self.owned(caller, batch_id)
+        if _overdue(record):
+            record = await self._end_overdue(record)
         return record.view()
+
+    async def _end_overdue(self, record: BatchRecord) -> BatchRecord:
+        from vlm_gateway.batches.finalize import finalize
+
+        await finalize(self, record.id)
+        return await self.store.get(record.id) or record
 
     async def cancel(self, caller: Caller, batch_id: str) -> Batch:
         """``cancelling`` at once; ``cancelled`` when the lines already running have finished (no
@@ -158,7 +176,7 @@ class BatchService:
         if page is None:
             raise NotFound(f"No batch found with id '{(after or '')[:64]}'.", param="after")
         records, more = page
-        data = [r.view() for r in records]
+        data = [(await self._end_overdue(r) if _overdue(r) else r).view() for r in records]
         return BatchList(data=data, has_more=more, first_id=data[0].id if data else None,
                          last_id=data[-1].id if data else None)
 
@@ -208,30 +226,49 @@ class BatchService:
                 return
             if await self.move(record, "failed", failed_at=int(time.time()), errors=errors):
                 await self.store.drop_results(batch_id)
+                await self.unpin(record)
                 return
 
-    async def input_bytes(self, owner: str, file_id: str) -> bytes | None:
-        """The batch's input file as its owner uploaded it; None once deleted."""
-        record = await self.files.backend.get(file_id)
-        if record is None or record.owner != owner:
-            return None
-        return await self.files.backend.content(record.sha256)
+    async def input_bytes(self, record: BatchRecord) -> bytes | None:
+        """The batch's input as it was when the batch was made (its pin), whatever became of the file
+        since; None if it is gone (a batch made before pins, whose file was deleted)."""
+        file = await self.files.backend.get(record.input_pin) if record.input_pin else None
+        if file is None:
+            file = await self.files.backend.get(record.batch.input_file_id)
+            if file is None or file.owner != record.owner:
+                return None
+        return await self.files.backend.content(file.sha256)
+
+    async def unpin(self, record: BatchRecord) -> None:
+        """Let go of the input (the batch has ended)."""
+        pinned = await self.files.backend.get(record.input_pin) if record.input_pin else None
+        if pinned is not None:
+            await self.files.backend.remove(pinned)
 
     async def input_lines(self, record: BatchRecord) -> list[Line] | None:
-        data = await self.input_bytes(record.owner, record.batch.input_file_id)
+        data = await self.input_bytes(record)
         if data is None:
             return None
         return await asyncio.to_thread(parse_input, data, record.batch.endpoint, self.settings.max_lines)
 
     # --- helpers ----------------------------------------------------------------------------------
 
-    async def _read_input(self, caller: Caller, file_id: str, endpoint: str) -> list[Line]:
+    async def _read_input(self, caller: Caller, file_id: str, endpoint: str) -> tuple[FileRecord, bytes, list[Line]]:
         file = await self.files.record(caller, file_id, PARAM)
         if file.purpose != "batch":
             raise InvalidRequest(f"the input file must be uploaded with purpose 'batch' (this one has purpose "
                                  f"{file.purpose!r})", param=PARAM, code="invalid_value")
         content = await self.files.open(caller, file_id, PARAM)
-        return await asyncio.to_thread(parse_input, content.data, endpoint, self.settings.max_lines)
+        return file, content.data, await asyncio.to_thread(parse_input, content.data, endpoint, self.settings.max_lines)
+
+    async def _pin(self, file: FileRecord, data: bytes, batch_id: str) -> str:
+        """A second record of the input's content, owned by the batch (no key lists it, no quota counts
+        it, its bytes are the file's own): the lines are read from it while the batch runs, so deleting
+        the file then changes nothing. ``unpin`` removes it when the batch ends."""
+        created = time.time_ns() // 1000
+        pin = msgspec.structs.replace(file, id=new_file_id(created), owner=PIN_OWNER + batch_id, created_us=created)
+        await self.files.backend.add(pin, data, quota=False)
+        return pin.id
 
     @staticmethod
     def _check_models(svc: Services, caller: Caller, lines: list[Line]) -> None:

@@ -12,7 +12,8 @@ Per batch:
   queue), ``enqueued`` (how far the fan-out job got) and the tokens used;
 * per line: its result (the JSONL line for the output or error file), written once (``record_line``
   counts a line the first time only, so a redelivered job never counts twice), and its claim (the job
-  running it and how many runs it has had: ``begin_line``).
+  running it and how many runs it has had: ``begin_line``). Once the batch is ``finalizing`` no line is
+  begun or recorded: the files are written from the lines recorded, and the counts must agree with them.
 
 The line that makes ``completed + failed + skipped`` reach ``planned`` finalizes the batch.
 Everything expires ``ttl_s`` after the batch was created.
@@ -30,6 +31,8 @@ from vlm_gateway.schemas.batches import Batch, BatchRequestCounts, BatchUsage
 
 LineKind = Literal["completed", "failed", "skipped"]
 TERMINAL = ("failed", "completed", "expired", "cancelled")
+#: No line is begun or recorded any more: its output files are being written from the lines recorded.
+CLOSED = ("finalizing", *TERMINAL)
 #: ``begin_line`` results other than an attempt number.
 ALREADY_RECORDED, CLAIMED_ELSEWHERE = -2, -1
 
@@ -56,6 +59,7 @@ class BatchRecord(msgspec.Struct):
     created_us: int
     batch: Batch
     counts: Counts = msgspec.field(default_factory=Counts)
+    input_pin: str | None = None  # the batch's own record of its input's content (BatchService._pin)
 
     @property
     def id(self) -> str:
@@ -183,7 +187,7 @@ class MemoryBatches:
 
     async def begin_line(self, batch_id: str, index: int, job_id: str) -> int:
         held = self._live(batch_id)
-        if held is None or held.status in TERMINAL or index in held.results:
+        if held is None or held.status in CLOSED or index in held.results:
             return ALREADY_RECORDED
         owner, runs = held.claims.get(index, (job_id, 0))
         if owner != job_id:
@@ -196,7 +200,7 @@ class MemoryBatches:
         held = self._live(batch_id)
         if held is None:
             return False, Counts()
-        if held.status in TERMINAL or index in held.results:
+        if held.status in CLOSED or index in held.results:
             return False, msgspec.structs.replace(held.counts)
         held.results[index] = (kind, bytes(entry))
         c = held.counts

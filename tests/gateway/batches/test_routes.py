@@ -178,6 +178,28 @@ def test_cancel_stops_lines_not_started(client, engine, receiver) -> None:
     assert [event.type for event in receiver.events(batch["id"])] == ["batch.cancelled"]
 
 
+def test_deleting_the_input_file_of_a_running_batch_changes_nothing(client, engine) -> None:
+    """The batch keeps its input (a pin on the same bytes, no key's file) until it ends: OpenAI lets a
+    client delete its files, and a batch that re-read a deleted input failed, its finished lines lost."""
+    engine.gate.clear()
+    file_id = upload(client, [chat_line(f"l{i}") for i in range(3)])
+    batch = create(client, file_id).json()
+    for _ in range(500):
+        if engine.requests:
+            break
+        time.sleep(0.02)
+    assert client.delete(f"/v1/files/{file_id}").status_code == 200
+    backend = client.app.state.batches.files.backend
+    pin = client.blocking_portal.call(client.app.state.batches.store.get, batch["id"]).input_pin
+    assert pin and client.blocking_portal.call(backend.get, pin) is not None
+    assert pin not in [f["id"] for f in client.get("/v1/files", params={"limit": 10000}).json()["data"]]
+    engine.gate.set()
+    done = wait_status(client, batch["id"], ENDED)
+    assert done["status"] == "completed" and done["request_counts"] == {"total": 3, "completed": 3, "failed": 0}
+    assert [line["custom_id"] for line in content(client, done["output_file_id"])] == ["l0", "l1", "l2"]
+    assert client.blocking_portal.call(backend.get, pin) is None  # let go of when the batch ended
+
+
 def test_a_batch_that_ends_sends_one_signed_event(client, receiver) -> None:
     """As OpenAI's batch webhooks: ``batch.completed`` / ``batch.cancelled`` with the batch's id, signed
     (Standard Webhooks: the SDK's ``webhooks.unwrap`` verifies it), once per batch."""

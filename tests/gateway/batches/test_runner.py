@@ -160,7 +160,9 @@ async def test_a_batch_past_its_window_expires(world) -> None:
     record = await new_batch(world, 3, expires_in=-1)
     await world.service.move(record, "in_progress")
     await world.service.store.set_enqueued(record.id, 3)
-    batch, out, errors = await output(world, record.id)  # nothing ran: the read finalizes it
+    listed = await world.service.page(ALICE)  # nothing ran: a read finalizes it, the list's as well
+    assert [(b.id, b.status) for b in listed.data] == [(record.id, "expired")]
+    batch, out, errors = await output(world, record.id)
     assert batch.status == "expired" and batch.expired_at and batch.request_counts.completed == 0
     assert out == [] and [e["custom_id"] for e in errors] == ["c0", "c1", "c2"]
     assert {e["error"]["code"] for e in errors} == {"batch_expired"}
@@ -336,3 +338,22 @@ async def test_a_fan_out_stopped_while_it_takes_its_slot_back_has_queued_its_suc
         await task
     except TimeoutError:
         pass  # stopped by the (stand-in) worker's limit: nothing is lost
+
+
+async def test_a_cancelled_batch_read_after_its_window_waits_for_the_line_it_runs(world) -> None:
+    """Cancelling promises that the lines running finish and are in the output: a read past the window
+    does not end the batch under them (it did, and called the line "cancelled before it ran")."""
+    windowed(world, 0)  # (no job time limit)
+    record = await new_batch(world, 2, expires_in=1)
+    await world.run(fan_out_job(record))
+    world.runner.delay_s = 1.5  # past the window
+    running = asyncio.ensure_future(world.run(queued(world)[0]))
+    await until(lambda: world.runner.ran, "the first line running")
+    await world.service.cancel(ALICE, record.id)
+    await until(lambda: time.time() >= record.batch.expires_at, "the window's end")
+    assert (await world.service.retrieve(ALICE, record.id)).status == "cancelling"
+    await running
+    await world.run(queued(world)[1])  # (skipped: cancelled)
+    batch, out, errors = await output(world, record.id)
+    assert batch.status == "cancelled" and [line["custom_id"] for line in out] == ["c0"]
+    assert [(e["custom_id"], e["error"]["code"]) for e in errors] == [("c1", "batch_cancelled")]

@@ -102,6 +102,19 @@ async def test_an_ended_batch_takes_no_more_lines(stores) -> None:
     assert not new and counts.recorded == 1
 
 
+async def test_a_finalizing_batch_takes_no_more_lines(stores) -> None:
+    """Its files are being written from the lines recorded: a late line must not change the counts."""
+    store, _ = stores
+    made = record(total=2)
+    await store.create(made)
+    await store.record_line(made.id, 0, "completed", b"{}", 3, 4)
+    closing = msgspec.structs.replace(made, batch=msgspec.structs.replace(made.batch, status="finalizing"))
+    assert await store.transition(closing, ("in_progress",))
+    assert await store.begin_line(made.id, 1, "late") == ALREADY_RECORDED
+    new, counts = await store.record_line(made.id, 1, "completed", b"{}", 5, 6)
+    assert not new and (counts.recorded, counts.input_tokens) == (1, 3) and set(await store.results(made.id)) == {0}
+
+
 async def test_planned_and_enqueued(stores) -> None:
     store, _ = stores
     made = record(total=10)
