@@ -46,8 +46,10 @@ def file_object(record: FileRecord) -> FileObject:
 
 
 def _filename(name: str | None) -> str:
-    """The last path component (the SDK sends a base name; other clients may not), at most 255 chars."""
-    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    """The last path component (the SDK sends a base name; other clients may not), without control
+    characters (a newline would split a header or a log line that shows it), at most 255 chars."""
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(c for c in base if c.isprintable()).strip()
     return base[:MAX_FILENAME] or "upload"
 
 
@@ -73,9 +75,8 @@ class FileStore:
     def check_purpose(purpose: str | None) -> str:
         if purpose not in PURPOSES:
             accepted = ", ".join(repr(p) for p in PURPOSES)
-            shown = "no purpose" if purpose is None else f"{purpose!r}"
-            raise InvalidRequest(f"{shown} is not a supported purpose: use one of {accepted}",
-                                 param="purpose", code="invalid_value")
+            said = "a purpose is required" if purpose is None else f"{purpose!r} is not a supported purpose"
+            raise InvalidRequest(f"{said}: use one of {accepted}", param="purpose", code="invalid_value")
         return purpose
 
     def check_size(self, size: int, purpose: str) -> None:

@@ -197,6 +197,7 @@ async def test_filenames_keep_their_last_component(make_store) -> None:
     assert (await store.create(ALICE, PNG, "../../etc/x.png", "vision")).filename == "x.png"
     assert (await store.create(ALICE, PNG, "C:\\Users\\me\\y.png", "vision")).filename == "y.png"
     assert (await store.create(ALICE, PNG, None, "vision")).filename == "upload"
+    assert (await store.create(ALICE, PNG, "line\nbreak\x00.png\r", "vision")).filename == "linebreak.png"
 
 
 async def test_list_pages_filters_and_orders(make_store) -> None:
