@@ -3,7 +3,7 @@
 Keys, all under ``prefix`` (its hash tag keeps them in one Redis Cluster slot)::
 
     b:{id}      hash   record (JSON), status, and the counters: completed failed skipped planned
-                       enqueued input_tokens output_tokens
+                       enqueued input_tokens output_tokens cached_tokens
     r:{id}      hash   line index → its kind (c/f/s) and JSONL line, until the output files are written
     c:{id}      hash   line index → "job_id|runs": which job runs the line and how many runs it has had
     o:{owner}   zset   the owner's batch ids by creation time (µs)
@@ -19,7 +19,7 @@ from typing import Any
 
 from vlm_gateway.batches.store import DECODE, ENCODE, BatchRecord, Counts, LineKind
 
-_COUNTERS = ("completed", "failed", "skipped", "planned", "enqueued", "input_tokens", "output_tokens")
+_COUNTERS = ("completed", "failed", "skipped", "planned", "enqueued", "input_tokens", "output_tokens", "cached_tokens")
 _KIND = {"completed": "c", "failed": "f", "skipped": "s"}
 _KIND_OF = {v: k for k, v in _KIND.items()}
 
@@ -29,13 +29,15 @@ local function follow(key)  -- give a side key the batch's remaining lifetime
   local ttl = redis.call('PTTL', KEYS[1])
   if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
 end
-local counters = {'completed', 'failed', 'skipped', 'planned', 'enqueued', 'input_tokens', 'output_tokens'}
+local counters = {'completed', 'failed', 'skipped', 'planned', 'enqueued', 'input_tokens', 'output_tokens',
+                  'cached_tokens'}
 """
 
 # KEYS: b, o. ARGV: record, status, planned, id, created µs, ttl ms.
 _CREATE = """
 redis.call('HSET', KEYS[1], 'record', ARGV[1], 'status', ARGV[2], 'completed', 0, 'failed', 0, 'skipped', 0,
-           'planned', ARGV[3], 'enqueued', 0, 'input_tokens', 0, 'output_tokens', 0)
+           'planned', ARGV[3], 'enqueued', 0, 'input_tokens', 0, 'output_tokens', 0,
+           'cached_tokens', 0)
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
@@ -82,6 +84,7 @@ if not closed[s] and redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[3]) == 1 then
   redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
   redis.call('HINCRBY', KEYS[1], 'input_tokens', ARGV[4])
   redis.call('HINCRBY', KEYS[1], 'output_tokens', ARGV[5])
+  redis.call('HINCRBY', KEYS[1], 'cached_tokens', ARGV[6])
   follow(KEYS[2])
   new = 1
 end
@@ -181,10 +184,10 @@ class RedisBatches:
                                      args=[index, job_id]))
 
     async def record_line(self, batch_id: str, index: int, kind: LineKind, entry: bytes, input_tokens: int = 0,
-                          output_tokens: int = 0) -> tuple[bool, Counts]:
+                          output_tokens: int = 0, cached_tokens: int = 0) -> tuple[bool, Counts]:
         new, *values = await self._record_line(keys=[self._b(batch_id), self._r(batch_id)],
                                                args=[index, kind, _KIND[kind].encode() + entry, input_tokens,
-                                                     output_tokens])
+                                                     output_tokens, cached_tokens])
         return bool(int(new)), _counts(values)
 
     async def set_planned(self, batch_id: str, planned: int) -> Counts:

@@ -155,13 +155,16 @@ async def _maybe_finalize(service: BatchService, batch_id: str, counts: Counts) 
         await finalize(service, batch_id)
 
 
-def _tokens(payload: Any) -> tuple[int, int]:
+def _tokens(payload: Any) -> tuple[int, int, int]:
+    """(input, output, of the input those the prefix cache held) of a line's answer."""
     usage = getattr(payload, "usage", None)
     if usage is None:
-        return 0, 0
+        return 0, 0, 0
     if hasattr(usage, "input_tokens"):  # a Responses API response
-        return usage.input_tokens, usage.output_tokens
-    return usage.prompt_tokens, usage.completion_tokens
+        details = usage.input_tokens_details
+        return usage.input_tokens, usage.output_tokens, details.cached_tokens if details else 0
+    details = usage.prompt_tokens_details
+    return usage.prompt_tokens, usage.completion_tokens, details.cached_tokens if details else 0
 
 
 async def _respond(service: BatchService, job: Job) -> JobOutcome:
@@ -174,7 +177,7 @@ async def _respond(service: BatchService, job: Job) -> JobOutcome:
 
 
 async def _execute(service: BatchService, runner: Runner, job: Job,
-                   endpoint: str) -> tuple[Completed, tuple[int, int]]:
+                   endpoint: str) -> tuple[Completed, tuple[int, int, int]]:
     """Run the request: what the route would have answered, and the tokens it used. Within
     ``jobs.job_timeout_s`` (a little less, so that the line is still recorded, as a 504)."""
     limit = service.services().settings.jobs.job_timeout_s
@@ -189,7 +192,7 @@ async def _execute(service: BatchService, runner: Runner, job: Job,
         outcome = (failed("the request did not finish within the job time limit", 504, type="timeout",
                           code="timeout") if deadline.expired() else outcome_from_exception(exc))
     done = to_completed(outcome)
-    return done, _tokens(outcome.payload) if done.ok else (0, 0)
+    return done, _tokens(outcome.payload) if done.ok else (0, 0, 0)
 
 
 async def run_line(service: BatchService, runner: Runner, job: Job) -> None:
@@ -204,7 +207,7 @@ async def run_line(service: BatchService, runner: Runner, job: Job) -> None:
         await _maybe_finalize(service, meta.batch_id, record.counts)
         return
     kind: LineKind
-    tokens = (0, 0)
+    tokens = (0, 0, 0)
     max_attempts = service.services().settings.jobs.max_attempts
     if record.status == "cancelling":
         kind, entry = "skipped", error_line(meta.custom_id, "batch_cancelled",

@@ -27,7 +27,7 @@ from typing import Any, Literal, Protocol
 import msgspec
 
 from vlm_gateway.batches.settings import BatchSettings
-from vlm_gateway.schemas.batches import Batch, BatchRequestCounts, BatchUsage
+from vlm_gateway.schemas.batches import Batch, BatchInputTokensDetails, BatchRequestCounts, BatchUsage
 
 LineKind = Literal["completed", "failed", "skipped"]
 TERMINAL = ("failed", "completed", "expired", "cancelled")
@@ -45,6 +45,7 @@ class Counts(msgspec.Struct):
     enqueued: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_tokens: int = 0  # of input_tokens, those the engines' prefix caches held
 
     @property
     def recorded(self) -> int:
@@ -73,6 +74,7 @@ class BatchRecord(msgspec.Struct):
         c = self.counts
         counts = BatchRequestCounts(total=self.batch.request_counts.total, completed=c.completed, failed=c.failed)
         usage = BatchUsage(input_tokens=c.input_tokens, output_tokens=c.output_tokens,
+                           input_tokens_details=BatchInputTokensDetails(cached_tokens=c.cached_tokens),
                            total_tokens=c.input_tokens + c.output_tokens)
         return msgspec.structs.replace(self.batch, request_counts=counts, usage=usage)
 
@@ -108,7 +110,7 @@ class BatchStore(Protocol):
         ...
 
     async def record_line(self, batch_id: str, index: int, kind: LineKind, entry: bytes, input_tokens: int = 0,
-                          output_tokens: int = 0) -> tuple[bool, Counts]:
+                          output_tokens: int = 0, cached_tokens: int = 0) -> tuple[bool, Counts]:
         """Keep a line's result and count it, the first time only and while the batch has not ended;
         (whether this call did, the counts)."""
         ...
@@ -196,7 +198,7 @@ class MemoryBatches:
         return runs + 1
 
     async def record_line(self, batch_id: str, index: int, kind: LineKind, entry: bytes, input_tokens: int = 0,
-                          output_tokens: int = 0) -> tuple[bool, Counts]:
+                          output_tokens: int = 0, cached_tokens: int = 0) -> tuple[bool, Counts]:
         held = self._live(batch_id)
         if held is None:
             return False, Counts()
@@ -207,6 +209,7 @@ class MemoryBatches:
         setattr(c, kind, getattr(c, kind) + 1)
         c.input_tokens += input_tokens
         c.output_tokens += output_tokens
+        c.cached_tokens += cached_tokens
         return True, msgspec.structs.replace(c)
 
     async def set_planned(self, batch_id: str, planned: int) -> Counts:

@@ -30,6 +30,7 @@ def test_batch_runs_to_completion(client, engine) -> None:
     image = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": png_data_uri()}},
                                          {"type": "text", "text": "What?"}]}
     lines = [chat_line("first"), chat_line("second", messages=[image]), chat_line("third", "Bye?")]
+    engine.cached = 4  # each line's prompt had 4 tokens in the prefix cache
     file_id = upload(client, lines)
     r = create(client, file_id, metadata={"job": "nightly"})
     assert r.status_code == 200, r.text
@@ -55,6 +56,7 @@ def test_batch_runs_to_completion(client, engine) -> None:
     assert len(engine.requests) == 3 and sum(len(r.images) for r in engine.requests) == 1  # the pipeline ran
     prompt = sum(line["response"]["body"]["usage"]["prompt_tokens"] for line in out)
     assert done["usage"]["input_tokens"] == prompt and done["usage"]["output_tokens"] == 6
+    assert done["usage"]["input_tokens_details"]["cached_tokens"] == 12
 
     meta = client.get(f"/v1/files/{done['output_file_id']}").json()
     assert (meta["purpose"], meta["filename"]) == ("batch_output", f"{made['id']}_output.jsonl")

@@ -39,6 +39,7 @@ class ScriptedEngine:
         self.gate.set()
         self.requests: list[EngineRequest] = []
         self.aborted = 0
+        self.cached = 0  # the prompt tokens the (pretended) prefix cache held, as vLLM reports them
 
     async def start(self) -> None: ...
 
@@ -66,7 +67,7 @@ class ScriptedEngine:
                 yield EngineDelta(0, piece, prompt_token_ids=list(request.token_ids) if k == 0 else None,
                                   finish_reason=self.finish if k == len(self.pieces) - 1 else None, logprobs=lp)
             yield EngineDelta(prompt_tokens=len(request.token_ids) + 99 * len(request.images),
-                              completion_tokens=len(self.pieces))
+                              completion_tokens=len(self.pieces), cached_tokens=self.cached or None)
             finished = True
         finally:
             if not finished and self.fail is None:
