@@ -224,11 +224,9 @@ async def _prepare_chat(svc: Services, req: ChatCompletionRequest, model: Model,
                              svc.sampling_defaults.get(model.id, NO_DEFAULTS))
     family_tools = model.family.tools
     plan = plan_tools(req.tools, req.tool_choice, req.parallel_tool_calls, family_format=family_tools)
-    if plan.structured_outputs is not None:                                 # a forced tool call
-        if sampling.structured_outputs is not None:
-            raise InvalidRequest("response_format cannot be combined with a tool_choice that forces a call "
-                                 "(\"required\" or a named function)", param="response_format")
-        sampling.structured_outputs = plan.structured_outputs
+    if plan.structured_outputs is not None:                                 # a forced tool call: this turn
+        sampling.structured_outputs = plan.structured_outputs               # is a call, so response_format
+        # (the shape of a reply in words) has nothing to shape; agents send both on every turn (OpenAI's)
 
     loading = asyncio.ensure_future(_load_images(svc, model, caller, sources)) if sources else None  # 3. load images
     try:                                                                    # (concurrently with 4 and 5)

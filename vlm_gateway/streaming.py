@@ -94,8 +94,15 @@ async def chat_chunks(prepared: Prepared, deltas: AsyncIterator[EngineDelta], *,
             entries = chat_logprobs(delta.logprobs or [], top) if top is not None else []
             if text or tool_calls or finish or prompt_ids:
                 logprobs = ChoiceLogprobs(held.pop(delta.index, []) + entries) if top is not None else None
-                yield chunk([ChunkChoice(delta.index, Delta(content=text or None, tool_calls=tool_calls or None),
-                                         finish, logprobs)], prompt_token_ids=prompt_ids)
+                # one tool-call piece per chunk, as OpenAI streams them (clients' accumulators read one;
+                # two pieces of one call in one chunk lost its arguments in LlamaIndex and openai 1.x)
+                pieces: list[ToolCallDelta | None] = list(tool_calls) or [None]
+                for k, piece in enumerate(pieces):
+                    first, last = k == 0, k == len(pieces) - 1
+                    yield chunk([ChunkChoice(delta.index, Delta(content=(text or None) if first else None,
+                                                                tool_calls=[piece] if piece else None),
+                                             finish if last else None, logprobs if first else None)],
+                                prompt_token_ids=prompt_ids if first else UNSET)
             elif entries:
                 held.setdefault(delta.index, []).extend(entries)
         if include_usage:

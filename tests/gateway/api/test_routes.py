@@ -565,6 +565,37 @@ def test_tool_call_streamed_as_openai_deltas(client, scripted) -> None:
     assert pieces[0]["id"].startswith("call_") and pieces[0]["function"]["name"] == "get_color"
     assert "".join(p["function"].get("arguments", "") for p in pieces) == '{"color":"red"}'
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "tool_calls"
+    # one piece per chunk, as OpenAI streams them: accumulators that read one piece per chunk (LlamaIndex,
+    # openai 1.x's stream helper) lost a call's arguments when its two pieces came in one chunk
+    assert all(len(d.get("tool_calls", [])) <= 1 for d in deltas)
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_color"}}])
+def test_a_forced_call_streams_one_piece_per_chunk(client, scripted, choice) -> None:
+    scripted('[{"name": "get_color", ' if choice == "required" else '{"color": ',
+             '"parameters": {"color": "green"}}]' if choice == "required" else '"green"}')
+    with client.stream("POST", "/v1/chat/completions",
+                       json=chat(tools=TOOLS, tool_choice=choice, stream=True)) as r:
+        chunks = [msgspec.json.decode(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    pieces = [t for d in deltas for t in d.get("tool_calls", [])]
+    assert all(len(d.get("tool_calls", [])) <= 1 for d in deltas) and len(pieces) == 2
+    assert pieces[0]["function"] == {"name": "get_color", "arguments": ""} and pieces[0]["id"].startswith("call_")
+    assert pieces[1] == {"index": 0, "function": {"arguments": '{"color":"green"}'}}
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "tool_calls"
+
+
+def test_a_forced_call_wins_over_response_format(client, engines, scripted) -> None:
+    """Agents (OpenAI's own SDK) send their output's response_format on every turn, a forced tool choice
+    too: this turn is a call, so the call's grammar is the one sent (a 400 made forcing a tool impossible)."""
+    scripted('{"color": ', '"red"}')
+    named = {"type": "function", "function": {"name": "get_color"}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "out", "schema": {"type": "object", "properties": {
+        "ok": {"type": "boolean"}}}}}
+    r = client.post("/v1/chat/completions", json=chat(tools=TOOLS, tool_choice=named, response_format=fmt))
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] == '{"color":"red"}'
+    assert engines["m"].requests[-1].sampling.structured_outputs["json"] == TOOLS[0]["function"]["parameters"]
 
 
 def test_forced_tool_choice_is_structured_output(client, engines, scripted) -> None:
@@ -617,7 +648,6 @@ def test_malformed_call_stays_text(client, scripted) -> None:
 @pytest.mark.parametrize("extra,param", [
     ({"tool_choice": "required"}, "tool_choice"),
     ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
-    ({"tools": TOOLS, "tool_choice": "required", "response_format": {"type": "json_object"}}, "response_format"),
     ({"tools": TOOLS * 2}, "tools[1].function.name"),
     ({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "tool_calls": [
         {"id": "call_1", "type": "function", "function": {"name": "get_color", "arguments": "{oops"}}]}]},
