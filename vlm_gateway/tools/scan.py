@@ -15,8 +15,18 @@ Decisions a scanner makes:
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+
 from vlm_gateway.schemas.openai import ToolCall
-from vlm_gateway.tools.calls import call_from_arguments, call_from_text, calls_from_list, cut_call
+from vlm_gateway.tools.calls import (
+    call_from_arguments,
+    call_from_object,
+    call_from_text,
+    calls_from_list,
+    cut_call,
+    loads,
+)
 from vlm_gateway.tools.format import ToolFormat
 
 
@@ -277,8 +287,9 @@ class JsonScanner(Scanner):
 
 class WholeScanner(Scanner):
     """The whole output is one JSON value (forced by structured output): held until the end, then
-    calls if it is a valid ``json_list`` / ``json_arguments`` value, else content; a ``json_arguments``
-    output the token limit cut short is still the forced call, its arguments unfinished."""
+    calls if it is a valid ``json_list`` / ``json_arguments`` value, else content; an output the token
+    limit cut short is still the forced call (``json_list``: its whole calls and the one it cut), its
+    arguments unfinished."""
 
     def __init__(self, fmt: ToolFormat, names: frozenset[str]) -> None:
         super().__init__(fmt, names)
@@ -292,6 +303,8 @@ class WholeScanner(Scanner):
         self.chunks.clear()
         if self.fmt.parser == "json_list":
             calls = calls_from_list(text, self.names, self.fmt.arguments_key)
+            if calls is None and self.cut:
+                calls = calls_from_cut_list(text, self.names, self.fmt.arguments_key)
         else:
             call = call_from_arguments(text, next(iter(self.names))) if len(self.names) == 1 else None
             if call is None and self.cut and len(self.names) == 1:  # the forced call, as far as it got
@@ -302,6 +315,37 @@ class WholeScanner(Scanner):
         else:
             for call in calls:
                 self.emit(call)
+
+
+_CUT_CALL = re.compile(r'\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"(\w+)"\s*:\s*(.*)\Z', re.S)
+
+
+def calls_from_cut_list(text: str, names: frozenset[str], arguments_key: Iterable[str]) -> list[ToolCall] | None:
+    """A ``json_list`` output the token limit cut short: its whole calls, then the call it cut (once that
+    one's name is whole) with its arguments as far as they got, as a forced call that ran out of tokens
+    comes back; None when it holds no call at all."""
+    body = text.lstrip()
+    if not body.startswith("["):
+        return None
+    calls: list[ToolCall] = []
+    k = 1
+    while True:
+        while k < len(body) and body[k] in " \t\r\n,":
+            k += 1
+        if k >= len(body) or body[k] != "{":
+            break
+        end = ObjectScan(k).end(body)
+        if end < 0:  # the one the limit cut
+            cut = _CUT_CALL.match(body, k)
+            if cut and cut.group(1) in names and cut.group(2) in arguments_key:
+                calls.append(cut_call(cut.group(1), cut.group(3)))
+            break
+        call = call_from_object(loads(body[k:end]), names, arguments_key)
+        if call is None:
+            return None
+        calls.append(call)
+        k = end
+    return calls or None
 
 
 SCANNERS: dict[str, type[Scanner]] = {

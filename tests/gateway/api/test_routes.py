@@ -633,9 +633,28 @@ def test_a_forced_call_cut_by_the_token_limit_is_still_the_call(client, engines,
     assert response["status"] == "incomplete"
     assert [(o["type"], o["arguments"], o["status"]) for o in response["output"]] == [
         ("function_call", '{"color": "gr', "incomplete")]
-    scripted('[{"name": "get_color", ', '"parameters": {"co')  # required: no call to name yet; text
+    scripted('[{"name": "get_', 'co')  # required: no call to name yet; text
     choice = client.post("/v1/chat/completions", json=chat(tools=TOOLS, tool_choice="required")).json()["choices"][0]
     assert choice["finish_reason"] == "length" and "tool_calls" not in choice["message"]
+    # required: the whole calls, then the one cut (its name whole), never text (the whole calls were lost)
+    scripted('[{"name": "get_color", "parameters": {"color": "red"}}, ', '{"name": "get_color", "parameters": {"co')
+    for stream in (False, True):
+        with client.stream("POST", "/v1/chat/completions",
+                           json=chat(tools=TOOLS, tool_choice="required", stream=stream)) as r:
+            body = b"".join(r.iter_bytes())
+        if stream:
+            deltas = [msgspec.json.decode(line[6:])["choices"] for line in body.split(b"\n\n")
+                      if line.startswith(b"data: {")]
+            pieces = [t for d in deltas if d for t in d[0]["delta"].get("tool_calls", [])]
+            calls = {}
+            for p in pieces:
+                calls[p["index"]] = calls.get(p["index"], "") + p["function"].get("arguments", "")
+            assert [d[0]["finish_reason"] for d in deltas if d][-1] == "length"
+            assert calls == {0: '{"color":"red"}', 1: '{"co'}
+        else:
+            choice = msgspec.json.decode(body)["choices"][0]
+            assert choice["finish_reason"] == "length" and choice["message"]["content"] is None
+            assert [c["function"]["arguments"] for c in choice["message"]["tool_calls"]] == ['{"color":"red"}', '{"co']
 
 
 def test_malformed_call_stays_text(client, scripted) -> None:
