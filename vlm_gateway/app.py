@@ -88,6 +88,7 @@ def engine_pool(model: Model, session: aiohttp.ClientSession, redis=None, redis_
 
     servers: list = []
     processes: list[EmbeddedVLLM] = []
+    local: list[str] = []  # servers of this replica's own, started by its workers' supervisor
     for group in model.engines:
         image_cache = group.engine_image_cache and model.family.engine_keeps_images
         if group.kind == "embedded":
@@ -96,13 +97,14 @@ def engine_pool(model: Model, session: aiohttp.ClientSession, redis=None, redis_
             servers.append(VLLMServer(process.url, session, image_cache=image_cache))
         elif group.kind == "remote":
             servers += [VLLMServer(url, session, image_cache=image_cache) for url in group.urls]
+            local += group.urls if group.started_here else []
         else:
             key = os.environ.get(group.api_key_env) if group.api_key_env else None
             servers += [OpenAIServer(url, session, model=group.model or model.id, api_key=key) for url in group.urls]
     owners = RedisOwners(redis, f"{redis_prefix}route:{model.id}:") if redis is not None else MemoryOwners()
     pool = EnginePool(model.id, servers, routing=model.engine.routing, owners=owners,
                       request_timeout_s=model.engine.request_timeout_s, slow_start_s=model.engine.slow_start_s,
-                      supervised=processes)
+                      supervised=processes, local=local)
     for process in processes:
         process.ready = functools.partial(pool.server_up, process.url)
     return pool

@@ -62,6 +62,7 @@ class EngineSettings(msgspec.Struct, forbid_unknown_fields=True):
     port: int = 0  # embedded: the vLLM server's loopback port (0 = any free port)
     model: str = ""  # openai: the upstream's model name ("" = the model's id)
     api_key_env: str = ""  # openai: the environment variable holding the upstream's API key
+    started_here: bool = False  # (set by ``workers`` > 1) an embedded group its supervisor runs, as remote
     request_timeout_s: float = 600.0
     routing: Literal["affinity", "least_loaded"] = "affinity"  # pools of several servers: vlm_gateway/routing
     slow_start_s: float = 30.0  # a server back in rotation gets its full share of requests over this time

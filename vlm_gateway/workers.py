@@ -96,7 +96,8 @@ class _Engines:
         process = embedded_engine(self._registry[model_id], group)
         process.ready = functools.partial(_healthy, process.url)
         self.processes.append(process)
-        return msgspec.structs.replace(group, kind="remote", urls=[process.url], port=0, args=[], env={})
+        return msgspec.structs.replace(group, kind="remote", urls=[process.url], port=0, args=[], env={},
+                                       started_here=True)
 
     def __enter__(self) -> _Engines:
         if self.processes:

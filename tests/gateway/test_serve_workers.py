@@ -160,7 +160,8 @@ def test_embedded_engines_start_once_for_every_worker(tiny_checkpoint: Path) -> 
     assert (process.url, process._args, process._env) == (expected.url, expected._args, expected._env)
     assert "--max-num-seqs" in process._args and "--max-model-len" in process._args
     (model,) = engines.settings.models
-    assert model.engine == EngineSettings(kind="remote", urls=[process.url], routing="least_loaded")
+    assert model.engine == EngineSettings(kind="remote", urls=[process.url], routing="least_loaded",
+                                         started_here=True)
     assert model.engines == [other]
     assert engines.settings.workers == 3 and engines.settings.redis_url == TEST_REDIS_URL
 
@@ -175,3 +176,20 @@ def test_a_worker_that_cannot_start_stops_the_gateway(tmp_path: Path, tiny_check
                            str(free_port()), "--workers", "2"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert "rate limiter state is unavailable" in proc.stderr
+
+
+async def test_a_workers_replica_is_not_ready_before_the_engine_it_runs(tiny_checkpoint) -> None:
+    """With ``workers`` > 1 the supervisor runs the embedded engine and each worker sees it as a remote
+    server; /ready must still wait for it (it answered 200 while the model loaded)."""
+    import aiohttp
+
+    from vlm_gateway.app import engine_pool
+
+    group = EngineSettings(kind="embedded", port=free_port())
+    one = Settings(models=[ModelSettings(id="m", checkpoint=str(tiny_checkpoint), context_length=2048, engine=group)])
+    many = Settings(redis_url=TEST_REDIS_URL, workers=2, models=one.models)
+    async with aiohttp.ClientSession() as session:
+        single = engine_pool(ModelRegistry(one).models[0], session)
+        worker = engine_pool(ModelRegistry(_Engines(many).settings).models[0], session)
+        await worker.check_health()  # (nothing listens there yet)
+        assert not single.local_ready and not worker.local_ready

@@ -89,7 +89,10 @@ class EnginePool:
 
     def __init__(self, model: str, servers: Sequence[Server], *, routing: Routing = "affinity",
                  owners: Owners | None = None, request_timeout_s: float = 600.0, slow_start_s: float = 30.0,
-                 supervised: Sequence[Supervised] = ()) -> None:
+                 supervised: Sequence[Supervised] = (), local: Sequence[str] = ()) -> None:
+        """``supervised``: processes the pool starts and stops; ``local``: more servers this replica has
+        started itself (a worker's engines, which the ``workers`` supervisor runs): both count for
+        ``local_ready``."""
         if not servers:
             raise ValueError("an engine pool needs at least one server")
         self.model = model
@@ -99,6 +102,7 @@ class EnginePool:
         self._request_timeout_s = request_timeout_s
         self._slow_start_s = slow_start_s
         self._supervised = list(supervised)
+        self._local = [p.url for p in self._supervised] + list(local)
         self._monitor: asyncio.Task[None] | None = None
         self._recheck: asyncio.Future[None] | None = None  # the probe requests share while none is up
         self._rechecked_at = -math.inf
@@ -114,7 +118,7 @@ class EnginePool:
     def local_ready(self) -> bool:
         """Every server this gateway runs itself (embedded) is up: the replica can take traffic. Servers
         elsewhere are shared by every replica; while they are down a request gets a 503 with Retry-After."""
-        return all(self.server_up(process.url) for process in self._supervised)
+        return all(self.server_up(url) for url in self._local)
 
     @property
     def max_model_len(self) -> int | None:
