@@ -97,15 +97,19 @@ async def fan_out(service: BatchService, job: Job) -> None:
     async def hand_over() -> None:  # out of time: a fresh fan-out job goes on from where this one got
         await queue.submit(FAN_OUT, job.model, job.body, metadata=job.metadata, caller=job.caller)
 
+    first = start
     while start < len(lines):
-        current = await _when_room(service, batch_id, window, until, hand_over)
-        if current is None or current.status in TERMINAL:
+        if start > first and time.monotonic() >= until:  # out of time while queueing (it never waited)
+            await hand_over()
             return
+        current = await _when_room(service, batch_id, window, until, hand_over)
+        if current is None or current.status not in ("in_progress", "cancelling"):
+            return
+        start = max(start, current.counts.enqueued)  # (a duplicate fan-out may have gone further)
         if current.status == "cancelling" or time.time() >= (current.batch.expires_at or 0):
             await _stop_at(service, batch_id, start)
             return
         queued = current.counts.enqueued - current.counts.recorded
-        start = max(start, current.counts.enqueued)  # (a duplicate fan-out may have gone further)
         end = min(start + min(chunk, window - queued), len(lines))
         for line in lines[start:end]:
             meta = msgspec.to_builtins(LineMeta(batch_id, line.index, line.custom_id))

@@ -155,14 +155,21 @@ def test_another_key_cannot_see_the_batch(client) -> None:
     wait_status(client, batch["id"], ENDED)
 
 
-def test_cancel_stops_lines_not_started(client, engine, receiver) -> None:
-    engine.gate.clear()  # the first line blocks in the engine; the others wait in the queue behind it
-    file_id = upload(client, [chat_line(f"l{i}") for i in range(4)])
+def held_at_its_first_line(client, engine, lines: int) -> tuple[str, dict]:
+    """A batch of ``lines`` lines (l0, l1, ...) whose first line has reached the engine and is held there
+    (``engine.gate``), the others queued behind it: its input file's id and the batch."""
+    engine.gate.clear()
+    file_id = upload(client, [chat_line(f"l{i}") for i in range(lines)])
     batch = create(client, file_id).json()
     for _ in range(500):
         if engine.requests:
             break
         time.sleep(0.02)
+    return file_id, batch
+
+
+def test_cancel_stops_lines_not_started(client, engine, receiver) -> None:
+    _, batch = held_at_its_first_line(client, engine, 4)
     assert len(engine.requests) == 1
     r = client.post(f"/v1/batches/{batch['id']}/cancel")
     assert r.status_code == 200 and r.json()["status"] == "cancelling" and r.json()["cancelling_at"]
@@ -183,13 +190,7 @@ def test_cancel_stops_lines_not_started(client, engine, receiver) -> None:
 def test_deleting_the_input_file_of_a_running_batch_changes_nothing(client, engine) -> None:
     """The batch keeps its input (a pin on the same bytes, no key's file) until it ends: OpenAI lets a
     client delete its files, and a batch that re-read a deleted input failed, its finished lines lost."""
-    engine.gate.clear()
-    file_id = upload(client, [chat_line(f"l{i}") for i in range(3)])
-    batch = create(client, file_id).json()
-    for _ in range(500):
-        if engine.requests:
-            break
-        time.sleep(0.02)
+    file_id, batch = held_at_its_first_line(client, engine, 3)
     assert client.delete(f"/v1/files/{file_id}").status_code == 200
     backend = client.app.state.batches.files.backend
     pin = client.blocking_portal.call(client.app.state.batches.store.get, batch["id"]).input_pin

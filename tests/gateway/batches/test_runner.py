@@ -357,3 +357,15 @@ async def test_a_cancelled_batch_read_after_its_window_waits_for_the_line_it_run
     batch, out, errors = await output(world, record.id)
     assert batch.status == "cancelled" and [line["custom_id"] for line in out] == ["c0"]
     assert [(e["custom_id"], e["error"]["code"]) for e in errors] == [("c1", "batch_cancelled")]
+
+
+async def test_a_fan_out_that_never_waits_still_hands_over_in_time(world, monkeypatch) -> None:
+    """Room all along (lines end as fast as they are queued) is no reason to run past the job's time:
+    it hands over after a chunk once its time is up (the worker would stop it mid-way otherwise)."""
+    windowed(world, 100)
+    monkeypatch.setattr(runner_module, "FAN_OUT_RUN_S", 0.0)
+    record = await new_batch(world, 5)  # the fixture's enqueue_chunk: 2
+    await world.run(fan_out_job(record))
+    assert [job.kind for job in world.queue.jobs] == [LINE, LINE, FAN_OUT]  # one chunk, then its successor
+    await world.run(queued(world, FAN_OUT)[0])
+    assert [job.metadata["index"] for job in queued(world)] == [0, 1, 2, 3]
