@@ -94,9 +94,6 @@ def load_defaults(checkpoint: str) -> SamplingDefaults:
     return msgspec.convert(fields, SamplingDefaults)
 
 
-GREEDY_BELOW = 1e-5  # vLLM's: a temperature under it is greedy sampling
-
-
 GREEDY_TOP_P = 1e-9  # OpenAI's top_p 0 (the most likely token only): vLLM wants more than 0
 
 
@@ -133,10 +130,7 @@ def _sampling(req: ChatCompletionRequest | CompletionRequest, max_tokens: int | 
     )
     if req.stream_options is not None and not req.stream:  # as OpenAI and vLLM refuse it
         raise InvalidRequest("stream_options is only allowed with stream: true", param="stream_options")
-    if params.n > 1 and params.temperature is not None and params.temperature < GREEDY_BELOW:
-        # OpenAI takes n > 1 at temperature 0 (n copies of the greedy answer); vLLM refuses greedy
-        # sampling with n > 1, but not its equal: sampling from the most likely token alone
-        params.temperature, params.top_k = 1.0, 1
+    # n > 1 at temperature 0 is n greedy answers, as OpenAI takes it (vLLM's client asks for its equal)
     if params.max_tokens is not None and params.min_tokens > params.max_tokens:
         raise InvalidRequest(f"min_tokens ({params.min_tokens}) is more than max_tokens ({params.max_tokens})",
                              param="min_tokens")

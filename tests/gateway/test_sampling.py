@@ -7,6 +7,7 @@ import json
 import msgspec
 import pytest
 
+from vlm_gateway.engines.vllm_remote import _vllm_sampling as vllm_sampling
 from vlm_gateway.errors import InvalidRequest
 from vlm_gateway.sampling import NO_DEFAULTS, SamplingDefaults, chat_sampling, completion_sampling, load_defaults
 from vlm_gateway.schemas.openai import ChatCompletionRequest, CompletionRequest
@@ -89,13 +90,15 @@ def test_an_empty_stop_sequence_is_a_400_naming_stop(stop) -> None:
 
 
 def test_n_above_1_at_temperature_0_is_n_greedy_answers() -> None:
-    """OpenAI takes it; vLLM refuses greedy sampling with n > 1, so the engine is asked for its equal."""
+    """OpenAI takes it (a 400 before); vLLM refuses greedy sampling with n > 1, so its client asks for the
+    equal (temperature 1, top_k 1) and other engines get what the client sent."""
     params = chat_sampling(chat(n=2, temperature=0), [7])
-    assert (params.n, params.temperature, params.top_k) == (2, 1.0, 1)
+    assert (params.n, params.temperature, params.top_k) == (2, 0, None)
     params = completion_sampling(msgspec.convert({"model": "m", "prompt": "x", "n": 3, "temperature": 0},
                                                  CompletionRequest), [7])
-    assert (params.n, params.temperature, params.top_k) == (3, 1.0, 1)
-    assert (chat_sampling(chat(temperature=0), [7]).temperature, chat_sampling(chat(n=2), [7]).top_k) == (0, None)
+    assert (vllm_sampling(params).n, vllm_sampling(params).temperature, vllm_sampling(params).top_k) == (3, 1.0, 1)
+    assert vllm_sampling(chat_sampling(chat(temperature=0), [7])).temperature == 0
+    assert vllm_sampling(chat_sampling(chat(n=2, temperature=0.5), [7])).top_k is None
 
 
 def test_a_logit_bias_id_past_any_vocabulary_is_a_400_naming_it() -> None:

@@ -38,7 +38,7 @@ import msgspec
 
 from vlm_gateway import metrics
 from vlm_gateway.cache import LRUCache
-from vlm_gateway.engines import Candidate, EngineDelta, EngineRequest, Probe, TokenLogprob
+from vlm_gateway.engines import Candidate, EngineDelta, EngineRequest, Probe, SamplingParams, TokenLogprob
 from vlm_gateway.engines._wire import (
     ErrorBody,
     Usage,
@@ -244,7 +244,7 @@ class VLLMServer:
         body: dict[str, Any] = {
             "request_id": request.request_id,
             "token_ids": request.token_ids,
-            "sampling_params": request.sampling,
+            "sampling_params": _vllm_sampling(request.sampling),
             # where the gateway placed the images itself it knows the prompt vLLM would echo back
             "return_token_ids": not request.features,
             "output_mode": "text",
@@ -311,6 +311,17 @@ class VLLMServer:
                 pass
         except (TimeoutError, aiohttp.ClientError):
             log.warning("could not abort request %s on %s", request_id, self.url)
+
+
+GREEDY_BELOW = 1e-5  # vLLM's: a temperature under it is greedy sampling
+
+
+def _vllm_sampling(sampling: SamplingParams) -> SamplingParams:
+    """vLLM refuses greedy sampling with n > 1 (OpenAI takes it: n copies of the greedy answer), but not
+    its equal: sampling at temperature 1 from the most likely token alone."""
+    if sampling.n > 1 and sampling.temperature is not None and sampling.temperature < GREEDY_BELOW:
+        return msgspec.structs.replace(sampling, temperature=1.0, top_k=1)
+    return sampling
 
 
 def _echo_placed(chunk: _Chunk, request: EngineRequest) -> None:
