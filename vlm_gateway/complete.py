@@ -1,5 +1,7 @@
 """Run one request to completion (not streamed): the chat and completions routes, the seed adapters
-and the job worker all go through these two functions, so there is one code path.
+and the job worker all go through these two functions, so there is one code path. (The Responses API
+runs its unstreamed turns as streams, ``responses_api.run.whole``: a whole answer would not say whether
+a call came before its text or after it.)
 
 Each returns the response body and the headers to send with it (the caller's rate-limit state). A
 ``queued`` request (a job) waits for a concurrency slot instead of answering 429."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+import unicodedata
 from typing import Any, Literal
 
 from vlm_gateway.errors import ImageError, InvalidRequest, NotFound, PayloadTooLarge
@@ -37,6 +38,8 @@ from vlm_gateway.settings import ImageSettings, Settings, SettingsError
 
 OCTET_STREAM = "application/octet-stream"
 MAX_FILENAME = 255
+_UNSHOWN = ("Cc", "Zl", "Zp")  # control characters, line and paragraph separators
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")  # embeddings, overrides, isolates
 MAX_LIST = 10_000
 
 
@@ -47,9 +50,10 @@ def file_object(record: FileRecord) -> FileObject:
 
 def _filename(name: str | None) -> str:
     """The last path component (the SDK sends a base name; other clients may not), without control
-    characters (a newline would split a header or a log line that shows it), at most 255 chars."""
+    characters, line separators and bidirectional overrides (a newline would split a header or a log
+    line that shows it), at most 255 chars."""
     base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
-    base = "".join(c for c in base if c.isprintable()).strip()
+    base = "".join(c for c in base if unicodedata.category(c) not in _UNSHOWN and c not in _BIDI).strip()
     return base[:MAX_FILENAME] or "upload"
 
 

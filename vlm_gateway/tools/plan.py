@@ -67,21 +67,25 @@ def parameters_schema(tool: Tool) -> dict:
 
 _DEFS = ("$defs", "definitions")  # where a schema keeps what its "$ref"s name ("#/$defs/Address")
 _DATA = frozenset({"const", "enum", "default", "examples"})  # keywords whose values are data, not schemas
+_NAMED = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})  # name → schema
 
 
-def _reroot(node: Any, prefix: str) -> Any:
+def _reroot(node: Any, prefix: str, names: bool = False) -> Any:
     """``node`` with its root-relative ``$ref``s (``#``, ``#/properties/a``) made relative to ``prefix``,
-    where the schema now sits; refs into ``$defs`` / ``definitions`` stay, as those move to the root."""
+    where the schema now sits; refs into ``$defs`` / ``definitions`` stay, as those move to the root.
+    ``names``: ``node`` maps names to schemas (a property may be called ``default`` or ``$ref``)."""
     if isinstance(node, list):
         return [_reroot(item, prefix) for item in node]
     if not isinstance(node, dict):
         return node
+    if names:
+        return {name: _reroot(schema, prefix) for name, schema in node.items()}
     out = {}
     for key, value in node.items():
         if key == "$ref" and isinstance(value, str) and _is_root_relative(value):
             out[key] = prefix + value[1:]
         else:
-            out[key] = value if key in _DATA else _reroot(value, prefix)
+            out[key] = value if key in _DATA else _reroot(value, prefix, names=key in _NAMED)
     return out
 
 

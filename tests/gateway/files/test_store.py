@@ -198,6 +198,9 @@ async def test_filenames_keep_their_last_component(make_store) -> None:
     assert (await store.create(ALICE, PNG, "C:\\Users\\me\\y.png", "vision")).filename == "y.png"
     assert (await store.create(ALICE, PNG, None, "vision")).filename == "upload"
     assert (await store.create(ALICE, PNG, "line\nbreak\x00.png\r", "vision")).filename == "linebreak.png"
+    shown = "rapport\xa0final \U0001f468\u200d\U0001f4bb \u202egnp.png"  # NBSP and a ZWJ emoji stay
+    kept = "rapport\xa0final \U0001f468\u200d\U0001f4bb gnp.png"
+    assert (await store.create(ALICE, PNG, shown, "vision")).filename == kept
 
 
 async def test_list_pages_filters_and_orders(make_store) -> None:

@@ -245,6 +245,15 @@ def test_definitions_that_refer_to_their_tools_root_are_rerooted_too() -> None:
         jsonschema.validate([{"name": "walk", "parameters": {"n": {"root": {"n": 5}}}}], schema)
 
 
+def test_properties_named_like_keywords_are_rerooted_too() -> None:
+    """A property called ``default`` (or ``enum``) is a schema, not the keyword's data."""
+    tree = {"type": "object", "properties": {"default": {"type": "array", "items": {"$ref": "#"}},
+                                             "$ref": {"$ref": "#"}}}
+    schema = plan_tools([Tool(FunctionDef("t", parameters=tree))], "required").structured_outputs["json"]
+    props = schema["$defs"]["__tool_0_parameters"]["properties"]
+    assert props["default"]["items"] == props["$ref"] == {"$ref": "#/$defs/__tool_0_parameters"}
+
+
 # --- parameters are an object's schema ---------------------------------------------------------------
 
 @pytest.mark.parametrize("choice", ["none", "auto", "required", named("say")])
